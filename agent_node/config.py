@@ -1,0 +1,114 @@
+"""The agent node's configuration: `agent-node.toml`.
+
+Every key has a default; an unknown key is an error naming the key and the file. Example:
+
+    [inference]
+    target = "127.0.0.1:50051"        # direct mode: no tunnel (the one-box setup)
+    coder = ["deepseek-v4-flash", "qwen3.6-27b"]   # fallback chain, first that serves wins
+    vision = ["qwen3-vl-4b"]
+
+    [tunnel]
+    enabled = true
+    host = "studio.local"
+    user = "studio-coder"
+    identity_file = "~/.ssh/studio_coder_ed25519"
+    known_hosts = "~/.config/studio-coder/known_hosts"
+    remote_port = 50051
+
+Each section belongs to one module: [inference] client.py, [tunnel] tunnel.py, [qa] qa/,
+[loop] loop/, [bridge] bridge.py.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inference_node.api.tomlconf import ConfigError, load_dataclass, read_toml
+
+__all__ = ["AgentConfig", "ConfigError", "load_config", "studio_home"]
+
+
+def studio_home() -> Path:
+    return Path(os.environ.get("STUDIO_CODER_HOME", "~/.local/share/studio-coder")).expanduser()
+
+
+@dataclass
+class InferenceSection:
+    target: str = "127.0.0.1:50051"  # where gRPC is reached (the tunnel's local end when enabled)
+    coder: list[str] = field(default_factory=list)  # fallback chain; empty: the server's default
+    vision: list[str] = field(default_factory=list)  # empty: describe is skipped, said plainly
+    timeout_s: float = 600.0  # deadline for a whole Chat stream
+    connect_timeout_s: float = 10.0
+
+
+@dataclass
+class TunnelSection:
+    enabled: bool = False
+    host: str = ""
+    port: int = 22
+    user: str = ""
+    identity_file: str = ""
+    known_hosts: str = ""
+    trust_on_first_use: bool = False
+    allow_agent: bool = False
+    look_for_keys: bool = False
+    remote_host: str = "127.0.0.1"
+    remote_port: int = 50051
+    local_port: int = 0  # 0: a free port
+    probe_interval_s: float = 2.0
+    probe_timeout_s: float = 1.0
+    probe_failures: int = 2
+    backoff_start_s: float = 1.0
+    backoff_factor: float = 1.6
+    backoff_jitter: float = 0.2
+    backoff_max_s: float = 30.0
+
+
+@dataclass
+class QASection:
+    browser: str = ""  # executable path; empty: $STUDIO_CODER_BROWSER, system Chromium, Playwright's
+    desktop: list[int] = field(default_factory=lambda: [1280, 800])
+    phone: list[int] = field(default_factory=lambda: [390, 844])
+    settle_ms: int = 1200
+    timeout_s: float = 30.0
+
+
+@dataclass
+class LoopSection:
+    max_rounds: int = 3
+    coder_max_turns: int = 30
+    coder_max_tokens: int = 200_000  # total tokens per coder round
+    coder_wall_s: float = 900.0
+    tool_timeout_s: float = 120.0
+    test_cmd: str = ""  # empty: detected from the repo (pytest, npm test, make test)
+    output_limit: int = 12_000  # characters a tool result keeps (head + tail)
+
+
+@dataclass
+class BridgeSection:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str = ""  # empty: no bearer token required
+
+
+@dataclass
+class AgentConfig:
+    inference: InferenceSection = field(default_factory=InferenceSection)
+    tunnel: TunnelSection = field(default_factory=TunnelSection)
+    qa: QASection = field(default_factory=QASection)
+    loop: LoopSection = field(default_factory=LoopSection)
+    bridge: BridgeSection = field(default_factory=BridgeSection)
+    source: str = "built-in defaults"
+
+
+def load_config(path: Path | None) -> AgentConfig:
+    """Read `path` (or the built-in defaults when None)."""
+    if path is None:
+        return AgentConfig()
+    data = read_toml(path)
+    data.pop("source", None)
+    cfg = load_dataclass(AgentConfig, data, str(path), "agent-node")
+    cfg.source = str(path)
+    return cfg

@@ -1,0 +1,71 @@
+"""What the agent loop needs from a model, as Protocols, and the shapes that cross them.
+
+The loop, the judge and the describer talk to `Model` and `Describer`; `client.py` provides the
+real ones over gRPC, and tests provide scripted ones where they check the loop's decisions.
+
+Messages are plain dicts in the chat-completions shape:
+    {"role": "user", "content": "..."}
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "name": "read", "arguments": {...}}]}
+    {"role": "tool", "tool_call_id": "c1", "name": "read", "content": "..."}
+Tools are {"name", "description", "parameters"} with `parameters` a JSON Schema object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass
+class Reply:
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str = "stop"
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
+    cut_off_while_reasoning: bool = False
+    decode_tps: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass
+class Description:
+    text: str
+    model: str
+    note: str = ""  # e.g. "image downscaled from 2560x1600 to 1280x800"
+    seconds: float = 0.0
+
+
+class Model(Protocol):
+    name: str
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str = "auto",  # auto | none | required | <tool name>
+        response_format: dict[str, Any] | None = None,  # a JSON Schema the reply must match
+        max_tokens: int | None = None,
+    ) -> Reply: ...
+
+
+class Describer(Protocol):
+    name: str
+
+    def describe(self, image: bytes, instruction: str = "") -> Description: ...

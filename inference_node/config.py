@@ -1,0 +1,144 @@
+"""The inference node's configuration: `inference-node.toml`.
+
+Every key has a default; an unknown key is an error naming the key and the file. Example:
+
+    [server]
+    host = "127.0.0.1"
+    port = 50051
+
+    [memory]
+    budget_gb = 90.0          # unset: the machine's recommended working set minus reserve_gb
+    policy = "evict"          # or "refuse"
+
+    [[models]]
+    name = "qwen3-coder"
+    path = "/opt/studio-coder/models/qwen3-coder"   # or hub = "mlx-community/..."
+    role = "coder"
+    pinned = true
+    context = 65536
+
+Paths: `$STUDIO_CODER_HOME` (default `~/.local/share/studio-coder`) holds `models/` and `runs/`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inference_node.api.tomlconf import ConfigError, load_dataclass, read_toml
+
+DEFAULT_PORT = 50051
+DEFAULT_MAX_TOKENS = 32768
+# Both sides set these explicitly and to the same values (agent_node/client.py mirrors them).
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+KEEPALIVE_TIME_MS = 20_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
+DESCRIBE_PROMPT = (
+    "You describe screenshots of web pages for someone who cannot see them. Describe only what "
+    "is visible: the layout (columns, rows, header, navigation, footer), every piece of visible "
+    "text, the colours, and any element that is cut off, overlapping, overflowing the right edge "
+    "or hidden. Mention anything that looks broken: missing images, unstyled text, empty areas. "
+    "Do not judge the page. Do not say whether it passes, fails, is correct or meets any "
+    "requirement; another reviewer decides that from your description."
+)
+
+
+def studio_home() -> Path:
+    return Path(os.environ.get("STUDIO_CODER_HOME", "~/.local/share/studio-coder")).expanduser()
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    allow_remote: bool = False
+    max_message_mb: int = MAX_MESSAGE_BYTES // (1024 * 1024)
+    max_workers: int = 16
+    grace_seconds: float = 30.0
+
+
+@dataclass
+class MemoryConfig:
+    budget_gb: float | None = None  # None: recommended working set (macOS) or RAM × fraction
+    reserve_gb: float = 4.0  # kept back from the recommended working set on macOS
+    linux_fraction: float = 0.6  # share of total RAM used as the budget on Linux
+    policy: str = "evict"  # evict | refuse
+    floor_gb: float = 1.0  # below this much available system memory nothing new is admitted
+    overhead_mb: float = 64.0  # fixed per-model overhead added to weights + KV
+    queue_limit: int = 16
+    queue_timeout_s: float = 120.0
+    cache_limit_gb: float | None = None  # MLX buffer cache cap; None: 1/8 of the budget
+    wired_limit_mb: int = 0  # 0: leave the OS default alone (see docs in README)
+    watchdog_interval_s: float = 1.0
+
+
+@dataclass
+class EngineConfig:
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
+    max_concurrent: int = 4  # requests decoded together in one batch
+    prefill_step_size: int = 512
+
+
+@dataclass
+class DescribeConfig:
+    prompt: str = DESCRIBE_PROMPT
+    max_pixels: int = 1280 * 1024
+    max_image_mb: float = 20.0
+    max_tokens: int = 512
+
+
+@dataclass
+class ModelEntry:
+    name: str = ""
+    path: str = ""  # a local MLX model folder, absolute or relative to $STUDIO_CODER_HOME/models
+    hub: str = ""  # a hub id, pulled into the store by `inference-node pull`
+    role: str = "coder"  # coder | vision
+    pinned: bool = False
+    context: int = 0  # 0: the model's own max_position_embeddings
+
+
+@dataclass
+class InferenceConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    describe: DescribeConfig = field(default_factory=DescribeConfig)
+    models: list[ModelEntry] = field(default_factory=list)
+    source: str = "built-in defaults"
+
+
+ROLES = ("coder", "vision")
+POLICIES = ("evict", "refuse")
+
+
+def load_config(path: Path | None) -> InferenceConfig:
+    """Read `path` (or the built-in defaults when None) and check it."""
+    if path is None:
+        return InferenceConfig()
+    data = read_toml(path)
+    data.pop("source", None)
+    cfg = load_dataclass(InferenceConfig, data, str(path), "inference-node")
+    cfg.source = str(path)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: InferenceConfig) -> None:
+    where = cfg.source
+    if cfg.memory.policy not in POLICIES:
+        raise ConfigError(f"{where}: memory.policy must be one of {POLICIES}, not {cfg.memory.policy!r}")
+    if cfg.memory.budget_gb is not None and cfg.memory.budget_gb <= 0:
+        raise ConfigError(f"{where}: memory.budget_gb must be positive, not {cfg.memory.budget_gb}")
+    seen: set[str] = set()
+    for i, m in enumerate(cfg.models):
+        if not m.name:
+            raise ConfigError(f"{where}: models[{i}] has no name")
+        if m.name in seen:
+            raise ConfigError(f"{where}: model name {m.name!r} appears twice")
+        seen.add(m.name)
+        if m.role not in ROLES:
+            raise ConfigError(f"{where}: models.{m.name}.role must be one of {ROLES}, not {m.role!r}")
+        if not m.path and not m.hub:
+            raise ConfigError(f"{where}: model {m.name!r} needs a path or a hub id")
