@@ -39,8 +39,9 @@ class InferenceSection:
     target: str = "127.0.0.1:50051"  # where gRPC is reached (the tunnel's local end when enabled)
     coder: list[str] = field(default_factory=list)  # fallback chain; empty: the server's default
     vision: list[str] = field(default_factory=list)  # empty: describe is skipped, said plainly
-    timeout_s: float = 600.0  # deadline for a whole Chat stream
-    connect_timeout_s: float = 10.0
+    timeout_s: float = 600.0  # deadline for a whole Chat or Describe stream
+    call_timeout_s: float = 30.0  # deadline for ListModels, GetMemory, LoadModel, UnloadModel
+    connect_timeout_s: float = 10.0  # deadline for health checks (`agent-node status`)
 
 
 @dataclass
@@ -51,15 +52,17 @@ class TunnelSection:
     user: str = ""
     identity_file: str = ""
     known_hosts: str = ""
-    trust_on_first_use: bool = False
-    allow_agent: bool = False
-    look_for_keys: bool = False
+    trust_on_first_use: bool = False  # true: an unknown host key is added to known_hosts once
+    allow_agent: bool = False  # true: also offer the ssh-agent's keys
+    look_for_keys: bool = False  # true: also offer ~/.ssh/id_* keys
     remote_host: str = "127.0.0.1"
     remote_port: int = 50051
-    local_port: int = 0  # 0: a free port
-    probe_interval_s: float = 2.0
+    local_port: int = 0  # 0: a free port, chosen once and kept across rebuilds
+    connect_timeout_s: float = 5.0  # TCP connect + SSH handshake + auth, per attempt
+    keepalive_s: float = 5.0  # SSH-level keepalive on the transport
+    probe_interval_s: float = 2.0  # a gRPC health Check through the tunnel this often
     probe_timeout_s: float = 1.0
-    probe_failures: int = 2
+    probe_failures: int = 2  # this many failed probes in a row: force-stop and rebuild
     backoff_start_s: float = 1.0
     backoff_factor: float = 1.6
     backoff_jitter: float = 0.2
@@ -71,8 +74,16 @@ class QASection:
     browser: str = ""  # executable path; empty: $STUDIO_CODER_BROWSER, system Chromium, Playwright's
     desktop: list[int] = field(default_factory=lambda: [1280, 800])
     phone: list[int] = field(default_factory=lambda: [390, 844])
-    settle_ms: int = 1200
-    timeout_s: float = 30.0
+    phone_scale: float = 3.0  # device_scale_factor of the phone viewport
+    screenshot_scale: str = "css"  # css: one image pixel per CSS pixel; device: x phone_scale
+    settle_ms: int = 300  # quiet time after load before measuring
+    settle_max_ms: int = 3000  # cap on waiting for requests and short timers to finish
+    timer_window_ms: int = 2000  # setTimeout calls up to this delay are waited for
+    idle_ms: int = 250  # no request in flight for this long counts as network idle
+    min_font_px: float = 12.0  # text rendered smaller than this on the phone is a fact
+    timeout_s: float = 30.0  # navigation and load
+    server_timeout_s: float = 20.0  # how long a started page server gets to answer
+    judge_attempts: int = 3  # malformed judge replies are retried this many times in all
 
 
 @dataclass
