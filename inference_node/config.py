@@ -128,7 +128,9 @@ def load_config(path: Path | None) -> InferenceConfig:
 def validate(cfg: InferenceConfig) -> None:
     where = cfg.source
     if cfg.memory.policy not in POLICIES:
-        raise ConfigError(f"{where}: memory.policy must be one of {POLICIES}, not {cfg.memory.policy!r}")
+        raise ConfigError(
+            f"{where}: memory.policy must be one of {POLICIES}, not {cfg.memory.policy!r}"
+        )
     if cfg.memory.budget_gb is not None and cfg.memory.budget_gb <= 0:
         raise ConfigError(f"{where}: memory.budget_gb must be positive, not {cfg.memory.budget_gb}")
     seen: set[str] = set()
@@ -139,6 +141,8 @@ def validate(cfg: InferenceConfig) -> None:
             raise ConfigError(f"{where}: model name {m.name!r} appears twice")
         seen.add(m.name)
         if m.role not in ROLES:
-            raise ConfigError(f"{where}: models.{m.name}.role must be one of {ROLES}, not {m.role!r}")
+            raise ConfigError(
+                f"{where}: models.{m.name}.role must be one of {ROLES}, not {m.role!r}"
+            )
         if not m.path and not m.hub:
             raise ConfigError(f"{where}: model {m.name!r} needs a path or a hub id")

@@ -1,0 +1,238 @@
+"""From a ChatRequest to prompt tokens, and from generated text back to ChatEvents.
+
+Validation happens here, before anything is admitted or queued, so a bad request costs nothing
+and gets an INVALID_ARGUMENT that names the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference_node.api import pb
+from inference_node.errors import BadRequest
+
+ROLES = ("system", "user", "assistant", "tool")
+MAX_TOKENS_CEILING = 1 << 20  # anything above is a typo, whatever the context
+
+
+def validate_messages(messages: Any, *, allow_images: bool) -> None:
+    if not messages:
+        raise BadRequest("messages is empty: send at least one message with role 'user'")
+    for i, m in enumerate(messages):
+        if m.role not in ROLES:
+            raise BadRequest(f"messages[{i}] has unknown role {m.role!r}; use one of {ROLES}")
+        if m.images and not allow_images:
+            raise BadRequest(
+                f"messages[{i}] carries an image, but this is a text model; send images to a "
+                "vision model with Describe"
+            )
+        for call in m.tool_calls:
+            _json_object(call.arguments_json, f"messages[{i}].tool_calls[{call.name}].arguments")
+
+
+def parse_tools(tools: Any) -> list[dict[str, Any]]:
+    """The request's tools as {"name", "description", "parameters"}; schemas must be objects."""
+    out = []
+    for i, t in enumerate(tools):
+        if not t.name:
+            raise BadRequest(f"tools[{i}] has no name")
+        params = _json_object(t.parameters_json or "{}", f"tools[{i}] ({t.name}) parameters")
+        if params.get("type", "object") != "object":
+            raise BadRequest(
+                f"tools[{i}] ({t.name}) parameters must be a JSON Schema of type 'object', "
+                f"not {params.get('type')!r}"
+            )
+        out.append({"name": t.name, "description": t.description, "parameters": params})
+    if len({t["name"] for t in out}) != len(out):
+        raise BadRequest("tools has two tools with the same name")
+    return out
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"{what} is not valid JSON: {e.msg} at position {e.pos}") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def resolve_max_tokens(
+    requested: int | None, prompt_tokens: int, context: int, default: int, model: str
+) -> int:
+    room = context - prompt_tokens
+    if room <= 0:
+        raise BadRequest(
+            f"the prompt is {prompt_tokens} tokens but {model}'s context is {context}; "
+            "shorten the conversation"
+        )
+    if requested is None:
+        return min(default, room)
+    if requested <= 0 or requested > MAX_TOKENS_CEILING:
+        raise BadRequest(f"max_tokens must be between 1 and {room} for {model}, not {requested}")
+    if requested > room:
+        raise BadRequest(
+            f"max_tokens {requested} does not fit {model}'s context: {prompt_tokens} prompt "
+            f"tokens + {requested} > {context}; ask for at most {room}"
+        )
+    return requested
+
+
+def template_messages(messages: Any) -> list[dict[str, Any]]:
+    """Messages in the shape HF chat templates expect."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        msg: dict[str, Any] = {"role": m.role, "content": m.text}
+        if m.tool_calls:
+            msg["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": json.loads(c.arguments_json or "{}")},
+                }
+                for c in m.tool_calls
+            ]
+        if m.role == "tool":
+            msg["tool_call_id"] = m.tool_call_id
+            if m.name:
+                msg["name"] = m.name
+        out.append(msg)
+    return out
+
+
+def tools_as_text(tools: list[dict[str, Any]]) -> str:
+    """A system-prompt description of tools, for templates with no tool format of their own."""
+    lines = [
+        "You can call these tools. To call one, reply with only a JSON object "
+        '{"name": <tool name>, "arguments": <object>}.'
+    ]
+    for t in tools:
+        lines.append(f"- {t['name']}: {t['description']} Arguments schema: "
+                     f"{json.dumps(t['parameters'])}")
+    return "\n".join(lines)
+
+
+def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+                 ) -> list[int]:
+    if tools and not tokenizer.has_tool_calling:
+        messages = _with_system_note(messages, tools_as_text(tools))
+        tools = []
+    hf_tools = [{"type": "function", "function": t} for t in tools] or None
+    if tokenizer.chat_template is None:
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+        return list(tokenizer.encode(text))
+    try:
+        tokens = tokenizer.apply_chat_template(
+            messages, tools=hf_tools, add_generation_prompt=True, tokenize=True
+        )
+    except Exception as e:  # jinja errors: the template rejected this conversation's shape
+        raise BadRequest(f"the model's chat template rejected these messages: {e}") from None
+    if isinstance(tokens, dict):  # transformers 5 may return a BatchEncoding
+        tokens = tokens["input_ids"]
+    return list(tokens)
+
+
+def _with_system_note(messages: list[dict[str, Any]], note: str) -> list[dict[str, Any]]:
+    if messages and messages[0]["role"] == "system":
+        first = dict(messages[0], content=f"{messages[0]['content']}\n\n{note}")
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": note}, *messages]
+
+
+def new_request_id(given: str) -> str:
+    return given or uuid.uuid4().hex[:12]
+
+
+@dataclass
+class TextRouter:
+    """Splits generated text into content, reasoning and tool-call events.
+
+    Uses mlx-lm's TextStateMachine (think and tool-call markers are matched on text, so a
+    marker split across tokens still matches) and mlx-lm's tool parser for the model.
+    """
+
+    text_sm: Any
+    initial_state: str
+    tool_parser: Any
+    tools: list[dict[str, Any]]
+    json_tools: Any = None  # a Constraint whose JSON reply is a tool call (no native format)
+    state: Any = None
+    current: str = "normal"
+    tool_text: str = ""
+    held_content: str = ""
+    reasoning_tokens: int = 0
+    made_tool_call: bool = False
+    events: list[pb.ChatEvent] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.state = self.text_sm.make_state(self.initial_state)
+        self.current = self.initial_state
+
+    def feed(self, text: str, finish_reason: str | None) -> list[pb.ChatEvent]:
+        from mlx_lm.generate import TextStateMachine
+
+        if self.current == "reasoning":
+            self.reasoning_tokens += 1
+        if finish_reason == "stop":
+            self.state, self.current = TextStateMachine.discard(self.state)
+            segments = [(self.current, "")]
+        elif finish_reason == "length":
+            self.state, segments = TextStateMachine.split(self.state, text)
+            self.state, flushed, self.current = TextStateMachine.flush(self.state)
+            segments.append((self.current, flushed))
+        else:
+            self.state, segments = TextStateMachine.split(self.state, text)
+        out: list[pb.ChatEvent] = []
+        for state, piece in segments:
+            if state == "tool":
+                self.tool_text += piece
+            else:
+                if self.tool_text:
+                    out += self._tool_events(self.tool_text)
+                    self.tool_text = ""
+                if piece and state == "reasoning":
+                    out.append(pb.ChatEvent(delta=pb.Delta(kind=pb.Delta.REASONING, text=piece)))
+                elif piece and self.json_tools is not None:
+                    self.held_content += piece
+                elif piece:
+                    out.append(pb.ChatEvent(delta=pb.Delta(kind=pb.Delta.CONTENT, text=piece)))
+            if state is not None:
+                self.current = state
+        if finish_reason is not None:
+            if self.tool_text:
+                out += self._tool_events(self.tool_text)
+                self.tool_text = ""
+            if self.json_tools is not None and self.held_content:
+                out += self._json_tool_events(self.held_content)
+        return out
+
+    def _tool_events(self, text: str) -> list[pb.ChatEvent]:
+        try:
+            parsed = self.tool_parser(text, self.tools) if self.tool_parser else json.loads(text)
+        except (ValueError, json.JSONDecodeError):
+            # Unparseable (e.g. cut off by max_tokens): surface it as content, never drop it.
+            return [pb.ChatEvent(delta=pb.Delta(kind=pb.Delta.CONTENT, text=text))]
+        return self._calls(parsed if isinstance(parsed, list) else [parsed])
+
+    def _json_tool_events(self, text: str) -> list[pb.ChatEvent]:
+        try:
+            calls = self.json_tools.parse_tool_calls(text)
+        except ValueError:
+            return [pb.ChatEvent(delta=pb.Delta(kind=pb.Delta.CONTENT, text=text))]
+        return self._calls(calls)
+
+    def _calls(self, calls: list[dict[str, Any]]) -> list[pb.ChatEvent]:
+        out = []
+        for c in calls:
+            args = c.get("arguments", {})
+            self.made_tool_call = True
+            out.append(pb.ChatEvent(tool_call=pb.ToolCall(
+                id=c.get("id") or f"call_{uuid.uuid4().hex[:10]}",
+                name=str(c.get("name", "")),
+                arguments_json=args if isinstance(args, str) else json.dumps(args),
+            )))
+        return out

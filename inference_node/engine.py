@@ -1,0 +1,357 @@
+"""The one thread that owns MLX: loads, unloads and generation, requests in and events out.
+
+Shaped like mlx-lm's server: request handlers (gRPC threads) validate, tokenize and reserve
+memory, then put a `Job` on the engine's inbox and read `pb.ChatEvent`s from the job's queue.
+Coder models generate through mlx-lm's `BatchGenerator` (continuous batching: requests join and
+leave a running batch between steps); vision models through mlx-vlm, stepped one token per loop
+turn so they interleave with the batch. A cancelled job leaves its batch before the next step.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+
+from inference_node.api import pb
+from inference_node.chat import TextRouter
+from inference_node.config import InferenceConfig
+from inference_node.errors import BadRequest, Cancelled, InferenceError
+from inference_node.models import CatalogModel
+
+log = logging.getLogger("inference_node.engine")
+
+
+@dataclass
+class LoadedModel:
+    entry: CatalogModel
+    model: Any
+    tokenizer: Any  # mlx-lm TokenizerWrapper (coder) or the processor's tokenizer (vision)
+    processor: Any = None  # vision models: the mlx-vlm processor
+    batch: Any = None  # coder models: mlx-lm BatchGenerator
+    estimated_bytes: int = 0
+    measured_bytes: int = 0
+    kv_per_token: int = 0
+    active: dict[int, Job] = field(default_factory=dict)  # batch uid -> job
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+
+@dataclass
+class Job:
+    """One request in flight: what to generate, and where its events go."""
+
+    request_id: str
+    model: str
+    prompt: list[int]
+    max_tokens: int
+    router: TextRouter
+    sampler: Any = None
+    logits_processors: list[Any] = field(default_factory=list)
+    stop_sequences: Any = None
+    vision_inputs: dict[str, Any] | None = None  # vision jobs: prompt text, image, processor
+    events: queue.Queue = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    queue_seconds: float = 0.0
+    t_start: float = 0.0
+    t_first: float = 0.0
+    completion_tokens: int = 0
+    detokenizer: Any = None
+    stream: Any = None  # vision jobs: the mlx-vlm generator
+
+
+DONE = object()  # sentinel closing a job's event queue
+
+
+class Engine:
+    def __init__(self, cfg: InferenceConfig, admission: Any) -> None:
+        self.cfg = cfg
+        self.admission = admission
+        self.loaded: dict[str, LoadedModel] = {}
+        self.loading: set[str] = set()
+        self._inbox: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._vision_jobs: list[Job] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
+        self.healthy = True
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    # ------------------------------------------------------------ called from other threads
+
+    def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Run `fn` on the engine thread and return its result (or raise its error)."""
+        future: Future = Future()
+
+        def task() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as e:  # noqa: BLE001 - handed back to the caller
+                future.set_exception(e)
+
+        self._inbox.put(task)
+        return future.result(timeout=timeout)
+
+    def ensure_loaded(self, entry: CatalogModel) -> LoadedModel:
+        lm = self.loaded.get(entry.name)
+        if lm is not None:
+            return lm
+        return self.call(lambda: self._load(entry))
+
+    def load(self, entry: CatalogModel) -> tuple[LoadedModel, list[str]]:
+        return self.call(lambda: self._load_reporting(entry))
+
+    def unload(self, name: str) -> bool:
+        return self.call(lambda: self._unload(name))
+
+    def submit(self, job: Job) -> None:
+        self._inbox.put(lambda: self._start_job(job))
+
+    # ------------------------------------------------------------ the engine thread
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            busy = self._vision_jobs or any(lm.active for lm in self.loaded.values())
+            try:
+                task = self._inbox.get(timeout=0.05) if not busy else self._inbox.get_nowait()
+            except queue.Empty:
+                task = None
+            while task is not None:
+                task()
+                try:
+                    task = self._inbox.get_nowait()
+                except queue.Empty:
+                    task = None
+            try:
+                for lm in list(self.loaded.values()):
+                    if lm.active:
+                        self._step_batch(lm)
+                if self._vision_jobs:
+                    self._step_vision()
+            except Exception as e:  # a failed step must not wedge the server
+                log.exception("generation step failed")
+                self._fail_all(InferenceError(f"generation failed: {e}"))
+
+    def _load_reporting(self, entry: CatalogModel) -> tuple[LoadedModel, list[str]]:
+        """Admit, evict what admission names, load, then correct the estimate by measurement."""
+        from inference_node.footprint import estimate
+
+        if entry.name in self.loaded:
+            return self.loaded[entry.name], []
+        fp = estimate(entry.path, int(self.cfg.memory.overhead_mb * 1024 * 1024))
+        estimated = fp.weights_bytes + fp.overhead_bytes
+        victims = list(self.admission.admit_load(entry.name, estimated, pinned=entry.pinned))
+        for v in victims:
+            log.info("evicting %s to make room for %s", v, entry.name)
+            self._unload(v)
+        mx.synchronize()
+        before = mx.get_active_memory()
+        t0 = time.perf_counter()
+        try:
+            lm = self._load_vision(entry) if entry.is_vision else self._load_coder(entry)
+        except InferenceError:
+            self.admission.load_failed(entry.name)
+            raise
+        except Exception as e:
+            self.admission.load_failed(entry.name)
+            raise BadRequest(f"could not load {entry.name} from {entry.path}: {e}") from e
+        mx.synchronize()
+        lm.measured_bytes = max(0, mx.get_active_memory() - before)
+        lm.estimated_bytes = estimated
+        lm.kv_per_token = fp.kv_per_token
+        self.admission.loaded(entry.name, estimated, lm.measured_bytes)
+        self.loaded[entry.name] = lm
+        log.info(
+            "loaded %s in %.1fs: estimated %.1f MB, measured %.1f MB",
+            entry.name, time.perf_counter() - t0, estimated / 1e6, lm.measured_bytes / 1e6,
+        )
+        return lm, victims
+
+    def _load(self, entry: CatalogModel) -> LoadedModel:
+        return self._load_reporting(entry)[0]
+
+    def _load_coder(self, entry: CatalogModel) -> LoadedModel:
+        from mlx_lm import load
+        from mlx_lm.generate import BatchGenerator
+
+        model, tokenizer = load(str(entry.path))
+        mx.eval(model.parameters())
+        batch = BatchGenerator(
+            model,
+            completion_batch_size=self.cfg.engine.max_concurrent,
+            prefill_batch_size=self.cfg.engine.max_concurrent,
+            prefill_step_size=self.cfg.engine.prefill_step_size,
+        )
+        # BatchGenerator raises the wired limit to the recommended working set on Metal;
+        # ours is an explicit option (memory.wired_limit_mb), so put the old one back.
+        batch.close()
+        return LoadedModel(entry=entry, model=model, tokenizer=tokenizer, batch=batch)
+
+    def _load_vision(self, entry: CatalogModel) -> LoadedModel:
+        from mlx_vlm import load
+
+        model, processor = load(str(entry.path))
+        mx.eval(model.parameters())
+        tokenizer = getattr(processor, "tokenizer", processor)
+        return LoadedModel(entry=entry, model=model, tokenizer=tokenizer, processor=processor)
+
+    def _unload(self, name: str) -> bool:
+        lm = self.loaded.get(name)
+        if lm is None:
+            return False
+        busy = len(lm.active) + sum(1 for j in self._vision_jobs if j.model == name)
+        if busy:
+            raise BadRequest(f"{name} has {busy} requests in flight; unload it when they finish")
+        del self.loaded[name]
+        del lm
+        gc.collect()
+        mx.clear_cache()  # memory freed is memory returned
+        self.admission.unloaded(name)
+        log.info("unloaded %s", name)
+        return True
+
+    def _start_job(self, job: Job) -> None:
+        lm = self.loaded.get(job.model)
+        if lm is None:
+            self._finish(job, InferenceError(f"{job.model} was unloaded before the request ran"))
+            return
+        if job.cancelled.is_set():
+            self._finish(job, Cancelled("the client went away"))
+            return
+        job.t_start = time.perf_counter()
+        job.detokenizer = lm.tokenizer.detokenizer if lm.batch is not None else None
+        if job.vision_inputs is not None:
+            self._start_vision(lm, job)
+            return
+        (uid,) = lm.batch.insert(
+            [job.prompt],
+            max_tokens=[job.max_tokens],
+            samplers=[job.sampler],
+            logits_processors=[job.logits_processors],
+            stop_sequences=[job.stop_sequences],
+        )
+        lm.active[uid] = job
+
+    def _step_batch(self, lm: LoadedModel) -> None:
+        gone = [uid for uid, job in lm.active.items() if job.cancelled.is_set()]
+        if gone:
+            lm.batch.remove(gone)
+            for uid in gone:
+                self._finish(lm.active.pop(uid), Cancelled("the client went away"))
+            if not lm.active:
+                return
+        _, responses = lm.batch.next()
+        now = time.perf_counter()
+        for r in responses:
+            job = lm.active.get(r.uid)
+            if job is None:
+                continue
+            if not job.t_first:
+                job.t_first = now
+            job.completion_tokens += 1
+            detok = job.detokenizer
+            if r.finish_reason != "stop":
+                detok.add_token(r.token)
+            if r.finish_reason is not None:
+                detok.finalize()
+            for event in job.router.feed(detok.last_segment, r.finish_reason):
+                job.events.put(event)
+            if r.finish_reason is not None:
+                del lm.active[r.uid]
+                self._finish(job, None, r.finish_reason)
+
+    def _start_vision(self, lm: LoadedModel, job: Job) -> None:
+        from mlx_vlm import stream_generate
+
+        inputs = job.vision_inputs or {}
+        job.stream = stream_generate(
+            lm.model, lm.processor, inputs["prompt"], image=inputs["images"],
+            max_tokens=job.max_tokens, **inputs.get("sampling", {}),
+        )
+        self._vision_jobs.append(job)
+
+    def _step_vision(self) -> None:
+        for job in list(self._vision_jobs):
+            if job.cancelled.is_set():
+                self._vision_jobs.remove(job)
+                job.stream.close()
+                self._finish(job, Cancelled("the client went away"))
+                continue
+            try:
+                result = next(job.stream)
+            except StopIteration:
+                self._vision_jobs.remove(job)
+                finish = "length" if job.completion_tokens >= job.max_tokens else "stop"
+                for event in job.router.feed("", finish):
+                    job.events.put(event)
+                self._finish(job, None, finish)
+                continue
+            if not job.t_first:
+                job.t_first = time.perf_counter()
+            job.completion_tokens = max(job.completion_tokens + 1, result.generation_tokens)
+            if result.prompt_tokens:
+                job.prompt = job.prompt or [0] * result.prompt_tokens
+            for event in job.router.feed(result.text, None):
+                job.events.put(event)
+
+    def _finish(self, job: Job, error: Exception | None, finish_reason: str = "stop") -> None:
+        if error is not None:
+            job.events.put(error)
+            job.events.put(DONE)
+            return
+        end = time.perf_counter()
+        first = job.t_first or end
+        decode_s = end - first
+        prefill_s = first - job.t_start
+        router = job.router
+        if router.made_tool_call and finish_reason == "stop":
+            finish_reason = "tool_calls"
+        done = pb.Done(
+            finish_reason=finish_reason,
+            model=job.model,
+            usage=pb.Usage(
+                prompt_tokens=len(job.prompt),
+                completion_tokens=job.completion_tokens,
+                reasoning_tokens=router.reasoning_tokens,
+            ),
+            timings=pb.Timings(
+                queue_seconds=job.queue_seconds,
+                time_to_first_token_seconds=first - job.t_start,
+                prefill_tokens_per_second=len(job.prompt) / prefill_s if prefill_s > 0 else 0.0,
+                decode_tokens_per_second=(
+                    (job.completion_tokens - 1) / decode_s if decode_s > 0 else 0.0
+                ),
+                total_seconds=end - job.t_start + job.queue_seconds,
+            ),
+            cut_off_while_reasoning=finish_reason == "length" and router.current == "reasoning",
+        )
+        job.events.put(pb.ChatEvent(done=done))
+        job.events.put(DONE)
+
+    def _fail_all(self, error: Exception) -> None:
+        for lm in self.loaded.values():
+            if lm.active:
+                lm.batch.remove(list(lm.active))
+                for job in lm.active.values():
+                    self._finish(job, error)
+                lm.active.clear()
+        for job in self._vision_jobs:
+            self._finish(job, error)
+        self._vision_jobs.clear()

