@@ -71,7 +71,7 @@ class TunnelSection:
 
 @dataclass
 class QASection:
-    browser: str = ""  # executable path; empty: $STUDIO_CODER_BROWSER, system Chromium, Playwright's
+    browser: str = ""  # executable; empty: $STUDIO_CODER_BROWSER, system Chromium, Playwright's
     desktop: list[int] = field(default_factory=lambda: [1280, 800])
     phone: list[int] = field(default_factory=lambda: [390, 844])
     phone_scale: float = 3.0  # device_scale_factor of the phone viewport
@@ -90,11 +90,14 @@ class QASection:
 class LoopSection:
     max_rounds: int = 3
     coder_max_turns: int = 30
-    coder_max_tokens: int = 200_000  # total tokens per coder round
+    coder_max_tokens: int = 200_000  # tokens the coder generates per round (with reasoning)
     coder_wall_s: float = 900.0
     tool_timeout_s: float = 120.0
     test_cmd: str = ""  # empty: detected from the repo (pytest, npm test, make test)
+    test_timeout_s: float = 600.0  # the gate's test command; its process group is killed after
     output_limit: int = 12_000  # characters a tool result keeps (head + tail)
+    json_retries: int = 2  # re-asks when a classification or verdict is not valid JSON
+    ui_page: str = ""  # page the gate serves and checks for UI work; empty: the classifier's
 
 
 @dataclass
