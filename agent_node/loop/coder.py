@@ -1,0 +1,144 @@
+"""The coder: a fresh sub-agent per round, with its own context; only its report comes back.
+
+The loop is pi's: ask the model → run its tool calls → append the results → repeat, until it
+calls `finish`, answers without a tool call, or hits a bound (turns, generated tokens, wall time).
+A failing tool's error becomes that tool's result; it never ends the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent_node.model import Model, Reply
+
+Emit = Callable[..., Any]  # emit(type, **fields)
+FINISH = "finish"
+
+
+@dataclass
+class CoderLimits:
+    max_turns: int = 30
+    max_tokens: int = 200_000  # tokens generated (completion + reasoning) in one round
+    wall_s: float = 900.0
+
+
+@dataclass
+class CoderResult:
+    report: str
+    turns: int
+    tokens: int
+    stopped: str  # "finish" | "answer" | "max_turns" | "max_tokens" | "wall_time"
+    messages: list[dict[str, Any]]
+
+
+def tool_spec(tool: Any) -> dict[str, Any]:
+    if hasattr(tool, "spec"):
+        return dict(tool.spec())
+    return {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
+
+
+def call_tool(
+    tools: dict[str, Any], name: str, arguments: dict[str, Any]
+) -> tuple[bool, str, bool]:
+    """(ok, output, finished); never raises, whatever the tool does."""
+    try:
+        from agent_node.tools import run_tool
+    except ImportError:  # the tools package is optional for a caller that brings its own
+        run_tool = None
+    if run_tool is not None:
+        result = run_tool(tools, name, arguments)
+        finished = bool(getattr(result, "finished", result.ok and name == FINISH))
+        return bool(result.ok), str(result.output), finished
+    if name not in tools:
+        return False, f"error: no tool named {name!r}; the tools are: {', '.join(sorted(tools))}", \
+            False
+    try:
+        return True, str(tools[name].execute(arguments)), name == FINISH
+    except Exception as e:  # a tool's failure is the model's information
+        return False, f"error: {name} failed: {type(e).__name__}: {e}", False
+
+
+def run_coder(
+    model: Model,
+    system_prompt: str,
+    brief: str,
+    tools: dict[str, Any],
+    limits: CoderLimits,
+    *,
+    emit: Emit,
+    round_no: int,
+) -> CoderResult:
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": system_prompt},
+        {"role": "user", "content": brief},
+    ]
+    specs = [tool_spec(t) for t in tools.values()]
+    start = time.monotonic()
+    turns = tokens = 0
+    last_text = ""
+
+    def result(report: str, stopped: str) -> CoderResult:
+        return CoderResult(report, turns, tokens, stopped, messages)
+
+    while True:
+        if turns >= limits.max_turns:
+            return result(_cut_report("max_turns", f"{limits.max_turns} turns", last_text),
+                          "max_turns")
+        if tokens >= limits.max_tokens:
+            return result(_cut_report("max_tokens", f"{tokens} tokens", last_text), "max_tokens")
+        if time.monotonic() - start >= limits.wall_s:
+            return result(_cut_report("wall_time", f"{limits.wall_s:.0f} s", last_text),
+                          "wall_time")
+        reply = model.chat(messages, tools=specs)
+        turns += 1
+        tokens += reply.usage.completion_tokens + reply.usage.reasoning_tokens
+        emit("model_call", role="coder", round=round_no, **reply_fields(reply))
+        last_text = reply.text or last_text
+        messages.append({
+            "role": "assistant",
+            "content": reply.text,
+            "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments}
+                           for c in reply.tool_calls],
+        })
+        if not reply.tool_calls:
+            if reply.cut_off_while_reasoning:
+                messages.append({"role": "user", "content": "Your reply was cut off while you "
+                                 "were still reasoning. Continue, and call a tool."})
+                continue
+            return result(reply.text, "answer")
+        for call in reply.tool_calls:
+            t0 = time.monotonic()
+            ok, output, finished = call_tool(tools, call.name, call.arguments)
+            emit("tool_call", round=round_no, name=call.name, arguments=_short(call.arguments),
+                 ok=ok, output_chars=len(output), seconds=round(time.monotonic() - t0, 3))
+            messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name,
+                             "content": output})
+            if finished:  # the tool's output is the report as text
+                return result(output, "finish")
+
+
+def reply_fields(reply: Reply) -> dict[str, Any]:
+    return {
+        "model": reply.model,
+        "prompt_tokens": reply.usage.prompt_tokens,
+        "completion_tokens": reply.usage.completion_tokens,
+        "reasoning_tokens": reply.usage.reasoning_tokens,
+        "seconds": round(reply.seconds, 3),
+        "decode_tps": round(reply.decode_tps, 1),
+        "finish_reason": reply.finish_reason,
+        "cut_off_while_reasoning": reply.cut_off_while_reasoning,
+    }
+
+
+def _cut_report(reason: str, amount: str, last_text: str) -> str:
+    said = f" Its last words: {last_text[:2000]}" if last_text else ""
+    return f"(the coder was stopped at {amount} ({reason}) before calling finish.{said})"
+
+
+def _short(arguments: dict[str, Any], limit: int = 400) -> str:
+    text = json.dumps(arguments, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"

@@ -1,0 +1,190 @@
+"""The gate: what the orchestrator checks itself, never taking the coder's word for it.
+
+It computes the real diff of the worktree (untracked files included), runs the repo's test
+command in its own process group, flags a diff that changes or deletes tests, fails an empty diff
+for a task that asks for a change, and for UI work runs visual QA against the spec.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent_node.loop.worktree import Diff, diff_worktree
+
+TEST_PATH = re.compile(
+    r"(^|/)(tests?|__tests__|spec)/|(^|/)test_[^/]*\.py$|_test\.(py|go)$|\.(test|spec)\.[jt]sx?$"
+)
+
+
+@dataclass
+class QAFailure:
+    statement: str
+    evidence: str = ""
+    viewport: str = ""
+    fix: str = ""
+
+
+@dataclass
+class QAOutcome:
+    passed: bool
+    failures: list[QAFailure] = field(default_factory=list)
+    screenshots: list[str] = field(default_factory=list)  # paths
+    note: str = ""  # e.g. "visual QA skipped: ..."
+
+
+# (url, spec statements, out_dir) -> outcome; the orchestrator binds the models.
+QACheck = Callable[[str, list[str], Path], QAOutcome]
+
+
+@dataclass
+class TestRun:
+    cmd: str
+    exit_code: int | None  # None: no test command, or it timed out
+    output: str
+    seconds: float
+    timed_out: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass
+class GateResult:
+    diff: Diff
+    tests: TestRun | None
+    test_files_touched: list[str]
+    qa: QAOutcome | None
+    failures: list[str]  # each a specific thing to fix, with the evidence
+    flags: list[str]  # for the judge: not failures by themselves
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def detect_test_cmd(root: Path) -> str:
+    """The repo's test command by convention, or "" when none is recognisable."""
+    python = root / ".venv" / "bin" / "python"
+    py = shlex.quote(str(python if python.exists() else sys.executable))
+    if (root / "pytest.ini").exists() or (root / "tests").is_dir() or any(root.glob("test_*.py")):
+        return f"{py} -m pytest -q"
+    pyproject = root / "pyproject.toml"
+    if pyproject.exists() and "[tool.pytest" in pyproject.read_text(errors="replace"):
+        return f"{py} -m pytest -q"
+    package = root / "package.json"
+    if package.exists():
+        try:
+            script = json.loads(package.read_text()).get("scripts", {}).get("test", "")
+        except (json.JSONDecodeError, AttributeError):
+            script = ""
+        if script and "no test specified" not in script:
+            return "npm test --silent"
+    makefile = root / "Makefile"
+    if makefile.exists() and re.search(r"^test:", makefile.read_text(errors="replace"), re.M):
+        return "make test"
+    return ""
+
+
+def run_tests(cmd: str, cwd: Path, timeout_s: float) -> TestRun:
+    """Run `cmd` in a shell, in its own process group; the whole group dies on timeout."""
+    start = time.monotonic()
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "CI": "1"}
+    proc = subprocess.Popen(
+        cmd, shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        timed_out = True
+    text = out.decode("utf-8", errors="replace")
+    if timed_out:
+        text += f"\n[studio-coder: test command killed after {timeout_s:.0f} s]"
+    return TestRun(cmd, None if timed_out else proc.returncode, text,
+                   time.monotonic() - start, timed_out)
+
+
+def tail(text: str, limit: int) -> str:
+    """The end of a long output (where test failures are summarised), marked as cut."""
+    if len(text) <= limit:
+        return text
+    return f"[... {len(text) - limit} characters cut ...]\n" + text[-limit:]
+
+
+def run_gate(
+    worktree: Path,
+    base: str,
+    *,
+    test_cmd: str,
+    timeout_s: float,
+    asks_for_change: bool,
+    output_limit: int = 12_000,
+    ui_url: str = "",
+    spec: list[str] | None = None,
+    qa: QACheck | None = None,
+    qa_dir: Path | None = None,
+) -> GateResult:
+    diff = diff_worktree(worktree, base)
+    failures: list[str] = []
+    flags: list[str] = []
+    if diff.empty and asks_for_change:
+        failures.append("the task asks for a change, but the worktree has no diff against the "
+                        "base: no file was created, modified or deleted")
+    touched = [f"{path} ({'deleted' if st == 'D' else 'modified'})"
+               for st, path in diff.files if st in "MD" and TEST_PATH.search(path)]
+    if touched:
+        flags.append("the diff changes or deletes existing tests: " + ", ".join(touched))
+
+    tests = run_tests(test_cmd, worktree, timeout_s) if test_cmd else None
+    if tests is None:
+        flags.append("no test command was configured or detected; nothing was tested")
+    elif not tests.passed:
+        how = "timed out" if tests.timed_out else f"exited {tests.exit_code}"
+        failures.append(f"the test command `{tests.cmd}` {how}; its output:\n"
+                        + tail(tests.output, output_limit))
+
+    outcome = None
+    if ui_url and spec:
+        if qa is None:
+            flags.append("UI task, but no visual QA is available; the page was not looked at")
+        else:
+            outcome = qa(ui_url, spec, qa_dir or worktree)
+            if outcome.note:
+                flags.append(outcome.note)
+            for f in outcome.failures:
+                where = f" at the {f.viewport} viewport" if f.viewport else ""
+                failures.append(f"visual QA{where}: {f.statement!r} does not hold. Evidence: "
+                                f"{f.evidence or '(none given)'}. Fix: {f.fix or '(none given)'}")
+            if not outcome.passed and not outcome.failures:
+                failures.append("visual QA failed without naming a statement")
+    return GateResult(diff, tests, touched, outcome, failures, flags)
+
+
+def gate_event(gate: GateResult) -> dict[str, Any]:
+    """The gate's result as event fields (files are written by the caller)."""
+    t = gate.tests
+    return {
+        "passed": gate.passed,
+        "files": [f"{s} {p}" for s, p in gate.diff.files],
+        "test_cmd": t.cmd if t else "",
+        "test_exit": t.exit_code if t else None,
+        "test_seconds": round(t.seconds, 2) if t else 0.0,
+        "test_files_touched": gate.test_files_touched,
+        "failures": gate.failures,
+        "flags": gate.flags,
+    }

@@ -1,0 +1,266 @@
+"""The orchestrator: classify → [spec] → brief → fresh coder → gate → review → fix rounds.
+
+    summary = run_task("make the header sticky", Path("~/site"), model=model, cfg=cfg)
+    summary["verdict"]  # "pass" | "fail" | "interrupted" | "error"
+
+Nothing reaches the user's branch here: the coder works in the run's worktree, and the record
+(events.jsonl, diffs, test logs, report.html) is written as the run goes and again in `finally`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from agent_node.config import AgentConfig
+from agent_node.loop import prompts
+from agent_node.loop.coder import CoderLimits, reply_fields, run_coder
+from agent_node.loop.errors import StructuredOutputError, UsageError
+from agent_node.loop.gate import GateResult, QACheck, detect_test_cmd, gate_event, run_gate
+from agent_node.loop.structured import CLASSIFY, REVIEW, SPEC, ask_json
+from agent_node.loop.visual import serve_directory
+from agent_node.loop.worktree import (
+    add_worktree,
+    current_branch,
+    dirty_paths,
+    git,
+    head_commit,
+    repo_root,
+    snapshot_branch,
+)
+from agent_node.model import Model, Reply
+from agent_node.report import write_report
+from agent_node.runs import Listener, RunRecord, summarize
+
+ToolsFactory = Callable[[Path], dict[str, Any]]
+MAX_FILES_LISTED = 200
+
+
+def default_tools(cfg: AgentConfig) -> ToolsFactory:
+    def make(root: Path) -> dict[str, Any]:
+        from agent_node.tools import make_tools  # type: ignore[attr-defined]
+
+        return dict(make_tools(root, timeout_s=cfg.loop.tool_timeout_s,
+                               output_limit=cfg.loop.output_limit))
+
+    return make
+
+
+def run_task(
+    task: str,
+    repo: Path,
+    *,
+    model: Model,
+    cfg: AgentConfig | None = None,
+    coder_model: Model | None = None,
+    spec: list[str] | None = None,
+    test_cmd: str | None = None,
+    qa: QACheck | None = None,
+    tools_factory: ToolsFactory | None = None,
+    home: Path | None = None,
+    listeners: Iterable[Listener] = (),
+    refuse_dirty: bool = False,
+) -> dict[str, Any]:
+    """Run one task to a verdict; returns the run's summary (see `runs.summarize`).
+
+    `model` classifies, writes the spec and reviews; `coder_model` (default: `model`) codes.
+    `spec` skips writing one (and makes the task UI work). `qa` checks a served page against
+    the spec. Raises UsageError before anything is created when `repo` is not usable.
+    """
+    cfg = cfg or AgentConfig()
+    task = task.strip()
+    if not task:
+        raise UsageError("the task is empty; say what to do: agent-node run \"TASK\" --repo DIR")
+    root = repo_root(repo.expanduser().resolve())
+    dirty = dirty_paths(root)
+    if dirty and refuse_dirty:
+        raise UsageError(f"{root} has {len(dirty)} uncommitted file(s) ({', '.join(dirty[:5])}); "
+                         "commit or stash them, or run without --refuse-dirty to base on HEAD")
+    record = RunRecord.create(home)
+    record.listeners.extend(listeners)
+    try:
+        _Run(record, task, root, dirty, model, coder_model or model, cfg, spec, test_cmd, qa,
+             tools_factory or default_tools(cfg)).go()
+    except KeyboardInterrupt:
+        record.emit("verdict", verdict="interrupted", reasons=["interrupted (Ctrl-C)"])
+        raise
+    except BaseException as e:
+        record.emit("error", error=f"{type(e).__name__}: {e}")
+        record.emit("verdict", verdict="error", reasons=[f"{type(e).__name__}: {e}"])
+        raise
+    finally:
+        record.close()
+        write_report(record.dir)
+    return summarize(record.dir)
+
+
+class _Run:
+    def __init__(self, record: RunRecord, task: str, root: Path, dirty: list[str], model: Model,
+                 coder_model: Model, cfg: AgentConfig, spec: list[str] | None,
+                 test_cmd: str | None, qa: QACheck | None, tools_factory: ToolsFactory) -> None:
+        self.record, self.task, self.root, self.dirty = record, task, root, dirty
+        self.model, self.coder_model, self.cfg = model, coder_model, cfg
+        self.spec, self.test_cmd, self.qa, self.tools_factory = spec, test_cmd, qa, tools_factory
+        self.emit = record.emit
+        self.worktree = record.dir / "worktree"
+        self.run_branch = f"studio-coder/{record.run_id}"
+
+    def go(self) -> None:
+        base = head_commit(self.root)
+        self.emit("run_started", task=self.task, repo=str(self.root), base=base,
+                  branch=current_branch(self.root), run_branch=self.run_branch,
+                  worktree=str(self.worktree), dirty=self.dirty, pid=_pid(),
+                  models={"orchestrator": self.model.name, "coder": self.coder_model.name})
+        if self.dirty:
+            self.emit("note", text=f"{len(self.dirty)} uncommitted file(s) in {self.root} are not "
+                      f"part of this run (it is based on HEAD {base[:12]}); they are left as they "
+                      "are")
+        add_worktree(self.root, self.worktree, self.run_branch, base)
+        files = git(["ls-files"], self.worktree).splitlines()
+
+        kind = self.classify(files)
+        spec = self.spec
+        if spec is None and kind["ui"]:
+            spec = self.write_spec()
+        elif spec is not None:
+            self.emit("spec", statements=spec, source="file")
+        page = self.cfg.loop.ui_page or kind.get("page") or ""
+        if spec and not page and (self.worktree / "index.html").exists():
+            page = "index.html"
+        test_cmd = self.test_cmd or self.cfg.loop.test_cmd or detect_test_cmd(self.worktree)
+        self.emit("setup", test_cmd=test_cmd, page=page, ui=bool(spec),
+                  asks_for_change=kind["asks_for_change"])
+
+        failures: list[str] = []
+        verdict, reasons, last_round = "fail", ["no round ran"], 0
+        for round_no in range(1, self.cfg.loop.max_rounds + 1):
+            last_round = round_no
+            brief = prompts.render(
+                "brief", task=self.task, files=files[:MAX_FILES_LISTED],
+                files_more=len(files) if len(files) > MAX_FILES_LISTED else 0,
+                test_cmd=test_cmd, asks_for_change=kind["asks_for_change"], spec=spec or [],
+                page=page, failures=failures, round=round_no)
+            self.record.write_text(f"round-{round_no}/brief.md", brief)
+            self.emit("round_started", round=round_no, brief_file=f"round-{round_no}/brief.md")
+            coder = run_coder(
+                self.coder_model, prompts.render("coder_system"), brief,
+                self.tools_factory(self.worktree),
+                CoderLimits(self.cfg.loop.coder_max_turns, self.cfg.loop.coder_max_tokens,
+                            self.cfg.loop.coder_wall_s),
+                emit=self.emit, round_no=round_no)
+            self.record.write_text(f"round-{round_no}/coder.json",
+                                   json.dumps(coder.messages, indent=1, default=str))
+            self.emit("coder_done", round=round_no, report=coder.report, turns=coder.turns,
+                      tokens=coder.tokens, stopped=coder.stopped)
+
+            gate = self.gate(round_no, base, test_cmd, kind["asks_for_change"], spec, page)
+            passed, reasons, fixes = self.judge(round_no, gate, coder.report, spec, test_cmd)
+            verdict = "pass" if passed else "fail"
+            self.emit("round_verdict", round=round_no, verdict=verdict, reasons=reasons,
+                      fixes=fixes)
+            if passed:
+                break
+            failures = fixes
+        if verdict == "fail" and last_round == self.cfg.loop.max_rounds:
+            reasons = [f"still failing after {last_round} round(s) (loop.max_rounds = "
+                       f"{self.cfg.loop.max_rounds})", *reasons]
+        snapshot_branch(self.worktree, base, self.run_branch,
+                        f"studio-coder run {self.record.run_id}: {self.task[:60]}")
+        self.emit("verdict", verdict=verdict, rounds=last_round, reasons=reasons)
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def ask(self, role: str, prompt: str, schema: dict[str, Any], round_no: int = 0) -> Any:
+        def log(reply: Reply) -> None:
+            self.emit("model_call", role=role, round=round_no, **reply_fields(reply))
+
+        return ask_json(self.model, [{"role": "user", "content": prompt}], schema,
+                        retries=self.cfg.loop.json_retries, on_reply=log)
+
+    def classify(self, files: list[str]) -> dict[str, Any]:
+        if self.spec is not None:
+            kind = {"ui": True, "asks_for_change": True, "page": "", "reason": "a spec was given"}
+        else:
+            prompt = prompts.render("classify", task=self.task, files=files[:MAX_FILES_LISTED])
+            try:
+                kind = self.ask("classify", prompt, CLASSIFY)
+            except StructuredOutputError as e:
+                kind = {"ui": False, "asks_for_change": True, "page": "",
+                        "reason": f"classification failed, assuming a non-UI change: {e}"}
+        self.emit("classified", **kind)
+        return kind
+
+    def write_spec(self) -> list[str]:
+        try:
+            statements = list(self.ask("spec", prompts.render("spec", task=self.task),
+                                       SPEC)["statements"])
+        except StructuredOutputError as e:
+            statements = ["no horizontal overflow at desktop or phone width", "no console errors"]
+            self.emit("note", text=f"the spec could not be written ({e}); using a minimal one")
+        self.emit("spec", statements=statements, source="model")
+        return statements
+
+    def gate(self, round_no: int, base: str, test_cmd: str, asks_for_change: bool,
+             spec: list[str] | None, page: str) -> GateResult:
+        qa_dir = self.record.dir / f"round-{round_no}" / "qa"
+        serving = serve_directory(self.worktree) if spec and page else nullcontext("")
+        with serving as url:
+            gate = run_gate(
+                self.worktree, base, test_cmd=test_cmd, timeout_s=self.cfg.loop.test_timeout_s,
+                asks_for_change=asks_for_change, output_limit=self.cfg.loop.output_limit,
+                ui_url=f"{url}/{page}" if url else "", spec=spec, qa=self.qa, qa_dir=qa_dir)
+        diff_file = self.record.write_text(f"round-{round_no}/diff.patch", gate.diff.patch)
+        fields = gate_event(gate)
+        fields["diff_file"] = str(diff_file.relative_to(self.record.dir))
+        if gate.tests:
+            log = self.record.write_text(f"round-{round_no}/tests.log", gate.tests.output)
+            fields["test_log"] = str(log.relative_to(self.record.dir))
+        self.emit("gate", round=round_no, **fields)
+        if gate.qa:
+            self.emit("qa", round=round_no, passed=gate.qa.passed, note=gate.qa.note,
+                      failures=[vars(f) for f in gate.qa.failures],
+                      screenshots=[_relative(p, self.record.dir) for p in gate.qa.screenshots])
+        return gate
+
+    def judge(self, round_no: int, gate: GateResult, report: str, spec: list[str] | None,
+              test_cmd: str) -> tuple[bool, list[str], list[str]]:
+        """(passed, reasons, fixes for the next round)."""
+        if not gate.passed:
+            return False, gate.failures + gate.flags, gate.failures
+        t = gate.tests
+        prompt = prompts.render(
+            "review", task=self.task, spec=spec or [], files=[p for _, p in gate.diff.files],
+            flags=gate.flags, test_cmd=test_cmd, report=report,
+            test_result=("not run" if t is None else f"exit {t.exit_code} in {t.seconds:.1f} s"),
+            diff=gate.diff.patch[: self.cfg.loop.output_limit * 2])
+        try:
+            review = self.ask("review", prompt, REVIEW, round_no)
+        except StructuredOutputError as e:
+            return False, [f"the review gave no usable verdict: {e}"], [
+                "the change could not be reviewed; make it again, clearly and minimally"]
+        reasons = list(review["reasons"]) + gate.flags
+        fixes = list(review["fixes"]) or list(review["reasons"])
+        passed = review["verdict"] == "pass"
+        if gate.test_files_touched and not review["tests_change_ok"]:
+            passed = False
+            touched = ", ".join(gate.test_files_touched)
+            reasons.insert(0, f"the coder changed existing tests to get them passing: {touched}")
+            fixes.insert(0, f"restore the tests you changed ({touched}) exactly as they were and "
+                         "make the code pass them instead")
+        return passed, reasons, fixes
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return path
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()

@@ -1,0 +1,145 @@
+"""`report.html` for a run, rebuilt from `events.jsonl` and the files the events name.
+
+Everything from the record is escaped; screenshots are shown inline by relative path, so the
+report reads in a browser straight from the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from agent_node.runs import read_events, summarize
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.4em} h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
+pre{background:#f6f6f6;padding:.8em;overflow:auto;max-height:40em;font-size:12px}
+.pass{color:#176f2c;font-weight:600} .fail,.error,.interrupted,.incomplete{color:#b3261e;
+font-weight:600} table{border-collapse:collapse} td,th{padding:.2em .6em;text-align:left;
+vertical-align:top;border-bottom:1px solid #eee} img{max-width:100%;border:1px solid #ccc}
+.shots{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start} .shots figure{margin:0}
+"""
+
+
+def _read(run_dir: Path, name: str | None, limit: int = 400_000) -> str:
+    if not name:
+        return ""
+    path = run_dir / name
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return f"({name} is missing)"
+    return text if len(text) <= limit else text[:limit] + f"\n[... {len(text) - limit} cut ...]"
+
+
+def _list(items: list[Any]) -> str:
+    if not items:
+        return ""
+    return "<ul>" + "".join(f"<li><pre style='margin:0;white-space:pre-wrap'>{escape(str(i))}"
+                            "</pre></li>" for i in items) + "</ul>"
+
+
+def _verdict(v: str) -> str:
+    return f"<span class='{escape(v)}'>{escape(v)}</span>"
+
+
+def render_report(run_dir: Path) -> str:
+    events = read_events(run_dir)
+    s = summarize(run_dir, events)
+    out = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>studio-coder run {escape(s['run_id'])}</title><style>{CSS}</style></head><body>",
+        f"<h1>Run {escape(s['run_id'])}: {_verdict(s['verdict'])}</h1>",
+        "<table>",
+    ]
+    rows = [
+        ("task", s.get("task")), ("repository", s.get("repo")), ("branch", s.get("branch")),
+        ("base", s.get("base")), ("run branch", s.get("run_branch")),
+        ("rounds", s["rounds"]), ("models", ", ".join(s["models"])),
+        ("tokens", ", ".join(f"{k} {v:,}" for k, v in s["tokens"].items())),
+        ("state", s.get("state") or "awaiting approve/reject"),
+    ]
+    out += [f"<tr><th>{escape(k)}</th><td>{escape(str(v or ''))}</td></tr>" for k, v in rows]
+    out.append("</table>")
+    if s["reasons"]:
+        out.append("<h2>Verdict</h2>" + _list(s["reasons"]))
+    if s["verdict"] == "incomplete":
+        out.append("<p class='incomplete'>No verdict was recorded: the run is still going, or "
+                   "it was killed. Everything below was done before that.</p>")
+
+    for e in events:
+        kind = e.get("type")
+        if kind == "note":
+            out.append(f"<p><b>Note:</b> {escape(str(e.get('text', '')))}</p>")
+        elif kind == "classified":
+            out.append(f"<p><b>Classified:</b> {'UI' if e.get('ui') else 'not UI'}; "
+                       f"{escape(str(e.get('reason', '')))}</p>")
+        elif kind == "spec":
+            out.append("<h2>Design spec</h2>" + _list(e.get("statements", [])))
+        elif kind == "round_started":
+            out.append(f"<h2>Round {int(e.get('round', 0))}</h2><details><summary>brief"
+                       f"</summary><pre>{escape(_read(run_dir, e.get('brief_file')))}</pre>"
+                       "</details>")
+        elif kind == "coder_done":
+            out.append(f"<p><b>Coder</b> ({escape(str(e.get('turns')))} turns, "
+                       f"{escape(str(e.get('tokens')))} tokens, stopped by "
+                       f"{escape(str(e.get('stopped')))}) reported (a claim, not evidence):</p>"
+                       f"<pre>{escape(str(e.get('report', '')))}</pre>")
+        elif kind == "gate":
+            out.append(_gate(run_dir, e))
+        elif kind == "qa":
+            out.append(_qa(e))
+        elif kind == "round_verdict":
+            out.append(f"<p><b>Round {int(e.get('round', 0))} verdict:</b> "
+                       f"{_verdict(str(e.get('verdict')))}</p>" + _list(e.get("reasons", [])))
+        elif kind in ("error", "approved", "rejected"):
+            detail = {k: v for k, v in e.items() if k not in ("type", "t")}
+            out.append(f"<p><b>{escape(kind)}:</b> {escape(json.dumps(detail, default=str))}</p>")
+
+    out.append("<h2>Events</h2><details><summary>events.jsonl</summary><pre>")
+    out += [escape(json.dumps(e, default=str, ensure_ascii=False)) + "\n" for e in events]
+    out.append("</pre></details></body></html>")
+    return "".join(out)
+
+
+def _gate(run_dir: Path, e: dict[str, Any]) -> str:
+    files = e.get("files", [])
+    exit_code = e.get("test_exit")
+    parts = [f"<p><b>Gate:</b> {_verdict('pass' if e.get('passed') else 'fail')}; "
+             f"{len(files)} file(s) changed; test command "
+             f"<code>{escape(str(e.get('test_cmd') or '(none)'))}</code> exited "
+             f"{escape(str(exit_code))}</p>"]
+    parts.append(_list(e.get("flags", [])))
+    parts.append(f"<details open><summary>diff</summary><pre>"
+                 f"{escape(_read(run_dir, e.get('diff_file')) or '(empty diff)')}</pre></details>")
+    if e.get("test_log"):
+        parts.append(f"<details><summary>test output</summary><pre>"
+                     f"{escape(_read(run_dir, e.get('test_log')))}</pre></details>")
+    return "".join(parts)
+
+
+def _qa(e: dict[str, Any]) -> str:
+    parts = [f"<p><b>Visual QA:</b> {_verdict('pass' if e.get('passed') else 'fail')}"
+             f"{' — ' + escape(str(e['note'])) if e.get('note') else ''}</p><div class='shots'>"]
+    for shot in e.get("screenshots", []):
+        parts.append(f"<figure><img src='{escape(str(shot), quote=True)}' alt=''>"
+                     f"<figcaption>{escape(str(shot))}</figcaption></figure>")
+    parts.append("</div>")
+    rows = [f"<tr><td>{escape(str(f.get('viewport', '')))}</td><td>"
+            f"{escape(str(f.get('statement', '')))}</td><td>{escape(str(f.get('evidence', '')))}"
+            f"</td><td>{escape(str(f.get('fix', '')))}</td></tr>" for f in e.get("failures", [])]
+    if rows:
+        parts.append("<table><tr><th>viewport</th><th>statement</th><th>evidence</th><th>fix"
+                     "</th></tr>" + "".join(rows) + "</table>")
+    return "".join(parts)
+
+
+def write_report(run_dir: Path) -> Path:
+    path = run_dir / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(render_report(run_dir), encoding="utf-8")
+    tmp.replace(path)  # a kill mid-write leaves the old report, never half of a new one
+    return path

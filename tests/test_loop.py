@@ -1,0 +1,346 @@
+"""The agent loop's decisions, driven by scripted models over real git repos in tmp_path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scripted_model import ScriptedModel, as_json, call, text
+
+from agent_node.config import AgentConfig
+from agent_node.loop import cli
+from agent_node.loop.gate import QAFailure, QAOutcome
+from agent_node.loop.orchestrator import run_task
+from agent_node.model import Reply
+from agent_node.runs import find_run, read_events, summarize
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS / "fixtures" / "loop"))
+from fake_tools import make_fake_tools  # noqa: E402
+
+GOOD_CALC = "def add(a, b):\n    return a + b\n"
+BAD_CALC = "def add(a, b):\n    return a - b\n"
+TEST_CALC = "import sys\n\nsys.path.insert(0, \".\")\nimport calc\n\nassert calc.add(2, 3) == 5, f'add(2, 3) = {calc.add(2, 3)}'\n"
+NOT_UI = {"ui": False, "asks_for_change": True, "page": "", "reason": "a Python fix"}
+PASS = {"verdict": "pass", "reasons": ["add is fixed"], "fixes": [], "tests_change_ok": True}
+
+
+@pytest.fixture(autouse=True)
+def git_identity(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for who in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{who}_NAME", "Test User")
+        monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.com")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))
+    monkeypatch.setenv("STUDIO_CODER_HOME", str(tmp_path / "home"))
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def make_repo(tmp_path: Path, files: dict[str, str] | None = None) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    for name, content in (files or {"calc.py": BAD_CALC, "tests/test_calc.py": TEST_CALC}).items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(content)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "initial")
+    return repo
+
+
+def fingerprint(repo: Path) -> dict[str, Any]:
+    """Everything of the user's that must not change: branch ref, HEAD, index, every file."""
+    files = {}
+    for path in sorted(repo.rglob("*")):
+        if ".git" in path.relative_to(repo).parts or not path.is_file():
+            continue
+        files[str(path.relative_to(repo))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {
+        "head": git(repo, "rev-parse", "HEAD"),
+        "branch": git(repo, "symbolic-ref", "HEAD"),
+        "main": git(repo, "rev-parse", "refs/heads/main"),
+        "index": hashlib.sha256((repo / ".git" / "index").read_bytes()).hexdigest(),
+        "status": git(repo, "status", "--porcelain"),
+        "files": files,
+    }
+
+
+def calc_test_cmd() -> str:
+    return f"{sys.executable} tests/test_calc.py"
+
+
+def run(tmp_path: Path, repo: Path, orch: ScriptedModel, coder: ScriptedModel,
+        **kw: Any) -> dict[str, Any]:
+    cfg = kw.pop("cfg", AgentConfig())
+    return run_task(kw.pop("task", "make add() add"), repo, model=orch, coder_model=coder,
+                    cfg=cfg, test_cmd=kw.pop("test_cmd", calc_test_cmd()),
+                    tools_factory=make_fake_tools, home=tmp_path / "home", **kw)
+
+
+def fix_calc() -> list[Reply]:
+    return [call("write", path="calc.py", content=GOOD_CALC),
+            call("finish", report="fixed add")]
+
+
+def test_happy_path_passes_and_approve_makes_one_commit(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    before = git(repo, "rev-parse", "HEAD").strip()
+    orch = ScriptedModel([as_json(NOT_UI), as_json(PASS)], name="orch")
+    summary = run(tmp_path, repo, orch, ScriptedModel(fix_calc(), name="coder"))
+
+    assert summary["verdict"] == "pass" and summary["rounds"] == 1
+    assert (repo / "calc.py").read_text() == BAD_CALC  # nothing reaches the user before approve
+    assert orch.calls[0]["response_format"]["required"]  # structured calls carry their schema
+    run_dir = Path(summary["run_dir"])
+    assert "+    return a + b" in (run_dir / "round-1" / "diff.patch").read_text()
+    assert "add is fixed" in (run_dir / "report.html").read_text()
+
+    assert cli.approve_main([summary["run_id"]]) == 0
+    assert git(repo, "rev-list", "--count", f"{before}..HEAD").strip() == "1"
+    assert git(repo, "rev-parse", "HEAD~1").strip() == before
+    message = git(repo, "log", "-1", "--format=%B")
+    assert "make add() add" in message and summary["run_id"] in message
+    assert (repo / "calc.py").read_text() == GOOD_CALC
+    assert git(repo, "status", "--porcelain") == ""
+    assert f"studio-coder/{summary['run_id']}" not in git(repo, "branch", "--list")
+    assert not (run_dir / "worktree").exists()
+    assert summarize(run_dir)["state"] == "approved"
+    assert cli.approve_main([summary["run_id"]]) == 1  # once only
+
+
+def test_lying_coder_is_caught_and_round_two_gets_the_real_failure(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    coder = ScriptedModel([
+        call("write", path="notes.txt", content="looked at it"),
+        call("finish", report="Fixed it. All tests pass."),
+        *fix_calc(),
+    ], name="coder")
+    orch = ScriptedModel([as_json(NOT_UI), as_json(PASS)], name="orch")
+    summary = run(tmp_path, repo, orch, coder)
+
+    assert summary["verdict"] == "pass" and summary["rounds"] == 2
+    verdicts = [e for e in read_events(Path(summary["run_dir"])) if e["type"] == "round_verdict"]
+    assert verdicts[0]["verdict"] == "fail"
+    assert "exited 1" in verdicts[0]["reasons"][0]
+    round2 = coder.calls[2]["messages"]  # the first call of round 2's coder
+    assert [m["role"] for m in round2] == ["system", "user"]  # a fresh context
+    brief = round2[1]["content"]
+    assert "AssertionError: add(2, 3) = -1" in brief  # the real test output, not the claim
+    assert "All tests pass" not in json.dumps(round2)
+    assert "notes.txt" not in json.dumps(round2)  # nothing of round 1's conversation
+
+
+def test_coder_that_edits_a_test_to_pass_is_flagged_and_fails(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    cheat = [call("write", path="tests/test_calc.py", content="assert True\n"),
+             call("finish", report="tests pass now")]
+    # The judge is told about the edit; it says the test change was not asked for.
+    review = {"verdict": "pass", "reasons": ["tests pass"], "fixes": [],
+              "tests_change_ok": False}
+    orch = ScriptedModel([as_json(NOT_UI), as_json(review)], name="orch")
+    cfg = AgentConfig()
+    cfg.loop.max_rounds = 1
+    summary = run(tmp_path, repo, orch, ScriptedModel(cheat, name="coder"), cfg=cfg)
+
+    review_prompt = orch.calls[1]["messages"][0]["content"]
+    assert "changes or deletes existing tests: tests/test_calc.py (modified)" in review_prompt
+    assert summary["verdict"] == "fail"
+    assert any("changed existing tests" in r and "tests/test_calc.py" in r
+               for r in summary["reasons"])
+
+
+def test_failing_tool_becomes_its_result_and_the_loop_goes_on(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    coder = ScriptedModel([call("read", path="missing.py"), call("nonesuch"), *fix_calc()])
+    orch = ScriptedModel([as_json(NOT_UI), as_json(PASS)])
+    summary = run(tmp_path, repo, orch, coder)
+    assert summary["verdict"] == "pass"
+    tool_results = [m for m in coder.calls[2]["messages"] if m["role"] == "tool"]
+    assert "FileNotFoundError" in tool_results[0]["content"]
+    assert "'nonesuch'" in tool_results[1]["content"]
+
+
+def test_empty_diff_for_a_change_fails(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"calc.py": GOOD_CALC, "tests/test_calc.py": TEST_CALC})
+    cfg = AgentConfig()
+    cfg.loop.max_rounds = 1
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI)]),
+                  ScriptedModel([text("Nothing needed, it already works.")]), cfg=cfg)
+    assert summary["verdict"] == "fail"
+    assert any("no diff against the base" in r for r in summary["reasons"])
+
+
+def test_malformed_classification_is_retried_with_the_problem_named(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    orch = ScriptedModel([text("It is a backend task."), as_json({"ui": False}),
+                          as_json(NOT_UI), as_json(PASS)])
+    summary = run(tmp_path, repo, orch, ScriptedModel(fix_calc()))
+    assert summary["verdict"] == "pass"
+    assert "not valid JSON" in orch.calls[1]["messages"][-1]["content"]
+    assert "does not match the schema" in orch.calls[2]["messages"][-1]["content"]
+
+
+def test_coder_is_stopped_at_its_turn_limit(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    cfg = AgentConfig()
+    cfg.loop.max_rounds, cfg.loop.coder_max_turns = 1, 2
+    coder = ScriptedModel([call("read", path="calc.py"), call("read", path="calc.py")])
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI)]), coder, cfg=cfg)
+    done = [e for e in read_events(Path(summary["run_dir"])) if e["type"] == "coder_done"]
+    assert done[0]["stopped"] == "max_turns" and done[0]["turns"] == 2
+    assert summary["verdict"] == "fail"
+
+
+def ui_repo(tmp_path: Path) -> Path:
+    page = (TESTS / "fixtures" / "pages" / "phone-overflow.html")
+    html = page.read_text() if page.exists() else "<div class='pricing-table'></div>"
+    return make_repo(tmp_path, {"index.html": html})
+
+
+def phone_overflow_qa(calls: list[tuple[str, list[str]]]) -> Any:
+    """Stands in for agent_node.qa.check_page: the page fits the desktop, not the phone.
+
+    Note: the real check (Chromium, describer, judge) is exercised by the qa package's own
+    tests; here the loop's handling of its result is what is under test.
+    """
+
+    def check(url: str, spec: list[str], out_dir: Path) -> QAOutcome:
+        calls.append((url, spec))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shot = out_dir / "phone.png"
+        shot.write_bytes(b"\x89PNG\r\n\x1a\n")
+        import urllib.request
+
+        served = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert "pricing-table" in served  # the worktree's page really is served
+        return QAOutcome(False, [QAFailure(
+            statement=spec[1], viewport="phone 390x844",
+            evidence="document is 656 px wide in a 390 px viewport; .pricing-table overflows",
+            fix="let .pricing-table wrap on narrow screens: max-width: 100%; flex-wrap: wrap")],
+            [str(shot)])
+
+    return check
+
+
+def test_ui_task_that_overflows_on_the_phone_fails_with_a_phone_fix(tmp_path: Path) -> None:
+    repo = ui_repo(tmp_path)
+    ui = {"ui": True, "asks_for_change": True, "page": "index.html", "reason": "layout"}
+    spec = {"statements": ["three plans side by side at desktop width",
+                           "all three plans visible without horizontal scrolling on a phone",
+                           "no console errors"]}
+    edit = [call("write", path="index.html",
+                 content=(repo / "index.html").read_text().replace("Team", "Team plan")),
+            call("finish", report="looks great on every screen")]
+    cfg = AgentConfig()
+    cfg.loop.max_rounds = 2
+    calls: list[tuple[str, list[str]]] = []
+    coder = ScriptedModel(edit + edit, name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(ui), as_json(spec)]), coder, cfg=cfg,
+                  test_cmd="", qa=phone_overflow_qa(calls), task="show the plans as columns")
+
+    assert summary["verdict"] == "fail" and summary["rounds"] == 2
+    assert calls[0][0].endswith("/index.html") and calls[0][1] == spec["statements"]
+    assert any("phone" in r and "flex-wrap" in r for r in summary["reasons"])
+    round2_brief = coder.calls[2]["messages"][1]["content"]
+    assert "at the phone 390x844 viewport" in round2_brief and "Fix: let .pricing-table" in \
+        round2_brief
+    report = (Path(summary["run_dir"]) / "report.html").read_text()
+    assert "<img src='round-1/qa/phone.png'" in report
+
+
+def test_last_round_failing_leaves_the_user_branch_and_files_byte_for_byte(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    (repo / "scratch.txt").write_text("my uncommitted work\n")  # the user's own changes
+    (repo / "calc.py").write_text(BAD_CALC + "# my local edit\n")
+    before = fingerprint(repo)
+    wrong = [call("write", path="calc.py", content="def add(a, b):\n    return a * b\n"),
+             call("finish", report="done, tests pass")]
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI)]),
+                  ScriptedModel(wrong * 3, name="coder"))
+
+    assert summary["verdict"] == "fail" and summary["rounds"] == 3
+    assert "still failing after 3 round(s)" in summary["reasons"][0]
+    assert fingerprint(repo) == before
+    notes = [e for e in read_events(Path(summary["run_dir"])) if e["type"] == "note"]
+    assert "2 uncommitted file(s)" in notes[0]["text"]
+    assert cli.approve_main([summary["run_id"]]) == 1  # a failed run is refused
+    assert fingerprint(repo) == before
+
+
+def test_approve_refuses_when_the_user_changed_the_same_file(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]),
+                  ScriptedModel(fix_calc()))
+    (repo / "calc.py").write_text(BAD_CALC + "# mine\n")
+    before = fingerprint(repo)
+    assert cli.approve_main([summary["run_id"]]) == 1
+    assert fingerprint(repo) == before
+
+
+def test_reject_removes_worktree_and_branch(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]),
+                  ScriptedModel(fix_calc()))
+    branch = f"studio-coder/{summary['run_id']}"
+    assert branch in git(repo, "branch", "--list")
+    before = fingerprint(repo)
+    assert cli.reject_main([summary["run_id"][:17]]) == 0  # a unique prefix will do
+    assert branch not in git(repo, "branch", "--list")
+    assert not (Path(summary["run_dir"]) / "worktree").exists()
+    assert fingerprint(repo) == before
+    assert summarize(find_run(summary["run_id"]))["state"] == "rejected"
+
+
+def test_run_command_exit_codes_for_bad_input(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert cli.run_main(["do it", "--repo", str(plain)]) in (2, 3)
+    repo = make_repo(tmp_path)
+    assert cli.run_main(["do it", "--repo", str(repo), "--spec", str(tmp_path / "nope")]) == 2
+    assert "spec file" in capsys.readouterr().err
+
+
+def test_killed_run_leaves_a_readable_record_and_the_branch_untouched(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    before = fingerprint(repo)
+    home = tmp_path / "home"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+    proc = subprocess.Popen([sys.executable, str(TESTS / "fixtures" / "loop" / "slow_run.py"),
+                             str(repo), str(home)], env=env)
+    try:
+        deadline = time.monotonic() + 20
+        events: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            runs = list((home / "runs").glob("*/events.jsonl"))
+            events = read_events(runs[0].parent) if runs else []
+            if any(e["type"] == "tool_call" for e in events):
+                break
+            assert proc.poll() is None, "the slow run ended on its own"
+            time.sleep(0.05)
+        assert any(e["type"] == "tool_call" for e in events), "the run never reached a tool call"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    run_dir = runs[0].parent
+    summary = summarize(run_dir)
+    assert summary["verdict"] == "incomplete" and summary["rounds"] == 1
+    assert fingerprint(repo) == before
+    from agent_node.report import write_report
+
+    assert "No verdict was recorded" in write_report(run_dir).read_text()
+    assert cli.reject_main([run_dir.name]) == 0  # and it can be cleaned up
+    assert fingerprint(repo) == before
