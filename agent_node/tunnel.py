@@ -75,7 +75,7 @@ class TunnelStatus:
         text = f"tunnel {self.ssh} -> {self.remote} on {self.target}: {self.state}"
         if self.state == REBUILDING:
             wait = max(0.0, self.next_try_unix - time.time())
-            text += f" (attempt {self.attempt}, next try in {wait:.1f} s)"
+            text += f" ({self.attempt} attempt(s) so far, next try in {wait:.1f} s)"
         if self.state == PROBING:
             text += f" ({self.probe_failures} failed health check(s) in a row)"
         if self.why and self.state in (REBUILDING, FAILED, PROBING):
@@ -487,9 +487,9 @@ class Tunnel:
     def _begin_rebuild(self, why: str) -> None:
         log.warning("tunnel %s: %s; force-stopping and rebuilding", self._status.ssh, why)
         self._rebuild_started = time.monotonic()
-        self._teardown()  # resets the relayed connections: calls in flight fail now, not later
         delay = backoff_delay(1, self.cfg)
         self._set(REBUILDING, why=why, attempt=0, next_try_unix=time.time() + delay)
+        self._teardown()  # resets the relayed connections: calls in flight fail now, not later
 
     def _rebuild(self) -> None:
         """Retry with backoff until up, fatal, or stopped."""
