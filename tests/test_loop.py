@@ -28,7 +28,10 @@ from fake_tools import make_fake_tools  # noqa: E402
 
 GOOD_CALC = "def add(a, b):\n    return a + b\n"
 BAD_CALC = "def add(a, b):\n    return a - b\n"
-TEST_CALC = "import sys\n\nsys.path.insert(0, \".\")\nimport calc\n\nassert calc.add(2, 3) == 5, f'add(2, 3) = {calc.add(2, 3)}'\n"
+TEST_CALC = (
+    "import sys\n\nsys.path.insert(0, '.')\nimport calc\n\n"
+    "assert calc.add(2, 3) == 5, f'add(2, 3) = {calc.add(2, 3)}'\n"
+)
 NOT_UI = {"ui": False, "asks_for_change": True, "page": "", "reason": "a Python fix"}
 PASS = {"verdict": "pass", "reasons": ["add is fixed"], "fixes": [], "tests_change_ok": True}
 
@@ -307,7 +310,7 @@ def test_run_command_exit_codes_for_bad_input(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
-    assert cli.run_main(["do it", "--repo", str(plain)]) in (2, 3)
+    assert cli.run_main(["do it", "--repo", str(plain)]) == 2
     repo = make_repo(tmp_path)
     assert cli.run_main(["do it", "--repo", str(repo), "--spec", str(tmp_path / "nope")]) == 2
     assert "spec file" in capsys.readouterr().err
@@ -344,3 +347,52 @@ def test_killed_run_leaves_a_readable_record_and_the_branch_untouched(tmp_path: 
     assert "No verdict was recorded" in write_report(run_dir).read_text()
     assert cli.reject_main([run_dir.name]) == 0  # and it can be cleaned up
     assert fingerprint(repo) == before
+
+
+def test_unreachable_inference_node_exits_3(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    repo = make_repo(tmp_path)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "agent-node.toml"
+    config.write_text(f'[inference]\ntarget = "127.0.0.1:{port}"\nconnect_timeout_s = 1.0\n')
+    assert cli.run_main(["fix it", "--repo", str(repo), "--config", str(config)]) == 3
+    assert f"127.0.0.1:{port}" in capsys.readouterr().err
+
+
+class _FakeClient:
+    def __init__(self, model: ScriptedModel) -> None:
+        self._model = model
+
+    def model(self, role: str = "coder") -> ScriptedModel:
+        return self._model
+
+    def describer(self) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_run_json_prints_only_the_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    repo = make_repo(tmp_path)
+    model = ScriptedModel([as_json(NOT_UI), *fix_calc(), as_json(PASS)])
+    monkeypatch.setattr(cli, "_connect", lambda cfg: _FakeClient(model))
+    import agent_node.loop.orchestrator as orchestrator
+
+    monkeypatch.setattr(orchestrator, "default_tools", lambda cfg: make_fake_tools)
+    code = cli.run_main(["make add() add", "--repo", str(repo), "--test-cmd", calc_test_cmd(),
+                         "--json"])
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert code == 0 and summary["verdict"] == "pass" and summary["rounds"] == 1
+    assert summary["models"] == ["scripted"] and set(summary["tokens"]) == {
+        "prompt", "completion", "reasoning"}
+    assert Path(summary["run_dir"]).is_dir()
+    assert "gate" in err  # progress went to stderr
+    assert cli.runs_main([]) == 0
+    assert summary["run_id"] in capsys.readouterr().out

@@ -14,7 +14,7 @@ from typing import Any
 
 from agent_node.config import AgentConfig, ConfigError, load_config, studio_home
 from agent_node.loop.errors import RefusedError, UsageError
-from agent_node.loop.worktree import GitError, apply_to_current_branch, remove_worktree
+from agent_node.loop.worktree import GitError, apply_to_current_branch, remove_worktree, repo_root
 from agent_node.report import write_report
 from agent_node.runs import RunRecord, find_run, list_runs, summarize
 
@@ -55,17 +55,17 @@ def read_spec(path: Path) -> list[str]:
     return statements
 
 
-def _connect(cfg: AgentConfig) -> tuple[Any, Any]:
-    """(model, describer) from the real client; describer may be None."""
-    from agent_node.client import connect  # type: ignore[attr-defined]
+def _connect(cfg: AgentConfig) -> Any:
+    """A live client: the node answered a health check (raises InferenceUnavailable if not)."""
+    from agent_node.client import connect
 
     client = connect(cfg)
-    model = client.model(role="coder")
-    describer = None
-    make_describer = getattr(client, "describer", None)
-    if callable(make_describer):
-        describer = make_describer()
-    return model, describer
+    try:
+        client.health()
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 def _is_unreachable(e: BaseException) -> bool:
@@ -102,8 +102,15 @@ def run_main(argv: list[str]) -> int:
         _say(f"agent-node run: {e}")
         return EXIT_USAGE
     try:
-        model, describer = _connect(cfg)
+        repo_root(Path(args.repo).expanduser().resolve())
+    except UsageError as e:
+        _say(f"agent-node run: {e}")
+        return EXIT_USAGE
+    try:
+        client = _connect(cfg)
     except Exception as e:
+        if not (_is_unreachable(e) or _inference_error(e)):
+            raise
         _say(f"agent-node run: cannot reach the inference node at {cfg.inference.target}: {e}; "
              "check `agent-node status`")
         return EXIT_UNREACHABLE
@@ -112,6 +119,8 @@ def run_main(argv: list[str]) -> int:
     from agent_node.loop.visual import default_qa
 
     try:
+        model = client.model(role="coder")
+        describer = client.describer()
         summary = run_task(
             args.task, Path(args.repo), model=model, cfg=cfg, spec=spec, test_cmd=args.test_cmd,
             qa=default_qa(cfg, model, describer), listeners=[Progress()],
@@ -130,6 +139,8 @@ def run_main(argv: list[str]) -> int:
             _say(f"agent-node run: the inference node refused: {e}")
             return EXIT_FAIL
         raise
+    finally:
+        client.close()
     return _finish(summary, args.json)
 
 

@@ -1,0 +1,78 @@
+"""Run records: durable events, a summary folded from them, and a report that escapes all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent_node.report import write_report
+from agent_node.runs import RunRecord, find_run, list_runs, read_events, summarize
+
+
+def test_events_are_on_disk_as_soon_as_they_are_emitted(tmp_path: Path) -> None:
+    record = RunRecord.create(tmp_path)
+    seen: list[dict] = []
+    record.listeners.append(seen.append)
+    record.emit("run_started", task="t", repo="/r")
+    # Read back before close: nothing is buffered in this process.
+    assert [e["type"] for e in read_events(record.dir)] == ["run_started"]
+    assert seen[0]["task"] == "t"
+    record.close()
+
+
+def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
+    record = RunRecord.create(tmp_path)
+    record.emit("run_started", task="t")
+    record.close()
+    with (record.dir / "events.jsonl").open("a") as f:
+        f.write('{"type": "model_ca')
+    assert [e["type"] for e in read_events(record.dir)] == ["run_started"]
+
+
+def test_summary_folds_rounds_tokens_models_and_verdict(tmp_path: Path) -> None:
+    record = RunRecord.create(tmp_path)
+    record.emit("run_started", task="t", repo="/r", run_branch="studio-coder/x")
+    record.emit("round_started", round=1)
+    record.emit("model_call", model="big", prompt_tokens=10, completion_tokens=5)
+    record.emit("round_started", round=2)
+    record.emit("model_call", model="big", prompt_tokens=1, completion_tokens=2,
+                reasoning_tokens=3)
+    s = summarize(record.dir)
+    assert (s["verdict"], s["rounds"], s["models"]) == ("incomplete", 2, ["big"])
+    assert s["tokens"] == {"prompt": 11, "completion": 7, "reasoning": 3}
+    record.emit("verdict", verdict="pass", rounds=2, reasons=["ok"])
+    record.emit("approved", commit="abc")
+    s = summarize(record.dir)
+    assert (s["verdict"], s["state"], s["reasons"]) == ("pass", "approved", ["ok"])
+    record.close()
+
+
+def test_report_escapes_everything_from_the_record(tmp_path: Path) -> None:
+    record = RunRecord.create(tmp_path)
+    record.emit("run_started", task="<script>alert(1)</script>", repo="/r")
+    record.write_text("round-1/diff.patch", "+<img src=x onerror=alert(2)>\n")
+    record.emit("round_started", round=1)
+    record.emit("gate", round=1, passed=False, files=["A x.html"], test_cmd="t",
+                test_exit=1, diff_file="round-1/diff.patch", flags=["</pre><b>flag</b>"])
+    record.emit("qa", round=1, passed=False, screenshots=["round-1/qa/phone.png"],
+                failures=[{"statement": "<fits>", "viewport": "phone", "evidence": "e",
+                           "fix": "f"}])
+    record.emit("verdict", verdict="fail", rounds=1, reasons=["<b>bad</b>"])
+    record.close()
+    html = write_report(record.dir).read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<img src=x" not in html and "&lt;img src=x onerror" in html
+    assert "<b>bad</b>" not in html and "<b>flag</b>" not in html
+    assert "<img src='round-1/qa/phone.png'" in html
+
+
+def test_list_and_find_runs(tmp_path: Path) -> None:
+    a = RunRecord.create(tmp_path)
+    a.emit("run_started", task="first")
+    a.close()
+    assert [r["task"] for r in list_runs(tmp_path)] == ["first"]
+    assert find_run(a.run_id, tmp_path) == a.dir
+    assert find_run(a.run_id[:-2], tmp_path) == a.dir
+    with pytest.raises(ValueError, match="no run 'nope'"):
+        find_run("nope", tmp_path)
