@@ -206,16 +206,14 @@ def test_coder_is_stopped_at_its_turn_limit(tmp_path: Path) -> None:
 
 
 def ui_repo(tmp_path: Path) -> Path:
-    page = (TESTS / "fixtures" / "pages" / "phone-overflow.html")
-    html = page.read_text() if page.exists() else "<div class='pricing-table'></div>"
+    html = (TESTS / "fixtures" / "loop" / "pricing.html").read_text()
     return make_repo(tmp_path, {"index.html": html})
 
 
 def phone_overflow_qa(calls: list[tuple[str, list[str]]]) -> Any:
-    """Stands in for agent_node.qa.check_page: the page fits the desktop, not the phone.
+    """A scripted QA result, to check exactly what the next round's brief carries.
 
-    Note: the real check (Chromium, describer, judge) is exercised by the qa package's own
-    tests; here the loop's handling of its result is what is under test.
+    The same task against real Chromium is `test_ui_overflow_on_the_phone_found_by_chromium`.
     """
 
     def check(url: str, spec: list[str], out_dir: Path) -> QAOutcome:
@@ -396,3 +394,44 @@ def test_run_json_prints_only_the_summary(tmp_path: Path, monkeypatch: pytest.Mo
     assert "gate" in err  # progress went to stderr
     assert cli.runs_main([]) == 0
     assert summary["run_id"] in capsys.readouterr().out
+
+
+def _chromium_available() -> bool:
+    import importlib.util
+
+    if not (importlib.util.find_spec("playwright") and importlib.util.find_spec("agent_node.qa")
+            and hasattr(importlib.import_module("agent_node.qa"), "check_page")):
+        return False
+    import shutil
+
+    return bool(shutil.which("chromium") or shutil.which("google-chrome")
+                or os.environ.get("STUDIO_CODER_BROWSER"))
+
+
+@pytest.mark.skipif(not _chromium_available(), reason="needs Playwright and a Chromium")
+def test_ui_overflow_on_the_phone_found_by_chromium(tmp_path: Path) -> None:
+    from agent_node.loop.visual import ChromiumQA
+
+    repo = ui_repo(tmp_path)
+    ui = {"ui": True, "asks_for_change": True, "page": "index.html", "reason": "layout"}
+    spec = {"statements": ["three plans side by side at desktop width",
+                           "all three plans visible without horizontal scrolling on a phone"]}
+    edit = [call("write", path="index.html",
+                 content=(repo / "index.html").read_text().replace("Team", "Teams")),
+            call("finish", report="columns done, responsive everywhere")]
+    cfg = AgentConfig()
+    cfg.loop.max_rounds = 1
+    qa = ChromiumQA(cfg, model=None, describer=None)  # facts-only judge: the measured overflow
+    try:
+        summary = run(tmp_path, repo, ScriptedModel([as_json(ui), as_json(spec)]),
+                      ScriptedModel(edit), cfg=cfg, test_cmd="", qa=qa,
+                      task="show the plans as columns")
+    finally:
+        qa.close()
+    assert summary["verdict"] == "fail"
+    reasons = " ".join(summary["reasons"])
+    assert "at the phone viewport" in reasons and "flex-wrap" in reasons
+    qa_event = next(e for e in read_events(Path(summary["run_dir"])) if e["type"] == "qa")
+    assert {f["viewport"] for f in qa_event["failures"]} == {"phone"}
+    assert (Path(summary["run_dir"]) / "round-1" / "qa" / "phone.png").stat().st_size > 1000
+    assert "round-1/qa/phone.png" in (Path(summary["run_dir"]) / "report.html").read_text()

@@ -39,20 +39,16 @@ def _config(path: str | None) -> AgentConfig:
     return load_config(default if default.exists() else None)
 
 
-def read_spec(path: Path) -> list[str]:
-    """Spec statements from a text file: one per line; blank lines and `#` comments skipped."""
+def read_spec(path: Path) -> tuple[list[str], list[Any]]:
+    """(statements, allow rules) from a spec file, in `agent_node.qa.spec`'s format."""
+    from agent_node.qa import load_spec
+    from agent_node.qa.errors import SpecError
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"spec file {path} does not exist; give a file with one checkable "
-                         "statement per line") from None
-    except OSError as e:
-        raise UsageError(f"spec file {path} cannot be read: {e}") from None
-    lines = [ln.strip().lstrip("-*").strip() for ln in text.splitlines()]
-    statements = [ln for ln in lines if ln and not ln.startswith("#")]
-    if not statements:
-        raise UsageError(f"spec file {path} has no statements; write one per line")
-    return statements
+        spec = load_spec(path)
+    except SpecError as e:
+        raise UsageError(str(e)) from None
+    return list(spec.statements), list(spec.allow)
 
 
 def _connect(cfg: AgentConfig) -> Any:
@@ -97,7 +93,7 @@ def run_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     try:
         cfg = _config(args.config)
-        spec = read_spec(Path(args.spec).expanduser()) if args.spec else None
+        spec, allow = read_spec(Path(args.spec).expanduser()) if args.spec else (None, [])
     except (ConfigError, UsageError) as e:
         _say(f"agent-node run: {e}")
         return EXIT_USAGE
@@ -118,13 +114,13 @@ def run_main(argv: list[str]) -> int:
     from agent_node.loop.progress import Progress
     from agent_node.loop.visual import default_qa
 
+    qa = None
     try:
         model = client.model(role="coder")
-        describer = client.describer()
+        qa = default_qa(cfg, model, client.describer(), allow)
         summary = run_task(
             args.task, Path(args.repo), model=model, cfg=cfg, spec=spec, test_cmd=args.test_cmd,
-            qa=default_qa(cfg, model, describer), listeners=[Progress()],
-            refuse_dirty=args.refuse_dirty)
+            qa=qa, listeners=[Progress()], refuse_dirty=args.refuse_dirty)
     except UsageError as e:
         _say(f"agent-node run: {e}")
         return EXIT_USAGE
@@ -140,6 +136,8 @@ def run_main(argv: list[str]) -> int:
             return EXIT_FAIL
         raise
     finally:
+        if qa is not None:
+            qa.close()
         client.close()
     return _finish(summary, args.json)
 

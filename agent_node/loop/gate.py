@@ -164,14 +164,14 @@ def run_gate(
             flags.append("UI task, but no visual QA is available; the page was not looked at")
         else:
             outcome = qa(ui_url, spec, qa_dir or worktree)
-            if outcome.note:
+            if outcome.note and (outcome.passed or outcome.failures):
                 flags.append(outcome.note)
             for f in outcome.failures:
                 where = f" at the {f.viewport} viewport" if f.viewport else ""
                 failures.append(f"visual QA{where}: {f.statement!r} does not hold. Evidence: "
                                 f"{f.evidence or '(none given)'}. Fix: {f.fix or '(none given)'}")
             if not outcome.passed and not outcome.failures:
-                failures.append("visual QA failed without naming a statement")
+                failures.append(f"visual QA did not pass: {outcome.note or 'no reason given'}")
     return GateResult(diff, tests, touched, outcome, failures, flags)
 
 

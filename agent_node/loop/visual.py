@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agent_node.loop.gate import QACheck, QAFailure, QAOutcome
+from agent_node.config import AgentConfig
+from agent_node.loop.gate import QAFailure, QAOutcome
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -33,49 +34,55 @@ def serve_directory(root: Path) -> Iterator[str]:
 
 
 def outcome_from_qa(result: Any) -> QAOutcome:
-    """Normalise a `QAResult` (or a dict of the same shape) into the gate's `QAOutcome`."""
-
-    def get(obj: Any, name: str, default: Any = None) -> Any:
-        return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
-
-    verdict = get(result, "verdict", result)
-    failures = [
-        QAFailure(
-            statement=str(get(f, "statement", "")),
-            evidence=str(get(f, "evidence", "")),
-            viewport=str(get(f, "viewport", "")),
-            fix=str(get(f, "fix", "")),
-        )
-        for f in (get(verdict, "failures", None) or [])
-    ]
-    passed = get(verdict, "passed", None)
-    if passed is None:
-        passed = get(verdict, "pass", not failures)
-    shots = get(result, "screenshots", None) or []
-    paths = [str(get(s, "path", s)) for s in (shots.values() if isinstance(shots, dict) else shots)]
-    return QAOutcome(bool(passed), failures, paths, str(get(result, "note", "") or ""))
+    """Normalise an `agent_node.qa.QAResult` into the gate's `QAOutcome`."""
+    verdict = result.verdict
+    failures = [QAFailure(str(f.statement), str(f.evidence), str(f.viewport), str(f.fix))
+                for f in verdict.failures]
+    notes = [*(getattr(result, "notes", None) or []), *(getattr(verdict, "notes", None) or [])]
+    if getattr(verdict, "error", ""):
+        notes.insert(0, str(verdict.error))
+    shots = [str(p) for p in result.screenshots.values()]
+    return QAOutcome(bool(verdict.passed), failures, shots, "; ".join(notes))
 
 
-def default_qa(cfg: Any, model: Any, describer: Any | None) -> QACheck | None:
-    """A QACheck backed by `agent_node.qa`, or None when that package cannot be used here."""
-    try:
-        from agent_node.qa import check_page  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    capturer = _make_capturer(cfg)
+class ChromiumQA:
+    """The gate's QACheck backed by `agent_node.qa`: one browser for the whole run.
 
-    def check(url: str, spec: list[str], out_dir: Path) -> QAOutcome:
-        result = check_page(url, spec, model=model, describer=describer, capturer=capturer,
-                            out_dir=out_dir)
+    `model` judges the page against the spec (None: measured facts only); `describer` says
+    what the screenshots show (None: said plainly, nothing described). Call `close()` at the end.
+    """
+
+    def __init__(self, cfg: AgentConfig, model: Any | None, describer: Any | None,
+                 allow: list[Any] | None = None) -> None:
+        self.cfg, self.model, self.describer, self.allow = cfg, model, describer, allow or []
+        self._capturer: Any = None
+
+    def __call__(self, url: str, spec: list[str], out_dir: Path) -> QAOutcome:
+        from agent_node.qa import Capturer, Spec, check_page
+        from agent_node.qa.errors import QAError
+
+        try:
+            if self._capturer is None:
+                self._capturer = Capturer(self.cfg.qa)
+                self._capturer.start()
+            result = check_page(url, Spec(list(spec), list(self.allow), "design spec"),
+                                model=self.model, describer=self.describer,
+                                capturer=self._capturer, out_dir=out_dir)
+        except QAError as e:  # no browser, page unreachable: a failed check, said plainly
+            return QAOutcome(False, [], [], f"visual QA could not run: {e}")
         return outcome_from_qa(result)
 
-    return check
+    def close(self) -> None:
+        if self._capturer is not None:
+            self._capturer.close()
+            self._capturer = None
 
 
-def _make_capturer(cfg: Any) -> Any:
+def default_qa(cfg: AgentConfig, model: Any, describer: Any | None,
+               allow: list[Any] | None = None) -> ChromiumQA | None:
+    """Visual QA through `agent_node.qa`, or None when that package is not importable."""
     try:
-        from agent_node.qa import capture  # type: ignore[attr-defined]
+        import agent_node.qa  # noqa: F401
     except ImportError:
         return None
-    factory = getattr(capture, "make_capturer", None) or getattr(capture, "Capturer", None)
-    return factory(cfg.qa) if factory else None
+    return ChromiumQA(cfg, model, describer, allow)
