@@ -23,8 +23,6 @@ from agent_node.model import Reply
 from agent_node.runs import find_run, read_events, summarize
 
 TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS / "fixtures" / "loop"))
-from fake_tools import make_fake_tools  # noqa: E402
 
 GOOD_CALC = "def add(a, b):\n    return a + b\n"
 BAD_CALC = "def add(a, b):\n    return a - b\n"
@@ -88,12 +86,12 @@ def run(tmp_path: Path, repo: Path, orch: ScriptedModel, coder: ScriptedModel,
     cfg = kw.pop("cfg", AgentConfig())
     return run_task(kw.pop("task", "make add() add"), repo, model=orch, coder_model=coder,
                     cfg=cfg, test_cmd=kw.pop("test_cmd", calc_test_cmd()),
-                    tools_factory=make_fake_tools, home=tmp_path / "home", **kw)
+                    home=tmp_path / "home", **kw)
 
 
 def fix_calc() -> list[Reply]:
     return [call("write", path="calc.py", content=GOOD_CALC),
-            call("finish", report="fixed add")]
+            call("finish", summary="fixed add")]
 
 
 def test_happy_path_passes_and_approve_makes_one_commit(tmp_path: Path) -> None:
@@ -126,7 +124,7 @@ def test_lying_coder_is_caught_and_round_two_gets_the_real_failure(tmp_path: Pat
     repo = make_repo(tmp_path)
     coder = ScriptedModel([
         call("write", path="notes.txt", content="looked at it"),
-        call("finish", report="Fixed it. All tests pass."),
+        call("finish", summary="Fixed it. All tests pass."),
         *fix_calc(),
     ], name="coder")
     orch = ScriptedModel([as_json(NOT_UI), as_json(PASS)], name="orch")
@@ -147,7 +145,7 @@ def test_lying_coder_is_caught_and_round_two_gets_the_real_failure(tmp_path: Pat
 def test_coder_that_edits_a_test_to_pass_is_flagged_and_fails(tmp_path: Path) -> None:
     repo = make_repo(tmp_path)
     cheat = [call("write", path="tests/test_calc.py", content="assert True\n"),
-             call("finish", report="tests pass now")]
+             call("finish", summary="tests pass now")]
     # The judge is told about the edit; it says the test change was not asked for.
     review = {"verdict": "pass", "reasons": ["tests pass"], "fixes": [],
               "tests_change_ok": False}
@@ -170,7 +168,8 @@ def test_failing_tool_becomes_its_result_and_the_loop_goes_on(tmp_path: Path) ->
     summary = run(tmp_path, repo, orch, coder)
     assert summary["verdict"] == "pass"
     tool_results = [m for m in coder.calls[2]["messages"] if m["role"] == "tool"]
-    assert "FileNotFoundError" in tool_results[0]["content"]
+    assert tool_results[0]["content"].startswith("error:") and "missing.py" in \
+        tool_results[0]["content"]
     assert "'nonesuch'" in tool_results[1]["content"]
 
 
@@ -242,7 +241,7 @@ def test_ui_task_that_overflows_on_the_phone_fails_with_a_phone_fix(tmp_path: Pa
                            "no console errors"]}
     edit = [call("write", path="index.html",
                  content=(repo / "index.html").read_text().replace("Team", "Team plan")),
-            call("finish", report="looks great on every screen")]
+            call("finish", summary="looks great on every screen")]
     cfg = AgentConfig()
     cfg.loop.max_rounds = 2
     calls: list[tuple[str, list[str]]] = []
@@ -267,7 +266,7 @@ def test_last_round_failing_leaves_the_user_branch_and_files_byte_for_byte(
     (repo / "calc.py").write_text(BAD_CALC + "# my local edit\n")
     before = fingerprint(repo)
     wrong = [call("write", path="calc.py", content="def add(a, b):\n    return a * b\n"),
-             call("finish", report="done, tests pass")]
+             call("finish", summary="done, tests pass")]
     summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI)]),
                   ScriptedModel(wrong * 3, name="coder"))
 
@@ -380,9 +379,6 @@ def test_run_json_prints_only_the_summary(tmp_path: Path, monkeypatch: pytest.Mo
     repo = make_repo(tmp_path)
     model = ScriptedModel([as_json(NOT_UI), *fix_calc(), as_json(PASS)])
     monkeypatch.setattr(cli, "_connect", lambda cfg: _FakeClient(model))
-    import agent_node.loop.orchestrator as orchestrator
-
-    monkeypatch.setattr(orchestrator, "default_tools", lambda cfg: make_fake_tools)
     code = cli.run_main(["make add() add", "--repo", str(repo), "--test-cmd", calc_test_cmd(),
                          "--json"])
     out, err = capsys.readouterr()
@@ -418,7 +414,7 @@ def test_ui_overflow_on_the_phone_found_by_chromium(tmp_path: Path) -> None:
                            "all three plans visible without horizontal scrolling on a phone"]}
     edit = [call("write", path="index.html",
                  content=(repo / "index.html").read_text().replace("Team", "Teams")),
-            call("finish", report="columns done, responsive everywhere")]
+            call("finish", summary="columns done, responsive everywhere")]
     cfg = AgentConfig()
     cfg.loop.max_rounds = 1
     qa = ChromiumQA(cfg, model=None, describer=None)  # facts-only judge: the measured overflow
