@@ -313,7 +313,9 @@ def test_run_command_exit_codes_for_bad_input(tmp_path: Path,
     assert "spec file" in capsys.readouterr().err
 
 
-def test_killed_run_leaves_a_readable_record_and_the_branch_untouched(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_killed_run_leaves_a_readable_record_and_the_branch_untouched(
+        tmp_path: Path, sig: signal.Signals) -> None:
     repo = make_repo(tmp_path)
     before = fingerprint(repo)
     home = tmp_path / "home"
@@ -332,16 +334,24 @@ def test_killed_run_leaves_a_readable_record_and_the_branch_untouched(tmp_path: 
             time.sleep(0.05)
         assert any(e["type"] == "tool_call" for e in events), "the run never reached a tool call"
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        finally:
+            proc.kill()
 
     run_dir = runs[0].parent
     summary = summarize(run_dir)
-    assert summary["verdict"] == "incomplete" and summary["rounds"] == 1
     assert fingerprint(repo) == before
-    from agent_node.report import write_report
-
-    assert "No verdict was recorded" in write_report(run_dir).read_text()
+    assert summary["rounds"] == 1
+    if sig == signal.SIGINT:  # Ctrl-C: the `finally` ran, the verdict says what happened
+        assert summary["verdict"] == "interrupted"
+        assert "interrupted" in (run_dir / "report.html").read_text()
+        return
+    assert summary["verdict"] == "incomplete"
+    assert not (run_dir / "report.html").exists()  # the kill came before any `finally`
+    assert cli.runs_main([]) == 0  # listing the runs rebuilds the report from events.jsonl
+    assert "No verdict was recorded" in (run_dir / "report.html").read_text()
     assert cli.reject_main([run_dir.name]) == 0  # and it can be cleaned up
     assert fingerprint(repo) == before
 

@@ -127,6 +127,9 @@ def run_main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         _say("agent-node run: interrupted; the run's record is kept and your branch is untouched")
         return EXIT_INTERRUPTED
+    except GitError as e:
+        _say(f"agent-node run: git failed, your branch is untouched: {e}")
+        return EXIT_FAIL
     except Exception as e:
         if _is_unreachable(e):
             _say(f"agent-node run: the inference node became unreachable: {e}")
@@ -237,6 +240,11 @@ def runs_main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     runs = list_runs()
+    for r in runs:  # a run killed before its `finally` gets its report rebuilt here
+        run_dir = Path(r["run_dir"])
+        report, events = run_dir / "report.html", run_dir / "events.jsonl"
+        if not report.exists() or report.stat().st_mtime < events.stat().st_mtime:
+            write_report(run_dir)
     if args.json:
         print(json.dumps(runs))
         return EXIT_PASS

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent_node.model import Model, Reply
+from agent_node.tools import run_tool
 
 Emit = Callable[..., Any]  # emit(type, **fields)
-FINISH = "finish"
 
 
 @dataclass
@@ -45,21 +45,8 @@ def call_tool(
     tools: dict[str, Any], name: str, arguments: dict[str, Any]
 ) -> tuple[bool, str, bool]:
     """(ok, output, finished); never raises, whatever the tool does."""
-    try:
-        from agent_node.tools import run_tool
-    except ImportError:  # the tools package is optional for a caller that brings its own
-        run_tool = None
-    if run_tool is not None:
-        result = run_tool(tools, name, arguments)
-        finished = bool(getattr(result, "finished", result.ok and name == FINISH))
-        return bool(result.ok), str(result.output), finished
-    if name not in tools:
-        return False, f"error: no tool named {name!r}; the tools are: {', '.join(sorted(tools))}", \
-            False
-    try:
-        return True, str(tools[name].execute(arguments)), name == FINISH
-    except Exception as e:  # a tool's failure is the model's information
-        return False, f"error: {name} failed: {type(e).__name__}: {e}", False
+    result = run_tool(tools, name, arguments)
+    return bool(result.ok), str(result.output), bool(result.finished)
 
 
 def run_coder(

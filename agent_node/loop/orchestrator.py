@@ -41,7 +41,7 @@ MAX_FILES_LISTED = 200
 
 def default_tools(cfg: AgentConfig) -> ToolsFactory:
     def make(root: Path) -> dict[str, Any]:
-        from agent_node.tools import make_tools  # type: ignore[attr-defined]
+        from agent_node.tools import make_tools
 
         return dict(make_tools(root, timeout_s=cfg.loop.tool_timeout_s,
                                output_limit=cfg.loop.output_limit))
