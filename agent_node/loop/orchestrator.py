@@ -10,6 +10,7 @@ Nothing reaches the user's branch here: the coder works in the run's worktree, a
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
@@ -112,7 +113,7 @@ class _Run:
         base = head_commit(self.root)
         self.emit("run_started", task=self.task, repo=str(self.root), base=base,
                   branch=current_branch(self.root), run_branch=self.run_branch,
-                  worktree=str(self.worktree), dirty=self.dirty, pid=_pid(),
+                  worktree=str(self.worktree), dirty=self.dirty, pid=os.getpid(),
                   models={"orchestrator": self.model.name, "coder": self.coder_model.name})
         if self.dirty:
             self.emit("note", text=f"{len(self.dirty)} uncommitted file(s) in {self.root} are not "
@@ -258,9 +259,3 @@ def _relative(path: str, root: Path) -> str:
         return str(Path(path).resolve().relative_to(root.resolve()))
     except ValueError:
         return path
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
