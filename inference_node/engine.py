@@ -40,6 +40,7 @@ class LoadedModel:
     estimated_bytes: int = 0
     measured_bytes: int = 0
     kv_per_token: int = 0
+    kv_fixed_bytes: int = 0  # per request: sliding windows, linear-attention state
     active: dict[int, Job] = field(default_factory=dict)  # batch uid -> job
 
     @property
@@ -151,12 +152,10 @@ class Engine:
 
     def _load_reporting(self, entry: CatalogModel) -> tuple[LoadedModel, list[str]]:
         """Admit, evict what admission names, load, then correct the estimate by measurement."""
-        from inference_node.footprint import estimate
-
         if entry.name in self.loaded:
             return self.loaded[entry.name], []
-        fp = estimate(entry.path, int(self.cfg.memory.overhead_mb * 1024 * 1024))
-        estimated = fp.weights_bytes + fp.overhead_bytes
+        fp = self.footprint(entry)
+        estimated = fp.resident_bytes
         victims = list(self.admission.admit_load(entry.name, estimated, pinned=entry.pinned))
         for v in victims:
             log.info("evicting %s to make room for %s", v, entry.name)
@@ -176,6 +175,7 @@ class Engine:
         lm.measured_bytes = max(0, mx.get_active_memory() - before)
         lm.estimated_bytes = estimated
         lm.kv_per_token = fp.kv_per_token
+        lm.kv_fixed_bytes = fp.kv_fixed_bytes
         self.admission.loaded(entry.name, estimated, lm.measured_bytes)
         self.loaded[entry.name] = lm
         log.info(
@@ -183,6 +183,12 @@ class Engine:
             entry.name, time.perf_counter() - t0, estimated / 1e6, lm.measured_bytes / 1e6,
         )
         return lm, victims
+
+    def footprint(self, entry: CatalogModel) -> Any:
+        from inference_node.footprint import estimate
+
+        return estimate(entry.path, int(self.cfg.memory.overhead_mb * 1024 * 1024),
+                        prefill_step=self.cfg.engine.prefill_step_size)
 
     def _load(self, entry: CatalogModel) -> LoadedModel:
         return self._load_reporting(entry)[0]

@@ -174,10 +174,12 @@ class InferenceServicer(rpc.InferenceServicer):
              ) -> Iterator[pb.ChatEvent]:
         """Reserve memory, hand the job to the engine and stream its events back."""
         lm = self.engine.loaded.get(entry.name)
-        kv = lm.kv_per_token if lm else 0
+        if lm is None:  # evicted between load and reserve: load it again
+            lm = self.engine.ensure_loaded(entry)
         t0 = time.monotonic()
         reservation = self.admission.reserve(
-            entry.name, len(job.prompt), job.max_tokens, kv,
+            entry.name, len(job.prompt), job.max_tokens, lm.kv_per_token,
+            fixed_bytes=lm.kv_fixed_bytes,
             timeout_s=self._queue_timeout(context),
             cancelled=lambda: not context.is_active(),
         )
@@ -270,38 +272,31 @@ class InferenceServicer(rpc.InferenceServicer):
 
     def GetMemory(self, request: pb.GetMemoryRequest, context: grpc.ServicerContext
                   ) -> pb.MemoryStatus:
-        import mlx.core as mx
-
         snap = self.admission.snapshot()
-        rows = [pb.ModelMemory(**row) for row in snap.get("models", [])]
+        rows = [pb.ModelMemory(**{k: v for k, v in row.items() if k in _ROW_FIELDS})
+                for row in snap.get("models", [])]
         fields = {k: v for k, v in snap.items() if k != "models" and k in _MEMORY_FIELDS}
-        return pb.MemoryStatus(
-            models=rows,
-            mlx_active_bytes=mx.get_active_memory(),
-            mlx_peak_bytes=mx.get_peak_memory(),
-            mlx_cache_bytes=mx.get_cache_memory(),
-            **fields,
-        )
+        return pb.MemoryStatus(models=rows, **fields)
 
     def _info(self, entry: CatalogModel) -> pb.ModelInfo:
         lm = self.engine.loaded.get(entry.name)
-        row = self.admission.model_row(entry.name) if hasattr(self.admission, "model_row") else {}
+        rows = {r["name"]: r for r in self.admission.snapshot().get("models", [])}
+        row = rows.get(entry.name, {})
         state = pb.ModelInfo.LOADED if lm else pb.ModelInfo.UNLOADED
-        from inference_node.footprint import estimate
-
-        fp = estimate(entry.path, int(self.cfg.memory.overhead_mb * 1024 * 1024))
+        fp = self.engine.footprint(entry)
         return pb.ModelInfo(
             name=entry.name, role=entry.role, state=state,
             weights_bytes=(lm.measured_bytes if lm and lm.measured_bytes else fp.weights_bytes),
             kv_bytes_per_token=fp.kv_per_token, context_length=entry.context,
             last_used_unix=row.get("last_used_unix", 0.0), pinned=entry.pinned,
             in_flight=row.get("in_flight", 0),
-            estimated_bytes=fp.weights_bytes + fp.overhead_bytes,
+            estimated_bytes=fp.resident_bytes,
             measured_bytes=lm.measured_bytes if lm else 0, source=entry.source,
         )
 
 
 _MEMORY_FIELDS = {f.name for f in pb.MemoryStatus.DESCRIPTOR.fields}
+_ROW_FIELDS = {f.name for f in pb.ModelMemory.DESCRIPTOR.fields}
 
 
 def _abort(context: grpc.ServicerContext, error: InferenceError) -> None:
@@ -321,8 +316,12 @@ class InferenceServer:
         self.admission = servicer.admission
 
     def start(self) -> None:
-        if hasattr(self.admission, "start"):
-            self.admission.start()  # the memory-floor watchdog
+        from inference_node.admission import apply_mlx_limits
+
+        mem = self.servicer.cfg.memory
+        cache = int(mem.cache_limit_gb * 2**30) if mem.cache_limit_gb else None
+        apply_mlx_limits(self.admission.budget_bytes, cache, mem.wired_limit_mb)
+        self.admission.start()  # the memory-floor watchdog
         self.engine.start()
         self.grpc.start()
 
@@ -333,8 +332,7 @@ class InferenceServer:
         done = self.grpc.stop(grace)
         done.wait()
         self.engine.stop()
-        if hasattr(self.admission, "stop"):
-            self.admission.stop()
+        self.admission.stop()
         return done
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
