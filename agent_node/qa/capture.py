@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -270,12 +271,37 @@ def find_browser(configured: str = "") -> tuple[str | None, str]:
 
 def _playwright_chromium() -> str:
     try:
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as p:
-            return p.chromium.executable_path
+        pw = _acquire_playwright()
     except Exception:  # no playwright, or no driver: there is no bundled browser to offer
         return ""
+    try:
+        return str(pw.chromium.executable_path)
+    finally:
+        _release_playwright()
+
+
+# Playwright's sync driver allows one instance per thread, so Capturers in a thread share it.
+_drivers: dict[int, list[Any]] = {}  # thread id -> [driver, users]
+
+
+def _acquire_playwright() -> Any:
+    from playwright.sync_api import sync_playwright
+
+    entry = _drivers.get(threading.get_ident())
+    if entry is None:
+        entry = _drivers[threading.get_ident()] = [sync_playwright().start(), 0]
+    entry[1] += 1
+    return entry[0]
+
+
+def _release_playwright() -> None:
+    entry = _drivers.get(threading.get_ident())
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] <= 0:
+        del _drivers[threading.get_ident()]
+        entry[0].stop()
 
 
 class _Watch:
@@ -402,14 +428,13 @@ class Capturer:
             return
         self._drop_slots()
         path, source = find_browser(self._browser_override or self.cfg.browser)
-        try:
-            from playwright.sync_api import sync_playwright
-        except ImportError:
-            raise BrowserNotFound(
-                "Playwright is not installed: pip install 'studio-coder[agent]' (or playwright)"
-            ) from None
         if self._pw is None:
-            self._pw = sync_playwright().start()
+            try:
+                self._pw = _acquire_playwright()
+            except ImportError:
+                raise BrowserNotFound(
+                    "Playwright is not installed: pip install 'studio-coder[agent]' (or playwright)"
+                ) from None
         root = hasattr(os, "geteuid") and os.geteuid() == 0
         args = LAUNCH_ARGS + (["--no-sandbox"] if root else [])
         try:
@@ -438,8 +463,8 @@ class Capturer:
                 pass
             self._browser = None
         if self._pw is not None:
-            self._pw.stop()
             self._pw = None
+            _release_playwright()
 
     def capture(self, url: str) -> Capture:
         """Load `url` in both viewports, let it settle, measure, screenshot."""
