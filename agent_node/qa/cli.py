@@ -133,9 +133,9 @@ def summary(r: QAResult) -> str:
                   f"      fix: {f.fix}"]
     for a in v.allowed:
         lines.append(f"  ~ allowed: {a}")
-    soft = [f for f in r.facts if not f.hard]
-    for f in soft:
-        lines.append(f"  ? [{f.viewport}] {f.kind}: {f.message}")
+    for fact in r.facts:
+        if not fact.hard:
+            lines.append(f"  ? [{fact.viewport}] {fact.kind}: {fact.message}")
     for name, d in r.descriptions.items():
         if d.text is None:
             lines.append(f"  {name}: {d.note}")
