@@ -144,6 +144,7 @@ class _Forwarder(sshtunnel.SSHTunnelForwarder):
             def handle(self) -> None:
                 with forwarder._sockets_lock:
                     forwarder._open_sockets.add(self.request)
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 try:
                     super().handle()
                 finally:
@@ -305,6 +306,8 @@ class Tunnel:
             sock = socket.create_connection((cfg.host, cfg.port), timeout=cfg.connect_timeout_s)
         except OSError as e:
             raise _Transient(f"cannot reach sshd at {where}: {e.strerror or e}") from None
+        # Small gRPC frames (one token each) must not wait out Nagle + delayed ACK (~40 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = paramiko.Transport(sock)
         transport.banner_timeout = cfg.connect_timeout_s
         transport.auth_timeout = cfg.connect_timeout_s
