@@ -115,11 +115,9 @@ def map_grpc_error(
         if "queue" in details.lower():
             return QueueFull(f"{during}: {details}", **kw)
         return WouldNotFit(f"{during}: {details}", **kw)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:  # in the catalog, but it would not load
+        return ModelLoadFailed(f"{during}: {details}", **kw)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        # The server answers a model it cannot load with INVALID_ARGUMENT "could not load ...".
-        low = details.lower()
-        if "could not load" in low or "no model folder" in low:
-            return ModelLoadFailed(f"{during}: {details}", **kw)
         return BadRequest(f"{during}: {details}", **kw)
     if code == grpc.StatusCode.CANCELLED:
         return Cancelled(f"{during}: cancelled ({details}){tunnel_note}", **kw)

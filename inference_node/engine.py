@@ -24,7 +24,7 @@ import mlx.core as mx
 from inference_node.api import pb
 from inference_node.chat import TextRouter
 from inference_node.config import InferenceConfig
-from inference_node.errors import BadRequest, Cancelled, InferenceError
+from inference_node.errors import BadRequest, Cancelled, InferenceError, LoadFailed
 from inference_node.models import CatalogModel
 
 log = logging.getLogger("inference_node.engine")
@@ -170,7 +170,7 @@ class Engine:
             raise
         except Exception as e:
             self.admission.load_failed(entry.name)
-            raise BadRequest(f"could not load {entry.name} from {entry.path}: {e}") from e
+            raise LoadFailed(f"could not load {entry.name} from {entry.path}: {e}") from e
         mx.synchronize()
         lm.measured_bytes = max(0, mx.get_active_memory() - before)
         lm.estimated_bytes = estimated
@@ -302,20 +302,28 @@ class Engine:
                 continue
             try:
                 result = next(job.stream)
-            except StopIteration:
+            except StopIteration:  # mlx-vlm ends with a result carrying finish_reason
+                result = None
+            except Exception as e:  # one bad image must not fail the other requests
+                log.exception("describing failed for %s", job.request_id)
                 self._vision_jobs.remove(job)
-                finish = "length" if job.completion_tokens >= job.max_tokens else "stop"
+                self._finish(job, InferenceError(f"{job.model} failed on this request: {e}"))
+                continue
+            if result is not None:
+                if not job.t_first:
+                    job.t_first = time.perf_counter()
+                job.completion_tokens = result.generation_tokens
+                if result.prompt_tokens and result.prompt_tokens != len(job.prompt):
+                    # usage reports what was really run (estimates only differ in length)
+                    job.prompt = (job.prompt + [0] * result.prompt_tokens)[:result.prompt_tokens]
+                for event in job.router.feed(result.text, None):
+                    job.events.put(event)
+            finish = result.finish_reason if result is not None else "stop"
+            if finish is not None:
+                self._vision_jobs.remove(job)
                 for event in job.router.feed("", finish):
                     job.events.put(event)
                 self._finish(job, None, finish)
-                continue
-            if not job.t_first:
-                job.t_first = time.perf_counter()
-            job.completion_tokens = max(job.completion_tokens + 1, result.generation_tokens)
-            if result.prompt_tokens:
-                job.prompt = job.prompt or [0] * result.prompt_tokens
-            for event in job.router.feed(result.text, None):
-                job.events.put(event)
 
     def _finish(self, job: Job, error: Exception | None, finish_reason: str = "stop") -> None:
         if error is not None:

@@ -3,6 +3,7 @@
     InferenceError
     ├── BadRequest        INVALID_ARGUMENT   empty messages, unknown role, bad schema, not an image
     ├── UnknownModel      NOT_FOUND          a model the catalog does not have
+    ├── LoadFailed        FAILED_PRECONDITION in the catalog, but its folder would not load
     ├── WouldNotFit       RESOURCE_EXHAUSTED the numbers: needed, committed, budget
     ├── QueueFull         RESOURCE_EXHAUSTED the admission queue is at its limit
     ├── QueueTimeout      DEADLINE_EXCEEDED  waited past the deadline for memory
@@ -28,6 +29,10 @@ class BadRequest(InferenceError):
 
 class UnknownModel(InferenceError):
     code = grpc.StatusCode.NOT_FOUND
+
+
+class LoadFailed(InferenceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class WouldNotFit(InferenceError):

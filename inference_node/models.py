@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inference_node.config import InferenceConfig, ModelEntry, studio_home
-from inference_node.errors import BadRequest, UnknownModel
+from inference_node.errors import BadRequest, LoadFailed, UnknownModel
 
 
 @dataclass
@@ -47,12 +47,12 @@ def read_model_config(path: Path) -> dict:
     try:
         return json.loads(cfg_file.read_text())
     except FileNotFoundError:
-        raise BadRequest(
+        raise LoadFailed(
             f"{path} has no config.json: it is not an MLX model folder "
             "(import a GGUF with `inference-node import-gguf` or `inference-node pull` one)"
         ) from None
     except json.JSONDecodeError as e:
-        raise BadRequest(f"{cfg_file} is not valid JSON: {e}") from None
+        raise LoadFailed(f"{cfg_file} is not valid JSON: {e}") from None
 
 
 def context_of(config: dict) -> int:
