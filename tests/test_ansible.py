@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,22 +69,6 @@ def recap(out: str, host: str) -> dict[str, int]:
     m = re.search(rf"^{re.escape(host)}\s*:\s*(.*)$", out, re.M)
     assert m, out
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
-
-
-def test_lint_is_clean_under_the_production_profile(tmp_path: Path) -> None:
-    if not LINT.exists():
-        pytest.skip(f"ansible-lint is not installed next to {sys.executable}")
-    # offline: .ansible-lint says so too; nothing is fetched from Galaxy.
-    r = subprocess.run(
-        [str(LINT), "--offline", "--profile", "production", "ansible/"],
-        cwd=REPO,
-        env=ansible_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "Profile 'production' was required, and it passed" in r.stdout + r.stderr
 
 
 def test_site_playbook_passes_syntax_check(tmp_path: Path) -> None:
@@ -361,6 +346,37 @@ def test_agent_role_installs_configures_and_is_idempotent_on_localhost(tmp_path:
     second = playbook(tmp_path, play, inventory)
     assert second.returncode == 0, second.stdout + second.stderr
     assert recap(second.stdout, "workstation")["changed"] == 0, second.stdout
+
+
+@pytest.fixture(scope="module", autouse=True)
+def lint_in_background(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """ansible-lint takes a while: start it with the module's first test, read it in the last."""
+    global _lint
+    if LINT.exists() and _lint is None:
+        tmp = tmp_path_factory.mktemp("lint")
+        # offline: .ansible-lint says so too; nothing is fetched from Galaxy.
+        _lint = subprocess.Popen(
+            [str(LINT), "--offline", "--profile", "production", "ansible/"],
+            cwd=REPO,
+            env=ansible_env(tmp),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    yield
+    if _lint is not None and _lint.poll() is None:
+        _lint.kill()
+
+
+_lint: subprocess.Popen[str] | None = None
+
+
+def test_lint_is_clean_under_the_production_profile() -> None:
+    if _lint is None:
+        pytest.skip(f"ansible-lint is not installed next to {sys.executable}")
+    out, _ = _lint.communicate(timeout=110)
+    assert _lint.returncode == 0, out
+    assert "Profile 'production' was required, and it passed" in out
 
 
 @pytest.mark.skipif(
