@@ -74,7 +74,7 @@ def sniff(data: bytes) -> str | None:
 
 def load_image(data: bytes, cfg: DescribeConfig) -> tuple[Any, pb.ImageInfo]:
     """Check and decode `data`; an RGB PIL image no larger than `cfg.max_pixels`."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     limit = int(cfg.max_image_mb * 1024 * 1024)
     if not data:
@@ -103,6 +103,7 @@ def load_image(data: bytes, cfg: DescribeConfig) -> tuple[Any, pb.ImageInfo]:
             f"image looks like a {fmt.upper()} ({len(data)} bytes) but is truncated or corrupt "
             f"({e}); capture the screenshot again"
         ) from None
+    img = ImageOps.exif_transpose(img)  # a phone photo's orientation, as a viewer shows it
     width, height = img.size
     if max(width, height) > MAX_ASPECT * min(width, height):
         raise BadRequest(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -118,6 +120,37 @@ def test_a_reply_that_ends_on_its_own_finishes_with_stop(stub):
     assert r["kinds"][0] == "admitted" and r["kinds"][-1] == "done"
     assert r["done"].finish_reason == "stop" and r["content"] == ""
     assert r["done"].usage.completion_tokens == 1  # the end token
+
+
+def test_cancel_mid_describe_stops_it_and_the_next_one_runs(server, stub):
+    # 8000 tokens take this model well over 3 s; a cancelled request is gone within 3 s
+    request = pb.DescribeRequest(image=pb.Image(data=screenshot(64, 64)), max_tokens=8000)
+    stream = stub.Describe(request, timeout=60)
+    for ev in stream:
+        if ev.WhichOneof("event") == "delta":
+            stream.cancel()
+            break
+    deadline = time.monotonic() + 3
+    while server[0].engine._vision_jobs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not server[0].engine._vision_jobs  # left the engine, not run to 8000 tokens
+    assert describe(stub, screenshot(64, 64), max_tokens=2)["done"].finish_reason == "length"
+
+
+def test_a_chat_and_a_describe_in_flight_together_both_finish(stub):
+    results: dict[str, dict] = {}
+
+    def chat() -> None:
+        msg = pb.Message(role="user", text="hi")
+        results["chat"] = collect(stub.Chat(pb.ChatRequest(model="coder", messages=[msg]),
+                                            timeout=60))
+
+    t = threading.Thread(target=chat)
+    t.start()
+    results["describe"] = describe(stub, screenshot(96, 64), max_tokens=40)
+    t.join(60)
+    assert results["chat"]["content"].split() == ["hello"]
+    assert results["describe"]["done"].usage.completion_tokens == 40
 
 
 def test_vision_model_is_loaded_through_admission(server, stub):
