@@ -86,7 +86,7 @@ PRE_TOKENIZERS = {
     "llama3": "llama3", "llama-bpe": "llama3", "llama-v3": "llama3", "smaug-bpe": "llama3",
     "qwen2": "qwen2", "deepseek-r1-qwen": "qwen2",
 }
-TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED = 3, 4
+TOKEN_TYPE_NORMAL, TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED = 1, 2, 3, 4
 
 
 class GGUFError(ValueError):
@@ -364,30 +364,60 @@ def model_config(header: GGUFHeader, tensors: dict, quant: dict, dtype_name: str
 # --- tokenizer -------------------------------------------------------------------------------
 
 
+def _adds_bos(meta: dict[str, Any]) -> bool:
+    # llama.cpp adds BOS by default for SentencePiece vocabularies, not for byte-level BPE.
+    is_spm = meta.get("tokenizer.ggml.model") == "llama"
+    return bool(meta.get("tokenizer.ggml.add_bos_token", is_spm))
+
+
 def build_tokenizer(meta: dict[str, Any]) -> Any:
-    """A `tokenizers.Tokenizer` equivalent to the GGUF's byte-level BPE vocabulary."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A `tokenizers.Tokenizer` equivalent to the GGUF's vocabulary (byte-level BPE or SPM)."""
+    from tokenizers import AddedToken, processors
 
     kind = meta.get("tokenizer.ggml.model")
-    if kind != "gpt2":
+    tokens: list[str] = meta["tokenizer.ggml.tokens"]
+    vocab: dict[str, int] = {}
+    for i, tok in enumerate(tokens):
+        vocab.setdefault(tok, i)
+    if kind == "gpt2":
+        tokenizer = _byte_level_bpe(meta, vocab)
+    elif kind == "llama":
+        tokenizer = _sentencepiece_bpe(meta, vocab)
+    else:
         raise GGUFError(
             f"tokenizer model {kind!r} is not supported; import-gguf builds byte-level BPE "
-            "('gpt2') tokenizers only, so SentencePiece ('llama') GGUFs cannot be imported yet"
+            "('gpt2') and SentencePiece BPE ('llama') tokenizers"
         )
+    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    named = {int(meta[f"tokenizer.ggml.{k}_token_id"]) for k in ("bos", "eos", "padding", "eot")
+             if f"tokenizer.ggml.{k}_token_id" in meta}
+    added = [AddedToken(tokens[i], special=t != TOKEN_TYPE_USER_DEFINED or i in named,
+                        normalized=False)
+             for i, t in enumerate(types)
+             if t in (TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED)
+             or i in named]
+    tokenizer.add_tokens(added)
+    if _adds_bos(meta) and "tokenizer.ggml.bos_token_id" in meta:
+        bos_id = int(meta["tokenizer.ggml.bos_token_id"])
+        bos = tokens[bos_id]
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+            special_tokens=[(bos, bos_id)])
+    return tokenizer
+
+
+def _byte_level_bpe(meta: dict[str, Any], vocab: dict[str, int]) -> Any:
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
     pre = meta.get("tokenizer.ggml.pre", "default")
     family = PRE_TOKENIZERS.get(pre)
     if family is None:
         raise GGUFError(f"pre-tokenizer {pre!r} is not supported; import-gguf knows "
                         f"{', '.join(sorted(PRE_TOKENIZERS))}")
-    tokens: list[str] = meta["tokenizer.ggml.tokens"]
-    vocab: dict[str, int] = {}
-    for i, tok in enumerate(tokens):
-        vocab.setdefault(tok, i)
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
-    bpe = models.BPE(vocab=vocab, merges=merges, ignore_merges=family in ("llama3", "qwen2"))
-    tokenizer = Tokenizer(bpe)
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=family != "llama3"
-                                          and family != "qwen2")
+    split_first = family in ("llama3", "qwen2")
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=split_first))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=not split_first)
     if family == "gpt2":
         tokenizer.pre_tokenizer = byte_level
     elif family == "digits+gpt2":
@@ -398,23 +428,36 @@ def build_tokenizer(meta: dict[str, Any]) -> Any:
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(split), behavior="isolated"), byte_level])
     tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
 
+
+def _sentencepiece_bpe(meta: dict[str, Any], vocab: dict[str, int]) -> Any:
+    """SentencePiece BPE as tokenizers BPE: merges ranked by the merged piece's score."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    tokens: list[str] = meta["tokenizer.ggml.tokens"]
+    scores = meta.get("tokenizer.ggml.scores") or [-float(i) for i in range(len(tokens))]
     types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    named = {int(meta[f"tokenizer.ggml.{k}_token_id"]) for k in ("bos", "eos", "padding", "eot")
-             if f"tokenizer.ggml.{k}_token_id" in meta}
-    added = [AddedToken(tokens[i], special=t == TOKEN_TYPE_CONTROL or i in named,
-                        normalized=False)
-             for i, t in enumerate(types)
-             if t in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED) or i in named]
-    tokenizer.add_tokens(added)
-    if meta.get("tokenizer.ggml.add_bos_token") and "tokenizer.ggml.bos_token_id" in meta:
-        from tokenizers import processors
-
-        bos = tokens[int(meta["tokenizer.ggml.bos_token_id"])]
-        bos_id = int(meta["tokenizer.ggml.bos_token_id"])
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
-            special_tokens=[(bos, bos_id)])
+    candidates = []
+    for i, piece in enumerate(tokens):
+        if types[i] != TOKEN_TYPE_NORMAL or len(piece) < 2:
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                candidates.append((-scores[i], i, vocab[left], vocab[right], left, right))
+    merges = [(left, right) for *_, left, right in sorted(candidates)]
+    unk_id = int(meta.get("tokenizer.ggml.unknown_token_id", 0))
+    bpe = models.BPE(vocab=vocab, merges=merges, unk_token=tokens[unk_id], fuse_unk=True,
+                     byte_fallback=True)
+    tokenizer = Tokenizer(bpe)
+    steps: list[Any] = [normalizers.Replace(" ", "\u2581")]
+    decode = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if meta.get("tokenizer.ggml.add_space_prefix", True):
+        steps.insert(0, normalizers.Prepend("\u2581"))
+        decode.append(decoders.Strip(" ", 1, 0))
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    tokenizer.decoder = decoders.Sequence(decode)
     return tokenizer
 
 
@@ -428,7 +471,7 @@ def tokenizer_files(meta: dict[str, Any]) -> dict[str, dict]:
             special[name] = tokens[int(i)]
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+        "add_bos_token": _adds_bos(meta),
         "add_eos_token": bool(meta.get("tokenizer.ggml.add_eos_token", False)),
         "clean_up_tokenization_spaces": False,
         "model_max_length": int(meta.get("llama.context_length", 4096)),

@@ -28,7 +28,7 @@ from inference_node.gguf import (
 HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = 64, 4, 2, 128, 2
 HEAD_DIM = HIDDEN // HEADS
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-F32, F16, Q4_0, Q8_0, Q6_K = 0, 1, 2, 8, 14
+F32, F16, Q4_0, Q4_1, Q8_0, Q6_K = 0, 1, 2, 3, 8, 14
 TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -146,6 +146,19 @@ def quantize_q4_0(w: np.ndarray) -> tuple[bytes, np.ndarray]:
         w.shape)
 
 
+def quantize_q4_1(w: np.ndarray) -> tuple[bytes, np.ndarray]:
+    blocks = w.reshape(-1, 32)
+    lo, hi = blocks.min(axis=1), blocks.max(axis=1)
+    d, m = ((hi - lo) / 15).astype(np.float16), lo.astype(np.float16)
+    inv = np.divide(1.0, d.astype(np.float32), out=np.zeros(len(d), np.float32), where=d != 0)
+    q = np.clip(((blocks - lo[:, None]) * inv[:, None] + 0.5).astype(np.int8), 0, 15)
+    q = q.astype(np.uint8)
+    raw = np.zeros(len(blocks), dtype=[("d", "<f2"), ("m", "<f2"), ("qs", "u1", 16)])
+    raw["d"], raw["m"], raw["qs"] = d, m, q[:, :16] | (q[:, 16:] << 4)
+    deq = d.astype(np.float32)[:, None] * q + m.astype(np.float32)[:, None]
+    return raw.tobytes(), deq.reshape(w.shape)
+
+
 # --- a minimal GGUF v3 writer ----------------------------------------------------------------
 
 
@@ -188,7 +201,7 @@ def write_gguf(path: Path, metadata: dict[str, Any],
 def write_quantized_llama(path: Path, quant: int, arch: str = "llama") -> dict[str, np.ndarray]:
     """A tiny llama with its 2-D weights in `quant`; returns the HF-layout dequantized weights."""
     hf = hf_weights()
-    quantizer = {Q8_0: quantize_q8_0, Q4_0: quantize_q4_0}.get(quant)
+    quantizer = {Q8_0: quantize_q8_0, Q4_0: quantize_q4_0, Q4_1: quantize_q4_1}.get(quant)
     tensors, expected = {}, dict(hf)
     for name, w in to_gguf_layout(hf).items():
         if w.ndim == 2 and quantizer is not None:
@@ -377,7 +390,8 @@ def test_float_gguf_imports_to_the_exact_weights(tmp_path, dtype):
                                rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize("quant,bits", [(Q8_0, 8), (Q4_0, 4)], ids=["Q8_0", "Q4_0"])
+@pytest.mark.parametrize("quant,bits", [(Q8_0, 8), (Q4_0, 4), (Q4_1, 4)],
+                         ids=["Q8_0", "Q4_0", "Q4_1"])
 def test_quantized_gguf_stays_quantized_and_matches_ggml_dequantization(tmp_path, quant, bits):
     src = tmp_path / "tiny-q.gguf"
     expected = write_quantized_llama(src, quant)
@@ -473,12 +487,50 @@ def test_an_unsupported_quant_type_is_refused(tmp_path):
     _refused(src, tmp_path / "store", r"Q6_K \(15 tensors\) is not supported.*Q4_0, Q4_1, Q8_0")
 
 
-def test_an_sentencepiece_tokenizer_is_refused(tmp_path):
-    src = tmp_path / "spm.gguf"
+def test_an_unknown_tokenizer_model_is_refused(tmp_path):
+    src = tmp_path / "bert.gguf"
     meta = tiny_metadata()
-    meta["tokenizer.ggml.model"] = "llama"
+    meta["tokenizer.ggml.model"] = "bert"
     write_gguf(src, meta, {"token_embd.weight": ((4, 32), F32, b"\0" * 512)})
-    _refused(src, tmp_path / "store", "tokenizer model 'llama' is not supported")
+    _refused(src, tmp_path / "store", r"tokenizer model 'bert' is not supported.*'gpt2'.*'llama'")
+
+
+# --- SentencePiece vocabularies (tokenizer.ggml.model == "llama") ----------------------------
+
+
+def test_sentencepiece_vocabulary_encodes_exactly_like_sentencepiece():
+    import io
+
+    import sentencepiece as spm
+
+    from inference_node.gguf import build_tokenizer
+
+    corpus = ["the quick brown fox jumps over the lazy dog", "def hello(): return 42",
+              "Grüße aus Köln", "she sells sea shells by the sea shore"] * 50
+    buf = io.BytesIO()
+    # llama's SentencePiece model: BPE, byte fallback, no normalization.
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=buf, model_type="bpe", vocab_size=400,
+        byte_fallback=True, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+        normalization_rule_name="identity", remove_extra_whitespaces=False)
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    n = sp.get_piece_size()
+
+    def token_type(i: int) -> int:
+        return 2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1
+
+    tok = build_tokenizer({
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": [sp.id_to_piece(i) for i in range(n)],
+        "tokenizer.ggml.scores": [sp.get_score(i) for i in range(n)],
+        "tokenizer.ggml.token_type": [token_type(i) for i in range(n)],
+        "tokenizer.ggml.bos_token_id": sp.bos_id(), "tokenizer.ggml.eos_token_id": sp.eos_id(),
+        "tokenizer.ggml.unknown_token_id": sp.unk_id(),
+    })
+    for text in ["the quick brown fox", "Hello  World 東京 é", " leading", "she sells\nsea", "x"]:
+        ids = tok.encode(text).ids
+        assert ids == [sp.bos_id(), *sp.encode(text)], text  # BOS added, as llama.cpp does
+        assert tok.decode(ids) == text
 
 
 # --- the command line ------------------------------------------------------------------------
