@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from inference_node import chat
@@ -29,9 +30,18 @@ USER_TEXT = "Describe this screenshot."
 FOCUS_TEXT = "Pay particular attention to: {instruction}"
 
 
-def describe_job(request: pb.DescribeRequest, entry: CatalogModel, lm: LoadedModel,
-                 cfg: DescribeConfig) -> tuple[Job, list[pb.ImageInfo], str]:
-    """A vision job for `request`, the image rows for `Admitted`, and a note for the caller."""
+@dataclass
+class CheckedRequest:
+    """A Describe request whose image and options passed every check; nothing loaded yet."""
+
+    image: Any
+    info: pb.ImageInfo
+    note: str
+    instruction: str
+
+
+def check_request(request: pb.DescribeRequest, cfg: DescribeConfig) -> CheckedRequest:
+    """Everything that can refuse a request before a model is loaded (or evicted) for it."""
     image, info = load_image(request.image.data, cfg)
     note = ""
     if info.downscaled:
@@ -43,12 +53,17 @@ def describe_job(request: pb.DescribeRequest, entry: CatalogModel, lm: LoadedMod
             f"instruction is {len(instruction)} characters; the limit is "
             f"{MAX_INSTRUCTION_CHARS}. Say what to look at in a sentence or two"
         )
-    s = request.sampling
-    if s.stop:
+    if request.sampling.stop:
         raise BadRequest("Describe takes no stop sequences: a description ends on its own or "
                          "at max_tokens; drop sampling.stop")
-    text = build_prompt(lm, cfg.prompt, instruction)
-    prompt = prompt_tokens(lm, text, image)
+    return CheckedRequest(image, info, note, instruction)
+
+
+def describe_job(request: pb.DescribeRequest, checked: CheckedRequest, entry: CatalogModel,
+                 lm: LoadedModel, cfg: DescribeConfig) -> tuple[Job, list[pb.ImageInfo], str]:
+    """A vision job for a checked request, the image rows for `Admitted`, and a note."""
+    text = build_prompt(lm, cfg.prompt, checked.instruction)
+    prompt = prompt_tokens(lm, text, checked.image)
     max_tokens = chat.resolve_max_tokens(
         request.max_tokens if request.HasField("max_tokens") else None,
         len(prompt), entry.context, cfg.max_tokens, entry.name,
@@ -59,9 +74,10 @@ def describe_job(request: pb.DescribeRequest, entry: CatalogModel, lm: LoadedMod
         prompt=prompt,
         max_tokens=max_tokens,
         router=_plain_router(),
-        vision_inputs={"prompt": text, "images": [image], "sampling": sampling_kwargs(s)},
+        vision_inputs={"prompt": text, "images": [checked.image],
+                       "sampling": sampling_kwargs(request.sampling)},
     )
-    return job, [info], note
+    return job, [checked.info], checked.note
 
 
 def sniff(data: bytes) -> str | None:

@@ -223,7 +223,7 @@ class InferenceServicer(rpc.InferenceServicer):
     def Describe(self, request: pb.DescribeRequest, context: grpc.ServicerContext
                  ) -> Iterator[pb.ChatEvent]:
         try:
-            from inference_node.describe import describe_job
+            from inference_node.describe import check_request, describe_job
 
             self._check_open()
             entry = self.catalog.get(request.model, "vision")
@@ -232,8 +232,9 @@ class InferenceServicer(rpc.InferenceServicer):
                     f"{entry.name} is a {entry.role} model and cannot see images; Describe "
                     "needs a model with role = \"vision\""
                 )
+            checked = check_request(request, self.cfg.describe)  # before any load or eviction
             lm = self.engine.ensure_loaded(entry)
-            job, images, note = describe_job(request, entry, lm, self.cfg.describe)
+            job, images, note = describe_job(request, checked, entry, lm, self.cfg.describe)
             yield from self._run(job, entry, context, images, note)
         except InferenceError as e:
             _abort(context, e)
