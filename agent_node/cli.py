@@ -7,6 +7,7 @@ unreachable.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -37,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agent-node: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module, func, _ = COMMANDS[name]
+    # The agent node runs no MLX; an OpenBLAS preload (the Makefile exports one for MLX) would
+    # reach Chromium and Playwright's driver, which hang with it.
+    kept = [p for p in os.environ.get("LD_PRELOAD", "").split() if "openblas" not in p]
+    os.environ.pop("LD_PRELOAD", None)
+    if kept:
+        os.environ["LD_PRELOAD"] = " ".join(kept)
     return int(getattr(importlib.import_module(module), func)(rest) or 0)
 
 

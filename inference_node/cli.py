@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inference-node: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module, func, _ = COMMANDS[name]
+    from inference_node import blas
+
+    if name == "serve":
+        blas.reexec_with_openblas(argv)
+    blas.drop_from_environ()
     from inference_node.api.tomlconf import ConfigError
     from inference_node.errors import InferenceError
 

@@ -18,6 +18,12 @@ sys.path.insert(0, str(TESTS))
 CACHE = REPO / ".home" / "test-models"
 os.environ.setdefault("STUDIO_CODER_HOME", str(REPO / ".home" / "test-home"))
 
+# OpenBLAS (exported by the Makefile) is mapped into this process for MLX by now; keep it out of
+# the children tests start (Chromium and Playwright's driver hang with it).
+from inference_node import blas  # noqa: E402
+
+blas.drop_from_environ()
+
 
 @contextmanager
 def running_server(models: list[dict], **memory: object) -> Iterator[tuple[object, str]]:
