@@ -1,0 +1,438 @@
+"""Engine benchmark: mlx-lm in process vs our gRPC server vs `mlx_lm.server`, same model/prompts.
+
+    .venv/bin/python -m bench.engine [--quick]      # JSON on stdout, progress on stderr
+
+1. single stream: time to first token (client side, request sent -> first text) and decode
+   tokens/s ((tokens - 1) / (last token - first token)) for a short (~100-token) and a long
+   (~4k-token; 512 in quick mode) prompt. The three paths run interleaved (A B C, C B A, ...)
+   after a warm-up. Targets: gRPC decode >= 0.97 x in process; gRPC adds < 5 ms to TTFT.
+2. concurrency: 1, 2, 4, 8 streams at once, our server against `mlx_lm.server` (batching on,
+   its defaults): aggregate tokens/s (all tokens / wall time) and p50/p95 time to first token.
+
+Both servers run as subprocesses on free loopback ports; greedy sampling everywhere;
+`mlx_lm.server` runs with `--prompt-cache-size 0` because every request repeats a prompt and
+its prefix cache would otherwise skip the prefill we are timing.
+
+Model: SmolLM2-135M-Instruct imported from the embedded GGUF. The import keeps the Q4 weights
+quantized; MLX's CPU backend runs quantized and float16 matmuls very slowly (float16: 16 tokens
+did not finish in 5 minutes here), so unless BENCH_NATIVE_DTYPE=1 the benchmark measures a
+dequantized float32 copy (cached next to it) and says so in the result. BENCH_SMOKE=1 uses a
+tiny scripted model, one repeat and a few tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.stats import interleave, percentile, ratio, smoke, summary
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".home" / "test-models"
+PY = sys.executable
+
+# One stream's result: time to first token (s), decode tokens/s, completion tokens.
+Sample = tuple[float, float, int]
+
+
+@dataclass
+class Params:
+    repeats: int
+    warmup: int
+    max_tokens: int
+    short_tokens: int
+    long_tokens: int  # 0: no long prompt
+    levels: list[int]
+    level_repeats: int
+    level_max_tokens: int
+
+
+def params(quick: bool) -> Params:
+    if smoke():
+        return Params(1, 1, 4, 12, 0, [1, 2], 1, 4)
+    if quick:  # the long prompt shrinks to 512 tokens: a 4k prefill takes ~40 s on a CPU
+        return Params(5, 1, 16, 100, 512, [1, 2, 4, 8], 1, 16)
+    return Params(5, 1, 64, 100, 4000, [1, 2, 4, 8], 3, 48)
+
+
+def log(msg: str) -> None:
+    print(f"bench.engine: {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ the model
+
+
+def prepare_model(tmp: Path, tiny: bool | None = None) -> tuple[Path, dict[str, Any]]:
+    """The folder to serve and a note on what it is (name, dtype, why); `tiny`: a scripted one."""
+    if smoke() if tiny is None else tiny:
+        sys.path.insert(0, str(REPO / "tests"))
+        from tiny_models import build_chain_model
+
+        path = build_chain_model(tmp / "loop", ["a", "b", "c", "d", "e", "f", "a"], context=4096)
+        return path, {"name": "tiny-chain (smoke)", "dtype": "float32", "note": "smoke run"}
+    from inference_node.gguf import ensure_default_model
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    src = ensure_default_model(CACHE)
+    cfg = json.loads((src / "config.json").read_text())
+    dtype = cfg.get("torch_dtype", "?")
+    quantized = "quantization" in cfg
+    info: dict[str, Any] = {"name": src.name, "imported_dtype": dtype,
+                            "imported_quantized": quantized}
+    if os.environ.get("BENCH_NATIVE_DTYPE") or (dtype == "float32" and not quantized):
+        return src, {**info, "dtype": dtype, "note": "the imported folder as is"}
+    dst = CACHE / f"{src.name}-f32"
+    if not (dst / "config.json").is_file():
+        log(f"writing a dequantized float32 copy of {src.name} to {dst}")
+        _write_float32_copy(src, dst)
+    kind = f"{dtype}{', Q4-quantized weights' if quantized else ''}"
+    return dst, {**info, "dtype": "float32", "note": (
+        f"the imported folder is {kind}; MLX's CPU backend runs quantized and float16 matmuls "
+        "far slower than float32 BLAS (here: ~5 vs ~60 prompt tokens/s), so a dequantized "
+        "float32 copy was measured (BENCH_NATIVE_DTYPE=1 measures the folder as is)")}
+
+
+def _write_float32_copy(src: Path, dst: Path) -> None:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm import load
+    from mlx_lm.utils import dequantize_model
+
+    model, _ = load(str(src))
+    model = dequantize_model(model)
+    model.set_dtype(mx.float32)
+    part = dst.with_name(dst.name + ".part")
+    shutil.rmtree(part, ignore_errors=True)
+    shutil.copytree(src, part, ignore=shutil.ignore_patterns("*.safetensors*", "config.json"))
+    mx.save_safetensors(str(part / "model.safetensors"), dict(tree_flatten(model.parameters())),
+                        metadata={"format": "mlx"})
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.pop("quantization", None)
+    cfg.pop("quantization_config", None)
+    cfg["torch_dtype"] = "float32"
+    (part / "config.json").write_text(json.dumps(cfg, indent=2))
+    try:
+        part.rename(dst)
+    except OSError:  # another run finished the same copy first
+        shutil.rmtree(part, ignore_errors=True)
+
+
+def prompts(tokenizer: Any, p: Params) -> dict[str, list[dict[str, str]]]:
+    """Chat messages for the short and long prompts, sized in the model's own tokens."""
+    filler = ("The build log shows module {i} compiled in {t} ms with no warnings, then the test "
+              "runner collected {n} tests from the package and all of them passed. ")
+
+    def sized(n: int, ask: str) -> list[dict[str, str]]:
+        text, i = "", 0
+        while len(tokenizer.encode(text)) < n:
+            text += filler.format(i=i, t=37 * i % 997, n=i % 13 + 2)
+            i += 1
+        return [{"role": "user", "content": f"{text}\n{ask}"}]
+
+    out = {"short": sized(p.short_tokens, "Write a short story about a cat who reads logs.")}
+    if p.long_tokens:
+        out["long"] = sized(p.long_tokens, "Summarize this log in one sentence.")
+    return out
+
+
+# ------------------------------------------------------------------ the three paths
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    from inference_node import blas
+
+    env = blas.with_preload()  # both servers run MLX; neither starts a browser
+    env.setdefault("STUDIO_CODER_HOME", str(REPO / ".home" / "test-home"))
+    return env
+
+
+@contextmanager
+def grpc_server(model: Path, name: str, tmp: Path) -> Iterator[str]:
+    """`inference-node serve` in a subprocess; yields its target."""
+    port = free_port()
+    conf = tmp / "inference-node.toml"
+    conf.write_text(f'[memory]\nbudget_gb = 8.0\nfloor_gb = 0.0\n\n'
+                    f'[[models]]\nname = "{name}"\npath = "{model}"\n')
+    cmd = [PY, "-m", "inference_node.cli", "serve", "--config", str(conf), "--port", str(port)]
+    with _process(cmd, tmp / "grpc-server.log") as proc:
+        target = f"127.0.0.1:{port}"
+        _wait_grpc(target, proc, tmp / "grpc-server.log")
+        yield target
+
+
+@contextmanager
+def mlx_server(model: Path, tmp: Path) -> Iterator[str]:
+    """`mlx_lm.server` in a subprocess (batching on, prompt cache off); yields its base URL."""
+    port = free_port()
+    cmd = [PY, "-m", "mlx_lm.server", "--model", str(model), "--port", str(port),
+           "--prompt-cache-size", "0", "--log-level", "WARNING"]
+    with _process(cmd, tmp / "mlx-server.log") as proc:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/v1/models", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mlx_lm.server did not start: {_tail(tmp)}") from None
+                time.sleep(0.2)
+        yield url
+
+
+@contextmanager
+def _process(cmd: list[str], logfile: Path) -> Iterator[subprocess.Popen]:
+    with open(logfile, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env(),
+                                cwd=REPO, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _tail(tmp: Path) -> str:
+    return " | ".join(p.read_text(errors="replace")[-600:] for p in tmp.glob("*.log"))
+
+
+def _wait_grpc(target: str, proc: subprocess.Popen, logfile: Path) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + 120
+    with grpc.insecure_channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while True:
+            try:
+                stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                return
+            except grpc.RpcError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"inference-node did not start: "
+                                       f"{logfile.read_text(errors='replace')[-800:]}") from None
+                time.sleep(0.2)
+
+
+def _finish(t0: float, t_first: float, t_last: float, tokens: int) -> Sample:
+    ttft = t_first - t0 if t_first else float("nan")
+    decode = (tokens - 1) / (t_last - t_first) if tokens > 1 and t_last > t_first else 0.0
+    return ttft, decode, tokens
+
+
+class InProcess:
+    """mlx-lm's own `stream_generate`, in this process: the ceiling for the other paths."""
+
+    def __init__(self, model_path: Path) -> None:
+        from mlx_lm import load
+
+        self.model, self.tokenizer = load(str(model_path))
+
+    def __call__(self, messages: list[dict[str, str]], max_tokens: int) -> Sample:
+        from mlx_lm import stream_generate
+        from mlx_lm.sample_utils import make_sampler
+
+        t0 = time.perf_counter()
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        t_first = t_last = 0.0
+        tokens = 0
+        for _ in stream_generate(self.model, self.tokenizer, prompt, max_tokens=max_tokens,
+                                 sampler=make_sampler(0.0)):
+            t_last = time.perf_counter()
+            t_first = t_first or t_last
+            tokens += 1
+        return _finish(t0, t_first, t_last, tokens)
+
+
+class Grpc:
+    """Our server through agent_node.client (the path the agent takes)."""
+
+    def __init__(self, target: str, name: str) -> None:
+        from agent_node.client import Client, GrpcModel
+        from agent_node.config import AgentConfig
+
+        cfg = AgentConfig()
+        cfg.inference.target = target
+        self.client = Client(cfg)
+        self.model = GrpcModel(self.client, [name])
+
+    def __call__(self, messages: list[dict[str, str]], max_tokens: int) -> Sample:
+        t0 = time.perf_counter()
+        t_first = t_last = 0.0
+        tokens = 0
+        for ev in self.model.stream(messages, max_tokens=max_tokens, temperature=0.0):
+            kind = ev.WhichOneof("event")
+            if kind == "delta":
+                t_last = time.perf_counter()
+                t_first = t_first or t_last
+            elif kind == "done":
+                tokens = ev.done.usage.completion_tokens
+        return _finish(t0, t_first, t_last, tokens)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class MlxHttp:
+    """`mlx_lm.server`'s OpenAI streaming endpoint, over plain urllib."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __call__(self, messages: list[dict[str, str]], max_tokens: int) -> Sample:
+        body = json.dumps({"messages": messages, "max_tokens": max_tokens, "temperature": 0.0,
+                           "stream": True, "stream_options": {"include_usage": True}}).encode()
+        req = urllib.request.Request(f"{self.url}/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        t_first = t_last = 0.0
+        tokens = chunks = 0
+        with urllib.request.urlopen(req, timeout=600) as resp:
+            for raw in resp:
+                line = raw.strip()
+                if not line.startswith(b"data:") or line == b"data: [DONE]":
+                    continue
+                chunk = json.loads(line[5:])
+                if chunk.get("usage"):
+                    tokens = chunk["usage"].get("completion_tokens", 0)
+                for choice in chunk.get("choices", []):
+                    if (choice.get("delta") or {}).get("content"):
+                        t_last = time.perf_counter()
+                        t_first = t_first or t_last
+                        chunks += 1
+        return _finish(t0, t_first, t_last, tokens or chunks)
+
+
+# ------------------------------------------------------------------ the benchmark
+
+
+def single_stream(paths: dict[str, Callable[..., Sample]], msgs: dict[str, list[dict]],
+                  p: Params) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for label, messages in msgs.items():
+        log(f"single stream, {label} prompt: {', '.join(paths)} interleaved x{p.repeats}")
+        calls = {k: (lambda f=f, m=messages: f(m, p.max_tokens)) for k, f in paths.items()}
+        runs = interleave(calls, n=p.repeats, warmup=p.warmup)
+        row: dict[str, Any] = {}
+        for k, samples in runs.items():
+            row[k] = {"ttft_s": summary([s[0] for s in samples]),
+                      "decode_tps": summary([s[1] for s in samples], 2),
+                      "completion_tokens": summary([float(s[2]) for s in samples], 1)}
+        base = row["in_process"]
+        for k in paths:
+            if k == "in_process":
+                continue
+            row[k]["decode_ratio_vs_in_process"] = round(ratio(
+                row[k]["decode_tps"]["median"], base["decode_tps"]["median"]), 3)
+            row[k]["ttft_added_ms_vs_in_process"] = round(
+                1000 * (row[k]["ttft_s"]["median"] - base["ttft_s"]["median"]), 1)
+        out[label] = row
+    return out
+
+
+def _burst(call: Callable[..., Sample], messages: list[dict], n: int, max_tokens: int
+           ) -> tuple[float, list[Sample]]:
+    """n streams started together; returns (wall seconds, each stream's sample)."""
+    results: list[Sample] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        s = call(messages, max_tokens)
+        with lock:
+            results.append(s)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, results
+
+
+def concurrency(servers: dict[str, Callable[..., Sample]], messages: list[dict], p: Params
+                ) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for n in p.levels:
+        log(f"concurrency {n}: {', '.join(servers)} interleaved x{p.level_repeats}")
+        runs = interleave({k: (lambda f=f, n=n: _burst(f, messages, n, p.level_max_tokens))
+                           for k, f in servers.items()}, n=p.level_repeats, warmup=0)
+        row: dict[str, Any] = {}
+        for k, bursts in runs.items():
+            agg = [sum(s[2] for s in samples) / wall for wall, samples in bursts]
+            ttfts = [s[0] for _, samples in bursts for s in samples]
+            row[k] = {"aggregate_tps": summary(agg, 2),
+                      "ttft_p50_s": round(percentile(ttfts, 50), 4),
+                      "ttft_p95_s": round(percentile(ttfts, 95), 4)}
+        row["aggregate_ratio_grpc_vs_mlx_server"] = round(ratio(
+            row["grpc"]["aggregate_tps"]["median"],
+            row["mlx_lm_server"]["aggregate_tps"]["median"]), 3)
+        out[str(n)] = row
+    return out
+
+
+def run(quick: bool) -> dict:
+    p = params(quick)
+    t_start = time.monotonic()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        path, model_info = prepare_model(tmp)
+        name = "bench-model"
+        log(f"model {path} ({model_info['note']})")
+        inproc = InProcess(path)
+        msgs = prompts(inproc.tokenizer, p)
+        prompt_tokens = {k: len(inproc.tokenizer.apply_chat_template(m, add_generation_prompt=True))
+                         for k, m in msgs.items()}
+        with grpc_server(path, name, tmp) as target, mlx_server(path, tmp) as url:
+            ours = Grpc(target, name)
+            theirs = MlxHttp(url)
+            try:
+                single = single_stream(
+                    {"in_process": inproc, "grpc": ours, "mlx_lm_server": theirs}, msgs, p)
+                conc = concurrency({"grpc": ours, "mlx_lm_server": theirs}, msgs["short"], p)
+            finally:
+                ours.close()
+    short = single["short"]["grpc"]
+    result: dict[str, Any] = {
+        "model": model_info,
+        "params": p.__dict__,
+        "prompt_tokens": prompt_tokens,
+        "servers": {"grpc": "inference-node serve, defaults (engine.max_concurrent = 4)",
+                    "mlx_lm_server": "mlx_lm.server defaults (decode-concurrency 32, "
+                                     "prompt-concurrency 8), --prompt-cache-size 0"},
+        "single_stream": single,
+        "concurrency": conc,
+        "targets": {
+            "grpc_decode_ratio_ge_0.97": short["decode_ratio_vs_in_process"] >= 0.97,
+            "grpc_ttft_added_lt_5ms": short["ttft_added_ms_vs_in_process"] < 5.0,
+        },
+        "wall_s": round(time.monotonic() - t_start, 1),
+    }
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(run("--quick" in sys.argv), indent=2))
