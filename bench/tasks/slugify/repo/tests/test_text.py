@@ -1,0 +1,5 @@
+from text import slugify
+
+
+def test_simple_word():
+    assert slugify("hello") == "hello"
