@@ -1,0 +1,306 @@
+"""docs/BENCHMARKS.md from a results file: tables and short plain-language conclusions.
+
+    python -m bench.report [RESULTS.json]     # default: the newest bench/results/<date>-<host>.json
+
+The engine benchmark gets its own tables (single stream, concurrency); the tunnel, bridge and
+agent-task results join them where they measure the same thing; every other benchmark's result
+is shown as a flat table of its numbers, so a new benchmark appears without touching this file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NAMED = re.compile(r"^\d{4}-\d{2}-\d{2}-.+\.json$")
+
+
+def newest_results(root: Path = RESULTS) -> Path | None:
+    files = [p for p in root.glob("*.json") if NAMED.match(p.name)]
+    return max(files, key=lambda p: (p.name[:10], p.stat().st_mtime)) if files else None
+
+
+def _num(x: Any, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int | float):
+        return f"{x:,.{digits}f}" if isinstance(x, float) else f"{x:,}"
+    return str(x)
+
+
+def _ms(s: float | None) -> str:
+    return "–" if s is None else f"{1000 * s:,.0f} ms" if s >= 0.1 else f"{1000 * s:,.1f} ms"
+
+
+def _med_iqr(summary: dict[str, Any], fmt: Any) -> str:
+    if not summary or summary.get("median") is None:
+        return "–"
+    return f"{fmt(summary['median'])} ({fmt(summary['p25'])}–{fmt(summary['p75'])})"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out + [""]
+
+
+def _ok(bench: dict[str, Any] | None) -> dict[str, Any] | None:
+    return bench.get("result") if bench and bench.get("ok") else None
+
+
+# ------------------------------------------------------------------ sections
+
+PATH_LABELS = {"in_process": "mlx-lm in process", "grpc": "our gRPC, direct",
+               "mlx_lm_server": "`mlx_lm.server` (HTTP)"}
+
+
+def single_stream(engine: dict[str, Any], others: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    pt = engine.get("prompt_tokens", {})
+    for label, row in engine.get("single_stream", {}).items():
+        out.append(f"### Single stream, {label} prompt ({pt.get(label, '?')} prompt tokens, "
+                   f"up to {engine['params']['max_tokens']} new tokens)")
+        out.append("")
+        rows = []
+        for key, r in row.items():
+            rows.append([PATH_LABELS.get(key, key),
+                         _med_iqr(r["ttft_s"], _ms),
+                         _med_iqr(r["decode_tps"], lambda v: f"{v:.1f}"),
+                         _num(r.get("decode_ratio_vs_in_process", 1.0), 3),
+                         "0" if key == "in_process"
+                         else f"{r.get('ttft_added_ms_vs_in_process', 0):+,.1f}"])
+        out += _table(["path", "time to first token, median (IQR)", "decode tok/s, median (IQR)",
+                       "decode ÷ in process", "TTFT added, ms"], rows)
+    tunnel = _ok(others.get("tunnel"))
+    if tunnel:
+        out.append(f"Through the SSH tunnel (bench/tunnel.py, its own interleaved run on "
+                   f"{tunnel.get('model')}, {tunnel.get('max_tokens')} new tokens):")
+        out.append("")
+        rows = [[k, _ms(tunnel["ttft_s"][k]), _num(tunnel["decode_tps"][k])]
+                for k in ("direct", "tunnel")]
+        out += _table(["path", "TTFT (median)", "decode tok/s (median)"], rows)
+        out.append(f"Tunnel ÷ direct decode: {_num(tunnel.get('decode_ratio'), 3)}.")
+        out.append("")
+    bridge = _ok(others.get("bridge"))
+    if bridge:
+        out.append("Through the OpenAI bridge (bench/bridge.py): see its table below.")
+        out.append("")
+    return out
+
+
+def concurrency(engine: dict[str, Any]) -> list[str]:
+    conc = engine.get("concurrency", {})
+    if not conc:
+        return []
+    p = engine["params"]
+    out = [f"### Concurrency ({engine.get('prompt_tokens', {}).get('short', '?')}-token prompt, "
+           f"{p['level_max_tokens']} new tokens per stream, {p['level_repeats']} run(s) per "
+           "level, interleaved)", ""]
+    rows = []
+    for n, row in conc.items():
+        g, m = row["grpc"], row["mlx_lm_server"]
+        rows.append([n, _med_iqr(g["aggregate_tps"], lambda v: f"{v:.1f}"),
+                     _med_iqr(m["aggregate_tps"], lambda v: f"{v:.1f}"),
+                     _num(row["aggregate_ratio_grpc_vs_mlx_server"], 2),
+                     f"{_ms(g['ttft_p50_s'])} / {_ms(g['ttft_p95_s'])}",
+                     f"{_ms(m['ttft_p50_s'])} / {_ms(m['ttft_p95_s'])}"])
+    out += _table(["streams", "ours: aggregate tok/s", "mlx_lm.server: aggregate tok/s",
+                   "ours ÷ theirs", "ours TTFT p50 / p95", "theirs TTFT p50 / p95"], rows)
+    servers = engine.get("servers", {})
+    if servers:
+        out += [f"Settings: ours — {servers.get('grpc')}; theirs — {servers.get('mlx_lm_server')}.",
+                ""]
+    return out
+
+
+def agent_tasks(res: dict[str, Any]) -> list[str]:
+    lim = res.get("limits", {})
+    out = [f"Model: {res['model'].get('name')}. Limits: {lim.get('rounds')} round(s), "
+           f"{lim.get('turns')} coder turn(s) per round, {lim.get('max_tokens')} tokens per "
+           "reply.", ""]
+    rows = [[r["task"], _num(r["passed_round_1"]), _num(r["passed_final"]), r["verdict"],
+             _num(r["completion_tokens"]), _num(r["wall_s"]), _num(r["malformed_tool_calls"]),
+             r.get("error", "")[:80]] for r in res.get("tasks", [])]
+    out += _table(["task", "pass, round 1", "pass, final", "loop verdict", "tokens",
+                   "wall s", "malformed tool calls", "error"], rows)
+    out += [f"Pass rate: {100 * res['pass_rate_round_1']:.0f}% after round 1, "
+            f"{100 * res['pass_rate_final']:.0f}% after all rounds; "
+            f"{res['malformed_tool_calls']} malformed tool call(s).", ""]
+    return out
+
+
+def flat(result: Any, prefix: str = "", limit: int = 40) -> list[tuple[str, str]]:
+    """Scalars of a nested result as (dotted key, value) rows."""
+    rows: list[tuple[str, str]] = []
+    if isinstance(result, dict):
+        for k, v in result.items():
+            rows += flat(v, f"{prefix}.{k}" if prefix else str(k), limit)
+    elif isinstance(result, list):
+        if all(not isinstance(v, dict | list) for v in result) and len(result) <= 8:
+            rows.append((prefix, ", ".join(_num(v, 3) for v in result)))
+        else:
+            for i, v in enumerate(result[:8]):
+                rows += flat(v, f"{prefix}[{i}]", limit)
+    else:
+        rows.append((prefix, _num(result, 3) if isinstance(result, float) else str(result)))
+    return rows[:limit]
+
+
+def targets(benchmarks: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, b in benchmarks.items():
+        res = _ok(b)
+        for k, v in (res or {}).get("targets", {}).items():
+            rows.append([name, k, "met" if v else "**missed**"])
+    return _table(["benchmark", "target", "result"], rows) if rows else []
+
+
+def conclusions(record: dict[str, Any]) -> list[str]:
+    b = record.get("benchmarks", {})
+    out: list[str] = []
+    engine = _ok(b.get("engine"))
+    if engine:
+        for label, row in engine.get("single_stream", {}).items():
+            g, m, i = row["grpc"], row["mlx_lm_server"], row["in_process"]
+            r_dec = g["decode_ratio_vs_in_process"]
+            add = g["ttft_added_ms_vs_in_process"]
+            vs = _ratio(g["decode_tps"]["median"], m["decode_tps"]["median"])
+            ttft_vs = _ratio(g["ttft_s"]["median"], m["ttft_s"]["median"])
+            out.append(
+                f"- **Single stream, {label} prompt**: our gRPC path decodes at "
+                f"{100 * r_dec:.0f}% of mlx-lm in process (target ≥ 97%: "
+                f"{'met' if r_dec >= 0.97 else 'missed'}) and changes time to first token by "
+                f"{add:+.1f} ms (target < 5 ms added: {'met' if add < 5 else 'missed'}). Against "
+                f"`mlx_lm.server` we decode {_ahead(vs)} and reach the first token "
+                f"{_faster(ttft_vs)} ({_ms(g['ttft_s']['median'])} vs "
+                f"{_ms(m['ttft_s']['median'])}; in process {_ms(i['ttft_s']['median'])}).")
+        conc = engine.get("concurrency", {})
+        if conc:
+            ahead = [n for n, r in conc.items() if r["aggregate_ratio_grpc_vs_mlx_server"] >= 1.03]
+            behind = [n for n, r in conc.items()
+                      if r["aggregate_ratio_grpc_vs_mlx_server"] <= 0.97]
+            parts = []
+            if ahead:
+                parts.append(f"ahead of `mlx_lm.server` in aggregate tokens/s at "
+                             f"{', '.join(ahead)} stream(s)")
+            if behind:
+                parts.append(f"behind at {', '.join(behind)} stream(s)")
+            even = [n for n in conc if n not in ahead and n not in behind]
+            if even:
+                parts.append(f"within 3% at {', '.join(even)}")
+            ratios = ", ".join(f"{n}: {r['aggregate_ratio_grpc_vs_mlx_server']:.2f}"
+                               for n, r in conc.items())
+            out.append(f"- **Concurrency**: we are {'; '.join(parts)} (ours ÷ theirs by streams "
+                       f"— {ratios}). Our engine batches at most "
+                       "`engine.max_concurrent` = 4 requests by default; `mlx_lm.server` "
+                       "batches up to 32.")
+        model = engine.get("model", {})
+        if model.get("note"):
+            out.append(f"- **Model**: {model.get('name')} — {model['note']}.")
+    tunnel = _ok(b.get("tunnel"))
+    if tunnel:
+        rec = tunnel.get("recovery_s", {})
+        out.append(f"- **Tunnel**: decode through the tunnel is "
+                   f"{100 * tunnel.get('decode_ratio', math.nan):.0f}% of direct; after sshd "
+                   f"restarts the first call completes in "
+                   f"{rec.get('first_call_done_after_sshd_restart', math.nan):.1f} s.")
+    agent = _ok(b.get("agent_tasks"))
+    if agent:
+        out.append(f"- **Agent tasks**: {agent['model'].get('name')} passes "
+                   f"{100 * agent['pass_rate_final']:.0f}% of {len(agent['tasks'])} task(s) "
+                   f"under tight limits — a 135M model is not a coder; the bench exists to "
+                   "compare configured models, not to flatter this one.")
+    failed = [n for n, v in b.items() if not v.get("ok")]
+    if failed:
+        out.append(f"- **Did not finish**: {', '.join(failed)} (see Errors below).")
+    if record.get("machine", {}).get("load_average", [0])[0] > (record["machine"].get("cores")
+                                                                 or 1):
+        out.append(f"- The machine was busy (load average "
+                   f"{record['machine']['load_average'][0]} on "
+                   f"{record['machine']['cores']} cores): absolute numbers are noisy; the "
+                   "interleaved ratios are the figures to read.")
+    return out + [""]
+
+
+def _ratio(a: float | None, b: float | None) -> float:
+    return a / b if a and b else math.nan
+
+
+def _ahead(r: float) -> str:
+    if math.isnan(r):
+        return "at an unknown ratio"
+    if abs(r - 1) < 0.03:
+        return f"at the same speed ({r:.2f}×)"
+    return f"{r:.2f}× as fast ({'ahead' if r > 1 else 'behind'})"
+
+
+def _faster(r: float) -> str:
+    if math.isnan(r):
+        return "at an unknown ratio"
+    if abs(r - 1) < 0.03:
+        return "at the same time"
+    return f"{'sooner' if r < 1 else 'later'} ({r:.2f}× their time)"
+
+
+# ------------------------------------------------------------------ the page
+
+
+def render(record: dict[str, Any], source: str = "") -> str:
+    m = record.get("machine", {})
+    b = record.get("benchmarks", {})
+    mode = "smoke" if record.get("smoke") else "quick" if record.get("quick") else "full"
+    out = ["# Benchmarks", "",
+           f"Generated by `make bench` (`python -m bench`) from `bench/results/{source}` — a "
+           f"{mode} run started {record.get('started', '?')}. Do not edit by hand.", "",
+           "Method: every comparison runs its contenders interleaved (A B C, C B A, …) in one "
+           "run after a warm-up, so a busy machine weighs on all of them alike; tables give "
+           "medians with the interquartile range in brackets, and ratios of medians.", "",
+           "## Machine", ""]
+    out += _table(["", ""], [[k, str(m.get(k, "–"))] for k in (
+        "host", "cpu", "cores", "memory_gb", "os", "mlx", "mlx_device", "mlx_lm", "python",
+        "openblas_preloaded", "load_average", "commit")])
+    out += ["## Conclusions", ""] + conclusions(record)
+    out += ["## Targets", ""] + targets(b)
+    engine = _ok(b.get("engine"))
+    if engine:
+        out += ["## Engine: mlx-lm in process vs our gRPC server vs `mlx_lm.server`", ""]
+        out += single_stream(engine, b)
+        out += concurrency(engine)
+    agent = _ok(b.get("agent_tasks"))
+    if agent:
+        out += ["## Agent-loop tasks (bench/tasks)", ""] + agent_tasks(agent)
+    for name, bench in b.items():
+        if name in ("engine", "agent_tasks") or not bench.get("ok"):
+            continue
+        out += [f"## {name}", "", f"`bench/{name}.py`, {bench.get('seconds')} s.", ""]
+        out += _table(["measure", "value"], [[k, v] for k, v in flat(bench["result"])])
+    failed = {n: v for n, v in b.items() if not v.get("ok")}
+    if failed:
+        out += ["## Errors", ""]
+        out += _table(["benchmark", "error"], [[n, str(v.get("error", ""))[:300].replace(
+            "|", "\\|").replace("\n", " ")] for n, v in failed.items()])
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    path = Path(argv[0]) if argv else newest_results()
+    if path is None:
+        print("bench.report: no results yet in bench/results; run `make bench-quick`",
+              file=sys.stderr)
+        return 2
+    doc = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+    doc.write_text(render(json.loads(path.read_text()), path.name))
+    print(f"bench.report: wrote {doc} from {path.name}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
