@@ -1,0 +1,61 @@
+"""The embedded default, SmolLM2-135M-Instruct, over gRPC matches mlx-lm in process."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import running_server
+from test_server import collect, user
+
+from inference_node.api import pb
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a Python function that reverses a string.",
+    "List three colours of the rainbow.",
+]
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_dir):
+    with running_server([{"name": "smollm2", "path": str(smollm2_dir)}]) as (srv, target):
+        yield srv, target
+
+
+@pytest.fixture(scope="module")
+def in_process(smollm2_dir):
+    from mlx_lm import load
+
+    return load(str(smollm2_dir))
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_output_over_grpc_is_identical_to_mlx_lm_in_process(
+    smol, in_process, stub_for, prompt
+):
+    from mlx_lm import stream_generate
+
+    model, tokenizer = in_process
+    tokens = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True
+    )
+    pieces = list(stream_generate(model, tokenizer, tokens, max_tokens=MAX_TOKENS))
+    expected_text = "".join(p.text for p in pieces)
+    expected_tokens = [p.token for p in pieces]
+
+    r = collect(stub_for(smol[1]).Chat(
+        pb.ChatRequest(model="smollm2", messages=[user(prompt)], max_tokens=MAX_TOKENS),
+        timeout=120,
+    ))
+    assert r["admitted"].prompt_tokens == len(tokens)
+    assert r["done"].usage.completion_tokens == len(expected_tokens)
+    assert r["content"] == expected_text
+    assert r["done"].finish_reason == pieces[-1].finish_reason
+
+
+def test_smollm2_answers_coherently(smol, stub_for):
+    r = collect(stub_for(smol[1]).Chat(
+        pb.ChatRequest(model="smollm2", messages=[user(PROMPTS[0])], max_tokens=16), timeout=120
+    ))
+    assert "Paris" in r["content"]
+    assert r["done"].timings.decode_tokens_per_second > 0
