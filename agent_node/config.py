@@ -92,6 +92,7 @@ class LoopSection:
     coder_max_turns: int = 30
     coder_max_tokens: int = 200_000  # tokens the coder generates per round (with reasoning)
     coder_wall_s: float = 900.0
+    coder_reply_tokens: int = 0  # max_tokens of one coder reply; 0: the server's default (32k)
     tool_timeout_s: float = 120.0
     test_cmd: str = ""  # empty: detected from the repo (pytest, npm test, make test)
     test_timeout_s: float = 600.0  # the gate's test command; its process group is killed after

@@ -110,15 +110,20 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="agent-node demo", description=__doc__.splitlines()[0])
     p.add_argument("--example", default="pricing", help="a folder under examples/")
     p.add_argument("--config", type=Path, help="agent-node.toml (default: built-in defaults)")
-    p.add_argument("--rounds", type=int, default=None, help="fix rounds (default: [loop])")
+    # Bounded so the demo ends in minutes on a 135M model on a CPU; raise them for a real coder.
+    p.add_argument("--rounds", type=int, default=2, help="fix rounds (default: 2)")
+    p.add_argument("--turns", type=int, default=8, help="coder turns per round (default: 8)")
+    p.add_argument("--reply-tokens", type=int, default=320,
+                   help="max tokens of one model reply (default: 320)")
     args = p.parse_args(argv)
     example = EXAMPLES / args.example
     if not (example / "task.md").exists():
         _say(f"no example {args.example!r} in {EXAMPLES} (want task.md, spec.md, tests)")
         return 2
     cfg = load_config(args.config)
-    if args.rounds:
-        cfg.loop.max_rounds = args.rounds
+    cfg.loop.max_rounds = args.rounds
+    cfg.loop.coder_max_turns = args.turns
+    cfg.loop.coder_reply_tokens = args.reply_tokens
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     repo = prepare_repo(example, studio_home() / "demo" / f"{args.example}-{stamp}")
     _say(f"working on a copy of {example} in {repo}")

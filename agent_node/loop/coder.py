@@ -24,6 +24,7 @@ class CoderLimits:
     max_turns: int = 30
     max_tokens: int = 200_000  # tokens generated (completion + reasoning) in one round
     wall_s: float = 900.0
+    reply_tokens: int | None = None  # per reply; None: the server's generous default
 
 
 @dataclass
@@ -80,7 +81,10 @@ def run_coder(
         if time.monotonic() - start >= limits.wall_s:
             return result(_cut_report("wall_time", f"{limits.wall_s:.0f} s", last_text),
                           "wall_time")
-        reply = model.chat(messages, tools=specs)
+        # Every turn is a tool call (finishing is the `finish` tool), so the server can constrain
+        # the call to the tools' schemas even for models with no tool format of their own.
+        reply = model.chat(messages, tools=specs, tool_choice="required",
+                           max_tokens=limits.reply_tokens)
         turns += 1
         tokens += reply.usage.completion_tokens + reply.usage.reasoning_tokens
         emit("model_call", role="coder", round=round_no, **reply_fields(reply))

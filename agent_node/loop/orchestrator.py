@@ -150,7 +150,7 @@ class _Run:
                 self.coder_model, prompts.render("coder_system"), brief,
                 self.tools_factory(self.worktree),
                 CoderLimits(self.cfg.loop.coder_max_turns, self.cfg.loop.coder_max_tokens,
-                            self.cfg.loop.coder_wall_s),
+                            self.cfg.loop.coder_wall_s, self.cfg.loop.coder_reply_tokens or None),
                 emit=self.emit, round_no=round_no)
             self.record.write_text(f"round-{round_no}/coder.json",
                                    json.dumps(coder.messages, indent=1, default=str))
