@@ -1,0 +1,362 @@
+"""Structured output: grammar-constrained decoding for `response_format` and `tool_choice`.
+
+A malformed tool call or a reply that does not match the requested JSON schema is made
+impossible rather than parsed and hoped for: a llguidance matcher computes, before each token,
+the set of tokens that keep the output inside the grammar, and a logits processor masks out the
+rest. The engine plugs the processor into mlx-lm like any other:
+
+    constraint = compile_tool_choice(tokenizer, tools, "required")   # or compile_response_format
+    if constraint is not None:
+        system_text += constraint.instruction          # tells the model what it is writing
+        processor = constraint.logits_processor()       # fresh per request
+    for r in stream_generate(model, tokenizer, prompt, logits_processors=[..., processor]):
+        ...
+        if constraint.stop_reached():                   # grammar complete: only EOS is left
+            break
+    calls = constraint.parse_tool_calls(text)           # [{"name": ..., "arguments": {...}}]
+
+Forms of a forced tool call:
+
+- JSON form (models without a native tool-call format, e.g. SmolLM2; or a native format that
+  cannot be expressed here): the whole reply is `{"name": "<tool>", "arguments": {...}}`, an
+  `anyOf` over the tools, each branch fixing the name and validating the arguments.
+- native form (mlx-lm tool parser `json_tools`, i.e. hermes-style `<tool_call>` JSON
+  `</tool_call>`): the same JSON object between the model's own `tool_call_start` and
+  `tool_call_end`, so mlx-lm's parser reads it as usual.
+
+`tool_choice` auto (and none) is not constrained: the model may answer in plain text, and a tool
+call it starts on its own is left unconstrained too (it is parsed and validated afterwards, as
+without this module).
+
+Compiling the llguidance tokenizer takes ~0.4 s, so it is done once per loaded tokenizer and
+cached; compiling a grammar per request takes a few milliseconds. The processor holds no locks
+and no memory beyond one token mask, so cancellation and admission need nothing from it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+import llguidance
+import llguidance.hf
+import mlx.core as mx
+import numpy as np
+from llguidance._lib import JsonCompileOptions
+from llguidance.numpy import fill_next_token_bitmask
+
+from inference_node.errors import BadRequest
+
+TOOL_MODES = ("auto", "none", "required", "named")
+
+# Compact JSON without free whitespace: a small model given free whitespace can spend its
+# whole token budget on newlines; the separators match what models see in training text.
+JSON_OPTIONS: JsonCompileOptions = {
+    "whitespace_flexible": False,
+    "item_separator": ", ",
+    "key_separator": ": ",
+}
+
+TOOLS_INSTRUCTION = (
+    "\n\nTools:\n{tools}\n"
+    'Call one by replying with only {{"name": <tool name>, "arguments": <its arguments>}}.'
+)
+SCHEMA_INSTRUCTION = "\n\nReply with only a JSON value matching this JSON schema:\n{schema}"
+JSON_OBJECT_INSTRUCTION = "\n\nReply with only a JSON object."
+
+
+class IncompleteOutput(ValueError):
+    """The constrained reply ended before its grammar was complete (cut off by max_tokens)."""
+
+
+# ---------------------------------------------------------------- llguidance tokenizer cache
+
+_ll_tokenizers: weakref.WeakKeyDictionary[Any, llguidance.LLTokenizer] = (
+    weakref.WeakKeyDictionary()
+)
+_ll_lock = threading.Lock()
+
+
+def ll_tokenizer(tokenizer: Any) -> llguidance.LLTokenizer:
+    """The llguidance tokenizer for an mlx-lm TokenizerWrapper, built once and cached."""
+    with _ll_lock:
+        cached = _ll_tokenizers.get(tokenizer)
+        if cached is None:
+            hf = getattr(tokenizer, "_tokenizer", tokenizer)
+            eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [hf.eos_token_id])
+            cached = llguidance.hf.from_tokenizer(hf, eos_token=eos)
+            _ll_tokenizers[tokenizer] = cached
+        return cached
+
+
+# ---------------------------------------------------------------- the constraint
+
+
+@dataclass
+class Constraint:
+    """A compiled grammar for one request. Cheap to build; `logits_processor()` starts it."""
+
+    lltok: llguidance.LLTokenizer
+    grammar: str
+    kind: str  # "response_format" or "tool_call"
+    instruction: str = ""  # text for the system prompt; empty when the template says it
+    native: tuple[str, str] | None = None  # (tool_call_start, tool_call_end) when native
+    fallback_reason: str = ""  # why a model with a native format got the JSON form
+    _processor: GrammarProcessor | None = field(default=None, repr=False)
+
+    def logits_processor(self) -> GrammarProcessor:
+        """A fresh processor (new matcher state) to pass to mlx-lm's logits_processors."""
+        self._processor = GrammarProcessor(self.lltok, self.grammar)
+        return self._processor
+
+    def stop_reached(self) -> bool:
+        """True once the grammar is complete: the only token it allows now is EOS."""
+        return self._processor is not None and self._processor.stop_reached()
+
+    def error(self) -> str:
+        """The matcher's error, if a token outside the grammar was ever sampled; else ''."""
+        return self._processor.error if self._processor is not None else ""
+
+    def parse_tool_calls(self, text: str) -> list[dict[str, Any]]:
+        """The tool call in a constrained reply, as [{"name": str, "arguments": dict}]."""
+        body = text.strip()
+        if self.native is not None:
+            start, end = self.native
+            body = body.removeprefix(start).removesuffix(end).strip()
+        try:
+            call = json.loads(body)
+        except json.JSONDecodeError as e:
+            raise IncompleteOutput(
+                f"the tool call ended before it was complete ({e}); "
+                "raise max_tokens so the call can finish"
+            ) from None
+        return [{"name": call["name"], "arguments": call["arguments"]}]
+
+
+class GrammarProcessor:
+    """mlx-lm logits processor: `processor(tokens, logits) -> logits` with the grammar's mask.
+
+    mlx-lm calls it before sampling each token; `tokens` is the running context, so the first
+    call sees the whole prompt and each later call sees one more token, the one just sampled,
+    which the matcher consumes before computing the next mask.
+    """
+
+    def __init__(self, lltok: llguidance.LLTokenizer, grammar: str) -> None:
+        self._matcher = llguidance.LLMatcher(lltok, grammar, log_level=0)
+        self._eos = list(lltok.eos_tokens)
+        self._bitmask = np.zeros((1, (lltok.vocab_size + 31) // 32), dtype=np.int32)
+        self._seen: int | None = None  # context length at the previous call
+        self.error = self._matcher.get_error()
+
+    def stop_reached(self) -> bool:
+        return self._matcher.is_stopped() or bool(self.error)
+
+    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        n = tokens.shape[0]
+        new: list[int] = []
+        if self._seen is not None and n > self._seen:
+            new = tokens[self._seen :].tolist()  # type: ignore[assignment]
+        # Start the forward pass only now (the token above had to be read first, and reading
+        # it after would wait for the pass), so the model runs while the CPU computes the mask.
+        mx.async_eval(logits)
+        # Once stopped, the only token left is EOS, which mlx-lm's batched path feeds back
+        # one step before it ends the sequence; the matcher would call that an error.
+        if new and not self.error and not self._matcher.is_stopped():
+            if not self._matcher.consume_tokens(new):
+                self.error = self._matcher.get_error() or f"tokens {new} rejected by the grammar"
+        self._seen = n
+        return mx.where(self._allowed(logits.shape[-1]), logits, -mx.inf)
+
+    def _allowed(self, vocab: int) -> mx.array:
+        if self.error:
+            allowed = np.zeros(vocab, dtype=bool)
+            allowed[self._eos] = True  # end the reply as soon as possible
+        else:
+            fill_next_token_bitmask(self._matcher, self._bitmask)
+            bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
+            allowed = np.zeros(vocab, dtype=bool)
+            k = min(vocab, bits.shape[0])
+            allowed[:k] = bits[:k]
+        return mx.array(allowed)
+
+
+# ---------------------------------------------------------------- compiling
+
+
+def compile_response_format(
+    tokenizer: Any, schema: dict | None, json_object: bool
+) -> Constraint:
+    """The reply must be JSON valid against `schema`, or any JSON object if `json_object`.
+
+    Raises BadRequest when the schema is not JSON Schema or llguidance cannot compile it.
+    """
+    if schema is None:
+        if not json_object:
+            raise ValueError("compile_response_format needs a schema or json_object=True")
+        schema = {"type": "object"}
+        instruction = JSON_OBJECT_INSTRUCTION
+    else:
+        check_schema(schema, "response_format schema")
+        instruction = SCHEMA_INSTRUCTION.format(schema=json.dumps(schema))
+    lltok = ll_tokenizer(tokenizer)
+    grammar = _json_grammar(schema, lltok, "response_format schema")
+    return Constraint(lltok, grammar, "response_format", instruction=instruction)
+
+
+def compile_tool_choice(
+    tokenizer: Any, tools: list[dict], mode: str, name: str = ""
+) -> Constraint | None:
+    """A constraint forcing a tool call for `required` / `named`; None for `auto` and `none`.
+
+    `tools` are {"name", "description", "parameters"} dicts. The call's arguments validate
+    against the chosen tool's `parameters`. Raises BadRequest for an unknown mode or tool name,
+    or a parameters schema that is not JSON Schema or cannot be compiled.
+    """
+    mode = mode.lower()
+    if mode not in TOOL_MODES:
+        raise BadRequest(f"tool_choice mode {mode!r} is unknown; use one of {TOOL_MODES}")
+    if mode in ("auto", "none"):
+        return None
+    if not tools:
+        raise BadRequest(f"tool_choice {mode!r} needs at least one tool in the request's tools")
+    by_name: dict[str, dict] = {}
+    for tool in tools:
+        tname = tool.get("name") or ""
+        if not tname:
+            raise BadRequest("a tool has an empty name; give every tool a name")
+        if tname in by_name:
+            raise BadRequest(f"tool {tname!r} is listed twice; tool names must be unique")
+        params = tool.get("parameters") or {"type": "object"}
+        check_schema(params, f"parameters of tool {tname!r}")
+        by_name[tname] = params
+    if mode == "named":
+        if name not in by_name:
+            raise BadRequest(
+                f"tool_choice names tool {name!r}, which is not among the request's tools "
+                f"({', '.join(by_name)}); name one of them"
+            )
+        by_name = {name: by_name[name]}
+    schema = tool_call_schema(by_name)
+    lltok = ll_tokenizer(tokenizer)
+    body = _json_grammar(schema, lltok, "tool parameters")
+
+    native, reason = _native_markers(tokenizer)
+    if native is None:
+        listed = "\n".join(
+            f"- {t['name']}: {t.get('description', '')} Arguments: "
+            f"{json.dumps(by_name[t['name']], separators=(',', ':'))}"
+            for t in tools
+            if t.get("name") in by_name
+        )
+        return Constraint(
+            lltok, body, "tool_call",
+            instruction=TOOLS_INSTRUCTION.format(tools=listed), fallback_reason=reason,
+        )
+    start, end = native
+    lark = (
+        f"start: {_literal(start, tokenizer, lltok)} \"\\n\" body \"\\n\" "
+        f"{_literal(end, tokenizer, lltok)}\n"
+        f"body: %json {json.dumps(closed_objects(schema))}\n"
+    )
+    grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+    _validate(grammar, lltok, "tool parameters")
+    return Constraint(lltok, grammar, "tool_call", native=native)
+
+
+def tool_call_schema(params_by_name: dict[str, dict]) -> dict:
+    """`{"name": <tool>, "arguments": <its parameters>}`, one anyOf branch per tool."""
+    branches = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": tname}, "arguments": params},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for tname, params in params_by_name.items()
+    ]
+    return branches[0] if len(branches) == 1 else {"anyOf": branches}
+
+
+def check_schema(schema: Any, what: str) -> None:
+    """BadRequest unless `schema` is valid against its JSON Schema meta-schema."""
+    if not isinstance(schema, dict | bool):
+        raise BadRequest(f"{what} must be a JSON object, got {type(schema).__name__}")
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        path = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        raise BadRequest(
+            f"{what} is not valid JSON Schema: at {path}: {e.message}; fix the schema"
+        ) from None
+
+
+def closed_objects(schema: Any) -> Any:
+    """`schema` with `additionalProperties: false` wherever an object lists its properties
+    and says nothing about others.
+
+    Every reply this allows is still valid against the original; without it a small model
+    wanders off into inventing keys and runs out of tokens before closing the object.
+    """
+    if isinstance(schema, list):
+        return [closed_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas"):
+        if isinstance(out.get(key), dict):
+            out[key] = {k: closed_objects(v) for k, v in out[key].items()}
+    for key in ("items", "prefixItems", "anyOf", "oneOf", "allOf", "additionalProperties",
+                "not", "if", "then", "else", "contains"):
+        if key in out:
+            out[key] = closed_objects(out[key])
+    open_keys = ("additionalProperties", "patternProperties", "unevaluatedProperties")
+    if "properties" in out and not any(k in out for k in open_keys):
+        out["additionalProperties"] = False
+    return out
+
+
+def _json_grammar(schema: dict, lltok: llguidance.LLTokenizer, what: str) -> str:
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            closed_objects(schema), overrides=JSON_OPTIONS
+        )
+    except ValueError as e:
+        raise BadRequest(f"{what} cannot be compiled: {e}") from None
+    _validate(grammar, lltok, what)
+    return grammar
+
+
+def _validate(grammar: str, lltok: llguidance.LLTokenizer, what: str) -> None:
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, lltok)
+    if is_error:
+        raise BadRequest(
+            f"{what} is valid JSON Schema but cannot be enforced: {messages[0].strip()}; "
+            "simplify the schema or leave out that keyword"
+        )
+
+
+def _native_markers(tokenizer: Any) -> tuple[tuple[str, str] | None, str]:
+    """(start, end) when the model's own tool-call format can be constrained, else a reason."""
+    if not getattr(tokenizer, "has_tool_calling", False):
+        return None, ""
+    from mlx_lm.tool_parsers import json_tools
+
+    if tokenizer.tool_parser is json_tools.parse_tool_call:
+        return (tokenizer.tool_call_start, tokenizer.tool_call_end), ""
+    return None, (
+        f"the model's tool-call format ({tokenizer.tool_call_start!r}...) cannot be expressed "
+        "as a grammar here; the call is forced in the JSON form instead"
+    )
+
+
+def _literal(text: str, tokenizer: Any, lltok: llguidance.LLTokenizer) -> str:
+    """A lark terminal for `text`: its special token if it is one, else the string."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) == 1 and lltok.is_special_token(ids[0]):
+        return f"<[{ids[0]}]>"
+    return json.dumps(text)
+

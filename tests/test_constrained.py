@@ -1,0 +1,263 @@
+"""Structured output: forced tool calls and response formats hold for a real small model.
+
+SmolLM2 (no native tool-call format) is run in-process through mlx-lm with the constraint's
+logits processor; the 20-of-20 checks go through mlx-lm's BatchGenerator, the path the engine
+uses, and the single checks through stream_generate. The model is dequantized to float32 here
+only because MLX's CPU quantized matmul is slow; the weights are SmolLM2's own.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import mlx.core as mx
+import pytest
+from mlx_lm import load, stream_generate
+from mlx_lm.generate import BatchGenerator
+from mlx_lm.tokenizer_utils import load as load_tokenizer
+from mlx_lm.tool_parsers import json_tools
+from mlx_lm.utils import dequantize_model
+
+from inference_node.constrained import (
+    Constraint,
+    compile_response_format,
+    compile_tool_choice,
+    ll_tokenizer,
+)
+from inference_node.errors import BadRequest
+
+pytestmark = pytest.mark.slow
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "Current weather for a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 40},
+            "unit": {"enum": ["celsius", "fahrenheit"]},
+        },
+        "required": ["city", "unit"],
+    },
+}
+READ_FILE = {
+    "name": "read_file",
+    "description": "Read a file of the repository.",
+    "parameters": {
+        "type": "object",
+        "properties": {"path": {"type": "string", "maxLength": 60}},
+        "required": ["path"],
+    },
+}
+TOOLS = [WEATHER, READ_FILE]
+
+PROMPTS = [
+    "What's the weather in Paris?", "Show me src/main.py", "Hello!", "Is it raining in Tokyo?",
+    "Open README.md", "How hot is it in Cairo?", "Read the Makefile.", "Tell me a joke.",
+    "Weather in Lima, in fahrenheit", "What is in tests/test_app.py?", "Who are you?",
+    "Should I take an umbrella in London?", "Print setup.cfg", "2 + 2?", "Is Oslo cold today?",
+    "Look at docs/index.md", "Write a haiku.", "Temperature in Sydney?", "cat pyproject.toml",
+    "What's new?",
+]
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 30},
+        "age": {"type": "integer", "minimum": 0, "maximum": 130},
+        "languages": {"type": "array", "items": {"type": "string", "maxLength": 20},
+                      "maxItems": 3},
+    },
+    "required": ["name", "age", "languages"],
+}
+PERSON_PROMPTS = [f"Describe {who} as JSON." for who in (
+    "a Python developer", "Ada Lovelace", "a child who likes Rust", "your best friend",
+    "a retired teacher", "Linus Torvalds", "a chef from Lyon", "a student in Nairobi",
+    "an astronaut", "a poet", "a bilingual nurse", "a game designer", "my grandmother",
+    "a Go programmer", "a translator", "a pilot", "a data scientist", "a baker",
+    "a violinist", "a robot",
+)]
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_dir: Path) -> tuple[Any, Any]:
+    model, tokenizer = load(str(smollm2_dir))
+    model = dequantize_model(model)
+    mx.eval(model.parameters())
+    return model, tokenizer
+
+
+def chat(tokenizer: Any, user: str, constraint: Constraint | None) -> list[int]:
+    system = "You are a helpful assistant." + (constraint.instruction if constraint else "")
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def generate_batch(smol: tuple[Any, Any], prompts: list[list[int]],
+                   constraints: list[Constraint], max_tokens: int) -> list[str]:
+    model, tokenizer = smol
+    gen = BatchGenerator(model, stop_tokens=[[i] for i in tokenizer.eos_token_ids],
+                         completion_batch_size=len(prompts), prefill_batch_size=len(prompts))
+    try:
+        uids = gen.insert(prompts, max_tokens=[max_tokens] * len(prompts),
+                          logits_processors=[[c.logits_processor()] for c in constraints])
+        out: dict[int, list[int]] = {u: [] for u in uids}
+        finished: set[int] = set()
+        while len(finished) < len(uids):
+            for r in gen.next_generated():
+                if r.token not in tokenizer.eos_token_ids:
+                    out[r.uid].append(r.token)
+                if r.finish_reason:
+                    finished.add(r.uid)
+    finally:
+        gen.close()
+    return [tokenizer.decode(out[u]) for u in uids]
+
+
+def generate_one(smol: tuple[Any, Any], prompt: list[int], constraint: Constraint | None,
+                 max_tokens: int = 48) -> tuple[str, list[int]]:
+    model, tokenizer = smol
+    processors = [constraint.logits_processor()] if constraint else []
+    text, ids = "", []
+    for r in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens,
+                             logits_processors=processors):
+        text += r.text
+        ids.append(r.token)
+        if constraint is not None and constraint.stop_reached():
+            break
+    return text, ids
+
+
+# ---------------------------------------------------------------- the model's replies
+
+
+def test_required_tool_choice_gives_20_of_20_valid_calls(smol: tuple[Any, Any]) -> None:
+    tokenizer = smol[1]
+    constraints = [compile_tool_choice(tokenizer, TOOLS, "required") for _ in PROMPTS]
+    assert all(c is not None for c in constraints)
+    prompts = [chat(tokenizer, p, c) for p, c in zip(PROMPTS, constraints, strict=True)]
+    texts = generate_batch(smol, prompts, constraints, max_tokens=48)  # type: ignore[arg-type]
+    schemas = {t["name"]: t["parameters"] for t in TOOLS}
+    for c, text in zip(constraints, texts, strict=True):
+        assert c is not None and not c.error(), c and c.error()
+        [call] = c.parse_tool_calls(text)
+        jsonschema.validate(call["arguments"], schemas[call["name"]])
+
+
+def test_response_format_gives_20_of_20_valid_replies(smol: tuple[Any, Any]) -> None:
+    tokenizer = smol[1]
+    constraints = [compile_response_format(tokenizer, PERSON, False) for _ in PERSON_PROMPTS]
+    prompts = [chat(tokenizer, p, c) for p, c in zip(PERSON_PROMPTS, constraints, strict=True)]
+    texts = generate_batch(smol, prompts, constraints, max_tokens=64)
+    for c, text in zip(constraints, texts, strict=True):
+        assert not c.error()
+        jsonschema.validate(json.loads(text), PERSON)
+
+
+def test_named_tool_choice_forces_that_tool(smol: tuple[Any, Any]) -> None:
+    tokenizer = smol[1]
+    constraint = compile_tool_choice(tokenizer, TOOLS, "named", name="read_file")
+    assert constraint is not None
+    text, _ = generate_one(smol, chat(tokenizer, "What's the weather in Paris?", constraint),
+                           constraint)
+    assert constraint.stop_reached()
+    [call] = constraint.parse_tool_calls(text)
+    assert call["name"] == "read_file"
+    jsonschema.validate(call["arguments"], READ_FILE["parameters"])
+
+
+def test_auto_tool_choice_leaves_the_model_free_to_answer_in_text(
+    smol: tuple[Any, Any],
+) -> None:
+    assert compile_tool_choice(smol[1], TOOLS, "auto") is None
+    assert compile_tool_choice(smol[1], TOOLS, "none") is None
+    text, _ = generate_one(smol, chat(smol[1], "What is the capital of France?", None), None, 24)
+    assert "Paris" in text and not text.lstrip().startswith("{")
+
+
+def test_json_object_reply_is_a_json_object(smol: tuple[Any, Any]) -> None:
+    constraint = compile_response_format(smol[1], None, True)
+    text, _ = generate_one(smol, chat(smol[1], "List three colors.", constraint), constraint, 64)
+    assert isinstance(json.loads(text), dict)
+
+
+def test_native_hermes_format_is_constrained_between_the_models_own_markers(
+    smol: tuple[Any, Any], smollm2_dir: Path, tmp_path: Path
+) -> None:
+    # SmolLM2's tokenizer, with two unused special tokens renamed to hermes-style markers and
+    # mlx-lm's json_tools parser named, stands in for a model with a native tool-call format.
+    tok_dir = tmp_path / "hermes-tokenizer"
+    tok_dir.mkdir()
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(smollm2_dir / f, tok_dir / f)
+    spec = json.loads((tok_dir / "tokenizer.json").read_text())
+    renamed = {3: "<tool_call>", 4: "</tool_call>"}
+    vocab = spec["model"]["vocab"]
+    for added in spec["added_tokens"]:
+        if added["id"] in renamed:
+            del vocab[added["content"]]
+            added["content"] = renamed[added["id"]]
+            vocab[added["content"]] = added["id"]
+    (tok_dir / "tokenizer.json").write_text(json.dumps(spec))
+    config = json.loads((tok_dir / "tokenizer_config.json").read_text())
+    config.pop("added_tokens_decoder", None)
+    config["tool_parser_type"] = "json_tools"
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = load_tokenizer(tok_dir)
+    assert tokenizer.has_tool_calling and tokenizer.tool_call_start == "<tool_call>"
+
+    constraint = compile_tool_choice(tokenizer, TOOLS, "named", name="get_weather")
+    assert constraint is not None and constraint.native == ("<tool_call>", "</tool_call>")
+    assert constraint.instruction == ""  # the model's template renders the tools itself
+    text, ids = generate_one((smol[0], tokenizer), chat(tokenizer, "Weather in Rome?", None),
+                             constraint)
+    assert ids[0] == 3 and ids[-1] == 4  # the markers are the model's own special tokens
+    body = tokenizer.decode(ids[1:-1])
+    call = json_tools.parse_tool_call(body)  # what mlx-lm's server would do
+    assert call["name"] == "get_weather"
+    jsonschema.validate(call["arguments"], WEATHER["parameters"])
+    assert constraint.parse_tool_calls(text) == [call]
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_schema_that_is_not_json_schema_is_refused_with_the_validators_reason(
+    smol: tuple[Any, Any],
+) -> None:
+    with pytest.raises(BadRequest, match=r"not valid JSON Schema: at type: .*fix the schema"):
+        compile_response_format(smol[1], {"type": "objekt"}, False)
+    bad_tool = {**WEATHER, "parameters": {"type": "object", "required": "city"}}
+    with pytest.raises(BadRequest, match=r"parameters of tool 'get_weather' is not valid JSON"):
+        compile_tool_choice(smol[1], [bad_tool], "required")
+
+
+def test_schema_the_grammar_cannot_enforce_is_refused_with_llguidances_reason(
+    smol: tuple[Any, Any],
+) -> None:
+    with pytest.raises(BadRequest, match=r"cannot be enforced: Unimplemented keys: \[\"not\"\]"):
+        compile_response_format(smol[1], {"not": {"type": "string"}}, False)
+    lookahead = {"type": "string", "pattern": "(?=a)b"}
+    with pytest.raises(BadRequest, match="look-around"):
+        compile_response_format(smol[1], lookahead, False)
+    with pytest.raises(BadRequest) as e:
+        compile_response_format(smol[1], {"type": "string", "minLength": 5, "maxLength": 2},
+                                False)
+    assert e.value.code.name == "INVALID_ARGUMENT"
+
+
+def test_unknown_tool_name_and_mode_are_refused(smol: tuple[Any, Any]) -> None:
+    with pytest.raises(BadRequest, match=r"'delete_all'.*get_weather, read_file"):
+        compile_tool_choice(smol[1], TOOLS, "named", name="delete_all")
+    with pytest.raises(BadRequest, match="unknown"):
+        compile_tool_choice(smol[1], TOOLS, "sometimes")
+    with pytest.raises(BadRequest, match="at least one tool"):
+        compile_tool_choice(smol[1], [], "required")
+
+
+def test_llguidance_tokenizer_is_built_once_per_tokenizer(smol: tuple[Any, Any]) -> None:
+    assert ll_tokenizer(smol[1]) is ll_tokenizer(smol[1])
