@@ -39,17 +39,19 @@ import json
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import llguidance
 import llguidance.hf
 import mlx.core as mx
 import numpy as np
-from llguidance._lib import JsonCompileOptions
 from llguidance.numpy import fill_next_token_bitmask
 
 from inference_node.errors import BadRequest
+
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
 
 TOOL_MODES = ("auto", "none", "required", "named")
 
