@@ -90,7 +90,14 @@ def ll_tokenizer(tokenizer: Any) -> llguidance.LLTokenizer:
         if cached is None:
             hf = getattr(tokenizer, "_tokenizer", tokenizer)
             eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [hf.eos_token_id])
-            cached = llguidance.hf.from_tokenizer(hf, eos_token=eos)
+            try:
+                cached = llguidance.hf.from_tokenizer(hf, eos_token=eos)
+            except ValueError as e:
+                raise BadRequest(
+                    f"structured output (response_format, forced tool calls) is not available "
+                    f"for this model: llguidance cannot read its tokenizer ({e}); "
+                    "send the request without them"
+                ) from None
             _ll_tokenizers[tokenizer] = cached
         return cached
 
