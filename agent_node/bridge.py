@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -266,7 +266,10 @@ class ChatStream:
         threading.Thread(target=self._pump, name="bridge-chat", daemon=True).start()
 
     def _put(self, item: Any) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop has closed: the bridge is shutting down
+            self._call.cancel()
 
     def _pump(self) -> None:
         try:
@@ -471,14 +474,15 @@ def create_app(cfg: AgentConfig, client: Client | None = None) -> FastAPI:
     token = cfg.bridge.token
     default_model = cfg.inference.coder[0] if cfg.inference.coder else ""
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next: Any) -> Any:
-        if token and request.url.path != "/health" and not _token_ok(request, token):
-            return _error_response(BridgeError(
+    def authenticate(request: Request) -> None:
+        if token and not _token_ok(request, token):
+            raise BridgeError(
                 "missing or wrong bearer token: send `Authorization: Bearer <token>` with the "
                 f"token from [bridge] token in {cfg.source} (OpenAI SDK: api_key=<token>)",
-                status=401, code="invalid_api_key"))
-        return await call_next(request)
+                status=401, code="invalid_api_key")
+
+    # A dependency, not middleware: BaseHTTPMiddleware would sit in every streamed chunk's path.
+    authed = [Depends(authenticate)]
 
     @app.exception_handler(BridgeError)
     @app.exception_handler(InferenceError)
@@ -514,7 +518,7 @@ def create_app(cfg: AgentConfig, client: Client | None = None) -> FastAPI:
         return JSONResponse({"status": "ok" if ok else "unavailable", "inference": status,
                              "tunnel": tunnel}, status_code=200 if ok else 503)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=authed)
     async def models() -> dict[str, Any]:
         c = state["client"]
         await _ensure_ready(c)
@@ -525,36 +529,43 @@ def create_app(cfg: AgentConfig, client: Client | None = None) -> FastAPI:
              "loaded": m.state == pb.ModelInfo.LOADED}
             for m in served if m.role == "coder"]}
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post("/v1/chat/completions", response_model=None, dependencies=authed)
     async def chat_completions(body: ChatCompletionRequest,
-                               request: Request) -> JSONResponse | StreamingResponse:
+                               request: Request) -> Response:
         c = state["client"]
         req = to_chat_request(body, default_model)
         await _ensure_ready(c)
         stream = ChatStream(c, req)
         comp = _Completion(req)
         try:
-            first = await stream.next()  # errors before the first event get a real status
-        except BaseException:
-            stream.cancel()
-            raise
-        if body.stream:
-            include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return _SSEResponse(_events(stream, comp, first, include_usage), stream.cancel)
-        try:
+            # Errors before the first event (unknown model, refused admission) get a real status.
+            first = await _next_unless_gone(stream, request)
+            if body.stream:
+                include_usage = bool((body.stream_options or {}).get("include_usage"))
+                # From here the response owns the call and cancels it however it ends.
+                return _SSEResponse(_events(stream, comp, first, include_usage), stream.cancel)
             ev = first
             while ev is not None:
                 comp.fold(ev)
                 ev = await _next_unless_gone(stream, request)
-        finally:
+        except _ClientGone:
             stream.cancel()
+            return Response(status_code=499)  # nobody reads it; the call is what mattered
+        except BaseException:
+            stream.cancel()
+            raise
+        stream.cancel()
         return JSONResponse(comp.response())
 
     return app
 
 
+class _ClientGone(Exception):
+    pass
+
+
 async def _next_unless_gone(stream: ChatStream, request: Request) -> pb.ChatEvent | None:
-    """The next event; raises CancelledError when the client has disconnected meanwhile."""
+    """The next event; _ClientGone when the HTTP client disconnects while we wait for it."""
     task = asyncio.ensure_future(stream.next())
     while True:
         done, _ = await asyncio.wait({task}, timeout=0.5)
@@ -562,7 +573,7 @@ async def _next_unless_gone(stream: ChatStream, request: Request) -> pb.ChatEven
             return task.result()
         if await request.is_disconnected():
             task.cancel()
-            raise asyncio.CancelledError("the HTTP client went away")
+            raise _ClientGone
 
 
 # ---------------------------------------------------------------------- running it

@@ -2,6 +2,7 @@
 
 bridge:     SDK → agent-node bridge (HTTP/SSE) → gRPC → inference-node serve (engine thread)
 mlx_lm:     SDK → mlx_lm.server (HTTP/SSE), the same model folder
+grpc:       agent_node.client straight to the node, no bridge: what the HTTP hop itself costs
 
 Each side runs in its own process on a free loopback port, as it would in use; the SDK runs
 here. Model: SmolLM2-135M-Instruct (the embedded default, imported from the GGUF). Each repeat
@@ -34,6 +35,8 @@ from typing import Any
 
 import openai
 
+from agent_node.client import Client
+from agent_node.config import AgentConfig
 from inference_node import blas
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,13 +114,39 @@ def _sides(model_dir: Path, tmp: Path) -> Iterator[dict[str, str]]:
     with _process(node, tmp / "node.log", mlx=True), \
             _process(bridge, tmp / "bridge.log", f"{bridge_url}/health"), \
             _process(mlx, tmp / "mlx_lm.log", f"{mlx_url}/health", mlx=True):
-        yield {"bridge": f"{bridge_url}/v1", "mlx_lm": f"{mlx_url}/v1"}
+        yield {"bridge": f"{bridge_url}/v1", "mlx_lm": f"{mlx_url}/v1",
+               "grpc": f"127.0.0.1:{grpc_port}"}
+
+
+def _messages(i: int | str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM.format(i=i)},
+            {"role": "user", "content": PROMPT.format(n=5)}]
+
+
+def _timing(t0: float, first: float, last: float, tokens: int) -> dict[str, float]:
+    decode_s = last - first
+    return {"ttft_s": first - t0, "tokens": tokens,
+            "decode_tps": (tokens - 1) / decode_s if decode_s > 0 and tokens > 1 else 0.0}
+
+
+def _grpc_once(client: Client, i: int | str, max_tokens: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    first = last = 0.0
+    tokens = 0
+    for ev in client.model().stream(_messages(i), max_tokens=max_tokens, temperature=0.0):
+        kind = ev.WhichOneof("event")
+        if kind == "delta" and ev.delta.text:
+            now = time.perf_counter()
+            first = first or now
+            last = now
+        elif kind == "done":
+            tokens = ev.done.usage.completion_tokens
+    return _timing(t0, first, last, tokens)
 
 
 def _stream_once(sdk: openai.OpenAI, model: str, i: int | str, max_tokens: int
                  ) -> dict[str, float]:
-    messages = [{"role": "system", "content": SYSTEM.format(i=i)},
-                {"role": "user", "content": PROMPT.format(n=5)}]
+    messages = _messages(i)
     t0 = time.perf_counter()
     first = last = 0.0
     chunks = 0
@@ -133,10 +162,7 @@ def _stream_once(sdk: openai.OpenAI, model: str, i: int | str, max_tokens: int
             first = first or now
             last = now
             chunks += 1
-    tokens = usage.completion_tokens if usage is not None else chunks
-    decode_s = last - first
-    return {"ttft_s": first - t0, "tokens": tokens,
-            "decode_tps": (tokens - 1) / decode_s if decode_s > 0 and tokens > 1 else 0.0}
+    return _timing(t0, first, last, usage.completion_tokens if usage is not None else chunks)
 
 
 def _median(rows: list[dict[str, float]], key: str) -> float:
@@ -150,18 +176,28 @@ def run(quick: bool) -> dict[str, Any]:
     max_tokens = 64 if quick else 256
     STORE.mkdir(parents=True, exist_ok=True)
     model_dir = ensure_default_model(STORE)
-    rows: dict[str, list[dict[str, float]]] = {"bridge": [], "mlx_lm": []}
+    rows: dict[str, list[dict[str, float]]] = {"bridge": [], "mlx_lm": [], "grpc": []}
     with tempfile.TemporaryDirectory(prefix="bench-bridge-") as tmp, \
             _sides(model_dir, Path(tmp)) as urls:
+        cfg = AgentConfig()
+        cfg.inference.target = urls.pop("grpc")
+        cfg.inference.coder = ["smollm2"]
         sdks = {side: openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=300)
                 for side, url in urls.items()}
         models = {"bridge": "smollm2", "mlx_lm": str(model_dir)}
-        for side, sdk in sdks.items():  # warm-up: load the model, compile, fill caches
-            _stream_once(sdk, models[side], "warm-up", 16)
-        for i in range(repeats):
-            order = ["bridge", "mlx_lm"] if i % 2 == 0 else ["mlx_lm", "bridge"]
-            for side in order:
-                rows[side].append(_stream_once(sdks[side], models[side], i, max_tokens))
+        with Client(cfg) as client:
+
+            def once(side: str, i: int | str, n: int) -> dict[str, float]:
+                if side == "grpc":
+                    return _grpc_once(client, i, n)
+                return _stream_once(sdks[side], models[side], i, n)
+
+            for side in rows:  # warm-up: load the model, compile, open connections
+                once(side, "warm-up", 16)
+            for i in range(repeats):
+                order = list(rows) if i % 2 == 0 else list(reversed(rows))
+                for side in order:
+                    rows[side].append(once(side, i, max_tokens))
         for sdk in sdks.values():
             sdk.close()
     med = {side: {"ttft_s": _median(r, "ttft_s"), "decode_tps": _median(r, "decode_tps"),
@@ -175,6 +211,7 @@ def run(quick: bool) -> dict[str, Any]:
             "ttft": med["bridge"]["ttft_s"] / med["mlx_lm"]["ttft_s"],
             "decode_tps": med["bridge"]["decode_tps"] / med["mlx_lm"]["decode_tps"],
         },
+        "bridge_hop_ttft_s": med["bridge"]["ttft_s"] - med["grpc"]["ttft_s"],
         "runs": rows,
     }
 
@@ -183,11 +220,13 @@ def _summary(res: dict[str, Any]) -> str:
     m, r = res["median"], res["ratio_bridge_over_mlx_lm"]
     lines = [f"bridge benchmark, {res['repeats']} interleaved repeats, "
              f"max_tokens {res['max_tokens']}:"]
-    for side in ("bridge", "mlx_lm"):
+    for side in ("bridge", "mlx_lm", "grpc"):
         lines.append(f"  {side:<7} ttft {m[side]['ttft_s'] * 1000:7.1f} ms   decode "
                      f"{m[side]['decode_tps']:7.1f} tok/s   ({m[side]['tokens']:.0f} tokens)")
     lines.append(f"  ratio   ttft {r['ttft']:.2f}x   decode {r['decode_tps']:.2f}x "
                  "(bridge / mlx_lm; ttft lower is better, decode higher is better)")
+    lines.append(f"  the HTTP hop adds {res['bridge_hop_ttft_s'] * 1000:.1f} ms to ttft "
+                 "(bridge - grpc)")
     return "\n".join(lines)
 
 
