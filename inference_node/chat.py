@@ -116,11 +116,20 @@ def tools_as_text(tools: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
-                 ) -> list[int]:
+def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+                 note: str = "", note_lists_tools: bool = False) -> list[int]:
+    """Prompt tokens through the model's chat template.
+
+    `note` (e.g. a grammar constraint's instruction) is added to the system message. Tools go
+    to templates that have a tool format; otherwise they are described in the system message,
+    unless `note_lists_tools` says the note already does.
+    """
     if tools and not tokenizer.has_tool_calling:
-        messages = _with_system_note(messages, tools_as_text(tools))
+        if not note_lists_tools:
+            note = "\n\n".join(x for x in (tools_as_text(tools), note) if x)
         tools = []
+    if note:
+        messages = _with_system_note(messages, note)
     hf_tools = [{"type": "function", "function": t} for t in tools] or None
     if tokenizer.chat_template is None:
         text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"

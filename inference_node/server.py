@@ -94,7 +94,9 @@ class InferenceServicer(rpc.InferenceServicer):
         lm = self.engine.ensure_loaded(entry)
         tok = lm.tokenizer
         constraint, json_tools = self._constraint(request, tok, tools)
-        prompt = chat.build_prompt(tok, chat.template_messages(request.messages), tools)
+        note = constraint.instruction if constraint is not None else ""
+        prompt = chat.build_prompt(tok, chat.template_messages(request.messages), tools, note,
+                                   note_lists_tools=json_tools is not None)
         max_tokens = chat.resolve_max_tokens(
             request.max_tokens if request.HasField("max_tokens") else None,
             len(prompt), entry.context, self.cfg.engine.default_max_tokens, entry.name,

@@ -92,3 +92,10 @@ def smollm2_dir() -> Path:
 
     CACHE.mkdir(parents=True, exist_ok=True)
     return ensure_default_model(CACHE)
+
+
+@pytest.fixture(scope="session")
+def smol_server(smollm2_dir: Path) -> Iterator[tuple[object, str]]:
+    """One real inference server serving SmolLM2 as "smollm2", shared by the session."""
+    with running_server([{"name": "smollm2", "path": str(smollm2_dir)}]) as (srv, target):
+        yield srv, target

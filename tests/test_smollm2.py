@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import running_server
 from test_server import collect, user
 
 from inference_node.api import pb
@@ -16,10 +15,9 @@ PROMPTS = [
 MAX_TOKENS = 24
 
 
-@pytest.fixture(scope="module")
-def smol(smollm2_dir):
-    with running_server([{"name": "smollm2", "path": str(smollm2_dir)}]) as (srv, target):
-        yield srv, target
+@pytest.fixture
+def smol(smol_server):
+    return smol_server
 
 
 @pytest.fixture(scope="module")
