@@ -26,7 +26,8 @@ SCHEMA = {
     "properties": {
         "title": {"type": "string"},
         "characters": {"type": "array", "items": {"type": "string"}},
-        "story": {"type": "string"},
+        # long enough that both sides run to max_tokens: equal lengths, equal attention cost
+        "story": {"type": "string", "minLength": 1000},
     },
     "required": ["title", "characters", "story"],
 }

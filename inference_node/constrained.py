@@ -115,7 +115,7 @@ class Constraint:
     instruction: str = ""  # text for the system prompt; empty when the template says it
     native: tuple[str, str] | None = None  # (tool_call_start, tool_call_end) when native
     fallback_reason: str = ""  # why a model with a native format got the JSON form
-    _processor: GrammarProcessor | None = field(default=None, repr=False)
+    _processor: GrammarProcessor | None = field(default=None, init=False, repr=False)
 
     def logits_processor(self) -> GrammarProcessor:
         """A fresh processor (new matcher state) to pass to mlx-lm's logits_processors."""
