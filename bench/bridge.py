@@ -58,7 +58,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}:\n"
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n"
                                f"{log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
@@ -152,7 +152,7 @@ def _stream_once(sdk: openai.OpenAI, model: str, i: int | str, max_tokens: int
     chunks = 0
     usage = None
     stream = sdk.chat.completions.create(
-        model=model, messages=messages, stream=True,  # type: ignore[arg-type]
+        model=model, messages=messages, stream=True,  # type: ignore[call-overload]
         max_tokens=max_tokens, temperature=0.0, stream_options={"include_usage": True})
     for chunk in stream:
         if chunk.usage is not None:
