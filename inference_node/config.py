@@ -79,6 +79,7 @@ class EngineConfig:
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     max_concurrent: int = 4  # requests decoded together in one batch
     prefill_step_size: int = 512
+    prompt_cache_mb: float = 512.0  # KV kept for prefix reuse; set aside from the budget; 0: off
 
 
 @dataclass

@@ -67,6 +67,7 @@ class Job:
     t_start: float = 0.0
     t_first: float = 0.0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prompt cache
     detokenizer: Any = None
     stream: Any = None  # vision jobs: the mlx-vlm generator
 
@@ -82,6 +83,10 @@ class Engine:
         self.loading: set[str] = set()
         self._inbox: queue.Queue[Callable[[], None]] = queue.Queue()
         self._vision_jobs: list[Job] = []
+        # KV of finished requests, reused by the next request sharing their prefix (an agent's
+        # next turn repeats the whole conversation). Its cap is set aside from the budget.
+        self.prompt_cache: Any = None
+        self.prompt_cache_bytes = int(cfg.engine.prompt_cache_mb * 1024 * 1024)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
         self.healthy = True
@@ -128,6 +133,9 @@ class Engine:
     # ------------------------------------------------------------ the engine thread
 
     def _run(self) -> None:
+        from mlx_lm.models.cache import LRUPromptCache
+
+        self.prompt_cache = LRUPromptCache(max_size=64, max_bytes=self.prompt_cache_bytes)
         while not self._stop.is_set():
             busy = self._vision_jobs or any(lm.active for lm in self.loaded.values())
             try:
@@ -226,6 +234,8 @@ class Engine:
         if busy:
             raise BadRequest(f"{name} has {busy} requests in flight; unload it when they finish")
         del self.loaded[name]
+        if self.prompt_cache is not None:
+            self.prompt_cache.trim_to(n_sequences=0)  # entries are per model; start clean
         del lm
         gc.collect()
         mx.clear_cache()  # memory freed is memory returned
@@ -246,14 +256,32 @@ class Engine:
         if job.vision_inputs is not None:
             self._start_vision(lm, job)
             return
+        cache, rest = self._cached_prefix(job)
         (uid,) = lm.batch.insert(
-            [job.prompt],
+            [rest],
             max_tokens=[job.max_tokens],
+            caches=[cache] if cache is not None else None,
+            all_tokens=[job.prompt[: len(job.prompt) - len(rest)]],
             samplers=[job.sampler],
             logits_processors=[job.logits_processors],
             stop_sequences=[job.stop_sequences],
         )
         lm.active[uid] = job
+
+    def _cached_prefix(self, job: Job) -> tuple[Any, list[int]]:
+        """A copy of the longest cached KV prefix of the prompt, and the tokens still to run."""
+        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+        if self.prompt_cache_bytes <= 0:
+            return None, job.prompt
+        cache, rest = self.prompt_cache.fetch_nearest_cache(job.model, job.prompt)
+        if cache is not None and not rest:  # the whole prompt is cached: rerun its last token
+            if not can_trim_prompt_cache(cache):
+                return None, job.prompt
+            trim_prompt_cache(cache, 1)
+            rest = job.prompt[-1:]
+        job.cached_tokens = len(job.prompt) - len(rest) if cache is not None else 0
+        return cache, rest if cache is not None else job.prompt
 
     def _step_batch(self, lm: LoadedModel) -> None:
         gone = [uid for uid, job in lm.active.items() if job.cancelled.is_set()]
@@ -281,6 +309,8 @@ class Engine:
                 job.events.put(event)
             if r.finish_reason is not None:
                 del lm.active[r.uid]
+                if self.prompt_cache_bytes > 0 and r.prompt_cache is not None:
+                    self.prompt_cache.insert_cache(job.model, list(r.all_tokens), r.prompt_cache)
                 self._finish(job, None, r.finish_reason)
 
     def _start_vision(self, lm: LoadedModel, job: Job) -> None:
@@ -344,11 +374,14 @@ class Engine:
                 prompt_tokens=len(job.prompt),
                 completion_tokens=job.completion_tokens,
                 reasoning_tokens=router.reasoning_tokens,
+                cached_prompt_tokens=job.cached_tokens,
             ),
             timings=pb.Timings(
                 queue_seconds=job.queue_seconds,
                 time_to_first_token_seconds=first - job.t_start,
-                prefill_tokens_per_second=len(job.prompt) / prefill_s if prefill_s > 0 else 0.0,
+                prefill_tokens_per_second=(
+                    (len(job.prompt) - job.cached_tokens) / prefill_s if prefill_s > 0 else 0.0
+                ),
                 decode_tokens_per_second=(
                     (job.completion_tokens - 1) / decode_s if decode_s > 0 else 0.0
                 ),

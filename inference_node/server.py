@@ -323,7 +323,8 @@ class InferenceServer:
 
         mem = self.servicer.cfg.memory
         cache = int(mem.cache_limit_gb * 2**30) if mem.cache_limit_gb else None
-        apply_mlx_limits(self.admission.budget_bytes, cache, mem.wired_limit_mb)
+        prompt_cache = self.engine.prompt_cache_bytes  # set aside from admission's budget
+        apply_mlx_limits(self.admission.budget_bytes + prompt_cache, cache, mem.wired_limit_mb)
         self.admission.start()  # the memory-floor watchdog
         self.engine.start()
         self.grpc.start()
@@ -355,6 +356,10 @@ def create_server(addr: str = "127.0.0.1:0", cfg: InferenceConfig | None = None,
     catalog = catalog or Catalog.from_config(cfg)
     if admission is None:
         admission = Admission(cfg.memory, cfg.source)
+        cache = int(cfg.engine.prompt_cache_mb * 1024 * 1024)
+        if cache:  # the prompt cache's cap is memory admission must not promise to anyone
+            admission.budget_bytes -= cache
+            admission.budget_source += f" − prompt cache {cfg.engine.prompt_cache_mb:.0f} MB"
     engine = Engine(cfg, admission)
     servicer = InferenceServicer(cfg, catalog, admission, engine)
 

@@ -252,3 +252,12 @@ def test_second_server_on_the_same_port_fails_loudly(server, chain_models):
     cfg = InferenceConfig(models=[ModelEntry(name="hello", path=str(chain_models["hello"]))])
     with pytest.raises(OSError, match="port is taken"):
         create_server(f"127.0.0.1:{port}", cfg)
+
+
+def test_next_turn_reuses_the_kv_of_the_previous_one(stub):
+    first = [user("hi")]
+    r1 = collect(stub.Chat(pb.ChatRequest(model="hello", messages=first), timeout=60))
+    second = [*first, pb.Message(role="assistant", text=r1["content"]), user("hello again")]
+    r2 = collect(stub.Chat(pb.ChatRequest(model="hello", messages=second), timeout=60))
+    assert r2["done"].usage.cached_prompt_tokens >= r1["admitted"].prompt_tokens
+    assert r2["content"].split() == ["hello", "world"]  # same reply as without the cache
