@@ -313,7 +313,7 @@ class Client:
                 "(`agent-node status`)", code=err.code, model=model)
         return err
 
-    def unary(self, method: Callable[..., Any], request: Any, during: str,
+    def unary(self, method: Any, request: Any, during: str,
               timeout: float | None = None) -> Any:
         self._check_tunnel(during)
         fut = method.future(request, timeout=timeout or self.cfg.inference.call_timeout_s,

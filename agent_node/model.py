@@ -5,7 +5,8 @@ real ones over gRPC, and tests provide scripted ones where they check the loop's
 
 Messages are plain dicts in the chat-completions shape:
     {"role": "user", "content": "..."}
-    {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "name": "read", "arguments": {...}}]}
+    {"role": "assistant", "content": "",
+     "tool_calls": [{"id": "c1", "name": "read", "arguments": {...}}]}
     {"role": "tool", "tool_call_id": "c1", "name": "read", "content": "..."}
 Tools are {"name", "description", "parameters"} with `parameters` a JSON Schema object.
 """
@@ -52,7 +53,8 @@ class Description:
 
 
 class Model(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def chat(
         self,
@@ -66,6 +68,7 @@ class Model(Protocol):
 
 
 class Describer(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def describe(self, image: bytes, instruction: str = "") -> Description: ...

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from inference_node.config import load_config
 from inference_node.footprint import estimate
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     catalog = Catalog.from_config(cfg)
     loaded = _loaded_names(cfg.server.host, cfg.server.port)
     overhead = int(cfg.memory.overhead_mb * 1024 * 1024)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for m in catalog.models.values():
         fp = estimate(m.path, overhead)
         rows.append({

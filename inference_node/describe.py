@@ -109,7 +109,7 @@ def load_image(data: bytes, cfg: DescribeConfig) -> tuple[Any, pb.ImageInfo]:
             "screenshot as PNG or JPEG bytes (the type is read from the bytes, not a name)"
         )
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Any = Image.open(io.BytesIO(data))
         img.load()  # decode everything now: a truncated file fails here, not in the engine
     except Image.DecompressionBombError as e:
         raise BadRequest(f"image is too large to decode safely: {e}; send a smaller "

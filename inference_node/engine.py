@@ -205,7 +205,8 @@ class Engine:
         from mlx_lm import load
         from mlx_lm.generate import BatchGenerator
 
-        model, tokenizer = load(str(entry.path))
+        loaded = load(str(entry.path))
+        model, tokenizer = loaded[0], loaded[1]
         mx.eval(model.parameters())
         batch = BatchGenerator(
             model,
