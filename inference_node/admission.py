@@ -40,6 +40,9 @@ CANCEL_POLL_S = 0.05  # how often a queued request checks whether its client wen
 
 
 def gb(n: float) -> str:
+    """Bytes for a person: GB with one decimal, or MB under a tenth of a GB (tiny models)."""
+    if abs(n) < GB / 10:
+        return f"{n / (1024 * 1024):.1f} MB"
     return f"{n / GB:.1f} GB"
 
 

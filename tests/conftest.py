@@ -26,15 +26,17 @@ blas.drop_from_environ()
 
 
 @contextmanager
-def running_server(models: list[dict], **memory: object) -> Iterator[tuple[object, str]]:
+def running_server(models: list[dict], engine: dict | None = None, **memory: object
+                   ) -> Iterator[tuple[object, str]]:
     """A real inference server on a free loopback port, serving `models` (catalog entries)."""
     import grpc
 
-    from inference_node.config import InferenceConfig, MemoryConfig, ModelEntry
+    from inference_node.config import EngineConfig, InferenceConfig, MemoryConfig, ModelEntry
     from inference_node.server import create_server
 
     cfg = InferenceConfig(models=[ModelEntry(**m) for m in models])  # type: ignore[arg-type]
     cfg.memory = MemoryConfig(**{"budget_gb": 8.0, "floor_gb": 0.0, **memory})  # type: ignore[arg-type]
+    cfg.engine = EngineConfig(**(engine or {}))
     server, port = create_server("127.0.0.1:0", cfg)
     server.start()
     target = f"127.0.0.1:{port}"

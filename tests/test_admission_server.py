@@ -1,0 +1,116 @@
+"""Admission through the real server: statuses over gRPC, and a bounded load test."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import grpc
+import mlx.core as mx
+import pytest
+from conftest import running_server
+from test_server import collect, user
+
+from inference_node.api import pb
+
+MB = 1024 * 1024
+GB = 1024 * MB
+
+
+@pytest.fixture(scope="module")
+def tight(chain_models):
+    """The loop model (it never stops, KV 1 KB/token) under a budget of ~1.5 MB for requests."""
+    models = [{"name": "loop", "path": str(chain_models["loop"])},
+              {"name": "hello", "path": str(chain_models["hello"])}]
+    with running_server(models, engine={"prompt_cache_mb": 0, "max_concurrent": 4},
+                        budget_gb=3 * MB / GB, overhead_mb=1.0, queue_limit=4,
+                        queue_timeout_s=30.0) as (srv, target):
+        yield srv, target
+
+
+def test_a_request_that_can_never_fit_is_refused_with_the_largest_max_tokens(tight, stub_for):
+    with pytest.raises(grpc.RpcError) as err:
+        collect(stub_for(tight[1]).Chat(
+            pb.ChatRequest(model="loop", messages=[user("go")], max_tokens=2000), timeout=30))
+    # 2048-token context: it passes validation, but its KV can never fit the tiny budget
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_tokens" in err.value.details()
+
+
+def test_get_memory_reports_budget_models_and_queue(tight, stub_for):
+    stub = stub_for(tight[1])
+    collect(stub.Chat(pb.ChatRequest(model="hello", messages=[user("hi")], max_tokens=8),
+                      timeout=30))
+    m = stub.GetMemory(pb.GetMemoryRequest(), timeout=5)
+    assert m.budget_bytes == 3 * MB
+    assert "budget_gb" in m.budget_source
+    assert m.policy == "evict" and m.queue_limit == 4
+    rows = {r.name: r for r in m.models}
+    assert rows["hello"].loaded and rows["hello"].weights_bytes > 0
+    assert m.committed_bytes >= rows["hello"].weights_bytes
+    assert m.system_available_bytes > 0
+
+
+def test_load_of_a_model_larger_than_the_budget_is_refused_with_the_numbers(chain_models,
+                                                                             stub_for):
+    models = [{"name": "hello", "path": str(chain_models["hello"])}]
+    with running_server(models, engine={"prompt_cache_mb": 0}, budget_gb=0.5 * MB / GB,
+                        overhead_mb=0.0) as (_, target):
+        with pytest.raises(grpc.RpcError) as err:
+            stub_for(target).LoadModel(pb.LoadModelRequest(name="hello"), timeout=30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "hello needs" in err.value.details() and "budget" in err.value.details()
+
+
+def test_load_test_eight_clients_never_overcommit_and_every_request_ends(tight, stub_for):
+    """8 concurrent streams with random max_tokens against a budget that holds 2-3 of them."""
+    srv, target = tight
+    stub = stub_for(target)
+    budget = srv.admission.budget_bytes
+    rng = random.Random(7)
+    outcomes: list[str] = []
+    committed_max = [0]
+    queued_max = [0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            snap = srv.admission.snapshot()
+            committed_max[0] = max(committed_max[0], snap["committed_bytes"])
+            queued_max[0] = max(queued_max[0], snap["queue_depth"])
+            time.sleep(0.005)
+
+    def client(max_tokens: int) -> None:
+        try:
+            r = collect(stub.Chat(pb.ChatRequest(model="loop", messages=[user("go")],
+                                                 max_tokens=max_tokens), timeout=60))
+            assert r["done"].usage.completion_tokens == max_tokens
+            outcomes.append("done")
+        except grpc.RpcError as e:
+            assert e.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                grpc.StatusCode.DEADLINE_EXCEEDED), e.details()
+            assert e.details()
+            outcomes.append(e.code().name)
+
+    collect(stub.Chat(pb.ChatRequest(model="loop", messages=[user("go")], max_tokens=4),
+                      timeout=30))  # loaded before the clock starts
+    mx.synchronize()
+    active_before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    threads = [threading.Thread(target=client, args=(rng.randint(150, 1100),)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    stop.set()
+    watcher.join()
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    assert len(outcomes) == 8, "a request was lost"
+    assert "done" in outcomes
+    assert queued_max[0] > 0, "the budget never made anyone wait: the test tests nothing"
+    assert committed_max[0] <= budget
+    assert mx.get_peak_memory() - active_before <= budget
+    assert srv.admission.snapshot()["reserved_bytes"] == 0
