@@ -7,10 +7,11 @@ Each task in bench/tasks/<name>/ is a starting repo, a task text and hidden test
 copied to a temp folder and committed; `agent_node.loop.run_task` works on it (its gate runs the
 repo's visible tests); afterwards each round's real diff (round-N/diff.patch in the run record)
 is applied to a fresh copy with the hidden tests added, and pytest grades it. Reported per task:
-passed after round 1 and after all rounds, model tokens, wall time, malformed tool calls (an
-unknown tool, arguments that fail the tool's schema, or tool-call markup the parser could not
-read). Default model: the embedded SmolLM2 (the float32 copy bench.engine measures) behind a
-local inference server, reached through agent_node.client. Limits are small by default so it
+passed after round 1 and after all rounds, model tokens, wall time, tool calls made and
+malformed ones (an unknown tool, arguments that fail the tool's schema, or tool-call markup the
+parser could not read), and coder replies that called no tool. Default model: the embedded
+SmolLM2 (the float32 copy bench.engine measures) behind a local inference server, reached
+through agent_node.client. Limits are small by default so it
 runs here; BENCH_AGENT_ROUNDS / _TURNS / _MAX_TOKENS (or the flags) raise them.
 """
 
@@ -128,18 +129,21 @@ def grade(task: str, patch: Path | None, where: Path) -> bool:
     return done.returncode == 0
 
 
-def malformed_calls(run_dir: Path) -> int:
-    """Tool calls the tools refused as malformed, plus replies with unparsed tool-call markup."""
-    n = 0
+def tool_use(run_dir: Path) -> dict[str, int]:
+    """Coder tool calls made; malformed ones (refused by the tools as unknown or badly shaped,
+    or tool-call markup the parser could not read); coder replies with no tool call at all."""
+    out = {"tool_calls": 0, "malformed_tool_calls": 0, "replies_without_tool_call": 0}
     for coder in run_dir.glob("round-*/coder.json"):
         for m in json.loads(coder.read_text()):
             content = str(m.get("content") or "")
-            if m.get("role") == "tool" and content.startswith(MALFORMED_PREFIXES):
-                n += 1
-            elif (m.get("role") == "assistant" and not m.get("tool_calls")
-                  and "<tool_call>" in content):
-                n += 1
-    return n
+            if m.get("role") == "tool":
+                out["malformed_tool_calls"] += content.startswith(MALFORMED_PREFIXES)
+            elif m.get("role") == "assistant":
+                out["tool_calls"] += len(m.get("tool_calls") or [])
+                if not m.get("tool_calls"):
+                    out["replies_without_tool_call"] += 1
+                    out["malformed_tool_calls"] += "<tool_call>" in content
+    return out
 
 
 def run_one(task: str, model: Any, cfg: Any, tmp: Path) -> dict[str, Any]:
@@ -166,7 +170,7 @@ def run_one(task: str, model: Any, cfg: Any, tmp: Path) -> dict[str, Any]:
             "verdict": summary.get("verdict", "error"), "rounds": summary.get("rounds", 0),
             "completion_tokens": tokens.get("completion", 0) + tokens.get("reasoning", 0),
             "prompt_tokens": tokens.get("prompt", 0), "wall_s": round(wall, 1),
-            "malformed_tool_calls": malformed_calls(run_dir) if run_dir.is_dir() else 0,
+            **(tool_use(run_dir) if run_dir.is_dir() else tool_use(tmp / "none")),
             "error": error}
 
 
@@ -239,6 +243,7 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
         "pass_rate_round_1": round(sum(r["passed_round_1"] for r in rows) / max(1, n), 3),
         "pass_rate_final": round(sum(r["passed_final"] for r in rows) / max(1, n), 3),
         "malformed_tool_calls": sum(r["malformed_tool_calls"] for r in rows),
+        "tool_calls": sum(r["tool_calls"] for r in rows),
         "completion_tokens": sum(r["completion_tokens"] for r in rows),
         "wall_s": round(time.monotonic() - t_start, 1),
     }

@@ -89,9 +89,17 @@ def single_stream(engine: dict[str, Any], others: dict[str, Any]) -> list[str]:
         out.append(f"Tunnel ÷ direct decode: {_num(tunnel.get('decode_ratio'), 3)}.")
         out.append("")
     bridge = _ok(others.get("bridge"))
-    if bridge:
-        out.append("Through the OpenAI bridge (bench/bridge.py): see its table below.")
+    if bridge and isinstance(bridge.get("median"), dict):
+        med = bridge["median"]
+        out.append(f"Through the OpenAI bridge (bench/bridge.py, its own interleaved run on "
+                   f"{bridge.get('model')}, {bridge.get('max_tokens')} new tokens):")
         out.append("")
+        out += _table(["path", "TTFT (median)", "decode tok/s (median)"],
+                      [[k, _ms(v.get("ttft_s")), _num(v.get("decode_tps"))]
+                       for k, v in med.items() if isinstance(v, dict)])
+        r = bridge.get("ratio_bridge_over_mlx_lm", {})
+        out += [f"Bridge ÷ `mlx_lm.server`: TTFT {_num(r.get('ttft'), 2)}×, decode "
+                f"{_num(r.get('decode_tps'), 2)}×.", ""]
     return out
 
 
@@ -126,14 +134,19 @@ def agent_tasks(res: dict[str, Any]) -> list[str]:
            f"{lim.get('turns')} coder turn(s) per round, {lim.get('max_tokens')} tokens per "
            "reply.", ""]
     rows = [[r["task"], _num(r["passed_round_1"]), _num(r["passed_final"]), r["verdict"],
-             _num(r["completion_tokens"]), _num(r["wall_s"]), _num(r["malformed_tool_calls"]),
+             _num(r["completion_tokens"]), _num(r["wall_s"]), _num(r.get("tool_calls")),
+             _num(r["malformed_tool_calls"]), _num(r.get("replies_without_tool_call")),
              r.get("error", "")[:80]] for r in res.get("tasks", [])]
-    out += _table(["task", "pass, round 1", "pass, final", "loop verdict", "tokens",
-                   "wall s", "malformed tool calls", "error"], rows)
+    out += _table(["task", "pass, round 1", "pass, final", "loop verdict", "tokens generated",
+                   "wall s", "tool calls", "malformed", "replies with no tool call", "error"],
+                  rows)
     out += [f"Pass rate: {100 * res['pass_rate_round_1']:.0f}% after round 1, "
             f"{100 * res['pass_rate_final']:.0f}% after all rounds; "
             f"{res['malformed_tool_calls']} malformed tool call(s).", ""]
     return out
+
+
+SKIPPED_KEYS = {"runs", "machine"}  # raw samples and a second copy of the machine table
 
 
 def flat(result: Any, prefix: str = "", limit: int = 40) -> list[tuple[str, str]]:
@@ -141,6 +154,8 @@ def flat(result: Any, prefix: str = "", limit: int = 40) -> list[tuple[str, str]
     rows: list[tuple[str, str]] = []
     if isinstance(result, dict):
         for k, v in result.items():
+            if k in SKIPPED_KEYS:
+                continue
             rows += flat(v, f"{prefix}.{k}" if prefix else str(k), limit)
     elif isinstance(result, list):
         if all(not isinstance(v, dict | list) for v in result) and len(result) <= 8:
@@ -180,7 +195,8 @@ def conclusions(record: dict[str, Any]) -> list[str]:
                 f"{add:+.1f} ms (target < 5 ms added: {'met' if add < 5 else 'missed'}). Against "
                 f"`mlx_lm.server` we decode {_ahead(vs)} and reach the first token "
                 f"{_faster(ttft_vs)} ({_ms(g['ttft_s']['median'])} vs "
-                f"{_ms(m['ttft_s']['median'])}; in process {_ms(i['ttft_s']['median'])}).")
+                f"{_ms(m['ttft_s']['median'])}; in process {_ms(i['ttft_s']['median'])})."
+                + _resolution(i["ttft_s"], g["ttft_s"]))
         conc = engine.get("concurrency", {})
         if conc:
             ahead = [n for n, r in conc.items() if r["aggregate_ratio_grpc_vs_mlx_server"] >= 1.03]
@@ -211,6 +227,12 @@ def conclusions(record: dict[str, Any]) -> list[str]:
                    f"{100 * tunnel.get('decode_ratio', math.nan):.0f}% of direct; after sshd "
                    f"restarts the first call completes in "
                    f"{rec.get('first_call_done_after_sshd_restart', math.nan):.1f} s.")
+    bridge = _ok(b.get("bridge"))
+    if bridge and isinstance(bridge.get("ratio_bridge_over_mlx_lm"), dict):
+        r = bridge["ratio_bridge_over_mlx_lm"]
+        out.append(f"- **OpenAI bridge vs `mlx_lm.server`** (same SDK, same model): time to "
+                   f"first token {r.get('ttft', math.nan):.2f}× theirs, decode "
+                   f"{r.get('decode_tps', math.nan):.2f}× theirs.")
     agent = _ok(b.get("agent_tasks"))
     if agent:
         out.append(f"- **Agent tasks**: {agent['model'].get('name')} passes "
@@ -227,6 +249,15 @@ def conclusions(record: dict[str, Any]) -> list[str]:
                    f"{record['machine']['cores']} cores): absolute numbers are noisy; the "
                    "interleaved ratios are the figures to read.")
     return out + [""]
+
+
+def _resolution(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """A caveat when the TTFT spread is wider than the 5 ms the target is about."""
+    widths = [1000 * (x["p75"] - x["p25"]) for x in (a, b) if x.get("p75") is not None]
+    if widths and max(widths) > 5.0:
+        return (f" The TTFT spread (IQR up to {max(widths):,.0f} ms) is wider than the 5 ms "
+                "target, so this run cannot resolve it either way.")
+    return ""
 
 
 def _ratio(a: float | None, b: float | None) -> float:
