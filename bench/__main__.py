@@ -176,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, Any] = {"benchmarks": {}}
     if args.only and out.is_file():
         record = json.loads(out.read_text())
-    started = dt.datetime.now().isoformat(timespec="seconds")
-    record.update({"date": dt.date.today().isoformat(), "started": started, "quick": args.quick,
+    now = dt.datetime.now().isoformat(timespec="seconds")
+    record.setdefault("started", now)  # a run with --only updates the day's file: keep its start
+    record.update({"date": dt.date.today().isoformat(), "updated": now, "quick": args.quick,
                    "smoke": bool(os.environ.get("BENCH_SMOKE")), "machine": machine()})
     for name in names:
         record["benchmarks"][name] = {"quick": args.quick, **run_one(name, args.quick, limit)}
