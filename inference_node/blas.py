@@ -56,8 +56,11 @@ def without_preload(env: dict[str, str] | None = None) -> dict[str, str]:
 
 def drop_from_environ() -> None:
     """Keep OpenBLAS out of every process this one starts from now on."""
-    os.environ.clear()
-    os.environ.update(without_preload())
+    kept = without_preload().get("LD_PRELOAD")
+    if kept:
+        os.environ["LD_PRELOAD"] = kept
+    else:
+        os.environ.pop("LD_PRELOAD", None)
 
 
 def reexec_with_openblas(argv: list[str]) -> None:
