@@ -34,19 +34,9 @@ TIME_LIMIT_S = {True: 900, False: 3600}  # per benchmark, quick / full
 # The child maps OpenBLAS (MLX's speed) then drops it from its environment: browsers it starts
 # hang with it preloaded (see inference_node/blas.py).
 RUN_ONE = ("import json, sys; from importlib import import_module; "
-           "from bench.__main__ import drop_openblas; drop_openblas(); "
+           "from inference_node import blas; blas.drop_from_environ(); "
            "r = import_module('bench.' + sys.argv[1]).run(sys.argv[2] == '1'); "
            "json.dump(r, open(sys.argv[3], 'w'), indent=1, default=str)")
-
-
-def drop_openblas() -> None:
-    """Keep OpenBLAS out of the processes this one starts; every other variable stays.
-
-    (Not blas.drop_from_environ(): it clears os.environ before reading it, so it empties it.)
-    """
-    kept = blas.without_preload(dict(os.environ))
-    os.environ.clear()
-    os.environ.update(kept)
 
 
 def discover() -> list[str]:
@@ -161,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--doc", type=Path, default=DOC, help="the Markdown file to regenerate")
     p.add_argument("--time-limit", type=float, help="seconds per benchmark before it is stopped")
     args = p.parse_args(argv)
-    drop_openblas()  # each benchmark's subprocess gets it back (run_one)
+    blas.drop_from_environ()  # each benchmark's subprocess gets it back (run_one)
 
     names = discover()
     if args.only:
