@@ -84,6 +84,7 @@ class QASection:
     timeout_s: float = 30.0  # navigation and load
     server_timeout_s: float = 20.0  # how long a started page server gets to answer
     judge_attempts: int = 3  # malformed judge replies are retried this many times in all
+    judge_max_tokens: int = 0  # max_tokens of one judge reply; 0: the server's default
 
 
 @dataclass
@@ -97,6 +98,7 @@ class LoopSection:
     test_cmd: str = ""  # empty: detected from the repo (pytest, npm test, make test)
     test_timeout_s: float = 600.0  # the gate's test command; its process group is killed after
     output_limit: int = 12_000  # characters a tool result keeps (head + tail)
+    json_max_tokens: int = 0  # max_tokens of a classification/spec/review reply; 0: server's
     json_retries: int = 2  # re-asks when a classification or verdict is not valid JSON
     ui_page: str = ""  # page the gate serves and checks for UI work; empty: the classifier's
 

@@ -124,6 +124,8 @@ def main(argv: list[str]) -> int:
     cfg.loop.max_rounds = args.rounds
     cfg.loop.coder_max_turns = args.turns
     cfg.loop.coder_reply_tokens = args.reply_tokens
+    cfg.loop.json_max_tokens = args.reply_tokens
+    cfg.qa.judge_max_tokens = args.reply_tokens
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     repo = prepare_repo(example, studio_home() / "demo" / f"{args.example}-{stamp}")
     _say(f"working on a copy of {example} in {repo}")

@@ -179,7 +179,8 @@ class _Run:
             self.emit("model_call", role=role, round=round_no, **reply_fields(reply))
 
         return ask_json(self.model, [{"role": "user", "content": prompt}], schema,
-                        retries=self.cfg.loop.json_retries, on_reply=log)
+                        retries=self.cfg.loop.json_retries, on_reply=log,
+                        max_tokens=self.cfg.loop.json_max_tokens or None)
 
     def classify(self, files: list[str]) -> dict[str, Any]:
         if self.spec is not None:

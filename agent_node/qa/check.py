@@ -80,7 +80,8 @@ def check_page(
     descriptions = describe_capture(describer, capture)
     _write(out_dir / "descriptions.json", {k: d.to_dict() for k, d in descriptions.items()})
     verdict = judge(spec, facts, descriptions, model=model, url=url,
-                    attempts=capturer.cfg.judge_attempts)
+                    attempts=capturer.cfg.judge_attempts,
+                    max_tokens=capturer.cfg.judge_max_tokens or None)
     _write(out_dir / "verdict.json", verdict.to_dict())
     result = QAResult(url, out_dir, shots, facts, descriptions, verdict, capture.seconds, notes)
     _write(out_dir / "result.json", result.to_dict())

@@ -44,15 +44,17 @@ VERDICT_SCHEMA: dict[str, Any] = {
         "pass": {"type": "boolean"},
         "failures": {
             "type": "array",
+            "maxItems": 20,
             "items": {
                 "type": "object",
                 "additionalProperties": False,
                 "required": ["statement", "evidence", "viewport", "fix"],
                 "properties": {
-                    "statement": {"type": "string", "minLength": 1},
-                    "evidence": {"type": "string", "minLength": 1},
+                    # Bounded, so a constrained small model cannot write one string forever.
+                    "statement": {"type": "string", "minLength": 1, "maxLength": 300},
+                    "evidence": {"type": "string", "minLength": 1, "maxLength": 600},
                     "viewport": {"type": "string", "enum": list(VIEWPORTS)},
-                    "fix": {"type": "string", "minLength": 1},
+                    "fix": {"type": "string", "minLength": 1, "maxLength": 600},
                 },
             },
         },
@@ -105,6 +107,7 @@ def judge(
     model: Model | None,
     url: str = "",
     attempts: int = 3,
+    max_tokens: int | None = None,
 ) -> Verdict:
     spec.apply(facts)
     fact_failures = failures_from_facts(facts)
@@ -126,7 +129,7 @@ def judge(
     ]
     why = ""
     for attempt in range(1, max(1, attempts) + 1):
-        reply = model.chat(messages, response_format=VERDICT_SCHEMA)
+        reply = model.chat(messages, response_format=VERDICT_SCHEMA, max_tokens=max_tokens)
         try:
             model_pass, model_failures = parse_verdict(reply.text, reply.finish_reason,
                                                        reply.cut_off_while_reasoning)
