@@ -79,6 +79,9 @@ class EngineConfig:
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     max_concurrent: int = 4  # requests decoded together in one batch
     prefill_step_size: int = 512
+    # MLX's CPU backend runs quantized matmuls ~12x slower than float32 BLAS at prefill; with no
+    # Metal device, quantized coder models are expanded to float32 at load (admission counts it).
+    dequantize_on_cpu: bool = True
     prompt_cache_mb: float = 512.0  # KV kept for prefix reuse; set aside from the budget; 0: off
 
 

@@ -90,6 +90,7 @@ class Engine:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
         self.healthy = True
+        self.dequantize = cfg.engine.dequantize_on_cpu and not mx.metal.is_available()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -196,7 +197,8 @@ class Engine:
         from inference_node.footprint import estimate
 
         return estimate(entry.path, int(self.cfg.memory.overhead_mb * 1024 * 1024),
-                        prefill_step=self.cfg.engine.prefill_step_size)
+                        prefill_step=self.cfg.engine.prefill_step_size,
+                        dequantize=self.dequantize and not entry.is_vision)
 
     def _load(self, entry: CatalogModel) -> LoadedModel:
         return self._load_reporting(entry)[0]
@@ -207,6 +209,10 @@ class Engine:
 
         loaded = load(str(entry.path))
         model, tokenizer = loaded[0], loaded[1]
+        if self.dequantize and entry.config.get("quantization"):
+            from mlx_lm.utils import dequantize_model
+
+            model = dequantize_model(model)
         mx.eval(model.parameters())
         batch = BatchGenerator(
             model,

@@ -79,8 +79,8 @@ class Footprint:
 # ---------------------------------------------------------------- weights
 
 
-def header_bytes(path: Path) -> int:
-    """Bytes of tensor data in one safetensors file, from its JSON header alone."""
+def read_header(path: Path) -> dict:
+    """The JSON header of one safetensors file (tensor name -> dtype, shape, offsets)."""
     with path.open("rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
@@ -92,19 +92,51 @@ def header_bytes(path: Path) -> int:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BadRequest(f"{path} has a corrupt safetensors header: {e}") from None
+    header.pop("__metadata__", None)
+    return dict(header)
+
+
+def _tensor_bytes(info: dict) -> int:
+    size = DTYPE_BYTES.get(info.get("dtype", ""))
+    if size is None:  # a dtype we do not know (e.g. packed 4-bit): trust the offsets
+        start, end = info["data_offsets"]
+        return int(end - start)
+    count = 1
+    for dim in info["shape"]:
+        count *= dim
+    return count * size
+
+
+def header_bytes(path: Path) -> int:
+    """Bytes of tensor data in one safetensors file, from its JSON header alone."""
+    return sum(_tensor_bytes(info) for info in read_header(path).values())
+
+
+def dequantized_bytes(model_dir: Path, config: dict) -> int:
+    """Bytes of the weights once quantized layers are expanded to their scales' float type.
+
+    For the engine's dequantize-on-CPU option: known from the headers and the config's
+    per-module bit widths before anything is loaded, like the quantized size.
+    """
+    quant = config.get("quantization") or {}
     total = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        size = DTYPE_BYTES.get(info.get("dtype", ""))
-        if size is None:  # a dtype we do not know (e.g. packed 4-bit): trust the offsets
-            start, end = info["data_offsets"]
-            total += end - start
-            continue
-        count = 1
-        for dim in info["shape"]:
-            count *= dim
-        total += count * size
+    for path in weight_files(Path(model_dir)):
+        header = read_header(path)
+        for name, info in header.items():
+            base, _, suffix = name.rpartition(".")
+            quantized = f"{base}.scales" in header
+            if quantized and suffix in ("scales", "biases"):
+                continue
+            if quantized and suffix == "weight":
+                module = quant.get(base) if isinstance(quant.get(base), dict) else quant
+                bits = int(module.get("bits", 4))
+                count = 1
+                for dim in info["shape"]:
+                    count *= dim
+                size = DTYPE_BYTES.get(header[f"{base}.scales"]["dtype"], 4)
+                total += count * (32 // bits) * size
+                continue
+            total += _tensor_bytes(info)
     return total
 
 
@@ -282,8 +314,9 @@ def kv_bytes_per_token(config: dict) -> int:
 
 
 def estimate(model_dir: Path, overhead_bytes: int,
-             prefill_step: int = DEFAULT_PREFILL_STEP) -> Footprint:
-    """A model's footprint from its folder, before loading it."""
+             prefill_step: int = DEFAULT_PREFILL_STEP, *, dequantize: bool = False) -> Footprint:
+    """A model's footprint from its folder, before loading it (`dequantize`: as the engine
+    holds it when it expands quantized layers on a machine without Metal)."""
     model_dir = Path(model_dir)
     cfg_file = model_dir / "config.json"
     try:
@@ -293,5 +326,8 @@ def estimate(model_dir: Path, overhead_bytes: int,
     except json.JSONDecodeError as e:
         raise BadRequest(f"{cfg_file} is not valid JSON: {e}") from None
     kv = kv_cost(config, prefill_step)
-    return Footprint(weights_bytes(model_dir), kv.per_token, kv.fixed_bytes, overhead_bytes,
-                     kv.note)
+    if dequantize and config.get("quantization"):
+        weights, note = dequantized_bytes(model_dir, config), kv.note + "; weights dequantized"
+    else:
+        weights, note = weights_bytes(model_dir), kv.note
+    return Footprint(weights, kv.per_token, kv.fixed_bytes, overhead_bytes, note)

@@ -22,9 +22,15 @@ def smol(smol_server):
 
 @pytest.fixture(scope="module")
 def in_process(smollm2_dir):
+    """mlx-lm's own load, with the same settings the engine serves it with."""
+    import mlx.core as mx
     from mlx_lm import load
+    from mlx_lm.utils import dequantize_model
 
-    return load(str(smollm2_dir))
+    model, tokenizer = load(str(smollm2_dir))[:2]
+    if not mx.metal.is_available():  # engine.dequantize_on_cpu, the default
+        model = dequantize_model(model)
+    return model, tokenizer
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
@@ -57,3 +63,14 @@ def test_smollm2_answers_coherently(smol, stub_for):
     ))
     assert "Paris" in r["content"]
     assert r["done"].timings.decode_tokens_per_second > 0
+
+
+def test_footprint_is_known_before_loading_and_close_to_what_loading_measured(smol, stub_for):
+    """On a CPU the engine serves SmolLM2 dequantized; admission knew that size beforehand."""
+    stub = stub_for(smol[1])
+    collect(stub.Chat(pb.ChatRequest(model="smollm2", messages=[user("hi")], max_tokens=2),
+                      timeout=120))
+    (info,) = stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+    weights_estimate = info.estimated_bytes - 64 * 1024 * 1024  # minus the fixed overhead
+    assert info.measured_bytes > 0
+    assert abs(weights_estimate - info.measured_bytes) <= 0.15 * info.measured_bytes
