@@ -128,7 +128,8 @@ def dequantized_bytes(model_dir: Path, config: dict) -> int:
             if quantized and suffix in ("scales", "biases"):
                 continue
             if quantized and suffix == "weight":
-                module = quant.get(base) if isinstance(quant.get(base), dict) else quant
+                override = quant.get(base)
+                module: dict = override if isinstance(override, dict) else quant
                 bits = int(module.get("bits", 4))
                 count = 1
                 for dim in info["shape"]:
