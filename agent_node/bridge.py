@@ -31,7 +31,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -52,7 +51,7 @@ from agent_node.client import (
     to_pb_tool,
     to_pb_tool_choice,
 )
-from agent_node.config import AgentConfig, ConfigError, load_config
+from agent_node.config import DEFAULT_CONFIG, AgentConfig, ConfigError, load_default_config
 from agent_node.exceptions import (
     BadRequest,
     DeadlineExceeded,
@@ -69,7 +68,6 @@ from inference_node.api import pb
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = Path("~/.config/studio-coder/agent-node.toml")
 # Seconds a client is told to wait: a full queue drains fast; memory frees when a reply ends.
 RETRY_AFTER_QUEUE_S = 1
 RETRY_AFTER_MEMORY_S = 5
@@ -642,11 +640,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="allow a non-loopback --host (plain HTTP: set [bridge] token)")
     args = ap.parse_args(argv)
     try:
-        if args.config:
-            cfg = load_config(Path(args.config).expanduser())
-        else:
-            default = DEFAULT_CONFIG.expanduser()
-            cfg = load_config(default if default.exists() else None)
+        cfg = load_default_config(args.config)
         host = args.host or cfg.bridge.host
         port = cfg.bridge.port if args.port is None else args.port
         check_host(host, args.allow_remote)

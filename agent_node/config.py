@@ -27,7 +27,8 @@ from pathlib import Path
 
 from inference_node.api.tomlconf import ConfigError, load_dataclass, read_toml
 
-__all__ = ["AgentConfig", "ConfigError", "load_config", "studio_home"]
+__all__ = ["DEFAULT_CONFIG", "AgentConfig", "ConfigError", "load_config", "load_default_config",
+           "studio_home"]
 
 
 def studio_home() -> Path:
@@ -118,6 +119,20 @@ class AgentConfig:
     loop: LoopSection = field(default_factory=LoopSection)
     bridge: BridgeSection = field(default_factory=BridgeSection)
     source: str = "built-in defaults"
+
+
+DEFAULT_CONFIG = Path("~/.config/studio-coder/agent-node.toml")  # where Ansible renders it
+
+
+def load_default_config(path: str | Path | None) -> AgentConfig:
+    """The file given with --config, else DEFAULT_CONFIG when it exists, else the defaults.
+
+    Every agent-node command reads its configuration through this one function.
+    """
+    if path:
+        return load_config(Path(path).expanduser())
+    default = DEFAULT_CONFIG.expanduser()
+    return load_config(default if default.exists() else None)
 
 
 def load_config(path: Path | None) -> AgentConfig:

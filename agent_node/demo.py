@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from agent_node.config import AgentConfig, load_config, studio_home
+from agent_node.config import DEFAULT_CONFIG, AgentConfig, load_default_config, studio_home
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 STARTUP_TIMEOUT_S = 600.0  # the first start imports SmolLM2 from its GGUF
@@ -109,7 +109,8 @@ def prepare_repo(example: Path, dest: Path) -> Path:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="agent-node demo", description=__doc__.splitlines()[0])
     p.add_argument("--example", default="pricing", help="a folder under examples/")
-    p.add_argument("--config", type=Path, help="agent-node.toml (default: built-in defaults)")
+    p.add_argument("--config", type=Path,
+                   help=f"agent-node.toml (default: {DEFAULT_CONFIG} if present)")
     # Bounded so the demo ends in minutes on a 135M model on a CPU; raise them for a real coder.
     p.add_argument("--rounds", type=int, default=2, help="fix rounds (default: 2)")
     p.add_argument("--turns", type=int, default=8, help="coder turns per round (default: 8)")
@@ -120,7 +121,7 @@ def main(argv: list[str]) -> int:
     if not (example / "task.md").exists():
         _say(f"no example {args.example!r} in {EXAMPLES} (want task.md, spec.md, tests)")
         return 2
-    cfg = load_config(args.config)
+    cfg = load_default_config(args.config)
     cfg.loop.max_rounds = args.rounds
     cfg.loop.coder_max_turns = args.turns
     cfg.loop.coder_reply_tokens = args.reply_tokens

@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from agent_node.config import AgentConfig, ConfigError, load_config
+from agent_node.config import DEFAULT_CONFIG, AgentConfig, ConfigError, load_default_config
 from agent_node.exceptions import InferenceError, InferenceUnavailable, TunnelFailed
 
-DEFAULT_CONFIG = Path("~/.config/studio-coder/agent-node.toml")
 STATES = {0: "unloaded", 1: "loading", 2: "loaded"}
 
 
@@ -23,11 +21,7 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def _config(path: str | None) -> AgentConfig:
-    if path:
-        return load_config(Path(path).expanduser())
-    default = DEFAULT_CONFIG.expanduser()
-    return load_config(default if default.exists() else None)
+_config = load_default_config
 
 
 def _what_to_check(cfg: AgentConfig) -> str:

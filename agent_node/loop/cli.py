@@ -12,7 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent_node.config import AgentConfig, ConfigError, load_config, studio_home
+from agent_node.config import (
+    DEFAULT_CONFIG,
+    AgentConfig,
+    ConfigError,
+    load_default_config,
+    studio_home,
+)
 from agent_node.loop.errors import RefusedError, UsageError
 from agent_node.loop.worktree import GitError, apply_to_current_branch, remove_worktree, repo_root
 from agent_node.report import write_report
@@ -32,11 +38,7 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _config(path: str | None) -> AgentConfig:
-    if path:
-        return load_config(Path(path).expanduser())
-    default = studio_home() / "agent-node.toml"
-    return load_config(default if default.exists() else None)
+_config = load_default_config
 
 
 def read_spec(path: Path) -> tuple[list[str], list[Any]]:
@@ -86,7 +88,7 @@ def run_main(argv: list[str]) -> int:
     p.add_argument("--repo", required=True, help="the git checkout to work on")
     p.add_argument("--spec", help="design spec for UI work: one checkable statement per line")
     p.add_argument("--test-cmd", help="the test command (default: [loop] test_cmd, else detected)")
-    p.add_argument("--config", help="agent-node.toml (default: $STUDIO_CODER_HOME/agent-node.toml)")
+    p.add_argument("--config", help=f"agent-node.toml (default: {DEFAULT_CONFIG} if present)")
     p.add_argument("--refuse-dirty", action="store_true",
                    help="refuse a repo with uncommitted changes instead of basing the run on HEAD")
     p.add_argument("--json", action="store_true", help="print only the final summary as JSON")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent_node.config import ConfigError, load_config, studio_home
+from agent_node.config import DEFAULT_CONFIG, ConfigError, load_default_config, studio_home
 from agent_node.qa.capture import Capturer, PageServer
 from agent_node.qa.check import QAResult, check_page
 from agent_node.qa.errors import QAError
@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout, nothing else")
     p.add_argument("--out", type=Path, help="run directory (default under $STUDIO_CODER_HOME)")
     p.add_argument("--no-model", action="store_true", help="no describer, no judge: facts only")
-    p.add_argument("--config", type=Path, help="agent-node.toml (default: built-in defaults)")
+    p.add_argument("--config", type=Path,
+                   help=f"agent-node.toml (default: {DEFAULT_CONFIG} if present)")
     p.add_argument("--browser", help="Chromium/Chrome executable (overrides qa.browser)")
     p.add_argument("--start", metavar="CMD", help="command that serves the page; stopped after")
     p.add_argument("--cwd", type=Path, help="directory to run --start in")
@@ -64,7 +65,7 @@ def main(argv: list[str]) -> int:
         return code
 
     try:
-        cfg = load_config(args.config)
+        cfg = load_default_config(args.config)
         spec = load_spec(args.spec)
     except (ConfigError, QAError) as e:
         return fail(2, str(e))
