@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent_node.tools import Tool, ToolError
-from agent_node.tools.paths import confine, relative
-from agent_node.tools.walk import SKIP_DIRS, glob_matches, iter_files
+from agent_node.tools import Tool
+from agent_node.tools.walk import SKIP_DIRS, files_matching
 
 DEFAULT_LIMIT = 200
 
@@ -31,19 +30,14 @@ PARAMETERS: dict[str, Any] = {
 
 def make_find(root: Path, *, output_limit: int = 12_000) -> Tool:
     def execute(args: dict[str, Any]) -> str:
-        start = confine(root, args.get("path", "."))
-        shown = relative(root, start)
-        if not start.exists():
-            raise ToolError(f"{shown} does not exist; use find without path to list the worktree")
         pattern = args.get("pattern", "")
+        shown, files = files_matching(root, args.get("path", "."), pattern,
+                                      "use find without path to list the worktree")
         limit = int(args.get("limit", DEFAULT_LIMIT))
         found: list[str] = []
         more = 0
         used = 0
-        for file in iter_files(start):
-            rel = file.relative_to(start).as_posix() if start.is_dir() else file.name
-            if pattern and not glob_matches(pattern, rel):
-                continue
+        for file in files:
             entry = _from_root(root, file)
             if len(found) < limit and used + len(entry) + 1 <= output_limit:
                 found.append(entry)

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from agent_node.tools import Tool, ToolError
-from agent_node.tools.paths import confine, relative
 from agent_node.tools.truncate import clip_line
-from agent_node.tools.walk import SKIP_DIRS, glob_matches, is_binary, iter_files
+from agent_node.tools.walk import SKIP_DIRS, files_matching, is_binary
 
 DEFAULT_LIMIT = 100
 MAX_FILE_BYTES = 2_000_000  # larger files are data or bundles, not code to search
@@ -47,19 +46,14 @@ def make_grep(root: Path, *, output_limit: int = 12_000) -> Tool:
                 f"pattern {args['pattern']!r} is not a valid regular expression ({e}); "
                 "escape special characters such as ( [ . * with a backslash"
             ) from e
-        start = confine(root, args.get("path", "."))
-        shown = relative(root, start)
-        if not start.exists():
-            raise ToolError(f"{shown} does not exist; use find to see the worktree's files")
         glob = args.get("glob", "")
+        shown, files = files_matching(root, args.get("path", "."), glob,
+                                      "use find to see the worktree's files")
         limit = int(args.get("limit", DEFAULT_LIMIT))
         hits: list[str] = []
         more = 0
         used = 0
-        for file in iter_files(start):
-            rel = file.relative_to(start).as_posix() if start.is_dir() else file.name
-            if glob and not glob_matches(glob, rel):
-                continue
+        for file in files:
             # A symlinked file may point outside the worktree; its target is not ours to read.
             real = file.resolve()
             if not real.is_relative_to(real_root) or not real.is_file():

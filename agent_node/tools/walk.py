@@ -26,6 +26,30 @@ def iter_files(start: Path) -> Iterator[Path]:
             yield Path(dirpath) / name
 
 
+def files_matching(root: Path, path: str, glob: str, missing_hint: str
+                   ) -> tuple[str, Iterator[Path]]:
+    """(`path` as shown to the model, the files under it whose relative path matches `glob`).
+
+    `path` is confined to the worktree; a path that does not exist is a ToolError ending in
+    `missing_hint`.
+    """
+    from agent_node.tools import ToolError
+    from agent_node.tools.paths import confine, relative
+
+    start = confine(root, path)
+    shown = relative(root, start)
+    if not start.exists():
+        raise ToolError(f"{shown} does not exist; {missing_hint}")
+
+    def matching() -> Iterator[Path]:
+        for file in iter_files(start):
+            rel = file.relative_to(start).as_posix() if start.is_dir() else file.name
+            if not glob or glob_matches(glob, rel):
+                yield file
+
+    return shown, matching()
+
+
 @lru_cache(maxsize=64)
 def _glob_regex(pattern: str) -> re.Pattern[str]:
     out = []
