@@ -5,7 +5,9 @@ mlx_lm:     SDK → mlx_lm.server (HTTP/SSE), the same model folder
 grpc:       agent_node.client straight to the node, no bridge: what the HTTP hop itself costs
 
 Each side runs in its own process on a free loopback port, as it would in use; the SDK runs
-here. Model: SmolLM2-135M-Instruct (the embedded default, imported from the GGUF). Each repeat
+here. Model: SmolLM2-135M-Instruct (the embedded default, imported from the GGUF); the node
+dequantizes it to float32 at load on a machine without Metal, so mlx_lm.server is then given the
+same float32 weights (bench.engine.mlx_server_folder). Each repeat
 streams one greedy request to each side, alternating which goes first (interleaved, so a busy
 machine weighs on both alike), after a warm-up request each. Every repeat uses a prompt of its
 own (from its first words), the same on both sides, so neither side reuses a prompt cache.
@@ -37,6 +39,8 @@ import openai
 
 from agent_node.client import Client
 from agent_node.config import AgentConfig
+from bench.engine import dequantizes, engine_toml, mlx_server_folder
+from bench.stats import smoke
 from inference_node import blas
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,7 +101,7 @@ def _sides(model_dir: Path, tmp: Path) -> Iterator[dict[str, str]]:
     grpc_port, bridge_port, mlx_port = _free_port(), _free_port(), _free_port()
     node_cfg = tmp / "inference-node.toml"
     node_cfg.write_text(
-        f'[server]\nhost = "127.0.0.1"\nport = {grpc_port}\n\n'
+        f'{engine_toml()}[server]\nhost = "127.0.0.1"\nport = {grpc_port}\n\n'
         "[memory]\nbudget_gb = 8.0\nfloor_gb = 0.0\n\n"
         f'[[models]]\nname = "smollm2"\npath = "{model_dir}"\n')
     agent_cfg = tmp / "agent-node.toml"
@@ -106,7 +110,8 @@ def _sides(model_dir: Path, tmp: Path) -> Iterator[dict[str, str]]:
     py = sys.executable
     node = [py, "-m", "inference_node.cli", "serve", "--config", str(node_cfg)]
     bridge = [py, "-m", "agent_node.cli", "bridge", "--config", str(agent_cfg)]
-    mlx = [py, "-m", "mlx_lm", "server", "--model", str(model_dir), "--host", "127.0.0.1",
+    mlx = [py, "-m", "mlx_lm", "server", "--model", str(mlx_server_folder(model_dir)),
+           "--host", "127.0.0.1",
            "--port", str(mlx_port), "--log-level", "WARNING"]
     bridge_url = f"http://127.0.0.1:{bridge_port}"
     mlx_url = f"http://127.0.0.1:{mlx_port}"
@@ -172,8 +177,8 @@ def _median(rows: list[dict[str, float]], key: str) -> float:
 def run(quick: bool) -> dict[str, Any]:
     from inference_node.gguf import ensure_default_model
 
-    repeats = 5 if quick else 10
-    max_tokens = 64 if quick else 256
+    repeats, max_tokens, warmup_tokens = (1, 4, 2) if smoke() else (
+        5 if quick else 10, 64 if quick else 256, 16)
     STORE.mkdir(parents=True, exist_ok=True)
     model_dir = ensure_default_model(STORE)
     rows: dict[str, list[dict[str, float]]] = {"bridge": [], "mlx_lm": [], "grpc": []}
@@ -184,7 +189,7 @@ def run(quick: bool) -> dict[str, Any]:
         cfg.inference.coder = ["smollm2"]
         sdks = {side: openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=300)
                 for side, url in urls.items()}
-        models = {"bridge": "smollm2", "mlx_lm": str(model_dir)}
+        models = {"bridge": "smollm2", "mlx_lm": str(mlx_server_folder(model_dir))}
         with Client(cfg) as client:
 
             def once(side: str, i: int | str, n: int) -> dict[str, float]:
@@ -193,7 +198,7 @@ def run(quick: bool) -> dict[str, Any]:
                 return _stream_once(sdks[side], models[side], i, n)
 
             for side in rows:  # warm-up: load the model, compile, open connections
-                once(side, "warm-up", 16)
+                once(side, "warm-up", warmup_tokens)
             for i in range(repeats):
                 order = list(rows) if i % 2 == 0 else list(reversed(rows))
                 for side in order:
@@ -204,7 +209,8 @@ def run(quick: bool) -> dict[str, Any]:
                   "tokens": _median(r, "tokens")} for side, r in rows.items()}
     return {
         "machine": {"cpus": os.cpu_count(), "platform": sys.platform},
-        "model": "SmolLM2-135M-Instruct (GGUF import)",
+        "model": "SmolLM2-135M-Instruct (GGUF import)" + (
+            ", dequantized to float32 on both sides" if dequantizes() else ""),
         "repeats": repeats, "max_tokens": max_tokens, "quick": quick,
         "median": med,
         "ratio_bridge_over_mlx_lm": {

@@ -26,6 +26,7 @@ from typing import Any
 from agent_node.config import QASection
 from agent_node.qa.capture import Capturer
 from agent_node.qa.facts import facts_of
+from bench.stats import smoke
 
 PAGES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "pages"
 RESULTS = Path(__file__).resolve().parent / "results" / "capture.json"
@@ -53,7 +54,7 @@ def _cold(cfg: QASection, url: str) -> tuple[float, float]:
 
 
 def run(quick: bool) -> dict:
-    repeats = 5 if quick else 10
+    repeats = 1 if smoke() else 5 if quick else 10
     cfg = QASection()
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(PAGES)))
@@ -71,8 +72,9 @@ def run(quick: bool) -> dict:
         with Capturer(cfg) as warm:
             result["browser"] = warm.browser_path or "Playwright download"
             for name, url in pages.items():
-                _cold(cfg, url)  # warm-up: page cache, fonts, the renderer binary
-                warm.capture(url)
+                if not smoke():  # warm-up: page cache, fonts, the renderer binary
+                    _cold(cfg, url)
+                    warm.capture(url)
                 cold_s, launch_s, warm_s = [], [], []
                 for _ in range(repeats):
                     c, launch = _cold(cfg, url)

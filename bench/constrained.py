@@ -2,8 +2,8 @@
 
     .venv/bin/python -m bench.constrained [--quick]      # JSON on stdout, progress on stderr
 
-Same model (SmolLM2-135M-Instruct, see bench.engine.prepare_model for the float32 copy), same
-prompt, greedy: generation with a response_format JSON schema against generation without one,
+Same model (SmolLM2-135M-Instruct, dequantized as the engine loads it: bench.engine.load_model),
+same prompt, greedy: generation with a response_format JSON schema against generation without one,
 interleaved (A B, B A, ...) after a warm-up. Decode tokens/s is mlx-lm's own figure (tokens
 after the first / time since the first). Also: the processor's cost per token replayed alone
 (consume the token, compute the mask, apply it), without the overlap with the forward pass.
@@ -39,15 +39,15 @@ def log(msg: str) -> None:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    from mlx_lm import load, stream_generate
+    from mlx_lm import stream_generate
 
-    from bench.engine import prepare_model
+    from bench.engine import load_model, prepare_model
     from inference_node.constrained import compile_response_format
 
     repeats, max_tokens = (1, 8) if smoke() else (5, 64) if quick else (7, 160)
     with tempfile.TemporaryDirectory() as tmp:
         path, model_info = prepare_model(Path(tmp), tiny=False)  # llguidance needs a real one
-        model, tokenizer = load(str(path))
+        model, tokenizer = load_model(path)
         t0 = time.perf_counter()
         compile_response_format(tokenizer, SCHEMA, False)  # builds the llguidance tokenizer
         first_compile_s = time.perf_counter() - t0

@@ -67,7 +67,7 @@ def _stats(xs: list[float], digits: int = 4) -> dict[str, float]:
             "p75": round(q[2], digits), "n": len(xs)}
 
 
-def _one(lm: Any, entry: Any, data: bytes, cfg: Any) -> dict[str, float]:
+def _one(lm: Any, entry: Any, data: bytes, cfg: Any, decode_tokens: int) -> dict[str, float]:
     import mlx.core as mx
     from mlx_vlm import stream_generate
     from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
@@ -94,7 +94,7 @@ def _one(lm: Any, entry: Any, data: bytes, cfg: Any) -> dict[str, float]:
     for r in stream_generate(
         lm.model, lm.processor, text, input_ids=inputs["input_ids"],
         pixel_values=inputs["pixel_values"], mask=inputs.get("attention_mask"),
-        max_tokens=DECODE_TOKENS, temperature=0.0, **extra,
+        max_tokens=decode_tokens, temperature=0.0, **extra,
     ):
         if not first:
             first = time.perf_counter()
@@ -105,7 +105,8 @@ def _one(lm: Any, entry: Any, data: bytes, cfg: Any) -> dict[str, float]:
             "prompt_tokens": n_prompt}
 
 
-def _end_to_end(path: Path, shots: dict[str, bytes], repeats: int) -> dict[str, Any]:
+def _end_to_end(path: Path, shots: dict[str, bytes], repeats: int,
+                decode_tokens: int) -> dict[str, Any]:
     import grpc
 
     from inference_node.api import pb, rpc
@@ -127,7 +128,7 @@ def _end_to_end(path: Path, shots: dict[str, bytes], repeats: int) -> dict[str, 
                                    options=channel_options(MAX_MESSAGE_BYTES)) as ch:
             stub = rpc.InferenceStub(ch)
             for name, data in shots.items():
-                req = pb.DescribeRequest(image=pb.Image(data=data), max_tokens=DECODE_TOKENS)
+                req = pb.DescribeRequest(image=pb.Image(data=data), max_tokens=decode_tokens)
                 totals, ttft = [], []
                 for i in range(repeats + 1):
                     t0 = time.perf_counter()
@@ -150,17 +151,18 @@ def run(quick: bool) -> dict:
     from mlx_vlm import load
     from tiny_vlm import build_tiny_vlm
 
+    from bench.stats import smoke
     from inference_node.config import DescribeConfig
     from inference_node.engine import LoadedModel
     from inference_node.models import CatalogModel
 
-    repeats = 5 if quick else 10
+    repeats, decode_tokens = (1, 4) if smoke() else (5 if quick else 10, DECODE_TOKENS)
     cfg = DescribeConfig()
     shots = {name: screenshot(w, h) for name, (w, h) in SCREENS.items()}
     result: dict[str, Any] = {
         "model": "tests/tiny_vlm.py: random-weight Qwen3-VL, 1 vision block, 1 text layer",
         "machine": {"cpus": os.cpu_count(), "platform": sys.platform},
-        "repeats": repeats, "decode_tokens": DECODE_TOKENS, "max_pixels": cfg.max_pixels,
+        "repeats": repeats, "decode_tokens": decode_tokens, "max_pixels": cfg.max_pixels,
         "screens": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,8 +173,8 @@ def run(quick: bool) -> dict:
         lm = LoadedModel(entry=entry, model=model, processor=processor,
                          tokenizer=getattr(processor, "tokenizer", processor))
         for name, data in shots.items():
-            _one(lm, entry, data, cfg)  # warm-up
-            runs = [_one(lm, entry, data, cfg) for _ in range(repeats)]
+            _one(lm, entry, data, cfg, decode_tokens)  # warm-up
+            runs = [_one(lm, entry, data, cfg, decode_tokens) for _ in range(repeats)]
             w, h = SCREENS[name]
             result["screens"][name] = {
                 "size": f"{w}x{h}", "png_bytes": len(data),
@@ -180,7 +182,7 @@ def run(quick: bool) -> dict:
                 **{k: _stats([r[k] for r in runs], 2 if k == "decode_tok_s" else 4)
                    for k in ("request_s", "preprocess_s", "prefill_s", "decode_tok_s")},
             }
-        result["end_to_end_grpc"] = _end_to_end(path, shots, repeats)
+        result["end_to_end_grpc"] = _end_to_end(path, shots, repeats, decode_tokens)
     return result
 
 

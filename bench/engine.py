@@ -14,10 +14,13 @@ Both servers run as subprocesses on free loopback ports; greedy sampling everywh
 its prefix cache would otherwise skip the prefill we are timing.
 
 Model: SmolLM2-135M-Instruct imported from the embedded GGUF. The import keeps the Q4 weights
-quantized; MLX's CPU backend runs quantized and float16 matmuls very slowly (float16: 16 tokens
-did not finish in 5 minutes here), so unless BENCH_NATIVE_DTYPE=1 the benchmark measures a
-dequantized float32 copy (cached next to it) and says so in the result. BENCH_SMOKE=1 uses a
-tiny scripted model, one repeat and a few tokens.
+quantized; MLX's CPU backend runs quantized matmuls very slowly, so without Metal our engine
+dequantizes them to float32 at load (`engine.dequantize_on_cpu`). All three paths run those same
+float32 weights: our server is given the imported folder, the in-process side dequantizes it
+with `mlx_lm.utils.dequantize_model` as the engine does, and `mlx_lm.server`, which cannot, is
+given a dequantized float32 copy (cached next to the folder). BENCH_NATIVE_DTYPE=1 runs the
+quantized weights on all three. BENCH_SMOKE=1 uses a tiny scripted model, one repeat and a few
+tokens.
 """
 
 from __future__ import annotations
@@ -76,7 +79,11 @@ def log(msg: str) -> None:
 
 
 def prepare_model(tmp: Path, tiny: bool | None = None) -> tuple[Path, dict[str, Any]]:
-    """The folder to serve and a note on what it is (name, dtype, why); `tiny`: a scripted one."""
+    """The folder to serve and a note on what runs (name, dtype, why); `tiny`: a scripted one.
+
+    The folder is the import as is: our engine dequantizes it at load where `dequantizes()`;
+    load it in process with `load_model` and give `mlx_lm.server` `mlx_server_folder(path)`.
+    """
     if smoke() if tiny is None else tiny:
         sys.path.insert(0, str(REPO / "tests"))
         from tiny_models import build_chain_model
@@ -92,17 +99,54 @@ def prepare_model(tmp: Path, tiny: bool | None = None) -> tuple[Path, dict[str, 
     quantized = "quantization" in cfg
     info: dict[str, Any] = {"name": src.name, "imported_dtype": dtype,
                             "imported_quantized": quantized}
-    if os.environ.get("BENCH_NATIVE_DTYPE") or (dtype == "float32" and not quantized):
+    if not (quantized and dequantizes()):
         return src, {**info, "dtype": dtype, "note": "the imported folder as is"}
-    dst = CACHE / f"{src.name}-f32"
+    return src, {**info, "dtype": "float32", "note": (
+        f"the imported folder is {dtype} with Q4-quantized weights; without Metal the engine "
+        "dequantizes them to float32 at load (engine.dequantize_on_cpu: MLX's CPU quantized "
+        "matmul is far slower than float32 BLAS), the in-process side does the same with "
+        "mlx_lm.utils.dequantize_model, and mlx_lm.server is given a dequantized float32 copy, "
+        "so all paths run the same float32 weights (BENCH_NATIVE_DTYPE=1: the quantized ones)")}
+
+
+def dequantizes() -> bool:
+    """Whether our engine dequantizes quantized models at load here (no Metal, the default
+    `engine.dequantize_on_cpu`), unless BENCH_NATIVE_DTYPE=1 asks for the weights as stored."""
+    import mlx.core as mx
+
+    return not os.environ.get("BENCH_NATIVE_DTYPE") and not mx.metal.is_available()
+
+
+def _quantized(path: Path) -> bool:
+    return "quantization" in json.loads((path / "config.json").read_text())
+
+
+def load_model(path: Path) -> tuple[Any, Any]:
+    """mlx-lm's `load`, then dequantized as our engine does it at load: the same weights."""
+    from mlx_lm import load
+    from mlx_lm.utils import dequantize_model
+
+    model, tokenizer = load(str(path))[:2]
+    if dequantizes() and _quantized(path):
+        model = dequantize_model(model)
+    return model, tokenizer
+
+
+def mlx_server_folder(path: Path) -> Path:
+    """The folder for `mlx_lm.server`, which cannot dequantize: where our engine dequantizes,
+    a float32 copy of a quantized `path` (written once, cached next to it), else `path`."""
+    if not (dequantizes() and _quantized(path)):
+        return path
+    dst = path.with_name(f"{path.name}-f32")
     if not (dst / "config.json").is_file():
-        log(f"writing a dequantized float32 copy of {src.name} to {dst}")
-        _write_float32_copy(src, dst)
-    kind = f"{dtype}{', Q4-quantized weights' if quantized else ''}"
-    return dst, {**info, "dtype": "float32", "note": (
-        f"the imported folder is {kind}; MLX's CPU backend runs quantized and float16 matmuls "
-        "far slower than float32 BLAS (here: ~5 vs ~60 prompt tokens/s), so a dequantized "
-        "float32 copy was measured (BENCH_NATIVE_DTYPE=1 measures the folder as is)")}
+        log(f"writing a dequantized float32 copy of {path.name} to {dst} for mlx_lm.server")
+        _write_float32_copy(path, dst)
+    return dst
+
+
+def engine_toml() -> str:
+    """The [engine] lines for a node config: dequantize at load exactly when `dequantizes()`."""
+    return "" if dequantizes() else "[engine]\ndequantize_on_cpu = false\n\n"
 
 
 def _write_float32_copy(src: Path, dst: Path) -> None:
@@ -170,7 +214,7 @@ def grpc_server(model: Path, name: str, tmp: Path) -> Iterator[str]:
     """`inference-node serve` in a subprocess; yields its target."""
     port = free_port()
     conf = tmp / "inference-node.toml"
-    conf.write_text(f'[memory]\nbudget_gb = 8.0\nfloor_gb = 0.0\n\n'
+    conf.write_text(f'{engine_toml()}[memory]\nbudget_gb = 8.0\nfloor_gb = 0.0\n\n'
                     f'[[models]]\nname = "{name}"\npath = "{model}"\n')
     cmd = [PY, "-m", "inference_node.cli", "serve", "--config", str(conf), "--port", str(port)]
     with _process(cmd, tmp / "grpc-server.log") as proc:
@@ -247,9 +291,7 @@ class InProcess:
     """mlx-lm's own `stream_generate`, in this process: the ceiling for the other paths."""
 
     def __init__(self, model_path: Path) -> None:
-        from mlx_lm import load
-
-        self.model, self.tokenizer = load(str(model_path))
+        self.model, self.tokenizer = load_model(model_path)
 
     def __call__(self, messages: list[dict[str, str]], max_tokens: int) -> Sample:
         from mlx_lm import stream_generate
@@ -406,7 +448,8 @@ def run(quick: bool) -> dict:
         msgs = prompts(inproc.tokenizer, p)
         prompt_tokens = {k: len(inproc.tokenizer.apply_chat_template(m, add_generation_prompt=True))
                          for k, m in msgs.items()}
-        with grpc_server(path, name, tmp) as target, mlx_server(path, tmp) as url:
+        with grpc_server(path, name, tmp) as target, \
+                mlx_server(mlx_server_folder(path), tmp) as url:
             ours = Grpc(target, name)
             theirs = MlxHttp(url)
             try:

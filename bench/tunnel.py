@@ -61,8 +61,9 @@ def run(quick: bool) -> dict:
 
     from agent_node.client import Client, GrpcModel, connect
     from agent_node.config import AgentConfig
+    from bench.stats import smoke
 
-    repeats, max_tokens = (5, 64) if quick else (8, 256)
+    repeats, max_tokens = (1, 4) if smoke() else (5, 64) if quick else (8, 256)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         models, name = _models(tmp, quick)

@@ -1,17 +1,20 @@
 """The benchmark harness: statistics helpers, task grading, and a smoke run of the harness.
 
-The smoke run (BENCH_SMOKE=1) runs bench/engine.py and bench/agent_tasks.py through
-`python -m bench` with one repeat and a few tokens, and checks that every field the report reads
-is there. Nothing here asserts a timing: benchmarks measure, tests check the plumbing.
+The smoke run (BENCH_SMOKE=1) runs every benchmark in bench/ through `python -m bench --quick`
+(each in its own subprocess, one repeat and a few tokens) and checks that every field each one
+records, and the report reads, is there and holds a number. Nothing here asserts a timing:
+benchmarks measure, tests check the plumbing.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,16 +91,103 @@ def test_task_fails_at_start_and_passes_with_a_solution(task: str, tmp_path: Pat
     assert grade(task, patch, tmp_path / "solved")
 
 
-def test_smoke_run_records_every_field_and_writes_the_doc(tmp_path: Path) -> None:
+# Per benchmark: dotted paths into its result ("*": every key at that level) that must hold a
+# number, and fields that show BENCH_SMOKE reached its subprocess. A new benchmark adds a row.
+NUMBERS: dict[str, list[str]] = {
+    "engine": ["single_stream.short.*.ttft_s.median", "single_stream.short.*.decode_tps.median",
+               "single_stream.short.*.completion_tokens.median",
+               "single_stream.short.grpc.decode_ratio_vs_in_process",
+               "concurrency.*.grpc.aggregate_tps.median",
+               "concurrency.*.mlx_lm_server.aggregate_tps.median",
+               "concurrency.*.aggregate_ratio_grpc_vs_mlx_server", "prompt_tokens.short",
+               "wall_s"],
+    "agent_tasks": ["pass_rate_final", "tasks.0.completion_tokens", "tasks.0.wall_s"],
+    "admission": ["decision.*", *(f"workload.{side}.{k}" for side in ("with_admission",
+                                                                     "no_admission")
+                                  for k in ("requests_per_s", "loads", "peak_mb", "budget_mb")),
+                  "workload.throughput_ratio"],
+    "bridge": ["median.*.ttft_s", "median.*.decode_tps", "median.*.tokens",
+               "ratio_bridge_over_mlx_lm.ttft", "ratio_bridge_over_mlx_lm.decode_tps",
+               "bridge_hop_ttft_s"],
+    "capture": [f"pages.*.{kind}.{stat}" for kind in ("cold", "launch", "warm")
+                for stat in ("median_s", "p25_s", "p75_s", "min_s", "max_s", "n")]
+               + ["target.warm_median_s_below"],
+    "constrained": ["decode_tokens_per_s.*.median", "decode_tokens_per_s.*.n",
+                    "constrained_over_unconstrained", "mask_cost_fraction_of_decode",
+                    "processor_ms_per_token_alone.median", "grammar_compile_ms",
+                    "first_compile_s_with_tokenizer"],
+    "describe": ["screens.*.prompt_tokens", "screens.*.png_bytes",
+                 *(f"screens.*.{k}.median" for k in ("request_s", "preprocess_s", "prefill_s",
+                                                     "decode_tok_s")),
+                 "end_to_end_grpc.*.total_s.median",
+                 "end_to_end_grpc.*.time_to_first_delta_s.median"],
+    "tunnel": ["ttft_s.direct", "ttft_s.tunnel", "decode_tps.direct", "decode_tps.tunnel",
+               "recovery_s.tunnel_up_after_sshd_restart",
+               "recovery_s.first_call_done_after_sshd_restart", "decode_ratio"],
+}
+SMOKE_FIELDS: dict[str, dict[str, Any]] = {
+    "engine": {"params.repeats": 1},
+    "agent_tasks": {},
+    "admission": {},
+    "bridge": {"repeats": 1, "max_tokens": 4},
+    "capture": {"repeats": 1},
+    "constrained": {"max_tokens": 8, "decode_tokens_per_s.constrained.n": 1},
+    "describe": {"repeats": 1, "decode_tokens": 4},
+    "tunnel": {"repeats": 1, "max_tokens": 4},
+}
+
+
+def _leaves(obj: Any, path: str) -> list[tuple[str, Any]]:
+    """The values at a dotted path; "*" fans out over a dict's keys; a missing key fails."""
+    found = [("", obj)]
+    for part in path.split("."):
+        step = []
+        for where, o in found:
+            keys = list(o) if part == "*" else [int(part) if isinstance(o, list) else part]
+            assert part == "*" or isinstance(o, list) or part in o, f"{where}.{part} missing"
+            assert keys, f"{where}.* is empty"
+            step += [(f"{where}.{k}", o[k]) for k in keys]
+        found = step
+    return found
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path]:
+    """Every benchmark's quick mode under BENCH_SMOKE=1, through the harness, once."""
+    tmp = tmp_path_factory.mktemp("smoke")
     env = {**os.environ, "BENCH_SMOKE": "1"}
-    doc = tmp_path / "BENCHMARKS.md"
+    doc = tmp / "BENCHMARKS.md"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "engine", "agent_tasks",
-         "--results-dir", str(tmp_path), "--doc", str(doc), "--time-limit", "120"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
-    (results,) = [p for p in tmp_path.glob("*.json")]
-    record = json.loads(results.read_text())
+        [sys.executable, "-m", "bench", "--quick", "--results-dir", str(tmp), "--doc", str(doc),
+         "--time-limit", "120"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    (results,) = [p for p in tmp.glob("*.json")]
+    return json.loads(results.read_text()), results, doc
+
+
+def test_every_benchmark_has_a_smoke_check() -> None:
+    assert set(discover()) == set(NUMBERS) == set(SMOKE_FIELDS)
+
+
+@pytest.mark.parametrize("name", sorted(NUMBERS))
+def test_smoke_run_records_each_benchmarks_numbers(
+        name: str, smoke_run: tuple[dict, Path, Path]) -> None:
+    record, _, _ = smoke_run
+    out = record["benchmarks"][name]
+    assert out["ok"], out
+    for path in NUMBERS[name]:
+        for where, value in _leaves(out["result"], path):
+            assert isinstance(value, int | float) and not isinstance(value, bool), (where, value)
+            assert not math.isnan(value), where
+    for path, want in SMOKE_FIELDS[name].items():  # BENCH_SMOKE reached the subprocess
+        ((where, value),) = _leaves(out["result"], path)
+        assert value == want, (where, value)
+
+
+def test_smoke_run_records_every_field_and_writes_the_doc(
+        smoke_run: tuple[dict, Path, Path]) -> None:
+    record, results, doc = smoke_run
     assert record["smoke"] and record["quick"]
     for key in ("cpu", "cores", "memory_gb", "os", "mlx", "mlx_device"):
         assert record["machine"][key], key
