@@ -1,7 +1,7 @@
 """Bridge benchmark: the OpenAI SDK through `agent-node bridge` vs straight at `mlx_lm.server`.
 
 bridge:     SDK → agent-node bridge (HTTP/SSE) → gRPC → inference-node serve (engine thread)
-mlx_lm:     SDK → mlx_lm.server (HTTP/SSE), the same model folder
+mlx_lm:     SDK → mlx_lm.server (HTTP/SSE), the same weights (see Model below)
 grpc:       agent_node.client straight to the node, no bridge: what the HTTP hop itself costs
 
 Each side runs in its own process on a free loopback port, as it would in use; the SDK runs
