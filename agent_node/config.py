@@ -68,6 +68,10 @@ class TunnelSection:
     backoff_factor: float = 1.6
     backoff_jitter: float = 0.2
     backoff_max_s: float = 30.0
+    # Run once per SSH connection so sshd turns Nagle off on its end: OpenSSH before 10.0 does
+    # that only when a session runs a command, and a forward-only connection otherwise holds
+    # the first token of every stream for the client's delayed ACK (~40 ms). "" skips it.
+    nodelay_command: str = "true"
 
 
 @dataclass

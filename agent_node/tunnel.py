@@ -329,7 +329,39 @@ class Tunnel:
             transport.close()
             raise
         transport.set_keepalive(max(1, int(cfg.keepalive_s)))
+        self._nodelay_at_sshd(transport)
         return transport
+
+    def _nodelay_at_sshd(self, transport: paramiko.Transport) -> None:
+        """Have sshd set TCP_NODELAY on its end of the connection, by running one no-op command.
+
+        OpenSSH before 10.0 sets it only when a session execs something (session.c calls
+        ssh_packet_set_interactive there); on a connection that only forwards ports its small
+        writes wait for our delayed ACK, ~40 ms before the first token of every stream. Best
+        effort: a server that refuses sessions costs that latency, nothing else.
+        """
+        command = self.cfg.nodelay_command
+        if not command:
+            return
+        # paramiko waits for the exec reply without a timeout; a server that never answers
+        # gets its connection closed, and the attempt counts as failed.
+        timer = threading.Timer(self.cfg.connect_timeout_s, transport.close)
+        timer.start()
+        try:
+            chan = transport.open_session(timeout=self.cfg.connect_timeout_s)
+            try:
+                chan.exec_command(command)
+            finally:
+                chan.close()
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            if not transport.is_active():
+                raise _Transient(f"sshd on {self.cfg.host} did not answer a session request "
+                                 f"in {self.cfg.connect_timeout_s} s") from None
+            log.info("tunnel %s: sshd refused the session that turns Nagle off (%s); streams "
+                     "may start ~40 ms late. Set tunnel.nodelay_command = \"\" to skip it",
+                     self._status.ssh, e or type(e).__name__)
+        finally:
+            timer.cancel()
 
     def _check_host_key(
         self,

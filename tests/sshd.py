@@ -77,6 +77,7 @@ class Sshd:
         port: int = 0,
         netns: str = "",
         user: str = "root",
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.dir = Path(workdir) / f"sshd-{host}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +112,7 @@ class Sshd:
                     "AllowTcpForwarding yes",
                     "LogLevel VERBOSE",
                     "MaxStartups 100",
+                    *extra,
                     "",
                 ]
             )
@@ -174,6 +176,38 @@ class Sshd:
 
     def connections(self) -> int:
         return self.log_text().count("Connection from ")
+
+    def nodelay(self) -> list[bool]:
+        """TCP_NODELAY on sshd's end of each client connection it holds (read through pidfd_getfd).
+
+        Linux ≥ 5.6 and root. One entry per connection, whichever of sshd's processes holds it.
+        """
+        import ctypes
+
+        import psutil
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pidfd_getfd = 438  # the same number on x86_64 and arm64
+        seen: dict[tuple, bool] = {}
+        pids = [self.proc.pid, *_descendants(self.proc.pid)] if self.proc else []
+        for pid in pids:
+            try:
+                conns = psutil.Process(pid).net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            for c in conns:
+                if c.status != "ESTABLISHED" or c.laddr.port != self.port or c.raddr in seen:
+                    continue
+                pidfd = os.pidfd_open(pid)
+                try:
+                    fd = libc.syscall(pidfd_getfd, pidfd, c.fd, 0)
+                    if fd < 0:
+                        raise OSError(ctypes.get_errno(), f"pidfd_getfd({pid}, {c.fd})")
+                    with socket.socket(fileno=fd) as s:
+                        seen[c.raddr] = bool(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                finally:
+                    os.close(pidfd)
+        return list(seen.values())
 
     def tunnel_section(self, remote_port: int, **overrides: object):  # -> TunnelSection
         from agent_node.config import TunnelSection

@@ -191,6 +191,42 @@ def test_local_end_listens_on_loopback_only(server, tmp_path):
                 socket.create_connection((addr, port), timeout=2).close()
 
 
+# OpenSSH before 10.0 leaves Nagle on for a connection that only forwards ports; its small
+# writes then wait for our delayed ACK, and every stream's first token came ~40 ms late.
+
+
+def test_sshd_sends_without_nagle_on_the_tunnels_connection(server, tmp_path):
+    with Sshd(tmp_path) as sshd, connect(agent_config(sshd.tunnel_section(server))) as client:
+        assert client.model().chat([user("hi")]).text.split() == ["hello", "world"]
+        assert sshd.nodelay() == [True]
+        assert "Starting session: command" in sshd.log_text()
+
+
+def test_with_the_nodelay_command_off_sshd_keeps_nagle_on(server, tmp_path):
+    # The counterpart that shows the check above can fail: on OpenSSH >= 10.0 sshd turns
+    # Nagle off by itself, and this test has nothing to show.
+    cfg = agent_config
+    with Sshd(tmp_path) as sshd, connect(cfg(sshd.tunnel_section(server, nodelay_command=""))):
+        if sshd_version() >= (10, 0):
+            pytest.skip("OpenSSH >= 10.0 sets TCP_NODELAY on every connection")
+        assert sshd.nodelay() == [False]
+        assert "Starting session" not in sshd.log_text()
+
+
+def test_a_server_that_refuses_sessions_still_gets_a_working_tunnel(server, tmp_path):
+    # MaxSessions 0: no shell or command, forwarding still allowed.
+    with Sshd(tmp_path, extra=("MaxSessions 0",)) as sshd, \
+            connect(agent_config(sshd.tunnel_section(server))) as client:
+        assert client.tunnel is not None and client.tunnel.status().state == "up"
+        assert client.model().chat([user("hi")]).text.split() == ["hello", "world"]
+
+
+def sshd_version() -> tuple[int, int]:
+    out = subprocess.run(["/usr/sbin/sshd", "-V"], capture_output=True, text=True).stderr
+    major, minor = out.split("OpenSSH_", 1)[1].split(",", 1)[0].split("p")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
 # ---------------------------------------------------------------------- two hosts
 
 
