@@ -221,6 +221,17 @@ def test_a_server_that_refuses_sessions_still_gets_a_working_tunnel(server, tmp_
         assert client.model().chat([user("hi")]).text.split() == ["hello", "world"]
 
 
+def test_the_key_options_ansible_renders_allow_the_tunnel_and_its_nodelay_session(server,
+                                                                                    tmp_path):
+    with Sshd(tmp_path) as sshd:
+        pub = sshd.authorized_keys.read_text()
+        sshd.authorized_keys.write_text(f'restrict,port-forwarding,permitopen="127.0.0.1:{server}"'
+                                        f',command="/usr/bin/false" {pub}')
+        with connect(agent_config(sshd.tunnel_section(server))) as client:
+            assert client.model().chat([user("hi")]).text.split() == ["hello", "world"]
+            assert sshd.nodelay() == [True]
+
+
 def sshd_version() -> tuple[int, int]:
     out = subprocess.run(["/usr/sbin/sshd", "-V"], capture_output=True, text=True).stderr
     major, minor = out.split("OpenSSH_", 1)[1].split(",", 1)[0].split("p")[0].split(".")[:2]
