@@ -36,7 +36,13 @@ from inference_node.errors import Cancelled, QueueFull, QueueTimeout, Unavailabl
 log = logging.getLogger(__name__)
 
 GB = 1 << 30
+KV_STEP = 256  # mlx-lm's KV caches grow in steps of this many tokens (KVCache.step)
 CANCEL_POLL_S = 0.05  # how often a queued request checks whether its client went away
+
+
+def kv_tokens(tokens: int) -> int:
+    """The tokens a KV cache holding `tokens` has allocated: whole steps of KV_STEP."""
+    return -(-tokens // KV_STEP) * KV_STEP
 
 
 def gb(n: float) -> str:
@@ -348,12 +354,14 @@ class Admission:
                 cancelled: Callable[[], bool] | None = None) -> Reservation:
         """Reserve (prompt + max_tokens) × kv_per_token (+ fixed_bytes) of KV for one request.
 
+        The tokens are counted as the cache allocates them, in whole steps of KV_STEP.
+
         Waits in FIFO order while it does not fit now. Raises QueueFull when the queue is at its
         limit, QueueTimeout past `timeout_s` (default memory.queue_timeout_s), WouldNotFit when
         it could never fit beside the loaded weights, Unavailable under the memory floor,
         Cancelled when `cancelled()` turns true while waiting.
         """
-        tokens = prompt_tokens + max_tokens
+        tokens = kv_tokens(prompt_tokens + max_tokens)
         need = tokens * kv_per_token + fixed_bytes
         timeout = self.memory.queue_timeout_s if timeout_s is None else timeout_s
         start = self._clock()
@@ -399,14 +407,15 @@ class Admission:
     def _check_ever_fits(self, model: str, prompt_tokens: int, max_tokens: int,
                          kv_per_token: int, fixed_bytes: int) -> None:
         ceiling = self.budget_bytes - self._weights()
-        need = (prompt_tokens + max_tokens) * kv_per_token + fixed_bytes
+        need = kv_tokens(prompt_tokens + max_tokens) * kv_per_token + fixed_bytes
         if need <= ceiling:
             return
         head = (f"a request for {model} needs {gb(need)} of KV "
                 f"({prompt_tokens} prompt + {max_tokens} max tokens); only {gb(max(ceiling, 0))} "
                 f"of the {gb(self.budget_bytes)} budget is left beside the loaded weights "
                 f"({self._holders()})")
-        room = (ceiling - fixed_bytes) // kv_per_token - prompt_tokens if kv_per_token else -1
+        whole_steps = (ceiling - fixed_bytes) // kv_per_token // KV_STEP * KV_STEP
+        room = whole_steps - prompt_tokens if kv_per_token else -1
         if room > 0:
             raise WouldNotFit(f"{head}; max_tokens <= {room} would fit")
         raise WouldNotFit(f"{head}; the prompt alone does not fit: shorten it, unload a model, "
@@ -420,6 +429,24 @@ class Admission:
         self._use(row)
         return Reservation(model, need, max(0.0, self._clock() - start), tokens,
                            next(self._ids))
+
+    def try_grow(self, reservation: Reservation, extra_bytes: int) -> bool:
+        """Add `extra_bytes` to a reservation in flight if they fit now; never waits.
+
+        The engine asks before a request joins a running batch, whose every sequence is stored
+        at the batch's longest length: the padding is memory no single reservation counted.
+        """
+        with self._cond:
+            if reservation.released or extra_bytes <= 0:
+                return extra_bytes <= 0
+            if extra_bytes > self._free() or self._available_now() < self.floor_bytes:
+                return False
+            reservation.bytes += extra_bytes
+            self._reserved += extra_bytes
+            row = self._models.get(reservation.model)
+            if row is not None:
+                row.kv_reserved_bytes += extra_bytes
+            return True
 
     def release(self, reservation: Reservation) -> None:
         """Free a reservation (idempotent) and wake the queue."""

@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from inference_node.admission import kv_tokens
 from inference_node.api import pb
 from inference_node.chat import TextRouter
 from inference_node.config import InferenceConfig
@@ -42,6 +44,8 @@ class LoadedModel:
     kv_per_token: int = 0
     kv_fixed_bytes: int = 0  # per request: sliding windows, linear-attention state
     active: dict[int, Job] = field(default_factory=dict)  # batch uid -> job
+    # Jobs whose padding into the running batch does not fit yet, in arrival order.
+    waiting: deque[Job] = field(default_factory=deque)
 
     @property
     def name(self) -> str:
@@ -70,9 +74,25 @@ class Job:
     cached_tokens: int = 0  # prompt tokens whose KV came from the prompt cache
     detokenizer: Any = None
     stream: Any = None  # vision jobs: the mlx-vlm generator
+    reservation: Any = None  # the admission Reservation this job holds (grown for padding)
 
 
 DONE = object()  # sentinel closing a job's event queue
+
+
+def batch_peak_tokens(seqs: list[tuple[int, int]]) -> int:
+    """The most KV token-slots a batch holds at once; `seqs`: (length now, tokens to come).
+
+    Every live sequence is stored at the longest live one's length, in whole cache steps, and
+    a finished one leaves (BatchKVCache.filter trims the padding it no longer needs). So the
+    peak falls just before one of them finishes, or now.
+    """
+    peak = 0
+    for t in sorted({0, *(r for _, r in seqs)}):
+        alive = [length for length, r in seqs if r >= t]
+        if alive:
+            peak = max(peak, len(alive) * kv_tokens(max(alive) + t))
+    return peak
 
 
 class Engine:
@@ -138,7 +158,8 @@ class Engine:
 
         self.prompt_cache = LRUPromptCache(max_size=64, max_bytes=self.prompt_cache_bytes)
         while not self._stop.is_set():
-            busy = self._vision_jobs or any(lm.active for lm in self.loaded.values())
+            busy = self._vision_jobs or any(lm.active or lm.waiting
+                                            for lm in self.loaded.values())
             try:
                 task = self._inbox.get(timeout=0.05) if not busy else self._inbox.get_nowait()
             except queue.Empty:
@@ -151,6 +172,8 @@ class Engine:
                     task = None
             try:
                 for lm in list(self.loaded.values()):
+                    if lm.waiting:
+                        self._start_waiting(lm)
                     if lm.active:
                         self._step_batch(lm)
                 if self._vision_jobs:
@@ -237,7 +260,8 @@ class Engine:
         lm = self.loaded.get(name)
         if lm is None:
             return False
-        busy = len(lm.active) + sum(1 for j in self._vision_jobs if j.model == name)
+        busy = len(lm.active) + len(lm.waiting)
+        busy += sum(1 for j in self._vision_jobs if j.model == name)
         if busy:
             raise BadRequest(f"{name} has {busy} requests in flight; unload it when they finish")
         del self.loaded[name]
@@ -263,6 +287,48 @@ class Engine:
         if job.vision_inputs is not None:
             self._start_vision(lm, job)
             return
+        if lm.waiting or not self._fits_in_batch(lm, job):
+            lm.waiting.append(job)
+            return
+        self._insert(lm, job)
+
+    def _fits_in_batch(self, lm: LoadedModel, job: Job) -> bool:
+        """Grow `job`'s reservation by what joining the running batch adds; False: not now.
+
+        mlx-lm stores every sequence of a batch at the longest one's length, left-padded (see
+        BatchKVCache), so a short request beside a long one holds as much KV as the long one
+        while both run. Reservations count each request alone; the difference is asked for
+        here, before the join. A request that does not fit waits for the batch to shrink; an
+        empty batch always takes it, as its own reservation covers it.
+        """
+        if not lm.active or job.reservation is None:
+            return True
+        jobs = [*lm.active.values(), job]
+        seqs = [(len(j.prompt) + j.completion_tokens, j.max_tokens - j.completion_tokens)
+                for j in jobs]
+        peak = batch_peak_tokens(seqs) * lm.kv_per_token + len(jobs) * lm.kv_fixed_bytes
+        held = sum(j.reservation.bytes for j in jobs if j.reservation is not None)
+        if self.admission.try_grow(job.reservation, peak - held):
+            return True
+        log.info("%s: request %s waits to join the batch of %d: padded to the longest "
+                 "sequence it needs %.1f MB more than reserved", lm.name, job.request_id,
+                 len(lm.active), (peak - held) / 2**20)
+        return False
+
+    def _start_waiting(self, lm: LoadedModel) -> None:
+        """Start waiting jobs, oldest first, while they fit; drop those whose client left."""
+        while lm.waiting:
+            job = lm.waiting[0]
+            if job.cancelled.is_set():
+                lm.waiting.popleft()
+                self._finish(job, Cancelled("the client went away"))
+                continue
+            if not self._fits_in_batch(lm, job):
+                return
+            lm.waiting.popleft()
+            self._insert(lm, job)
+
+    def _insert(self, lm: LoadedModel, job: Job) -> None:
         cache, rest = self._cached_prefix(job)
         (uid,) = lm.batch.insert(
             [rest],
@@ -406,6 +472,8 @@ class Engine:
                 for job in lm.active.values():
                     self._finish(job, error)
                 lm.active.clear()
+            while lm.waiting:
+                self._finish(lm.waiting.popleft(), error)
         for job in self._vision_jobs:
             self._finish(job, error)
         self._vision_jobs.clear()

@@ -187,6 +187,7 @@ class InferenceServicer(rpc.InferenceServicer):
         )
         try:
             job.queue_seconds = time.monotonic() - t0
+            job.reservation = reservation
             context.add_callback(job.cancelled.set)
             yield pb.ChatEvent(admitted=pb.Admitted(
                 request_id=job.request_id, model=entry.name, queue_seconds=job.queue_seconds,

@@ -246,7 +246,7 @@ def test_release_is_idempotent_and_returns_the_memory() -> None:
     adm = make(1.0)
     load(adm, "a", GB // 2)
     r = adm.reserve("a", 10, 90, MB)
-    assert r.bytes == 100 * MB and adm.snapshot()["reserved_bytes"] == 100 * MB
+    assert r.bytes == 256 * MB and adm.snapshot()["reserved_bytes"] == 256 * MB  # whole steps
     adm.release(r)
     adm.release(r)
     snap = adm.snapshot()
@@ -300,3 +300,14 @@ def test_mlx_limits_follow_the_budget() -> None:
     finally:
         mx.set_memory_limit(previous["memory_limit"])
         mx.set_cache_limit(previous["cache_limit"])
+
+
+def test_a_reservation_grows_only_into_free_memory_and_release_returns_all_of_it() -> None:
+    adm = make(1.0)
+    load(adm, "a", GB // 2)
+    r = adm.reserve("a", 0, 256, MB)  # 256 MB of the 512 MB left
+    assert adm.try_grow(r, 200 * MB) and r.bytes == 456 * MB
+    assert not adm.try_grow(r, 100 * MB) and r.bytes == 456 * MB  # 56 MB free
+    adm.release(r)
+    assert adm.snapshot()["reserved_bytes"] == 0
+    assert not adm.try_grow(r, MB)  # released: nothing to grow

@@ -114,3 +114,79 @@ def test_load_test_eight_clients_never_overcommit_and_every_request_ends(tight, 
     assert committed_max[0] <= budget
     assert mx.get_peak_memory() - active_before <= budget
     assert srv.admission.snapshot()["reserved_bytes"] == 0
+
+
+# mlx-lm stores every sequence of a batch at the batch's length (left-padded): a short request
+# beside a long one holds as much KV as the long one, which no single reservation counts.
+
+
+def run_beside(srv, stub, long_prompt: str, long_tokens: int, short_tokens: int) -> list[str]:
+    """A long-prompt stream on the loop model, then a short one once it runs; the order of
+    events that tells whether the short one joined the running batch."""
+    order: list[str] = []
+    done: dict[str, pb.Done] = {}
+    started = threading.Event()
+
+    def long() -> None:
+        seen = 0
+        for ev in stub.Chat(pb.ChatRequest(model="loop", messages=[user(long_prompt)],
+                                           max_tokens=long_tokens), timeout=60):
+            kind = ev.WhichOneof("event")
+            if kind == "delta":
+                seen += 1
+                if seen == 5:
+                    started.set()
+            elif kind == "done":
+                order.append("long done")
+                done["long"] = ev.done
+
+    def short() -> None:
+        for ev in stub.Chat(pb.ChatRequest(model="loop", messages=[user("go")],
+                                           max_tokens=short_tokens), timeout=60):
+            kind = ev.WhichOneof("event")
+            if kind == "delta" and "short first token" not in order:
+                order.append("short first token")
+            elif kind == "done":
+                done["short"] = ev.done
+
+    a = threading.Thread(target=long)
+    a.start()
+    assert started.wait(30), "the long stream never started"
+    b = threading.Thread(target=short)
+    b.start()
+    a.join(60)
+    b.join(60)
+    assert done["long"].usage.completion_tokens == long_tokens
+    assert done["short"].usage.completion_tokens == short_tokens
+    assert srv.admission.snapshot()["reserved_bytes"] == 0
+    return order
+
+
+def test_a_short_request_waits_until_its_padding_into_the_batch_fits(chain_models, stub_for):
+    models = [{"name": "loop", "path": str(chain_models["loop"])}]
+    with running_server(models, engine={"prompt_cache_mb": 0, "max_concurrent": 4},
+                        budget_gb=4.5 * MB / GB, overhead_mb=1.0) as (srv, target):
+        stub = stub_for(target)
+
+        def prompt_tokens(text: str) -> int:
+            r = collect(stub.Chat(pb.ChatRequest(model="loop", messages=[user(text)],
+                                                 max_tokens=1), timeout=30))
+            return int(r["admitted"].prompt_tokens)
+
+        extra = prompt_tokens("go") - 1  # the chat template's tokens around one word
+        free = srv.admission.budget_bytes - srv.admission.snapshot()["committed_bytes"]
+        room = free // srv.engine.loaded["loop"].kv_per_token  # KV token-slots beside weights
+        assert 2048 < room < 2560, f"room for {room} tokens: retune the budget of this test"
+
+        # 1100 prompt + 600 new tokens (reserved as 1792) beside 256 for the short one: both
+        # reservations fit. But while both run, the short one is stored at the long one's
+        # length, 2 × 1280 slots: it must wait for the long one to finish.
+        long_prompt = " ".join(["a"] * (1100 - extra))
+        assert prompt_tokens(long_prompt) == 1100
+        order = run_beside(srv, stub, long_prompt, long_tokens=600, short_tokens=100)
+        assert order == ["long done", "short first token"]
+
+        # A 600-token prompt: padded, both fit (2 × 768 slots), and the short one joins at once.
+        order = run_beside(srv, stub, " ".join(["a"] * (600 - extra)), long_tokens=600,
+                           short_tokens=100)
+        assert order == ["short first token", "long done"]

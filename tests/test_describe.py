@@ -13,7 +13,7 @@ import grpc
 import pytest
 from conftest import running_server
 
-from inference_node.admission import GB
+from inference_node.admission import GB, kv_tokens
 from inference_node.api import pb
 from inference_node.config import DESCRIBE_PROMPT, MAX_MESSAGE_BYTES
 from inference_node.footprint import Footprint
@@ -109,7 +109,7 @@ def test_describe_streams_admitted_then_deltas_then_done(server, stub, fmt):
     # the image's tokens are counted before admission, exactly: the engine ran this many
     assert adm.prompt_tokens == done.usage.prompt_tokens > (160 // 32) * (96 // 32)
     lm = server[0].engine.loaded["eyes"]
-    assert adm.reserved_bytes == (adm.prompt_tokens + adm.max_tokens) * lm.kv_per_token + (
+    assert adm.reserved_bytes == kv_tokens(adm.prompt_tokens + adm.max_tokens) * lm.kv_per_token + (
         lm.kv_fixed_bytes)
     assert done.finish_reason == "length" and done.usage.completion_tokens == 6
     assert done.timings.time_to_first_token_seconds > 0

@@ -261,3 +261,15 @@ def test_next_turn_reuses_the_kv_of_the_previous_one(stub):
     r2 = collect(stub.Chat(pb.ChatRequest(model="hello", messages=second), timeout=60))
     assert r2["done"].usage.cached_prompt_tokens >= r1["admitted"].prompt_tokens
     assert r2["content"].split() == ["hello", "world"]  # same reply as without the cache
+
+
+def test_batch_peak_counts_every_live_sequence_at_the_longest_ones_length() -> None:
+    from inference_node.engine import batch_peak_tokens
+
+    assert batch_peak_tokens([(10, 100)]) == 256  # alone: its own length, in whole steps
+    # a short request beside a 900-token one is stored at 900+ tokens until it finishes
+    assert batch_peak_tokens([(900, 200), (10, 100)]) == 2 * 1024
+    # a brief neighbour costs less than the long one's own growth: 1100 tokens, 1280 slots
+    assert batch_peak_tokens([(100, 1000), (10, 10)]) == 1280
+    # equal sequences cost what they reserve
+    assert batch_peak_tokens([(10, 246), (10, 246)]) == 2 * 256
