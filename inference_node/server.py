@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import logging.handlers
 import queue
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from inference_node import chat
 from inference_node.api import pb, rpc
+from inference_node.api.tomlconf import ConfigError
 from inference_node.config import (
     KEEPALIVE_TIME_MS,
     KEEPALIVE_TIMEOUT_MS,
@@ -410,16 +413,38 @@ def serve(cfg: InferenceConfig, host: str, port: int) -> int:
     return 0
 
 
+def log_to_file(path: Path) -> None:
+    """Send the root logger to `path` alone, reopening it whenever it is moved or removed.
+
+    launchd opens StandardErrorPath once, so a rotated stderr log keeps being written after
+    newsyslog moves it; a file the server opens itself can follow the rotation.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.WatchedFileHandler(path)
+    except OSError as e:
+        raise ConfigError(f"cannot write the log file {path}: {e.strerror or e}; create its "
+                          f"folder writable by this user, or drop --log-file") from None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    from pathlib import Path
 
     p = argparse.ArgumentParser(prog="inference-node serve")
     p.add_argument("--config", type=Path)
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--allow-remote", action="store_true")
+    p.add_argument("--log-file", type=Path,
+                   help="log here instead of stderr; reopened when newsyslog rotates it")
     args = p.parse_args(argv)
+    if args.log_file:
+        log_to_file(args.log_file)
     cfg = load_config(args.config)
     if args.allow_remote:
         cfg.server.allow_remote = True

@@ -200,6 +200,8 @@ def test_example_inventory_renders_a_plist_and_configs_the_loaders_accept(tmp_pa
 
     rotation = (tmp_path / "newsyslog.d/studio-coder.conf").read_text()
     assert plist["StandardOutPath"] in rotation and plist["StandardErrorPath"] in rotation
+    log_file = args[args.index("--log-file") + 1]  # the server's own log, which follows rotation
+    assert log_file.startswith("/Library/Logs/studio-coder/") and f"{log_file} " in rotation
 
     agent = load_agent_config(tmp_path / "agent/agent-node.toml")
     assert agent.tunnel.enabled

@@ -273,3 +273,32 @@ def test_batch_peak_counts_every_live_sequence_at_the_longest_ones_length() -> N
     assert batch_peak_tokens([(100, 1000), (10, 10)]) == 1280
     # equal sequences cost what they reserve
     assert batch_peak_tokens([(10, 246), (10, 246)]) == 2 * 256
+
+
+def test_the_log_file_follows_newsyslog_rotation(tmp_path) -> None:
+    import logging
+
+    from inference_node.api.tomlconf import ConfigError
+    from inference_node.server import log_to_file
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    logs = tmp_path / "logs"
+    try:
+        log_to_file(logs / "inference-node.log")
+        log = logging.getLogger("inference_node.test")
+        log.warning("before rotation")
+        (logs / "inference-node.log").rename(logs / "inference-node.log.0")  # as newsyslog does
+        log.warning("after rotation")
+        assert "before rotation" in (logs / "inference-node.log.0").read_text()
+        assert "after rotation" not in (logs / "inference-node.log.0").read_text()
+        assert "after rotation" in (logs / "inference-node.log").read_text()
+    finally:
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+            h.close()
+        for h in saved:
+            root.addHandler(h)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="cannot write the log file .*drop --log-file"):
+        log_to_file(tmp_path / "file" / "x.log")
