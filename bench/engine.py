@@ -10,8 +10,8 @@
    its defaults): aggregate tokens/s (all tokens / wall time) and p50/p95 time to first token.
 
 Both servers run as subprocesses on free loopback ports; greedy sampling everywhere;
-`mlx_lm.server` runs with `--prompt-cache-size 0` because every request repeats a prompt and
-its prefix cache would otherwise skip the prefill we are timing.
+both run with their prompt caches off (`--prompt-cache-size 0`, `engine.prompt_cache_mb = 0`)
+because every request repeats a prompt and a prefix cache would skip the prefill we are timing.
 
 Model: SmolLM2-135M-Instruct imported from the embedded GGUF. The import keeps the Q4 weights
 quantized; MLX's CPU backend runs quantized matmuls very slowly, so without Metal our engine
@@ -144,9 +144,12 @@ def mlx_server_folder(path: Path) -> Path:
     return dst
 
 
-def engine_toml() -> str:
-    """The [engine] lines for a node config: dequantize at load exactly when `dequantizes()`."""
-    return "" if dequantizes() else "[engine]\ndequantize_on_cpu = false\n\n"
+def engine_toml(prompt_cache: bool = True) -> str:
+    """The [engine] section of a node config: dequantize at load exactly when `dequantizes()`;
+    without `prompt_cache`, no prefix reuse (a repeated prompt would skip the prefill)."""
+    lines = [] if dequantizes() else ["dequantize_on_cpu = false"]
+    lines += [] if prompt_cache else ["prompt_cache_mb = 0"]
+    return "[engine]\n" + "".join(f"{line}\n" for line in lines) + "\n" if lines else ""
 
 
 def _write_float32_copy(src: Path, dst: Path) -> None:
@@ -214,7 +217,8 @@ def grpc_server(model: Path, name: str, tmp: Path) -> Iterator[str]:
     """`inference-node serve` in a subprocess; yields its target."""
     port = free_port()
     conf = tmp / "inference-node.toml"
-    conf.write_text(f'{engine_toml()}[memory]\nbudget_gb = 8.0\nfloor_gb = 0.0\n\n'
+    conf.write_text(f'{engine_toml(prompt_cache=False)}'
+                    '[memory]\nbudget_gb = 8.0\nfloor_gb = 0.0\n\n'
                     f'[[models]]\nname = "{name}"\npath = "{model}"\n')
     cmd = [PY, "-m", "inference_node.cli", "serve", "--config", str(conf), "--port", str(port)]
     with _process(cmd, tmp / "grpc-server.log") as proc:

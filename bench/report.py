@@ -86,7 +86,9 @@ def single_stream(engine: dict[str, Any], others: dict[str, Any]) -> list[str]:
         rows = [[k, _ms(tunnel["ttft_s"][k]), _num(tunnel["decode_tps"][k])]
                 for k in ("direct", "tunnel")]
         out += _table(["path", "TTFT (median)", "decode tok/s (median)"], rows)
-        out.append(f"Tunnel ÷ direct decode: {_num(tunnel.get('decode_ratio'), 3)}.")
+        out.append(f"Tunnel ÷ direct decode: {_num(tunnel.get('decode_ratio'), 3)}; the tunnel "
+                   f"adds {_num(tunnel.get('ttft_added_ms'), 1)} ms to the first token and "
+                   f"{_num(tunnel.get('added_ms_per_token'), 2)} ms to each token after.")
         out.append("")
     bridge = _ok(others.get("bridge"))
     if bridge and isinstance(bridge.get("median"), dict):
@@ -224,7 +226,9 @@ def conclusions(record: dict[str, Any]) -> list[str]:
     if tunnel:
         rec = tunnel.get("recovery_s", {})
         out.append(f"- **Tunnel**: decode through the tunnel is "
-                   f"{100 * tunnel.get('decode_ratio', math.nan):.0f}% of direct; after sshd "
+                   f"{100 * tunnel.get('decode_ratio', math.nan):.0f}% of direct "
+                   f"({tunnel.get('added_ms_per_token', math.nan):+.2f} ms per token, "
+                   f"{tunnel.get('ttft_added_ms', math.nan):+.1f} ms to the first); after sshd "
                    f"restarts the first call completes in "
                    f"{rec.get('first_call_done_after_sshd_restart', math.nan):.1f} s.")
     bridge = _ok(b.get("bridge"))

@@ -80,6 +80,27 @@ class Job:
 DONE = object()  # sentinel closing a job's event queue
 
 
+def keep_our_wired_limit() -> None:
+    """Stop mlx-vlm's stream_generate from wiring the whole recommended working set per call.
+
+    mlx-vlm wraps each generation in its `wired_limit` context (generate/common.py), which on
+    Metal sets the wired limit to max_recommended_working_set_size for the duration. Ours is
+    memory.wired_limit_mb, applied once at start and 0 (left alone) by default; see
+    admission.apply_mlx_limits for why. The coder side undoes mlx-lm's the same way
+    (BatchGenerator.close() in _load_coder).
+    """
+    import contextlib
+    import importlib
+
+    dispatch = importlib.import_module("mlx_vlm.generate.dispatch")
+    if not hasattr(dispatch, "wired_limit"):
+        log.warning("mlx-vlm no longer has generate.dispatch.wired_limit: check that describe "
+                    "does not raise the wired limit past memory.wired_limit_mb")
+        return
+    # setattr: mypy does not know the module's attributes, and this one is checked above
+    setattr(dispatch, "wired_limit", lambda model, streams=None: contextlib.nullcontext())  # noqa: B010
+
+
 def batch_peak_tokens(seqs: list[tuple[int, int]]) -> int:
     """The most KV token-slots a batch holds at once; `seqs`: (length now, tokens to come).
 
@@ -251,6 +272,7 @@ class Engine:
     def _load_vision(self, entry: CatalogModel) -> LoadedModel:
         from mlx_vlm import load
 
+        keep_our_wired_limit()
         model, processor = load(str(entry.path))
         mx.eval(model.parameters())
         tokenizer = getattr(processor, "tokenizer", processor)

@@ -123,7 +123,8 @@ NUMBERS: dict[str, list[str]] = {
                  "end_to_end_grpc.*.time_to_first_delta_s.median"],
     "tunnel": ["ttft_s.direct", "ttft_s.tunnel", "decode_tps.direct", "decode_tps.tunnel",
                "recovery_s.tunnel_up_after_sshd_restart",
-               "recovery_s.first_call_done_after_sshd_restart", "decode_ratio"],
+               "recovery_s.first_call_done_after_sshd_restart", "decode_ratio",
+               "ttft_added_ms", "added_ms_per_token"],
 }
 SMOKE_FIELDS: dict[str, dict[str, Any]] = {
     "engine": {"params.repeats": 1},

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
+import mlx.core as mx
 import pytest
 from conftest import running_server
 
@@ -158,6 +159,27 @@ def test_vision_model_is_loaded_through_admission(server, stub):
     memory = stub.GetMemory(pb.GetMemoryRequest(), timeout=10)
     row = {m.name: m for m in memory.models}["eyes"]
     assert row.loaded and row.weights_bytes > 0
+
+
+def test_describing_leaves_the_wired_limit_to_memory_wired_limit_mb(server, stub, monkeypatch):
+    # mlx-vlm wraps every generation in a context that wires the whole recommended working set
+    # on Metal; with the vision model loaded, the one its stream_generate calls must not.
+    import importlib
+
+    common = importlib.import_module("mlx_vlm.generate.common")
+    dispatch = importlib.import_module("mlx_vlm.generate.dispatch")
+    describe(stub, screenshot(64, 64))
+    wired: list[int] = []
+    monkeypatch.setattr(mx.metal, "is_available", lambda: True)  # as on a Mac
+    monkeypatch.setattr(mx, "device_info", lambda: {"max_recommended_working_set_size": 7 * GB})
+    monkeypatch.setattr(mx, "set_wired_limit", lambda n: wired.append(n) or 0)
+    model = server[0].engine.loaded["eyes"].model
+    with dispatch.wired_limit(model, None):
+        pass
+    assert wired == []
+    with common.wired_limit(model, None):  # mlx-vlm's own, for contrast
+        pass
+    assert wired == [7 * GB, 0]
 
 
 def test_a_large_image_is_downscaled_and_the_reply_says_so(server, stub):
