@@ -100,6 +100,8 @@ NUMBERS: dict[str, list[str]] = {
                "concurrency.*.grpc.aggregate_tps.median",
                "concurrency.*.mlx_lm_server.aggregate_tps.median",
                "concurrency.*.aggregate_ratio_grpc_vs_mlx_server", "prompt_tokens.short",
+               "overhead.ttft_added_ms", "overhead.added_ms_per_token",
+               "overhead.grpc.ttft_s.median", "overhead.in_process.ttft_s.median",
                "wall_s"],
     "agent_tasks": ["pass_rate_final", "tasks.0.completion_tokens", "tasks.0.wall_s"],
     "admission": ["decision.*", *(f"workload.{side}.{k}" for side in ("with_admission",
