@@ -180,7 +180,7 @@ def limits(quick: bool) -> dict[str, Any]:
     elif quick:
         base = {"tasks": 2, "rounds": 1, "turns": 2, "max_tokens": 96}
     else:
-        base = {"tasks": len(task_names()), "rounds": 2, "turns": 6, "max_tokens": 512}
+        base = {"tasks": len(task_names()), "rounds": 2, "turns": 4, "max_tokens": 256}
     for key in ("rounds", "turns", "max_tokens"):
         env = os.environ.get(f"BENCH_AGENT_{key.upper()}")
         if env:
