@@ -75,6 +75,7 @@ class Job:
     detokenizer: Any = None
     stream: Any = None  # vision jobs: the mlx-vlm generator
     reservation: Any = None  # the admission Reservation this job holds (grown for padding)
+    padding_bytes: int = 0  # what joining the running batch adds beyond the reservations
 
 
 DONE = object()  # sentinel closing a job's event queue
@@ -309,7 +310,15 @@ class Engine:
         if job.vision_inputs is not None:
             self._start_vision(lm, job)
             return
-        if lm.waiting or not self._fits_in_batch(lm, job):
+        if lm.waiting:
+            log.info("%s: request %s waits behind %d others to join the batch", lm.name,
+                     job.request_id, len(lm.waiting))
+            lm.waiting.append(job)
+            return
+        if not self._fits_in_batch(lm, job):
+            log.info("%s: request %s waits to join the batch of %d: padded to the longest "
+                     "sequence it needs %.1f MB more than it reserved", lm.name,
+                     job.request_id, len(lm.active), job.padding_bytes / 2**20)
             lm.waiting.append(job)
             return
         self._insert(lm, job)
@@ -330,12 +339,8 @@ class Engine:
                 for j in jobs]
         peak = batch_peak_tokens(seqs) * lm.kv_per_token + len(jobs) * lm.kv_fixed_bytes
         held = sum(j.reservation.bytes for j in jobs if j.reservation is not None)
-        if self.admission.try_grow(job.reservation, peak - held):
-            return True
-        log.info("%s: request %s waits to join the batch of %d: padded to the longest "
-                 "sequence it needs %.1f MB more than reserved", lm.name, job.request_id,
-                 len(lm.active), (peak - held) / 2**20)
-        return False
+        job.padding_bytes = peak - held
+        return bool(self.admission.try_grow(job.reservation, peak - held))
 
     def _start_waiting(self, lm: LoadedModel) -> None:
         """Start waiting jobs, oldest first, while they fit; drop those whose client left."""
