@@ -497,11 +497,16 @@ def run(quick: bool) -> dict:
                 ours.close()
         added = overhead(tmp, p)
     short = single["short"]["grpc"]
+    from inference_node.config import EngineConfig
+
+    max_concurrent = EngineConfig().max_concurrent
     result: dict[str, Any] = {
         "model": model_info,
         "params": p.__dict__,
         "prompt_tokens": prompt_tokens,
-        "servers": {"grpc": "inference-node serve, defaults (engine.max_concurrent = 4)",
+        "max_concurrent": max_concurrent,
+        "servers": {"grpc": f"inference-node serve, defaults (engine.max_concurrent = "
+                            f"{max_concurrent})",
                     "mlx_lm_server": "mlx_lm.server defaults (decode-concurrency 32, "
                                      "prompt-concurrency 8), --prompt-cache-size 0"},
         "single_stream": single,

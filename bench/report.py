@@ -226,7 +226,8 @@ def conclusions(record: dict[str, Any]) -> list[str]:
                                for n, r in conc.items())
             out.append(f"- **Concurrency**: we are {'; '.join(parts)} (ours ÷ theirs by streams "
                        f"— {ratios}). Our engine batches at most "
-                       "`engine.max_concurrent` = 4 requests by default; `mlx_lm.server` "
+                       f"`engine.max_concurrent` = {engine.get('max_concurrent', 4)} requests by "
+                       "default; `mlx_lm.server` "
                        "batches up to 32.")
         model = engine.get("model", {})
         if model.get("note"):
