@@ -81,8 +81,9 @@ class EngineConfig:
     # 4 reached 0.65-0.75x mlx_lm.server's throughput (p95 first token 6.6-11 s), 8 reached 0.96x.
     # Admission counts each batch's padding, so a larger batch cannot overcommit memory.
     max_concurrent: int = 8
-    # Prompt tokens per prefill step. On this CPU, 512 prefilled a 4k-token prompt in 0.74x the
-    # time of mlx-lm's 2048 (the attention scores of each step are smaller).
+    # Prompt tokens per prefill step. On the dev CPU a 4k-token prompt reached its first token in
+    # 0.74x the time of mlx-lm's stream_generate and mlx_lm.server (step 2048); the step size
+    # is the likely reason, not yet isolated.
     prefill_step_size: int = 512
     # MLX's CPU backend runs quantized matmuls ~12x slower than float32 BLAS at prefill; with no
     # Metal device, quantized coder models are expanded to float32 at load (admission counts it).
