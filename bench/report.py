@@ -225,10 +225,9 @@ def conclusions(record: dict[str, Any]) -> list[str]:
             ratios = ", ".join(f"{n}: {r['aggregate_ratio_grpc_vs_mlx_server']:.2f}"
                                for n, r in conc.items())
             out.append(f"- **Concurrency**: we are {'; '.join(parts)} (ours ÷ theirs by streams "
-                       f"— {ratios}). Our engine batches at most "
-                       f"`engine.max_concurrent` = {engine.get('max_concurrent', 4)} requests by "
-                       "default; `mlx_lm.server` "
-                       "batches up to 32.")
+                       f"— {ratios}). In this run our server batched at most "
+                       f"`engine.max_concurrent` = {engine.get('max_concurrent', 4)} requests; "
+                       "`mlx_lm.server` batches up to 32.")
         model = engine.get("model", {})
         if model.get("note"):
             out.append(f"- **Model**: {model.get('name')} — {model['note']}.")
