@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-from mlx.utils import tree_flatten
 
 from bench.stats import smoke
 from inference_node.admission import GB, Admission
@@ -72,20 +71,12 @@ def decision_times(n: int) -> dict[str, float]:
 
 
 def _tiny_model(path: Path, seed: int) -> Path:
-    from mlx_lm.models.llama import Model, ModelArgs
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from tiny_models import write_random_llama
 
     mx.random.seed(seed)
-    config = {"model_type": "llama", "hidden_size": 384, "num_hidden_layers": 4,
-              "intermediate_size": 1024, "num_attention_heads": 6, "num_key_value_heads": 2,
-              "rms_norm_eps": 1e-5, "vocab_size": 8192, "tie_word_embeddings": False,
-              "torch_dtype": "float32"}
-    model = Model(ModelArgs.from_dict(config))
-    weights = dict(tree_flatten(model.parameters()))
-    mx.eval(weights)
-    path.mkdir(parents=True)
-    mx.save_safetensors(str(path / "model.safetensors"), weights)
-    (path / "config.json").write_text(json.dumps(config))
-    return path
+    return write_random_llama(path, hidden_size=384, intermediate_size=1024,
+                              num_attention_heads=6, vocab_size=8192)
 
 
 def _serve(model: Any, steps: int = 8) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
-from mlx.utils import tree_flatten
+from tiny_models import write_random_llama
 
 from inference_node.admission import GB, Admission, _parse_vm_stat, apply_mlx_limits
 from inference_node.config import MemoryConfig
@@ -121,19 +121,9 @@ def test_load_failed_and_measured_size_correct_the_ledger() -> None:
 
 
 def tiny_model(path: Path, layers: int) -> Path:
-    from mlx_lm.models.llama import Model, ModelArgs
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    config = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": layers,
-              "intermediate_size": 768, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "rms_norm_eps": 1e-5, "vocab_size": 4096, "tie_word_embeddings": False,
-              "torch_dtype": "float32"}
-    model = Model(ModelArgs.from_dict(config))
-    weights = dict(tree_flatten(model.parameters()))
-    mx.eval(weights)
-    path.mkdir(parents=True)
-    mx.save_safetensors(str(path / "model.safetensors"), weights)
-    (path / "config.json").write_text(json.dumps(config))
+    write_random_llama(path, num_hidden_layers=layers)
     tok = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.save(str(path / "tokenizer.json"))

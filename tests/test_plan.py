@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlx.core as mx
 import pytest
-from mlx.utils import tree_flatten
+from tiny_models import write_random_llama
 
 from inference_node.admission import GB
 from inference_node.footprint import Footprint
@@ -43,18 +42,9 @@ def test_a_model_too_big_alone_is_named() -> None:
 
 
 def write_model(path: Path, layers: int) -> None:
-    from mlx_lm.models.llama import Model, ModelArgs
-
-    config = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": layers,
-              "intermediate_size": 768, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "rms_norm_eps": 1e-5, "vocab_size": 4096, "max_position_embeddings": 4096,
-              "torch_dtype": "float32"}
-    model = Model(ModelArgs.from_dict(config))
-    weights = dict(tree_flatten(model.parameters()))
-    mx.eval(weights)
-    path.mkdir(parents=True)
-    mx.save_safetensors(str(path / "model.safetensors"), weights)
-    (path / "config.json").write_text(json.dumps(config))
+    # tied embeddings, as mlx-lm's llama defaults to
+    write_random_llama(path, num_hidden_layers=layers, max_position_embeddings=4096,
+                       tie_word_embeddings=True)
 
 
 @pytest.fixture

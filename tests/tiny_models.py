@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
@@ -37,6 +38,27 @@ BASE_WORDS = [
 ]
 # Word chunks of `{"name": "get_weather", "arguments": {"city": "Paris"}}` split on spaces.
 TOOL_CALL_WORDS = ['{"name":', '"get_weather",', '"arguments":', '{"city":', '"Paris"}}']
+
+
+RANDOM_LLAMA = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 4,
+                "intermediate_size": 768, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "rms_norm_eps": 1e-5, "vocab_size": 4096, "tie_word_embeddings": False,
+                "torch_dtype": "float32"}
+
+
+def write_random_llama(path: Path, **config: Any) -> Path:
+    """A llama with random weights as an MLX folder (weights and config.json, no tokenizer);
+    `config` overrides RANDOM_LLAMA. For sizing and loading; its output is noise."""
+    from mlx_lm.models.llama import Model, ModelArgs
+
+    config = {**RANDOM_LLAMA, **config}
+    model = Model(ModelArgs.from_dict(config))
+    weights = dict(tree_flatten(model.parameters()))
+    mx.eval(weights)
+    path.mkdir(parents=True)
+    mx.save_safetensors(str(path / "model.safetensors"), weights)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
 
 
 def build_chain_model(
