@@ -2,7 +2,7 @@
 
     python -m bench.agent_tasks [--tasks-dir DIR] [--tasks a,b] [--json]
                                 [--model NAME | --target HOST:PORT [--model NAME] [--vision V]]
-                                [--rounds N] [--turns N] [--max-tokens N] [--quick]
+                                [--rounds N] [--turns N] [--max-tokens N] [--quick] [--keep DIR]
     python -m bench.agent_tasks --check [--tasks-dir DIR]    # are the tasks well made?
 
 Each task (bench/tasks/<name>/, or any folder of them with --tasks-dir; the format is in
@@ -269,8 +269,14 @@ def store_model(name: str) -> Path:
 
 
 def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
-        model_name: str = "", tasks_dir: Path = TASKS, vision: str = "") -> dict[str, Any]:
-    """The whole bench; `python -m bench` calls run(quick) and records what it returns."""
+        model_name: str = "", tasks_dir: Path = TASKS, vision: str = "",
+        keep: Path | None = None) -> dict[str, Any]:
+    """The whole bench; `python -m bench` calls run(quick) and records what it returns.
+
+    `keep`: an empty (or new) folder where each task's checkout, run record and grading copies
+    stay; by default they go in a temp folder that is removed at the end."""
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        raise TaskError(f"--keep {keep} is not empty; give a new or empty folder")
     lim = {**limits(quick), **(overrides or {})}
     names = lim.pop("names", None)
     if Path(tasks_dir).resolve() != TASKS and "names" not in (overrides or {}):
@@ -279,8 +285,7 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
     cfg = configure(lim, quick)
     scripted = smoke() and not target
     t_start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="agent-tasks-") as d:
-        tmp = Path(d)
+    with _work_dir(keep) as tmp:
         if scripted:
             rows = [run_one(t, SmokeModel(SMOKE_CALLS.get(t.name, [])), cfg, tmp,
                             qa_for=_qa_factory(cfg, None), max_tokens=lim["max_tokens"])
@@ -317,6 +322,16 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
         **totals(rows),
         "wall_s": round(time.monotonic() - t_start, 1),
     }
+
+
+@contextmanager
+def _work_dir(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="agent-tasks-") as d:
+        yield Path(d)
 
 
 def _announce(tasks: list[Task], lim: dict[str, Any]) -> Iterator[Task]:
@@ -388,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="",
                    help="the model to bench: one served by --target, or without --target a "
                         "model in $STUDIO_CODER_HOME/models, served by a local node")
+    p.add_argument("--keep", type=Path, metavar="DIR",
+                   help="keep each task's checkout, run record (report.html) and grading "
+                        "copies in DIR (default: a temp folder, removed at the end)")
     p.add_argument("--vision", default="",
                    help="with --target: a vision model it serves, to describe the screenshots")
     a = p.parse_args(argv)
@@ -409,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   ("max_tokens", a.max_tokens)) if v is not None}
         if names:
             over["names"] = names
-        result = run(a.quick, over, a.target, a.model, a.tasks_dir, a.vision)
+        result = run(a.quick, over, a.target, a.model, a.tasks_dir, a.vision, a.keep)
     except TaskError as e:
         log(str(e))
         return 2

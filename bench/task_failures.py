@@ -12,11 +12,12 @@ what most invalidates the rest to what is most specific:
     run_error          the loop raised or left no verdict (the node went away, a crash)
     tests_edited       the final diff changes or deletes existing tests or the test config;
                        whatever passed, it passed on other tests
-    tool_errors        the final round's tool calls mostly failed (unknown tool, bad
-                       arguments, an edit whose anchor was not found, unreadable tool-call
+    tool_errors        more than half of the final round's tool calls failed (unknown tool,
+                       bad arguments, an edit whose anchor was not found, unreadable tool-call
                        markup), and then the change was empty or its tests failed
     limit              the final round's coder was stopped by its turn, token or time limit,
-                       and the change was empty or its tests failed
+                       or its last reply was cut off by the per-reply token cap before it
+                       called a tool, and the change was empty or its tests failed
     no_change          the final diff is empty: the coder finished without changing a file
     visible_tests_fail the gate's run of the repository's tests failed in the final round
     visual_qa_failed   UI task: the visual gate (two viewports, logs, judge) did not pass in
@@ -54,6 +55,9 @@ class Round:
     malformed: int = 0  # unknown tool / bad arguments / unreadable tool-call markup
     unparsed_markup: int = 0  # replies with tool-call markup but no parsed call
     replies_without_tool_call: int = 0
+    cut_off: int = 0  # replies stopped by the per-reply token cap before any tool call
+    last_reply_cut_off: bool = False
+    finish_reasons: list[str] = field(default_factory=list)  # of the coder's replies, in order
     diff_file: str = ""
     files: list[str] = field(default_factory=list)
     gate_ran: bool = False
@@ -72,7 +76,7 @@ class Round:
     def tool_errors_dominate(self) -> bool:
         failed = self.tool_failures + self.unparsed_markup
         calls = self.tool_calls + self.unparsed_markup
-        return failed > 0 and 2 * failed >= calls
+        return failed > 0 and 2 * failed > calls
 
 
 def read_rounds(run_dir: Path, events: list[dict[str, Any]]) -> list[Round]:
@@ -86,6 +90,8 @@ def read_rounds(run_dir: Path, events: list[dict[str, Any]]) -> list[Round]:
         kind = e.get("type")
         if kind == "round_started":
             at(e)
+        elif kind == "model_call" and e.get("role") == "coder":
+            at(e).finish_reasons.append(str(e.get("finish_reason") or ""))
         elif kind == "coder_done":
             at(e).stopped = str(e.get("stopped", ""))
         elif kind == "tool_call":
@@ -119,15 +125,30 @@ def _count_replies(path: Path, r: Round) -> None:
         messages = json.loads(path.read_text())
     except (OSError, ValueError):
         return
+    replies = 0
     for m in messages if isinstance(messages, list) else []:
         content = str(m.get("content") or "")
         if m.get("role") == "tool":
             r.malformed += content.startswith(MALFORMED_PREFIXES)
-        elif m.get("role") == "assistant" and not m.get("tool_calls"):
+        elif m.get("role") == "assistant":
+            finish = r.finish_reasons[replies] if replies < len(r.finish_reasons) else ""
+            replies += 1
+            r.last_reply_cut_off = False
+            if m.get("tool_calls"):
+                continue
             r.replies_without_tool_call += 1
-            if "<tool_call>" in content or "<function" in content:
+            if finish == "length":  # the reply cap cut it off: a limit, not a bad call
+                r.cut_off += 1
+                r.last_reply_cut_off = True
+            elif _looks_like_a_call(content):
                 r.unparsed_markup += 1
                 r.malformed += 1
+
+
+def _looks_like_a_call(text: str) -> bool:
+    """Tool-call markup, or a JSON call written as text, that the parser did not take."""
+    return ("<tool_call>" in text or "<function" in text
+            or ('"name"' in text and '"arguments"' in text))
 
 
 def classify(
@@ -156,6 +177,9 @@ def classify(
                                f"call(s) failed in round {last.number}; {what}")
     if stuck and last.stopped in LIMIT_STOPS:
         return "limit", f"the coder was stopped at {last.stopped} in round {last.number}; {what}"
+    if stuck and last.stopped == "answer" and last.last_reply_cut_off:
+        return "limit", (f"the coder's last reply in round {last.number} was cut off at the "
+                         f"per-reply token cap before it called a tool; {what}")
     if empty:
         return "no_change", (f"the coder stopped ({last.stopped or 'unknown'}) in round "
                              f"{last.number} without changing a file")

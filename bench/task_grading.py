@@ -81,6 +81,9 @@ def _check(task: Task) -> Task:
         raise TaskError(f"{where}/task.md is empty; write what the agent is asked to do")
     if not task.repo.is_dir():
         raise TaskError(f"{where} has no repo/ folder: the starting repository goes there")
+    if not (task.repo / "tests").is_dir():
+        raise TaskError(f"{where}/repo has no tests/ folder: the gate runs `pytest tests`, so "
+                        "the visible tests go there (the hidden ones are added beside them)")
     hidden = where / "hidden"
     if not hidden.is_dir() or not any(p.suffix == ".py" for p in hidden.iterdir()):
         raise TaskError(f"{where} has no hidden/test_*.py: the bench grades a run with hidden "

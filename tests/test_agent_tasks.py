@@ -225,6 +225,19 @@ def test_a_scripted_run_fails_for_the_reason_it_was_driven_into(
         assert "went away" in row["error"]
 
 
+@pytest.mark.parametrize("finish_reason, expected, malformed", [
+    ("length", "limit", 0),  # the per-reply cap cut the call off: a limit
+    ("stop", "tool_errors", 1),  # a whole reply the parser could not read as a call
+])
+def test_a_tool_call_written_as_text_is_a_limit_when_cut_off_else_a_tool_error(
+        finish_reason: str, expected: str, malformed: int, tmp_path: Path) -> None:
+    as_text = Reply(text='{"name": "write", "arguments": {"path": "stats.py", "content": "def',
+                    finish_reason=finish_reason)
+    row = run_scripted(tmp_path, "mean_bug", [as_text])
+    assert (row["failure"], row["malformed_tool_calls"]) == (expected, malformed)
+    assert row["replies_without_tool_call"] == 1
+
+
 def test_a_right_change_passes_and_its_tokens_come_from_the_run_record(tmp_path: Path) -> None:
     row = run_scripted(tmp_path, "mean_bug", [call("write", path="stats.py", content=MEAN_FIXED)])
     assert (row["pass_round1"], row["pass_final"], row["failure"]) == (True, True, None)
@@ -278,7 +291,8 @@ def test_tasks_dir_outside_the_repo_prints_one_json_object(tmp_path: Path) -> No
     tasks_dir = own_tasks(tmp_path / "my-tasks")
     env = {**os.environ, "BENCH_SMOKE": "1", "STUDIO_CODER_HOME": str(tmp_path / "home")}
     done = subprocess.run([sys.executable, "-m", "bench.agent_tasks", "--tasks-dir",
-                           str(tasks_dir), "--json"], cwd=REPO, env=env,
+                           str(tasks_dir), "--json", "--keep", str(tmp_path / "kept")],
+                          cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout)  # stdout holds the JSON object and nothing else
@@ -297,6 +311,8 @@ def test_tasks_dir_outside_the_repo_prints_one_json_object(tmp_path: Path) -> No
     # The smoke model knows no fix for the user's own task and changes nothing.
     assert not rows["shout"]["pass_final"] and rows["shout"]["failure"] == "no_change"
     assert out["failures"] == {"no_change": 1} and out["pass_rate_final"] == 0.5
+    report = Path(rows["shout"]["run_dir"]) / "report.html"  # --keep kept the run record
+    assert report.is_file() and report.is_relative_to(tmp_path / "kept")
 
 
 def test_check_names_a_task_without_a_solution(tmp_path: Path,

@@ -9,12 +9,12 @@ BAD = ["", "ada", "ada@", "@example.com", "ada@@example.com", "a@b@example.com",
 
 @pytest.mark.parametrize("email", GOOD)
 def test_valid(email):
-    assert is_valid_email(email) is True
+    assert is_valid_email(email)
 
 
 @pytest.mark.parametrize("email", BAD)
 def test_invalid(email):
-    assert is_valid_email(email) is False
+    assert not is_valid_email(email)
 
 
 def test_register_refuses_a_bad_email():
