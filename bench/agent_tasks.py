@@ -277,6 +277,11 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
     stay; by default they go in a temp folder that is removed at the end."""
     if keep is not None and keep.exists() and any(keep.iterdir()):
         raise TaskError(f"--keep {keep} is not empty; give a new or empty folder")
+    outer = pytest_config_above(keep) if keep is not None else None
+    if outer is not None:
+        raise TaskError(f"--keep {keep} is inside {outer.parent}, whose pytest configuration "
+                        f"({outer.name}) would apply to the tasks' tests; keep them in a folder "
+                        "outside any Python project")
     lim = {**limits(quick), **(overrides or {})}
     names = lim.pop("names", None)
     if Path(tasks_dir).resolve() != TASKS and "names" not in (overrides or {}):
@@ -322,6 +327,18 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
         **totals(rows),
         "wall_s": round(time.monotonic() - t_start, 1),
     }
+
+
+def pytest_config_above(path: Path) -> Path | None:
+    """The pytest configuration file pytest would find above `path`, if any."""
+    markers = {"pytest.ini": "", "pyproject.toml": "[tool.pytest.ini_options]",
+               "tox.ini": "[pytest]", "setup.cfg": "[tool:pytest]"}
+    for folder in [path.expanduser().resolve(), *path.expanduser().resolve().parents]:
+        for name, section in markers.items():
+            f = folder / name
+            if f.is_file() and section in f.read_text(errors="replace"):
+                return f
+    return None
 
 
 @contextmanager
@@ -387,26 +404,29 @@ def _yes(b: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.agent_tasks",
                                 description="Run the agent loop on coding tasks and grade it.")
-    p.add_argument("--tasks-dir", type=Path, default=TASKS,
+    p.add_argument("--tasks-dir", type=Path, default=TASKS, metavar="DIR",
                    help="a folder of tasks (or one task folder); default: bench/tasks")
-    p.add_argument("--tasks", help="comma-separated task names (default: all; --quick: "
-                   + ", ".join(QUICK_TASKS) + ")")
+    p.add_argument("--tasks", metavar="A,B", help="comma-separated task names (default: all; "
+                   "--quick: " + ", ".join(QUICK_TASKS) + ")")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--check", action="store_true",
                    help="check the tasks instead: hidden tests fail at the start and the "
                         "reference solution (solution/) passes")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--rounds", type=int)
-    p.add_argument("--turns", type=int)
-    p.add_argument("--max-tokens", type=int, help="cap on one model reply")
-    p.add_argument("--target", default="", help="HOST:PORT of a running inference node")
-    p.add_argument("--model", default="",
+    p.add_argument("--quick", action="store_true",
+                   help="two easy tasks, one round of two turns, 96 tokens a reply")
+    p.add_argument("--rounds", type=int, metavar="N", help="fix rounds (default: 2)")
+    p.add_argument("--turns", type=int, metavar="N", help="coder turns a round (default: 4)")
+    p.add_argument("--max-tokens", type=int, metavar="N",
+                   help="cap on one model reply (default: 256)")
+    p.add_argument("--target", default="", metavar="HOST:PORT",
+                   help="a running inference node")
+    p.add_argument("--model", default="", metavar="NAME",
                    help="the model to bench: one served by --target, or without --target a "
                         "model in $STUDIO_CODER_HOME/models, served by a local node")
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="keep each task's checkout, run record (report.html) and grading "
                         "copies in DIR (default: a temp folder, removed at the end)")
-    p.add_argument("--vision", default="",
+    p.add_argument("--vision", default="", metavar="NAME",
                    help="with --target: a vision model it serves, to describe the screenshots")
     a = p.parse_args(argv)
     from inference_node import blas

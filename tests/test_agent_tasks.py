@@ -329,6 +329,7 @@ def test_check_names_a_task_without_a_solution(tmp_path: Path,
     (["--tasks", "no_such_task"], "no task 'no_such_task'"),
     (["--model", "no-such-model"], "inference-node install no-such-model"),
     (["--vision", "v"], "--vision names a model on --target"),
+    (["--keep", str(REPO / "kept-runs")], "whose pytest configuration (pyproject.toml)"),
 ])
 def test_bad_input_exits_2_and_says_what_to_do(
         args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
