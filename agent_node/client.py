@@ -227,7 +227,7 @@ def collect_reply(events: Iterator[pb.ChatEvent]) -> Reply:
             d = ev.done
             reply.finish_reason = d.finish_reason or reply.finish_reason
             reply.usage = Usage(d.usage.prompt_tokens, d.usage.completion_tokens,
-                                d.usage.reasoning_tokens)
+                                d.usage.reasoning_tokens, d.usage.cached_prompt_tokens)
             reply.model = d.model or reply.model
             reply.cut_off_while_reasoning = d.cut_off_while_reasoning
             reply.decode_tps = d.timings.decode_tokens_per_second

@@ -29,6 +29,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens whose KV the server reused (its prompt cache)
 
 
 @dataclass

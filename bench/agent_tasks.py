@@ -1,18 +1,30 @@
-"""Agent-loop task bench, in the spirit of aider's: tiny coding tasks graded by hidden tests.
+"""Agent-loop task bench: small repositories, a task each, graded by tests the agent never sees.
 
-    .venv/bin/python -m bench.agent_tasks [--quick] [--rounds N] [--turns N] [--max-tokens N]
-                                          [--tasks fizzbuzz,roman] [--target HOST:PORT --model M]
+    python -m bench.agent_tasks [--tasks-dir DIR] [--tasks a,b] [--json]
+                                [--model NAME | --target HOST:PORT [--model NAME] [--vision V]]
+                                [--rounds N] [--turns N] [--max-tokens N] [--quick] [--keep DIR]
+    python -m bench.agent_tasks --check [--tasks-dir DIR]    # are the tasks well made?
 
-Each task in bench/tasks/<name>/ is a starting repo, a task text and hidden tests. The repo is
-copied to a temp folder and committed; `agent_node.loop.run_task` works on it (its gate runs the
-repo's visible tests); afterwards each round's real diff (round-N/diff.patch in the run record)
-is applied to a fresh copy with the hidden tests added, and pytest grades it. Reported per task:
-passed after round 1 and after all rounds, model tokens, wall time, tool calls made and
-malformed ones (an unknown tool, arguments that fail the tool's schema, or tool-call markup the
-parser could not read), and coder replies that called no tool. Default model: the embedded
-SmolLM2 (the float32 copy bench.engine measures) behind a local inference server, reached
-through agent_node.client. Limits are small by default so it
-runs here; BENCH_AGENT_ROUNDS / _TURNS / _MAX_TOKENS (or the flags) raise them.
+Each task (bench/tasks/<name>/, or any folder of them with --tasks-dir; the format is in
+bench/tasks/README.md) is copied to a temp folder and committed; `agent_node.loop.run_task` works
+on it with the repository's visible tests as the gate's test command, and for UI tasks (those with
+a spec.md) the visual gate too: Chromium captures two viewports with their logs, the describer
+says what the screenshots show and the model under test judges the page against the spec.
+
+Afterwards the diff of round 1 and of the final round (round-N/diff.patch in the run record) are
+graded by `bench.task_grading.grade`: applied to a fresh start, test files put back, hidden tests
+added, pytest. A task passes when the loop accepted the round, the graded diff passes, and for UI
+work the visual gate passed in that round. A task that does not pass gets one failure class from
+its run record (`bench.task_failures`).
+
+Models: `--target` uses a running inference node (`--model` names one it serves); `--model NAME`
+alone starts a local node serving `$STUDIO_CODER_HOME/models/NAME` (what `inference-node install`
+or `import-gguf` put there); neither serves the embedded SmolLM2. BENCH_SMOKE=1 swaps in a
+scripted model (the bench's plumbing in seconds). Limits are small by default so it runs on a
+CPU; the flags or BENCH_AGENT_ROUNDS / _TURNS / _MAX_TOKENS raise them.
+
+Exit codes: 0 the bench ran (whatever the pass rate), 1 --check found a badly made task, 2 bad
+usage or a bad task folder, 3 the inference node is unreachable.
 """
 
 from __future__ import annotations
@@ -20,167 +32,48 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from bench.stats import smoke
+from bench.task_failures import FAILURES, classify, read_rounds
+from bench.task_grading import (
+    TASKS,
+    TEST_CMD,
+    Grade,
+    Task,
+    TaskError,
+    check_tasks,
+    grade,
+    load_tasks,
+    start_repo,
+)
+from bench.task_models import SMOKE_CALLS, MeteredModel, SmokeModel
 
-TASKS = Path(__file__).resolve().parent / "tasks"
-MALFORMED_PREFIXES = ("error: unknown tool", "error: bad arguments", "error: arguments for")
+QUICK_TASKS = ["fizzbuzz", "mean_bug"]
+SMOKE_TASKS = ["fizzbuzz", "ui_signup_button"]  # one plain task, one through the visual gate
+DEFAULT_BUDGET_GB = 8.0
+
+# (judge model, the spec's allow rules) -> the gate's QACheck with a close(), or None
+QAFactory = Callable[[Any, list[Any]], Any]
 
 
 def log(msg: str) -> None:
     print(f"bench.agent_tasks: {msg}", file=sys.stderr, flush=True)
 
 
-class CappedModel:
-    """A Model whose every reply is capped at `max_tokens`, so one answer cannot run for minutes."""
-
-    def __init__(self, inner: Any, max_tokens: int) -> None:
-        self.inner = inner
-        self.max_tokens = max_tokens
-        self.name = getattr(inner, "name", "")
-
-    def chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
-             tool_choice: str = "auto", response_format: dict[str, Any] | None = None,
-             max_tokens: int | None = None) -> Any:
-        cap = min(max_tokens or self.max_tokens, self.max_tokens)
-        return self.inner.chat(messages, tools=tools, tool_choice=tool_choice,
-                               response_format=response_format, max_tokens=cap)
-
-    def __getattr__(self, item: str) -> Any:
-        return getattr(self.inner, item)
-
-
-class SmokeModel:
-    """BENCH_SMOKE's stand-in: answers each loop question at once and writes a known fix.
-
-    The smoke run checks the bench's plumbing (repo setup, the loop, grading, counting) in
-    seconds; the real model's path is what --quick and the full run measure.
-    """
-
-    name = "smoke-scripted"
-
-    def __init__(self, files: dict[str, str]) -> None:
-        self.files = dict(files)
-
-    def chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
-             tool_choice: str = "auto", response_format: dict[str, Any] | None = None,
-             max_tokens: int | None = None) -> Any:
-        from agent_node.model import Reply, ToolCall, Usage
-
-        usage = Usage(prompt_tokens=10, completion_tokens=5)
-        props = (response_format or {}).get("properties", {})
-        if "verdict" in props:
-            return Reply(text=json.dumps({"verdict": "pass", "reasons": ["tests pass"],
-                                          "fixes": [], "tests_change_ok": True}),
-                         usage=usage, model=self.name)
-        if "ui" in props:
-            return Reply(text=json.dumps({"ui": False, "asks_for_change": True, "page": "",
-                                          "reason": "smoke"}), usage=usage, model=self.name)
-        if tools and self.files:
-            path, content = self.files.popitem()
-            return Reply(tool_calls=[ToolCall(id="w1", name="write",
-                                              arguments={"path": path, "content": content})],
-                         finish_reason="tool_calls", usage=usage, model=self.name)
-        return Reply(text="done", usage=usage, model=self.name)
-
-
-SMOKE_FIX = {"fizzbuzz": {"fizz.py": "def fizzbuzz(n: int) -> str:\n    return 'Fizz' * (n % 3 "
-                          "== 0) + 'Buzz' * (n % 5 == 0) or str(n)\n"}}
-
-
-def task_names() -> list[str]:
-    return sorted(p.name for p in TASKS.iterdir() if (p / "task.md").is_file())
-
-
-def _git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
-    return subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True,
-                          text=True).stdout
-
-
-def start_repo(task: str, dest: Path) -> Path:
-    shutil.copytree(TASKS / task / "repo", dest)
-    _git(dest, "init", "-q", "-b", "main")
-    _git(dest, "add", "-A")
-    _git(dest, "commit", "-q", "-m", "start")
-    return dest
-
-
-def grade(task: str, patch: Path | None, where: Path) -> bool:
-    """Apply `patch` (None: nothing) to a fresh copy of the start, add hidden tests, run pytest."""
-    repo = start_repo(task, where)
-    if patch is not None and patch.is_file() and patch.read_text().strip():
-        try:
-            _git(repo, "apply", "--whitespace=nowarn", str(patch))
-        except subprocess.CalledProcessError:
-            return False
-    for f in (TASKS / task / "hidden").iterdir():
-        shutil.copy(f, repo / "tests" / f.name)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests"], cwd=repo, capture_output=True, timeout=120)
-    return done.returncode == 0
-
-
-def tool_use(run_dir: Path) -> dict[str, int]:
-    """Coder tool calls made; malformed ones (refused by the tools as unknown or badly shaped,
-    or tool-call markup the parser could not read); coder replies with no tool call at all."""
-    out = {"tool_calls": 0, "malformed_tool_calls": 0, "replies_without_tool_call": 0}
-    for coder in run_dir.glob("round-*/coder.json"):
-        for m in json.loads(coder.read_text()):
-            content = str(m.get("content") or "")
-            if m.get("role") == "tool":
-                out["malformed_tool_calls"] += content.startswith(MALFORMED_PREFIXES)
-            elif m.get("role") == "assistant":
-                out["tool_calls"] += len(m.get("tool_calls") or [])
-                if not m.get("tool_calls"):
-                    out["replies_without_tool_call"] += 1
-                    out["malformed_tool_calls"] += "<tool_call>" in content
-    return out
-
-
-def run_one(task: str, model: Any, cfg: Any, tmp: Path) -> dict[str, Any]:
-    from agent_node.loop import run_task
-
-    repo = start_repo(task, tmp / task / "repo")
-    text = (TASKS / task / "task.md").read_text().strip()
-    t0 = time.monotonic()
-    error = ""
-    try:
-        summary = run_task(text, repo, model=model, cfg=cfg, home=tmp / task / "home",
-                           test_cmd=f"{sys.executable} -m pytest -q -p no:cacheprovider tests")
-    except Exception as e:  # noqa: BLE001 - a crashed run is a result too
-        summary, error = {}, f"{type(e).__name__}: {e}"
-    wall = time.monotonic() - t0
-    run_dirs = sorted((tmp / task / "home" / "runs").glob("*"))
-    run_dir = run_dirs[-1] if run_dirs else tmp / "missing"
-    rounds = sorted(run_dir.glob("round-*/diff.patch"),
-                    key=lambda p: int(p.parent.name.split("-")[1]))
-    first = grade(task, rounds[0] if rounds else None, tmp / task / "grade-1")
-    final = grade(task, rounds[-1] if rounds else None, tmp / task / "grade-final")
-    tokens = summary.get("tokens", {})
-    return {"task": task, "passed_round_1": first, "passed_final": final,
-            "verdict": summary.get("verdict", "error"), "rounds": summary.get("rounds", 0),
-            "completion_tokens": tokens.get("completion", 0) + tokens.get("reasoning", 0),
-            "prompt_tokens": tokens.get("prompt", 0), "wall_s": round(wall, 1),
-            **(tool_use(run_dir) if run_dir.is_dir() else tool_use(tmp / "none")),
-            "error": error}
-
-
 def limits(quick: bool) -> dict[str, Any]:
     if smoke():
-        base = {"tasks": 1, "rounds": 1, "turns": 1, "max_tokens": 8}
+        base: dict[str, Any] = {"names": SMOKE_TASKS, "rounds": 1, "turns": 3, "max_tokens": 8}
     elif quick:
-        base = {"tasks": 2, "rounds": 1, "turns": 2, "max_tokens": 96}
+        base = {"names": QUICK_TASKS, "rounds": 1, "turns": 2, "max_tokens": 96}
     else:
-        base = {"tasks": len(task_names()), "rounds": 2, "turns": 4, "max_tokens": 256}
+        base = {"names": None, "rounds": 2, "turns": 4, "max_tokens": 256}
     for key in ("rounds", "turns", "max_tokens"):
         env = os.environ.get(f"BENCH_AGENT_{key.upper()}")
         if env:
@@ -188,82 +81,384 @@ def limits(quick: bool) -> dict[str, Any]:
     return base
 
 
-def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
-        model_name: str = "") -> dict:
-    from agent_node.client import Client, GrpcModel
+def configure(lim: dict[str, Any], quick: bool) -> Any:
     from agent_node.config import AgentConfig
 
-    lim = {**limits(quick), **(overrides or {})}
-    names = lim.pop("names", None) or task_names()[: lim["tasks"]]
     cfg = AgentConfig()
     cfg.loop.max_rounds = lim["rounds"]
     cfg.loop.coder_max_turns = lim["turns"]
     cfg.loop.json_retries = 0 if quick or smoke() else cfg.loop.json_retries
     cfg.loop.test_timeout_s = 120.0
-    t_start = time.monotonic()
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        scripted = smoke() and not target
-        if scripted:
-            server = None
-            model_info = {"name": SmokeModel.name, "note": "smoke run: a scripted stand-in"}
-        elif target:
-            server = None
-            model_info: dict[str, Any] = {"name": model_name or "(server default)",
-                                          "note": f"given server {target}"}
-        else:
-            from bench.engine import grpc_server, prepare_model
+    cfg.qa.judge_attempts = 1 if quick or smoke() else cfg.qa.judge_attempts
+    return cfg
 
-            # Even the smoke run uses SmolLM2: the loop asks for JSON-constrained replies, which
-            # need a real tokenizer.
-            path, model_info = prepare_model(tmp, tiny=False)
-            model_name = "bench-model"
-            server = grpc_server(path, model_name, tmp)
-            target = server.__enter__()
-        try:
-            cfg.inference.target = target or cfg.inference.target
-            with Client(cfg) as client:
-                rows = []
-                for name in names:
-                    log(f"{name}: rounds<={lim['rounds']} turns<={lim['turns']} "
-                        f"max_tokens/reply={lim['max_tokens']}")
-                    model: Any = (SmokeModel(SMOKE_FIX.get(name, {})) if scripted else
-                                  CappedModel(GrpcModel(client, [model_name] if model_name
-                                                        else []), lim["max_tokens"]))
-                    rows.append(run_one(name, model, cfg, tmp))
-                    log(f"{name}: {rows[-1]}")
-        finally:
-            if server is not None:
-                server.__exit__(None, None, None)
-    n = len(rows)
+
+# ------------------------------------------------------------------------------ one task
+
+
+def run_one(task: Task, model: Any, cfg: Any, work: Path, *, qa_for: QAFactory | None = None,
+            max_tokens: int | None = None) -> dict[str, Any]:
+    """Run `task` through the loop with `model`, grade it, classify a failure; one result row."""
+    from agent_node.loop import run_task
+    from agent_node.runs import read_events
+
+    here = work / task.name
+    repo = start_repo(task, here / "repo")
+    spec, allow = _read_spec(task)
+    loop_model = MeteredModel(model, max_tokens)
+    judge = MeteredModel(model, max_tokens)
+    qa = qa_for(judge, allow) if spec and qa_for is not None else None
+    summary: dict[str, Any] = {}
+    error = ""
+    t0 = time.monotonic()
+    try:
+        summary = run_task(task.text, repo, model=loop_model, cfg=cfg, home=here / "home",
+                           spec=spec, test_cmd=TEST_CMD, qa=qa)
+    except Exception as e:  # noqa: BLE001 - a crashed run is a result too
+        error = f"{type(e).__name__}: {e}"
+    finally:
+        if qa is not None:
+            qa.close()
+    wall = time.monotonic() - t0
+    run_dirs = sorted((here / "home" / "runs").glob("*"))
+    run_dir = run_dirs[-1] if run_dirs else here / "no-run"
+    events = read_events(run_dir)
+    rounds = read_rounds(run_dir, events)
+    verdict = str(summary.get("verdict") or _last_verdict(events) or "error")
+
+    graded: list[Grade] = []
+    for r in rounds[:1] + rounds[1:][-1:]:  # round 1, and the final round when it is another
+        graded.append(grade(task, run_dir / r.diff_file if r.diff_file else None,
+                            here / f"grade-{r.number}"))
+    if not graded:
+        graded.append(grade(task, None, here / "grade-none"))
+
+    def passed(i: int) -> bool:  # 0: round 1, -1: the final round (graded[i] is its grade)
+        r = rounds[i] if rounds else None
+        return bool(r and r.accepted and graded[i].passed and (not spec or r.qa_passed))
+
+    pass_round1, pass_final = passed(0), passed(-1)
+    failure, detail = (None, "") if pass_final else classify(
+        rounds, verdict=verdict, graded=graded[-1], ui=bool(spec), run_error=error)
+    tokens = _tokens(events)
+    for k, v in judge.usage.items():  # the judge's calls are not in the run record
+        tokens[k] = tokens.get(k, 0) + v
+    return {
+        "name": task.name,
+        "ui": bool(spec),
+        "pass_round1": pass_round1,
+        "pass_final": pass_final,
+        "rounds": len(rounds),
+        "tokens_generated": tokens["generated"],
+        "prompt_tokens": tokens["prompt"],
+        "cached_prompt_tokens": tokens["cached"],
+        "model_calls": tokens["calls"],
+        "wall_s": round(wall, 1),
+        "tool_calls": sum(r.tool_calls for r in rounds),
+        "malformed_tool_calls": sum(r.malformed for r in rounds),
+        "tool_errors": sum(r.tool_failures for r in rounds),
+        "replies_without_tool_call": sum(r.replies_without_tool_call for r in rounds),
+        "failure": failure,
+        "failure_detail": detail,
+        "verdict": verdict,
+        "hidden_tests_pass_final": graded[-1].passed,
+        "visual_qa_final": (rounds[-1].qa_passed if rounds and rounds[-1].qa_ran else None)
+        if spec else None,
+        "grade_final": graded[-1].to_dict(),
+        "run_dir": str(run_dir),
+        "error": error,
+    }
+
+
+def _read_spec(task: Task) -> tuple[list[str] | None, list[Any]]:
+    if task.spec is None:
+        return None, []
+    from agent_node.loop.cli import read_spec
+
+    statements, allow = read_spec(task.spec)
+    return statements, allow
+
+
+def _last_verdict(events: list[dict[str, Any]]) -> str:
+    verdicts = [e for e in events if e.get("type") == "verdict"]
+    return str(verdicts[-1].get("verdict", "")) if verdicts else ""
+
+
+def _tokens(events: list[dict[str, Any]]) -> dict[str, int]:
+    """Usage of the loop's model calls, as the run record has them (Done.usage of each)."""
+    out = {"calls": 0, "prompt": 0, "cached": 0, "generated": 0}
+    for e in events:
+        if e.get("type") == "model_call":
+            out["calls"] += 1
+            out["prompt"] += int(e.get("prompt_tokens") or 0)
+            out["cached"] += int(e.get("cached_prompt_tokens") or 0)
+            out["generated"] += (int(e.get("completion_tokens") or 0)
+                                 + int(e.get("reasoning_tokens") or 0))
+    return out
+
+
+# ------------------------------------------------------------------------------ a bench run
+
+
+def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    n = max(1, len(rows))
+    prompt = sum(r["prompt_tokens"] for r in rows)
+    cached = sum(r["cached_prompt_tokens"] for r in rows)
+    failures = {k: 0 for k in FAILURES}
+    for r in rows:
+        if r["failure"]:
+            failures[r["failure"]] += 1
+    return {
+        "pass_rate_round1": round(sum(r["pass_round1"] for r in rows) / n, 3),
+        "pass_rate_final": round(sum(r["pass_final"] for r in rows) / n, 3),
+        "failures": {k: v for k, v in failures.items() if v},
+        "tokens_generated": sum(r["tokens_generated"] for r in rows),
+        "prompt_tokens": prompt,
+        "cached_prompt_tokens": cached,
+        "cache_share": round(cached / prompt, 3) if prompt else 0.0,
+        "tool_calls": sum(r["tool_calls"] for r in rows),
+        "malformed_tool_calls": sum(r["malformed_tool_calls"] for r in rows),
+    }
+
+
+@contextmanager
+def inference(target: str, model_name: str, tmp: Path) -> Iterator[tuple[str, str, dict]]:
+    """(target, model name, what runs): the given node, or a local one started here."""
+    if target:
+        yield target, model_name, {"name": model_name or "(the node's default coder)",
+                                   "note": f"a running inference node at {target}"}
+        return
+    from bench.engine import grpc_server, prepare_model
+
+    budget = float(os.environ.get("BENCH_BUDGET_GB") or DEFAULT_BUDGET_GB)
+    if model_name:
+        path = store_model(model_name)
+        info: dict[str, Any] = {"name": model_name, "path": str(path),
+                                "note": "from the model store, served by a local inference "
+                                        "node started for this run"}
+    else:
+        path, info = prepare_model(tmp, tiny=False)
+        model_name = "bench-model"
+    log(f"starting a local inference node for {path}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        server = grpc_server(path, model_name, tmp, prompt_cache=True, budget_gb=budget)
+        where = server.__enter__()
+    except RuntimeError as e:
+        raise ConnectionError(str(e)) from None
+    try:
+        yield where, model_name, info
+    finally:
+        server.__exit__(None, None, None)
+
+
+def store_model(name: str) -> Path:
+    """`$STUDIO_CODER_HOME/models/<name>`, or TaskError saying what is there and how to add it."""
+    from inference_node.models import store_dir
+
+    store = store_dir()
+    path = store / name
+    if (path / "config.json").is_file():
+        return path
+    have = sorted(p.name for p in store.iterdir() if (p / "config.json").is_file()) \
+        if store.is_dir() else []
+    raise TaskError(f"no model {name!r} in the store {store} (it holds: "
+                    f"{', '.join(have) or 'nothing'}); install it with `inference-node install "
+                    f"{name}` or `inference-node import-gguf FILE --name {name}`, or give "
+                    "--target HOST:PORT of a node that serves it")
+
+
+def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
+        model_name: str = "", tasks_dir: Path = TASKS, vision: str = "",
+        keep: Path | None = None) -> dict[str, Any]:
+    """The whole bench; `python -m bench` calls run(quick) and records what it returns.
+
+    `keep`: an empty (or new) folder where each task's checkout, run record and grading copies
+    stay; by default they go in a temp folder that is removed at the end."""
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        raise TaskError(f"--keep {keep} is not empty; give a new or empty folder")
+    outer = pytest_config_above(keep) if keep is not None else None
+    if outer is not None:
+        raise TaskError(f"--keep {keep} is inside {outer.parent}, whose pytest configuration "
+                        f"({outer.name}) would apply to the tasks' tests; keep them in a folder "
+                        "outside any Python project")
+    lim = {**limits(quick), **(overrides or {})}
+    names = lim.pop("names", None)
+    if Path(tasks_dir).resolve() != TASKS and "names" not in (overrides or {}):
+        names = None  # the quick and smoke picks are bundled tasks; a user's folder runs whole
+    tasks = load_tasks(tasks_dir, names)
+    cfg = configure(lim, quick)
+    scripted = smoke() and not target
+    t_start = time.monotonic()
+    with _work_dir(keep) as tmp:
+        if scripted:
+            rows = [run_one(t, SmokeModel(SMOKE_CALLS.get(t.name, [])), cfg, tmp,
+                            qa_for=_qa_factory(cfg, None), max_tokens=lim["max_tokens"])
+                    for t in _announce(tasks, lim)]
+            model_info: dict[str, Any] = {"name": SmokeModel.name,
+                                          "note": "smoke run: a scripted stand-in"}
+            describer_name = ""
+        else:
+            from agent_node.client import Client, GrpcModel
+
+            with inference(target, model_name, tmp) as (where, served, model_info):
+                cfg.inference.target = where
+                cfg.inference.vision = [vision] if vision else []
+                with Client(cfg) as client:
+                    client.health()  # InferenceUnavailable: exit 3, before any task starts
+                    describer = client.describer()
+                    describer_name = describer.name if describer is not None else ""
+                    rows = []
+                    for t in _announce(tasks, lim):
+                        rows.append(run_one(t, GrpcModel(client, [served] if served else []),
+                                            cfg, tmp, qa_for=_qa_factory(cfg, describer),
+                                            max_tokens=lim["max_tokens"]))
+                        r = rows[-1]
+                        log(f"{t.name}: {'pass' if r['pass_final'] else r['failure']} "
+                            f"({r['rounds']} round(s), {r['wall_s']} s)")
     return {
         "model": model_info,
-        "limits": {**lim, "tasks": n},
+        "tasks_dir": str(Path(tasks_dir).resolve()),
+        "limits": {**lim, "tasks": len(rows)},
+        "visual_qa": {"describer": describer_name or None, "judge": "the model under test",
+                      "capture": "Chromium, desktop 1280x800 and phone 390x844, console, "
+                                 "page errors, failed requests, overflow"},
         "tasks": rows,
-        "pass_rate_round_1": round(sum(r["passed_round_1"] for r in rows) / max(1, n), 3),
-        "pass_rate_final": round(sum(r["passed_final"] for r in rows) / max(1, n), 3),
-        "malformed_tool_calls": sum(r["malformed_tool_calls"] for r in rows),
-        "tool_calls": sum(r["tool_calls"] for r in rows),
-        "completion_tokens": sum(r["completion_tokens"] for r in rows),
+        **totals(rows),
         "wall_s": round(time.monotonic() - t_start, 1),
     }
 
 
+def pytest_config_above(path: Path) -> Path | None:
+    """The pytest configuration file pytest would find above `path`, if any."""
+    markers = {"pytest.ini": "", "pyproject.toml": "[tool.pytest.ini_options]",
+               "tox.ini": "[pytest]", "setup.cfg": "[tool:pytest]"}
+    for folder in [path.expanduser().resolve(), *path.expanduser().resolve().parents]:
+        for name, section in markers.items():
+            f = folder / name
+            if f.is_file() and section in f.read_text(errors="replace"):
+                return f
+    return None
+
+
+@contextmanager
+def _work_dir(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="agent-tasks-") as d:
+        yield Path(d)
+
+
+def _announce(tasks: list[Task], lim: dict[str, Any]) -> Iterator[Task]:
+    for i, t in enumerate(tasks, 1):
+        log(f"[{i}/{len(tasks)}] {t.name}: rounds<={lim['rounds']} turns<={lim['turns']} "
+            f"max_tokens/reply={lim['max_tokens']}")
+        yield t
+
+
+def _qa_factory(cfg: Any, describer: Any) -> QAFactory:
+    """The demo's visual QA: Chromium, the node's describer (None: none is served), a judge."""
+    def make(judge: Any, allow: list[Any]) -> Any:
+        from agent_node.loop.visual import default_qa
+
+        return default_qa(cfg, judge, describer, allow)
+
+    return make
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def check(tasks_dir: Path, names: list[str] | None) -> dict[str, Any]:
+    tasks = load_tasks(tasks_dir, names)
+    with tempfile.TemporaryDirectory(prefix="task-check-") as d:
+        checks = check_tasks(tasks, Path(d))
+    return {"tasks_dir": str(tasks_dir), "ok": all(c.ok for c in checks),
+            "tasks": [vars(c) for c in checks]}
+
+
+def table(result: dict[str, Any]) -> str:
+    """The result as a person reads it."""
+    head = (f"{'task':<22} {'round 1':<8} {'final':<6} {'rounds':>6} {'tokens':>8} "
+            f"{'wall s':>7}  why")
+    lines = [head, "-" * len(head)]
+    for r in result["tasks"]:
+        why = "" if r["pass_final"] else f"{r['failure']}: {r['failure_detail']}"
+        lines.append(f"{r['name']:<22} {_yes(r['pass_round1']):<8} {_yes(r['pass_final']):<6} "
+                     f"{r['rounds']:>6} {r['tokens_generated']:>8} {r['wall_s']:>7}  {why[:90]}")
+    lines += ["", f"model: {result['model'].get('name')}; pass rate "
+              f"{100 * result['pass_rate_round1']:.0f}% after round 1, "
+              f"{100 * result['pass_rate_final']:.0f}% after all rounds; prompt tokens served "
+              f"from the cache: {100 * result['cache_share']:.0f}%"]
+    if result["failures"]:
+        lines.append("failures: " + ", ".join(f"{k} {v}" for k, v in result["failures"].items()))
+    return "\n".join(lines)
+
+
+def _yes(b: bool) -> str:
+    return "pass" if b else "fail"
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.agent_tasks")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--rounds", type=int)
-    p.add_argument("--turns", type=int)
-    p.add_argument("--max-tokens", type=int)
-    p.add_argument("--tasks", help="comma-separated task names (default: all, or 2 with --quick)")
-    p.add_argument("--target", default="", help="a running inference server to use instead")
-    p.add_argument("--model", default="", help="model name on --target")
+    p = argparse.ArgumentParser(prog="python -m bench.agent_tasks",
+                                description="Run the agent loop on coding tasks and grade it.")
+    p.add_argument("--tasks-dir", type=Path, default=TASKS, metavar="DIR",
+                   help="a folder of tasks (or one task folder); default: bench/tasks")
+    p.add_argument("--tasks", metavar="A,B", help="comma-separated task names (default: all; "
+                   "--quick: " + ", ".join(QUICK_TASKS) + ")")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--check", action="store_true",
+                   help="check the tasks instead: hidden tests fail at the start and the "
+                        "reference solution (solution/) passes")
+    p.add_argument("--quick", action="store_true",
+                   help="two easy tasks, one round of two turns, 96 tokens a reply")
+    p.add_argument("--rounds", type=int, metavar="N", help="fix rounds (default: 2)")
+    p.add_argument("--turns", type=int, metavar="N", help="coder turns a round (default: 4)")
+    p.add_argument("--max-tokens", type=int, metavar="N",
+                   help="cap on one model reply (default: 256)")
+    p.add_argument("--target", default="", metavar="HOST:PORT",
+                   help="a running inference node")
+    p.add_argument("--model", default="", metavar="NAME",
+                   help="the model to bench: one served by --target, or without --target a "
+                        "model in $STUDIO_CODER_HOME/models, served by a local node")
+    p.add_argument("--keep", type=Path, metavar="DIR",
+                   help="keep each task's checkout, run record (report.html) and grading "
+                        "copies in DIR (default: a temp folder, removed at the end)")
+    p.add_argument("--vision", default="", metavar="NAME",
+                   help="with --target: a vision model it serves, to describe the screenshots")
     a = p.parse_args(argv)
-    over: dict[str, Any] = {k: v for k, v in (("rounds", a.rounds), ("turns", a.turns),
-                                              ("max_tokens", a.max_tokens)) if v is not None}
-    if a.tasks:
-        over["names"] = a.tasks.split(",")
-    print(json.dumps(run(a.quick, over, a.target, a.model), indent=2))
+    from inference_node import blas
+
+    blas.drop_from_environ()  # Chromium hangs with OpenBLAS preloaded; the node gets it back
+    names = [n.strip() for n in a.tasks.split(",") if n.strip()] if a.tasks else None
+    try:
+        if a.check:
+            result = check(a.tasks_dir, names)
+            print(json.dumps(result, indent=2) if a.json else "\n".join(
+                f"{t['name']:<22} {'ok' if not t['problems'] else '; '.join(t['problems'])}"
+                for t in result["tasks"]))
+            return 0 if result["ok"] else 1
+        if a.vision and not a.target:
+            raise TaskError("--vision names a model on --target; a local node serves no vision "
+                            "model")
+        over: dict[str, Any] = {k: v for k, v in (("rounds", a.rounds), ("turns", a.turns),
+                                                  ("max_tokens", a.max_tokens)) if v is not None}
+        if names:
+            over["names"] = names
+        result = run(a.quick, over, a.target, a.model, a.tasks_dir, a.vision, a.keep)
+    except TaskError as e:
+        log(str(e))
+        return 2
+    except Exception as e:
+        from agent_node.exceptions import InferenceUnavailable
+
+        if isinstance(e, InferenceUnavailable | ConnectionError):
+            log(f"the inference node is unreachable: {e}")
+            return 3
+        raise
+    print(json.dumps(result, indent=2) if a.json else table(result))
     return 0
 
 

@@ -213,12 +213,14 @@ def _env() -> dict[str, str]:
 
 
 @contextmanager
-def grpc_server(model: Path, name: str, tmp: Path) -> Iterator[str]:
-    """`inference-node serve` in a subprocess; yields its target."""
+def grpc_server(model: Path, name: str, tmp: Path, *, prompt_cache: bool = False,
+                budget_gb: float = 8.0) -> Iterator[str]:
+    """`inference-node serve` in a subprocess; yields its target. The prompt cache is off
+    unless asked for: the engine benchmark repeats prompts and times their prefill."""
     port = free_port()
     conf = tmp / "inference-node.toml"
-    conf.write_text(f'{engine_toml(prompt_cache=False)}'
-                    '[memory]\nbudget_gb = 8.0\nfloor_gb = 0.0\n\n'
+    conf.write_text(f'{engine_toml(prompt_cache=prompt_cache)}'
+                    f'[memory]\nbudget_gb = {budget_gb}\nfloor_gb = 0.0\n\n'
                     f'[[models]]\nname = "{name}"\npath = "{model}"\n')
     cmd = [PY, "-m", "inference_node.cli", "serve", "--config", str(conf), "--port", str(port)]
     with _process(cmd, tmp / "grpc-server.log") as proc:

@@ -50,6 +50,14 @@ def test_chat_collects_content_usage_and_the_model(server):
     assert reply.usage.completion_tokens == 3 and reply.usage.prompt_tokens > 0
 
 
+def test_a_repeated_prompt_reports_the_tokens_its_cache_served(server):
+    with connect(config(server)) as client:
+        first = client.model().chat([user("the same question, asked twice")])
+        second = client.model().chat([user("the same question, asked twice")])
+    assert first.usage.cached_prompt_tokens < first.usage.prompt_tokens
+    assert second.usage.cached_prompt_tokens >= first.usage.prompt_tokens - 1 > 0
+
+
 def test_reasoning_is_kept_apart_from_content(server):
     with connect(config(server, ["think"])) as client:
         reply = client.model().chat([user("hi")])

@@ -116,6 +116,7 @@ def reply_fields(reply: Reply) -> dict[str, Any]:
     return {
         "model": reply.model,
         "prompt_tokens": reply.usage.prompt_tokens,
+        "cached_prompt_tokens": reply.usage.cached_prompt_tokens,
         "completion_tokens": reply.usage.completion_tokens,
         "reasoning_tokens": reply.usage.reasoning_tokens,
         "seconds": round(reply.seconds, 3),

@@ -1,0 +1,5 @@
+"""The service's own exceptions."""
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which file and why."""
