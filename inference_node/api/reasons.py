@@ -98,7 +98,7 @@ CODES: dict[str, str] = {
 
 # ---------------------------------------------------------------- metadata keys
 
-FIELD = "field"  # the request field at fault, as a path: "sampling.min_p", "tools[2].parameters_json"
+FIELD = "field"  # the request field at fault, as a path: "sampling.min_p", "tools[2].name"
 VALUE = "value"  # the value sent, truncated to MAX_VALUE_CHARS
 EXPECTED = "expected"  # the valid range or form, e.g. "0 to 1"
 MESSAGE_TYPE = "message_type"  # e.g. "inference.v1.ChatRequest"
@@ -159,9 +159,9 @@ class ErrorDetail:
 
 
 def to_status(code: Any, message: str, detail: ErrorDetail) -> Any:
-    """A `grpc.Status` carrying `message` and `detail` as ErrorInfo, for `context.abort_with_status`.
+    """A `grpc.Status` (`code`: a grpc.StatusCode) carrying `message` and `detail` as ErrorInfo.
 
-    `code` is a `grpc.StatusCode`.
+    For `context.abort_with_status`.
     """
     from google.rpc import error_details_pb2, status_pb2
     from grpc_status import rpc_status
