@@ -309,7 +309,7 @@ class Engine:
             return
         if not self._fits_in_batch(lm, job):
             log.info("%s: request %s waits to join the batch of %d: padded to the longest "
-                     "sequence it needs %.1f MB more than it reserved", lm.name,
+                     "sequence it needs %.1f MiB more than it reserved", lm.name,
                      job.request_id, len(lm.active), job.padding_bytes / 2**20)
             lm.waiting.append(job)
             return

@@ -123,7 +123,7 @@ def _report(models: list[PlannedModel], result: PlanResult, source: str) -> str:
         fp = m.footprint
         lines.append(
             f"{m.name + (' *' if m.pinned else ''):<24} {m.role:<7} "
-            f"{gib(fp.weights_bytes):>10} {fp.kv_per_token / 1024:>7.1f} KB {m.context:>8} "
+            f"{gib(fp.weights_bytes):>10} {fp.kv_per_token / 1024:>7.1f} KiB {m.context:>8} "
             f"{gib(m.kv_bytes):>10} {gib(m.total_bytes):>10}")
     lines.append("(* pinned; total = weights + overhead + one request's KV at its context)")
     lines.append(f"budget {gib(result.budget_bytes)}: {source}")

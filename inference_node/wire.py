@@ -82,7 +82,12 @@ def parser(cls: Any) -> Callable[[bytes], Any]:
         try:
             return cls.FromString(data)
         except Exception:  # noqa: BLE001 - DecodeError, or the C parser's own errors
-            return Malformed(cls.DESCRIPTOR.full_name, invalid_utf8_field(data, cls.DESCRIPTOR))
+            try:
+                field = invalid_utf8_field(data, cls.DESCRIPTOR)
+            except Exception:  # noqa: BLE001 - naming the field is a courtesy; never fail it
+                log.exception("could not find the bad field in a malformed request")
+                field = ""
+            return Malformed(cls.DESCRIPTOR.full_name, field)
 
     return parse
 
@@ -120,8 +125,7 @@ def invalid_utf8_field(data: bytes, desc: descriptor.Descriptor, prefix: str = "
                     continue
                 index = seen.get(number, 0)
                 seen[number] = index + 1
-                repeated = fd.label == descriptor.FieldDescriptor.LABEL_REPEATED
-                path = f"{prefix}{fd.name}" + (f"[{index}]" if repeated else "")
+                path = f"{prefix}{fd.name}" + (f"[{index}]" if fd.is_repeated else "")
                 if fd.type == descriptor.FieldDescriptor.TYPE_STRING:
                     try:
                         chunk.decode("utf-8")
