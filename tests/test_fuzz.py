@@ -14,8 +14,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import struct
-import zlib
 
 import grpc
 import pytest
@@ -23,6 +21,7 @@ from conftest import running_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from images import png_declaring
 
 from inference_node.api import pb, reasons
 
@@ -161,20 +160,8 @@ CHAT_CHANGES = [
 ]
 
 
-def png(width: int, height: int, rows: int = 1) -> bytes:
-    """A PNG whose header declares `width` x `height` (1-bit grey) with only `rows` rows of
-    data: a few bytes however large the declared size, as a decompression bomb would be."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
-
-    data = zlib.compress(b"\x00" * (1 + (width + 7) // 8) * rows, 9)
-    return (b"\x89PNG\r\n\x1a\n"
-            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
-
-
-BOMBS = [png(13000, 13000), png(20000, 1), png(60_000, 60_000), png(8000, 6000)]
+BOMBS = [png_declaring(13000, 13000), png_declaring(20000, 1),
+         png_declaring(60_000, 60_000), png_declaring(8000, 6000, mode="RGB")]
 
 
 def real_image(draw: st.DrawFn) -> bytes:
