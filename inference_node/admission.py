@@ -39,6 +39,7 @@ from inference_node.machine import (  # noqa: F401 - machine readings, re-export
     apply_mlx_limits,
     default_budget,
     gib,
+    mlx_readings,
     system_available_bytes,
 )
 
@@ -489,12 +490,5 @@ class Admission:
             snap["system_available_bytes"] = max(0, self._available_now())
         except Exception:  # reporting must not fail for a bad reading
             snap["system_available_bytes"] = 0
-        try:
-            import mlx.core as mx
-
-            snap["mlx_active_bytes"] = mx.get_active_memory()
-            snap["mlx_peak_bytes"] = mx.get_peak_memory()
-            snap["mlx_cache_bytes"] = mx.get_cache_memory()
-        except ImportError:
-            pass
+        snap.update(mlx_readings())
         return snap

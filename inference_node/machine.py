@@ -113,6 +113,16 @@ def apply_mlx_limits(budget_bytes: int, cache_limit_bytes: int | None,
     return previous
 
 
+def mlx_readings() -> dict[str, int]:
+    """MLX's active, peak and cache bytes, as GetMemory reports them ({} without mlx)."""
+    try:
+        import mlx.core as mx
+    except ImportError:
+        return {}
+    return {"mlx_active_bytes": mx.get_active_memory(), "mlx_peak_bytes": mx.get_peak_memory(),
+            "mlx_cache_bytes": mx.get_cache_memory()}
+
+
 class Watchdog:
     """Calls `on_reading(read())` every `interval_s` in a daemon thread; a failed reading is
     logged and skipped, never fatal."""
