@@ -17,7 +17,6 @@ from inference_node.api import reasons as R
 from inference_node.errors import BadRequest, ContextTooLong, invalid
 
 ROLES = ("system", "user", "assistant", "tool")
-MAX_TOKENS_CEILING = 1 << 20  # anything above is a typo, whatever the context
 
 
 def resolve_max_tokens(
@@ -39,7 +38,7 @@ def resolve_max_tokens(
             f"at least {1 - room} tokens", field="messages", **numbers)
     if requested is None:
         return min(default, room)
-    if requested <= 0 or requested > MAX_TOKENS_CEILING:
+    if requested <= 0:
         raise invalid("max_tokens", requested, f"between 1 and {room} for {model}",
                       "leave it unset for a generous default capped by the context")
     if requested > room:

@@ -238,6 +238,11 @@ def test_context_overflow_has_its_own_reason_with_the_numbers(stub):
     assert info.metadata[reasons.FIELD] == "max_tokens"
     assert "maximum context length is 2048 tokens" in err.details()
 
+    err = refused(stub, chat(max_tokens=2_000_000_000))  # absurd: still the context's refusal
+    info = reasons.from_error(err)
+    assert info is not None and info.reason == reasons.CONTEXT_LENGTH_EXCEEDED
+    assert info.number(reasons.MAX_TOKENS) == 2_000_000_000
+
     long_prompt = pb.ChatRequest(model="hello", messages=[user("hello " * 3000)])
     err = refused(stub, long_prompt)
     info = reasons.from_error(err)
