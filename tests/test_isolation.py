@@ -66,7 +66,7 @@ class Stream(threading.Thread):
             self.tokens_seen.set()
 
 
-def greedy_streams(stub: Any, n: int = 3, max_tokens: int = 1500) -> list[Stream]:
+def greedy_streams(stub: Any, n: int = 3, max_tokens: int = 800) -> list[Stream]:
     streams = [Stream(stub, pb.ChatRequest(model="loop", messages=[user(f"go {i}")],
                                            max_tokens=max_tokens)) for i in range(n)]
     for s in streams:
@@ -76,7 +76,7 @@ def greedy_streams(stub: Any, n: int = 3, max_tokens: int = 1500) -> list[Stream
     return streams
 
 
-def assert_finished_whole(streams: list[Stream], max_tokens: int = 1500) -> None:
+def assert_finished_whole(streams: list[Stream], max_tokens: int = 800) -> None:
     for s in streams:
         s.join(180)
         assert s.error is None, s.error
@@ -211,6 +211,7 @@ def test_a_grammar_constrained_reply_survives_a_rebuilt_batch(smol_server, stub_
     with pytest.raises(grpc.RpcError) as err:
         list(stub.Chat(pb.ChatRequest(model="smollm2", messages=[user("x")], max_tokens=20,
                                       request_id="poison"), timeout=120))
+    assert survivor.is_alive(), "the poison must fail while the reply is under way"
     assert err.value.code() == grpc.StatusCode.INTERNAL
     survivor.join(240)
     assert survivor.error is None, survivor.error
