@@ -4,7 +4,7 @@
         coder = client.model("coder")            # a GrpcModel: agent_node.model.Model
         reply = coder.chat([{"role": "user", "content": "hi"}])
         coder.chosen, coder.fallback_log         # which model did the work, and why
-        for event in coder.stream(messages):     # pb.ChatEvent, for the bridge
+        for event in coder.stream(messages):     # pb.ChatEvent; stream_request(req, cancel)
             ...
         client.describer()                       # GrpcDescriber, or None without a vision model
         client.health(); client.list_models(); client.memory()
@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from agent_node.chat_fold import ChatFold, collect_reply
 from agent_node.config import AgentConfig
 from agent_node.exceptions import (
     BadRequest,
@@ -40,9 +41,9 @@ from agent_node.exceptions import (
     TunnelFailed,
     WouldNotFit,
 )
-from agent_node.model import Description, Reply, ToolCall, Usage
+from agent_node.model import Description, Reply
 from agent_node.tunnel import FAILED, UP, Tunnel
-from inference_node.api import pb, rpc
+from inference_node.api import pb, reasons, rpc
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def map_grpc_error(
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = (err.details() if hasattr(err, "details") else "") or str(err)
     name = code.name if code else "UNKNOWN"
-    kw: dict[str, Any] = {"code": name, "model": model}
+    kw: dict[str, Any] = {"code": name, "model": model, "detail": reasons.from_error(err)}
     tstatus = tunnel.status() if tunnel is not None else None
     where = f"the inference node at {target}" if target else "the inference node"
     if tstatus is not None:
@@ -205,39 +206,6 @@ def _sampling(opts: dict[str, Any]) -> pb.Sampling:
     return pb.Sampling(**fields)
 
 
-def collect_reply(events: Iterator[pb.ChatEvent]) -> Reply:
-    """Fold a Chat stream into a Reply: content apart from reasoning, tool calls, usage."""
-    t0 = time.monotonic()
-    reply = Reply()
-    text: list[str] = []
-    reasoning: list[str] = []
-    for ev in events:
-        kind = ev.WhichOneof("event")
-        if kind == "admitted":
-            reply.model = ev.admitted.model
-        elif kind == "delta":
-            (reasoning if ev.delta.kind == pb.Delta.REASONING else text).append(ev.delta.text)
-        elif kind == "tool_call":
-            try:
-                args = json.loads(ev.tool_call.arguments_json or "{}")
-            except json.JSONDecodeError:
-                args = {"_unparsed": ev.tool_call.arguments_json}
-            reply.tool_calls.append(ToolCall(ev.tool_call.id, ev.tool_call.name, args))
-        elif kind == "done":
-            d = ev.done
-            reply.finish_reason = d.finish_reason or reply.finish_reason
-            reply.usage = Usage(d.usage.prompt_tokens, d.usage.completion_tokens,
-                                d.usage.reasoning_tokens)
-            reply.model = d.model or reply.model
-            reply.cut_off_while_reasoning = d.cut_off_while_reasoning
-            reply.decode_tps = d.timings.decode_tokens_per_second
-            reply.seconds = d.timings.total_seconds
-    reply.text = "".join(text)
-    reply.reasoning = "".join(reasoning)
-    reply.seconds = reply.seconds or time.monotonic() - t0
-    return reply
-
-
 # ---------------------------------------------------------------------- the client
 
 
@@ -306,12 +274,40 @@ class Client:
         ready = self.channel_state == grpc.ChannelConnectivity.READY
         if isinstance(err, DeadlineExceeded) and not ready:
             # wait_for_ready turns "nothing listens there" into a deadline; say what it was.
-            where = self.tunnel.status().describe() if self.tunnel else self.target
-            err = InferenceUnavailable(
-                f"{during}: nothing answered at {where} before the deadline; is `inference-node "
-                "serve` running, and does [inference] target in agent-node.toml point at it? "
-                "(`agent-node status`)", code=err.code, model=model)
+            err = self._unreachable(f"{during}: nothing answered at {{where}} before the "
+                                    "deadline", code=err.code, model=model)
         return err
+
+    def _unreachable(self, what: str, code: str = "UNAVAILABLE",
+                     model: str = "") -> InferenceError:
+        """InferenceUnavailable (or TunnelFailed) for `what` ({where} filled in), with the fix."""
+        if self.tunnel is None:
+            return InferenceUnavailable(
+                f"{what.format(where=self.target)}; is `inference-node serve` running, and does "
+                f"[inference] target in {self.cfg.source} point at it? (`agent-node status`)",
+                code=code, model=model)
+        st = self.tunnel.status()
+        if st.state == FAILED:
+            return TunnelFailed(f"the SSH tunnel has stopped: {st.why}", why=st.why, code=code,
+                                model=model)
+        return InferenceUnavailable(
+            f"{what.format(where=st.describe())}; the tunnel rebuilds by itself: retry shortly, "
+            "and if it keeps failing check sshd and `inference-node serve` on the host "
+            "(`agent-node status`)", code=code, model=model)
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Return once the channel is connected; InferenceUnavailable or TunnelFailed after
+        `timeout` (default [inference] connect_timeout_s). For callers that fail fast."""
+        if self.channel_state == grpc.ChannelConnectivity.READY:
+            return
+        wait = self.cfg.inference.connect_timeout_s if timeout is None else timeout
+        ready = grpc.channel_ready_future(self.channel)
+        try:
+            ready.result(wait)
+        except grpc.FutureTimeoutError:
+            ready.cancel()
+            raise self._unreachable(f"the inference node did not answer at {{where}} within "
+                                    f"{wait:g} s") from None
 
     def unary(self, method: Any, request: Any, during: str,
               timeout: float | None = None) -> Any:
@@ -331,12 +327,15 @@ class Client:
                 self._in_flight.discard(fut)
 
     def streaming(self, method: Callable[..., Any], request: Any, during: str,
-                  model: str = "") -> Iterator[pb.ChatEvent]:
-        """Events of a server stream; errors mapped; cancelled when the consumer stops."""
+                  model: str = "", cancel: Cancellation | None = None) -> Iterator[pb.ChatEvent]:
+        """Events of a server stream; errors mapped; cancelled when the consumer stops or
+        `cancel` is cancelled (from any thread)."""
         self._check_tunnel(during)
         call = method(request, timeout=self.cfg.inference.timeout_s, wait_for_ready=True)
         with self._lock:
             self._in_flight.add(call)
+        if cancel is not None:
+            cancel.add(call)
         try:
             yield from call
         except grpc.RpcError as e:
@@ -393,6 +392,34 @@ class Client:
         return GrpcDescriber(self, chain)
 
 
+class Cancellation:
+    """Cancels every call made under it, those in flight and any started later; thread-safe.
+
+        cancel = Cancellation()
+        events = client.model().stream_request(req, cancel)   # consumed on another thread
+        cancel.cancel()                                        # that call stops within a step
+    """
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._calls: list[Any] = []
+        self._lock = threading.Lock()
+
+    def add(self, call: Any) -> None:
+        with self._lock:
+            self._calls.append(call)
+            cancelled = self.cancelled
+        if cancelled:
+            call.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+
+
 class _Cancelled(grpc.RpcError):
     def code(self) -> grpc.StatusCode:
         return grpc.StatusCode.CANCELLED
@@ -442,6 +469,8 @@ class _FallbackChain:
         if self.chosen is None:
             try:
                 catalog = {m.name for m in self.client.catalog()}
+                if not set(self.chain) <= catalog:  # the cached catalog may predate a change
+                    catalog = {m.name for m in self.client.list_models()}
             except InferenceError as e:
                 log.info("could not read the catalog (%s); trying the chain in order", e)
                 catalog = set(self.chain)
@@ -513,14 +542,18 @@ class GrpcModel(_FallbackChain):
 
     def stream(self, messages: list[dict[str, Any]], **options: Any) -> Iterator[pb.ChatEvent]:
         """The Chat stream's events (admitted, delta, tool_call, done), after any fallback."""
-        req = self.request(messages, **options)
+        return self.stream_request(self.request(messages, **options))
+
+    def stream_request(self, req: pb.ChatRequest, cancel: Cancellation | None = None
+                       ) -> Iterator[pb.ChatEvent]:
+        """`stream` for a ready ChatRequest (its model is set per attempt along the chain)."""
 
         def open_stream(name: str) -> Iterator[pb.ChatEvent]:
             r = pb.ChatRequest()
             r.CopyFrom(req)
             r.model = name
             during = f"Chat with {name or 'the default coder'}"
-            return self.client.streaming(self.client.stub.Chat, r, during, name)
+            return self.client.streaming(self.client.stub.Chat, r, during, name, cancel)
 
         return self.run(open_stream, "Chat")
 
@@ -562,17 +595,10 @@ class GrpcDescriber(_FallbackChain):
             return self.client.streaming(self.client.stub.Describe, r, f"Describe with {name}",
                                          name)
 
-        text: list[str] = []
-        note, model = "", self.name
+        fold = ChatFold(model=self.name)
         for ev in self.run(open_stream, "Describe"):
-            kind = ev.WhichOneof("event")
-            if kind == "admitted":
-                note, model = ev.admitted.note, ev.admitted.model or model
-            elif kind == "delta" and ev.delta.kind == pb.Delta.CONTENT:
-                text.append(ev.delta.text)
-            elif kind == "done":
-                model = ev.done.model or model
-        return Description("".join(text).strip(), model, note, time.monotonic() - t0)
+            fold.add(ev)
+        return Description(fold.text.strip(), fold.model, fold.note, time.monotonic() - t0)
 
 
 # ---------------------------------------------------------------------- connect

@@ -19,15 +19,19 @@ Every message is for a person: it names the thing, the number and what to do.
 
 from __future__ import annotations
 
+from inference_node.api.reasons import ErrorDetail
+
 
 class InferenceError(Exception):
     """Base of every error from the inference node or the way to it."""
 
-    def __init__(self, message: str, *, code: str = "", model: str = "") -> None:
+    def __init__(self, message: str, *, code: str = "", model: str = "",
+                 detail: ErrorDetail | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code  # the gRPC status code name, when one was involved
         self.model = model  # the model the call was for, when known
+        self.detail = detail  # the node's ErrorInfo (reason + metadata), when it sent one
 
 
 class InferenceUnavailable(InferenceError):
