@@ -15,13 +15,8 @@ import openai
 import pytest
 from conftest import running_server
 
-from agent_node.bridge import (
-    BridgeServer,
-    ChatCompletionRequest,
-    check_host,
-    create_app,
-    to_chat_request,
-)
+from agent_node.bridge import BridgeServer, check_host, create_app
+from agent_node.bridge.request import parse_chat_body
 from agent_node.config import AgentConfig
 from inference_node.api import pb
 
@@ -37,17 +32,21 @@ WEATHER = {
 HI = [{"role": "user", "content": "hi"}]
 
 
+TOKEN = "test-token"
+
+
 def config(target: str, **inference: object) -> AgentConfig:
     cfg = AgentConfig()
     cfg.inference.target = target
+    cfg.bridge.token = TOKEN
     for k, v in inference.items():
         setattr(cfg.inference, k, v)
     return cfg
 
 
 @contextmanager
-def bridge(cfg: AgentConfig, api_key: str = "unused") -> Iterator[openai.OpenAI]:
-    with BridgeServer(create_app(cfg)) as srv:
+def bridge(cfg: AgentConfig, api_key: str = TOKEN) -> Iterator[openai.OpenAI]:
+    with BridgeServer(create_app(cfg, token=cfg.bridge.token)) as srv:
         sdk = openai.OpenAI(base_url=srv.url, api_key=api_key, max_retries=0, timeout=60)
         try:
             yield sdk
@@ -140,16 +139,18 @@ def test_json_schema_response_format_reply_validates(smollm2_dir):
 
 
 def test_chat_completions_fields_map_to_the_wire():
-    body = ChatCompletionRequest(
+    body = parse_chat_body(json.dumps(dict(
         model="m", messages=[{"role": "developer", "content": "be brief"}, *HI],
         response_format={"type": "json_object"}, max_tokens=7, max_completion_tokens=9,
-        stop="END", temperature=0.5, seed=3, tool_choice="required", tools=[WEATHER])
-    req = to_chat_request(body, "default")
+        stop="END", temperature=0.5, seed=3, tool_choice="required", tools=[WEATHER],
+        stream=True, stream_options={"include_usage": True})).encode())
+    req = body.request
     assert req.response_format.type == pb.ResponseFormat.JSON_OBJECT
     assert req.max_tokens == 9 and list(req.sampling.stop) == ["END"]
     assert req.sampling.temperature == 0.5 and req.sampling.seed == 3
     assert req.messages[0].role == "system" and req.tool_choice.mode == pb.ToolChoice.REQUIRED
-    assert to_chat_request(ChatCompletionRequest(messages=HI), "default").model == "default"
+    assert req.tools[0].name == "get_weather" and body.stream and body.include_usage
+    assert parse_chat_body(json.dumps({"messages": HI}).encode()).request.model == ""
 
 
 def test_models_and_health(sdk, node):
