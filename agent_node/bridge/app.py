@@ -30,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from agent_node.aio import AsyncStream
 from agent_node.bridge.errors import ApiError, error_body, http_error
-from agent_node.bridge.guard import Guard
+from agent_node.bridge.guard import Guard, token_path
 from agent_node.bridge.reply import Completion, model_card, stream_error
 from agent_node.bridge.request import parse_chat_body
 from agent_node.client import Cancellation, Client, GrpcModel, connect
@@ -139,12 +139,15 @@ def create_app(cfg: AgentConfig, client: Client | None = None, *, token: str) ->
     app = FastAPI(title="studio-coder bridge", lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
 
+    where = (f"[bridge] token in {cfg.source}" if cfg.bridge.token
+             else f"the token file {token_path(cfg)}")
+
     def authenticate(request: Request) -> None:
         if not _token_ok(request, token):
             raise ApiError(
-                "missing or wrong bearer token: send `Authorization: Bearer <token>` (OpenAI "
-                "SDK: api_key=<token>) with the token from [bridge] token or token_file "
-                f"(see {cfg.source} and docs/bridge.md)", status=401, code="invalid_api_key")
+                "missing or wrong bearer token: send `Authorization: Bearer <token>` (as the API "
+                f"key in OpenAI clients) with the token from {where}; docs/bridge.md shows how "
+                "for pi, aider and the OpenAI SDK", status=401, code="invalid_api_key")
 
     # A dependency, not middleware: BaseHTTPMiddleware would sit in every streamed chunk's path.
     authed = [Depends(authenticate)]

@@ -134,8 +134,7 @@ def context_message(err: InferenceError) -> str:
 def http_error(err: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
     """(status, OpenAI error body, headers) for any error the bridge meets."""
     if isinstance(err, ApiError):
-        kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-                413: "invalid_request_error", 421: "invalid_request_error"}.get(
+        kind = {401: "authentication_error", 403: "permission_error"}.get(
             err.status, "invalid_request_error" if err.status < 500 else "server_error")
         headers = dict(err.headers)
         if err.status == 401:

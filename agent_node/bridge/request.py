@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import math
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ from inference_node.api import pb
 
 INT32_MAX = 2**31 - 1
 UINT64_MAX = 2**64 - 1
-MAX_DEPTH = 64  # JSON nesting anywhere in a request; real tool schemas stay under 10
+MAX_DEPTH = 100  # JSON nesting anywhere in a request; real tool schemas stay far under
 MAX_NAME_CHARS = 256  # model and tool names
 MAX_STOP = 16
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -90,12 +91,12 @@ def _number(body: dict[str, Any], key: str, lo: float, hi: float, *,
     return float(value)
 
 
-def _flag(body: dict[str, Any], key: str) -> bool:
+def _flag(body: dict[str, Any], key: str, param: str = "") -> bool:
     value = body.get(key)
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise _bad(key, "true or false", value)
+        raise _bad(param or key, "true or false", value)
     return value
 
 
@@ -111,18 +112,57 @@ def _array(value: Any, param: str) -> list[Any]:
     return value
 
 
-def _too_deep(value: Any, limit: int) -> str | None:
-    """The path of the first point nested more than `limit` levels deep, else None."""
-    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
-    while stack:
-        v, path, depth = stack.pop()
-        if depth > limit:
+# Strings (skipped whole, however long) and the characters that shape JSON.
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:,]')
+_WHOLE_VALUES = ("parameters", "schema", "arguments")  # a JSON value the node reads as a whole
+
+
+def _deep_in_text(text: str, limit: int) -> list[str] | None:
+    """The path to the first point of JSON `text` nested deeper than `limit`, read without
+    parsing (a body nested 100,000 deep exhausts the parser's recursion first)."""
+    stack: list[list[Any]] = []  # [bracket, key or index]
+    last = ""
+    for m in _TOKENS.finditer(text):
+        t = m.group()
+        if t[0] == '"':
+            last = t
+        elif t == ":":
+            if stack:
+                stack[-1][1] = last[1:-1]
+        elif t == ",":
+            if stack and stack[-1][0] == "[":
+                stack[-1][1] += 1
+        elif t in "[{":
+            stack.append([t, 0 if t == "[" else ""])
+            if len(stack) > limit:
+                return [f"[{v}]" if b == "[" else f".{v}" for b, v in stack[:-1]]
+        elif stack:
+            stack.pop()
+    return None
+
+
+def _deep_in_value(value: Any, limit: int) -> list[str] | None:
+    """The path to the first point of a parsed body nested deeper than `limit`."""
+    todo: list[tuple[Any, list[str]]] = [(value, [])]
+    while todo:
+        v, path = todo.pop()
+        if len(path) >= limit and isinstance(v, dict | list):
             return path
         if isinstance(v, dict):
-            stack.extend((x, f"{path}.{k}" if path else str(k), depth + 1) for k, x in v.items())
+            todo.extend((x, [*path, f".{k}"]) for k, x in v.items())
         elif isinstance(v, list):
-            stack.extend((x, f"{path}[{i}]", depth + 1) for i, x in enumerate(v))
+            todo.extend((x, [*path, f"[{i}]"]) for i, x in enumerate(v))
     return None
+
+
+def _too_deep(parts: list[str], limit: int) -> ApiError:
+    path = "".join(parts).lstrip(".")
+    # The field at fault: the whole schema or arguments value, else the first three steps.
+    cut = next((i + 1 for i, p in enumerate(parts) if p[1:] in _WHOLE_VALUES), 3)
+    param = "".join(parts[:cut]).lstrip(".") if parts and parts[0][0] == "." else None
+    return ApiError(f"{param or 'the request body'} is nested more than {limit} levels deep (at "
+                    f"{path[:160] or 'the top'}); flatten it: real JSON Schemas and arguments "
+                    "stay far shallower", param=param)
 
 
 def _image_bytes(part: dict[str, Any], param: str) -> bytes:
@@ -269,24 +309,22 @@ class ChatBody:
 def parse_chat_body(raw: bytes) -> ChatBody:
     """Check a chat-completions body; ApiError (400) names the first bad field."""
     try:
-        body = json.loads(raw)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ApiError(f"the request body is not valid UTF-8 (byte {e.start}); send JSON text "
+        raise ApiError(f"the request body is not valid UTF-8 (byte {e.start}); send JSON "
                        "encoded as UTF-8") from None
+    try:
+        body = json.loads(text)
     except json.JSONDecodeError as e:
         raise ApiError(f"the request body is not valid JSON: {e.msg} at line {e.lineno} "
                        f"column {e.colno}") from None
     except RecursionError:
-        raise ApiError(f"the request body is nested too deeply to read; at most {MAX_DEPTH} "
-                       "levels are accepted") from None
+        raise _too_deep(_deep_in_text(text, MAX_DEPTH) or [], MAX_DEPTH) from None
+    deep = _deep_in_value(body, MAX_DEPTH)
+    if deep is not None:
+        raise _too_deep(deep, MAX_DEPTH)
     if not isinstance(body, dict):
         raise ApiError(f"the request body must be a JSON object, not {_kind(body)}")
-    deep = _too_deep(body, MAX_DEPTH)
-    if deep is not None:
-        top = deep.split(".")[0].split("[")[0]
-        raise ApiError(f"{deep[:120]}: the request is nested more than {MAX_DEPTH} levels deep "
-                       f"there; flatten that {top} (real JSON Schemas stay far shallower)",
-                       param=top)
     return ChatBody(_chat_request(body), _flag(body, "stream"), _include_usage(body))
 
 
@@ -294,7 +332,7 @@ def _include_usage(body: dict[str, Any]) -> bool:
     opts = body.get("stream_options")
     if opts is None:
         return False
-    return _flag(_object(opts, "stream_options"), "include_usage")
+    return _flag(_object(opts, "stream_options"), "include_usage", "stream_options.include_usage")
 
 
 def _chat_request(body: dict[str, Any]) -> pb.ChatRequest:
