@@ -6,6 +6,7 @@ import base64
 import importlib.util
 import json
 import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from conftest import running_server
 
 from agent_node.bridge import BridgeServer, check_host, create_app
 from agent_node.bridge.request import parse_chat_body
+from agent_node.client import connect
 from agent_node.config import AgentConfig
 from inference_node.api import pb
 
@@ -55,9 +57,13 @@ def bridge(cfg: AgentConfig, api_key: str = TOKEN) -> Iterator[openai.OpenAI]:
 
 
 @pytest.fixture(scope="module")
-def node(chain_models):
+def node(chain_models, tmp_path_factory):
+    from tiny_models import build_chain_model
+
+    long = build_chain_model(tmp_path_factory.mktemp("long") / "long",
+                             ["a", "b", "c", "d", "e", "f", "a"], context=65536)
     models = [{"name": name, "path": str(path)} for name, path in chain_models.items()]
-    with running_server(models) as (srv, target):
+    with running_server([*models, {"name": "long", "path": str(long)}]) as (srv, target):
         yield srv, target
 
 
@@ -225,6 +231,58 @@ def test_client_disconnect_mid_stream_frees_the_server(sdk, node):
     assert not server.engine.loaded["loop"].active
     r = sdk.chat.completions.create(model="loop", messages=HI, max_tokens=4)
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 4
+
+
+def test_a_client_that_gives_up_on_a_non_streaming_reply_stops_the_generation(sdk, node):
+    server, target = node
+    asked = 60_000  # minutes of generation if nothing stopped it
+    failed: list[BaseException] = []
+
+    def impatient() -> None:
+        try:
+            sdk.with_options(timeout=3).chat.completions.create(
+                model="long", messages=HI, max_tokens=asked)
+        except BaseException as e:  # noqa: BLE001 - the timeout is expected; checked below
+            failed.append(e)
+
+    caller = threading.Thread(target=impatient)
+    caller.start()
+    with connect(config(target)) as grpc_client:
+        deadline = time.monotonic() + 30
+        while not server.engine.loaded.get("long") or not server.engine.loaded["long"].active:
+            assert time.monotonic() < deadline, "the request never started generating"
+            time.sleep(0.01)
+        (job,) = server.engine.loaded["long"].active.values()
+        assert grpc_client.memory().reserved_bytes > 0
+        caller.join(60)
+        assert failed and isinstance(failed[0], openai.APITimeoutError)
+        tokens_when_it_gave_up = job.completion_tokens
+        deadline = time.monotonic() + 30
+        while server.engine.loaded["long"].active:
+            assert time.monotonic() < deadline, f"still generating: {job.completion_tokens}"
+            time.sleep(0.01)
+        assert job.cancelled.is_set()
+        # The node stopped within a few steps of the disconnect, nowhere near max_tokens.
+        assert job.completion_tokens - tokens_when_it_gave_up < 200, job.completion_tokens
+        assert job.completion_tokens < asked
+        stopped_at = job.completion_tokens
+        time.sleep(0.5)
+        assert job.completion_tokens == stopped_at
+        assert grpc_client.memory().reserved_bytes == 0  # its reservation went back
+
+
+def test_models_retrieve_answers_and_created_stays_put(sdk):
+    first = {m.id: m.created for m in sdk.models.list()}
+    sdk.chat.completions.create(model="hello", messages=HI)  # moves the node's last-used time
+    time.sleep(1.1)
+    assert {m.id: m.created for m in sdk.models.list()} == first
+    m = sdk.models.retrieve("hello")
+    assert (m.id, m.created, m.owned_by) == ("hello", first["hello"], "studio-coder")
+    with pytest.raises(openai.NotFoundError) as e:
+        sdk.models.retrieve("no-such-model")
+    err = e.value.body
+    assert err["code"] == "model_not_found" and err["param"] == "model"
+    assert "hello" in err["message"]
 
 
 def test_token_is_required_when_configured(node):
