@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fnmatch
 import logging
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +56,14 @@ class KnownHosts:
     def authorities_for(self, name: str) -> list[int]:
         """Line numbers of @cert-authority lines whose host patterns match `name`."""
         return [n for n, patterns in self.cert_authorities
-                if any(fnmatch.fnmatch(name, p) for p in patterns if not p.startswith("!"))]
+                if any(_matches(name, p) for p in patterns if not p.startswith("!"))]
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """OpenSSH's host pattern: `*` and `?` are wildcards, everything else (brackets too) is
+    literal, case-insensitive."""
+    regex = re.escape(pattern.lower()).replace(r"\*", ".*").replace(r"\?", ".")
+    return re.fullmatch(regex, name.lower()) is not None
 
 
 def _key(key_type: str, data: str) -> paramiko.PKey | None:
