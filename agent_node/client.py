@@ -30,20 +30,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agent_node.chat_fold import ChatFold, collect_reply
 from agent_node.config import AgentConfig
 from agent_node.exceptions import (
-    BadRequest,
-    Cancelled,
     DeadlineExceeded,
     InferenceError,
     InferenceUnavailable,
     ModelLoadFailed,
     ModelNotFound,
-    QueueFull,
     TunnelFailed,
     WouldNotFit,
 )
+from agent_node.grpc_errors import CancelledCall, map_grpc_error
 from agent_node.model import Description, Reply
-from agent_node.tunnel import FAILED, UP, Tunnel
-from inference_node.api import pb, reasons, rpc
+from agent_node.tunnel import FAILED, Tunnel
+from inference_node.api import pb, rpc
 
 log = logging.getLogger(__name__)
 
@@ -67,62 +65,6 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 FALLBACK_ON = (ModelNotFound, ModelLoadFailed, WouldNotFit)
 
 T = TypeVar("T")
-
-
-# ---------------------------------------------------------------------- the one error map
-
-
-def map_grpc_error(
-    err: grpc.RpcError,
-    *,
-    target: str = "",
-    model: str = "",
-    tunnel: Tunnel | None = None,
-    during: str = "",
-) -> InferenceError:
-    """The one place a gRPC error becomes an InferenceError with a message a person can use."""
-    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
-    details = (err.details() if hasattr(err, "details") else "") or str(err)
-    name = code.name if code else "UNKNOWN"
-    kw: dict[str, Any] = {"code": name, "model": model, "detail": reasons.from_error(err)}
-    tstatus = tunnel.status() if tunnel is not None else None
-    where = f"the inference node at {target}" if target else "the inference node"
-    if tstatus is not None:
-        where = f"the inference node through {tstatus.ssh} (local end {tstatus.target})"
-    if tstatus is not None and tstatus.state == FAILED:
-        return TunnelFailed(f"{during}: the SSH tunnel has stopped: {tstatus.why}", why=tstatus.why,
-                            code=name, model=model)
-    tunnel_note = f"; {tstatus.describe()}" if tstatus is not None and tstatus.state != UP else ""
-
-    if code == grpc.StatusCode.UNAVAILABLE:
-        if tstatus is not None:
-            hint = ("the tunnel rebuilds by itself; retry the call, and if it keeps failing check "
-                    "sshd and `inference-node serve` on the host (`agent-node status`)")
-        else:
-            hint = ("is `inference-node serve` running there, and does [inference] target in "
-                    "agent-node.toml point at it? (`agent-node status`)")
-        return InferenceUnavailable(f"{during}: lost or could not reach {where} ({details})"
-                                    f"{tunnel_note}; {hint}", **kw)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        if tstatus is not None and tstatus.state != UP:
-            return InferenceUnavailable(f"{during}: the deadline passed while {where} was "
-                                        f"unreachable{tunnel_note}", **kw)
-        return DeadlineExceeded(f"{during}: deadline exceeded ({details}); raise "
-                                "[inference] timeout_s or call_timeout_s if the work is "
-                                "legitimately slow", **kw)
-    if code == grpc.StatusCode.NOT_FOUND:
-        return ModelNotFound(f"{during}: {details}", **kw)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        if "queue" in details.lower():
-            return QueueFull(f"{during}: {details}", **kw)
-        return WouldNotFit(f"{during}: {details}", **kw)
-    if code == grpc.StatusCode.FAILED_PRECONDITION:  # in the catalog, but it would not load
-        return ModelLoadFailed(f"{during}: {details}", **kw)
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return BadRequest(f"{during}: {details}", **kw)
-    if code == grpc.StatusCode.CANCELLED:
-        return Cancelled(f"{during}: cancelled ({details}){tunnel_note}", **kw)
-    return InferenceError(f"{during}: {where} answered {name}: {details}", **kw)
 
 
 # ---------------------------------------------------------------------- request translation
@@ -321,7 +263,7 @@ class Client:
         except grpc.RpcError as e:
             raise self._error(e, during) from None
         except grpc.FutureCancelledError:
-            raise self._error(_Cancelled(), during) from None
+            raise self._error(CancelledCall(), during) from None
         finally:
             with self._lock:
                 self._in_flight.discard(fut)
@@ -420,14 +362,6 @@ class Cancellation:
             call.cancel()
 
 
-class _Cancelled(grpc.RpcError):
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.CANCELLED
-
-    def details(self) -> str:
-        return "the call was cancelled"
-
-
 class _FallbackChain:
     """Tries the chain in order until a model serves; remembers the choice and why."""
 
@@ -498,7 +432,7 @@ class _FallbackChain:
                     return
                 except FALLBACK_ON as e:
                     if i + 1 < len(candidates):
-                        self._record(name, e.message.split(": ", 1)[-1], e.code)
+                        self._record(name, e.detail, e.code)
                         continue
                     raise
                 self.chosen = name or (first.admitted.model if first.HasField("admitted") else "")

@@ -17,8 +17,11 @@ from agent_node.exceptions import InferenceError, InferenceUnavailable, TunnelFa
 STATES = {0: "unloaded", 1: "loading", 2: "loaded"}
 
 
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB"
+def _gib(n: int) -> str:
+    """Bytes in GiB (2**30), as the inference node counts them; MiB under a tenth of one."""
+    if n < 2**30 / 10:
+        return f"{n / 2**20:.1f} MiB"
+    return f"{n / 2**30:.1f} GiB"
 
 
 _config = load_default_config
@@ -58,7 +61,8 @@ def gather(cfg: AgentConfig) -> tuple[dict[str, Any], int]:
             out["health"] = client.health(timeout)
             out["models"] = [
                 {"name": m.name, "role": m.role, "state": STATES.get(m.state, str(m.state)),
-                 "weights_bytes": m.weights_bytes, "estimated_bytes": m.estimated_bytes,
+                 "weights_bytes": m.weights_bytes, "overhead_bytes": m.overhead_bytes,
+                 "resident_bytes": m.resident_bytes, "estimated_bytes": m.estimated_bytes,
                  "context": m.context_length, "pinned": m.pinned, "in_flight": m.in_flight}
                 for m in client.list_models(timeout)
             ]
@@ -66,9 +70,11 @@ def gather(cfg: AgentConfig) -> tuple[dict[str, Any], int]:
             out["memory"] = {
                 "budget_bytes": mem.budget_bytes, "budget_source": mem.budget_source,
                 "committed_bytes": mem.committed_bytes, "weights_bytes": mem.weights_bytes,
+                "overhead_bytes": mem.overhead_bytes,
                 "reserved_bytes": mem.reserved_bytes, "mlx_active_bytes": mem.mlx_active_bytes,
                 "system_available_bytes": mem.system_available_bytes,
                 "queue_depth": mem.queue_depth, "queue_limit": mem.queue_limit,
+                "open_streams": mem.open_streams, "stream_limit": mem.stream_limit,
                 "policy": mem.policy,
             }
             code = 0
@@ -92,15 +98,17 @@ def render(out: dict[str, Any]) -> str:
     lines.append(f"health   {out['health'] or 'unreachable'}")
     for m in out["models"]:
         lines.append(f"model    {m['name']:<24} {m['role']:<7} {m['state']:<9} "
-                     f"~{_gb(m['estimated_bytes'] or m['weights_bytes'])}"
+                     f"weights {_gib(m['weights_bytes'])} + overhead {_gib(m['overhead_bytes'])}"
                      + (" pinned" if m["pinned"] else ""))
     mem = out.get("memory")
     if mem:
-        lines.append(f"memory   {_gb(mem['committed_bytes'])} of {_gb(mem['budget_bytes'])} "
-                     f"committed ({mem['budget_source']}); weights {_gb(mem['weights_bytes'])}, "
-                     f"reserved {_gb(mem['reserved_bytes'])}; system available "
-                     f"{_gb(mem['system_available_bytes'])}; queue {mem['queue_depth']}/"
-                     f"{mem['queue_limit']}; policy {mem['policy']}")
+        lines.append(f"memory   {_gib(mem['committed_bytes'])} of {_gib(mem['budget_bytes'])} "
+                     f"committed ({mem['budget_source']}); weights {_gib(mem['weights_bytes'])}"
+                     f" + overhead {_gib(mem['overhead_bytes'])}, reserved "
+                     f"{_gib(mem['reserved_bytes'])}; system available "
+                     f"{_gib(mem['system_available_bytes'])}; queue {mem['queue_depth']}/"
+                     f"{mem['queue_limit']}; streams {mem['open_streams']}/"
+                     f"{mem['stream_limit']}; policy {mem['policy']}")
     if out.get("error"):
         lines.append(f"error    {out['error']}")
     return "\n".join(lines)

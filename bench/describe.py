@@ -5,8 +5,9 @@ layer), so the numbers measure the pipeline around the model — image checks, m
 preprocessing, the vision tower and prefill over the real number of image tokens, decode — not
 a real model's speed. Stages, each timed separately on the same inputs:
 
-1. request: what the gRPC handler does before admission (`describe.load_image`: magic bytes,
-   full PNG decode, downscale check; `build_prompt`; `prompt_tokens`, the exact count).
+1. request: what the gRPC handler does before admission (`describe.check_request`: magic bytes
+   and the header's size; `describe.decode`: full PNG decode and downscale; `build_prompt`;
+   `prompt_tokens`, the exact count).
 2. preprocess: mlx-vlm's `prepare_inputs` (the Qwen-VL processor's resize, normalize and
    patchify; tokenization with the image slot expanded), evaluated.
 3. prefill: `stream_generate` on the prepared inputs until the first token (vision tower +
@@ -72,10 +73,11 @@ def _one(lm: Any, entry: Any, data: bytes, cfg: Any, decode_tokens: int) -> dict
     from mlx_vlm import stream_generate
     from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
 
-    from inference_node.describe import build_prompt, load_image, prompt_tokens
+    from inference_node.api import pb
+    from inference_node.describe import build_prompt, check_request, decode, prompt_tokens
 
     t0 = time.perf_counter()
-    image, _ = load_image(data, cfg)
+    image, _ = decode(check_request(pb.DescribeRequest(image=pb.Image(data=data)), cfg), cfg)
     text = build_prompt(lm, cfg.prompt, "")
     n_prompt = len(prompt_tokens(lm, text, image))
     t1 = time.perf_counter()

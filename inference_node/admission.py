@@ -1,13 +1,14 @@
 """Memory admission: every load and every request is admitted against a budget first.
 
-    committed = weights of loaded (and loading) models + KV reserved by requests in flight
+    committed = resident bytes of loaded (and loading) models (weights + overhead)
+              + bytes reserved by requests in flight (KV, and image decodes while they run)
 
 A load that does not fit evicts least-recently-used idle, unpinned models (policy "evict") or
 is refused (policy "refuse"); a request whose KV does not fit now waits in a bounded FIFO queue
 with a deadline. Under the system memory floor nothing new is admitted. One lock and one
-condition guard all of it; the engine thread and the gRPC threads both call in.
-
-Sizes are binary: 1 GB here is 2**30 bytes, as macOS and MLX count unified memory.
+condition guard all of it; the engine thread and the gRPC threads both call in. What the machine
+says (available memory, the default budget, MLX's limits) is `inference_node.machine`. Sizes are
+binary and labelled so: 1 GiB is 2**30 bytes, as macOS and MLX count unified memory.
 
     adm = Admission(cfg.memory, cfg.source)
     victims = adm.admit_load("coder", fp.resident_bytes, pinned=True)  # unload these, then load
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -29,13 +28,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from inference_node.api.tomlconf import ConfigError
+from inference_node.api import reasons as R
 from inference_node.config import MemoryConfig
 from inference_node.errors import Cancelled, QueueFull, QueueTimeout, Unavailable, WouldNotFit
+from inference_node.machine import (  # noqa: F401 - machine readings, re-exported
+    GiB,
+    MiB,
+    Watchdog,
+    _parse_vm_stat,
+    apply_mlx_limits,
+    default_budget,
+    gib,
+    system_available_bytes,
+)
 
 log = logging.getLogger(__name__)
 
-GB = 1 << 30
+GB = GiB  # the config's *_gb keys count GiB
 KV_STEP = 256  # mlx-lm's KV caches grow in steps of this many tokens (KVCache.step)
 CANCEL_POLL_S = 0.05  # how often a queued request checks whether its client went away
 
@@ -45,101 +54,6 @@ def kv_tokens(tokens: int) -> int:
     return -(-tokens // KV_STEP) * KV_STEP
 
 
-def gb(n: float) -> str:
-    """Bytes for a person: GB with one decimal, or MB under a tenth of a GB (tiny models)."""
-    if abs(n) < GB / 10:
-        return f"{n / (1024 * 1024):.1f} MB"
-    return f"{n / GB:.1f} GB"
-
-
-# ---------------------------------------------------------------- readings from the machine
-
-
-def _parse_vm_stat(text: str) -> int:
-    """Free + inactive + purgeable bytes from `vm_stat` output (macOS)."""
-    page = 4096
-    pages: dict[str, int] = {}
-    for line in text.splitlines():
-        if "page size of" in line:
-            page = int(line.split("page size of")[1].split()[0])
-        elif ":" in line:
-            key, _, value = line.partition(":")
-            value = value.strip().rstrip(".")
-            if value.isdigit():
-                pages[key.strip()] = int(value)
-    keys = ("Pages free", "Pages inactive", "Pages purgeable")
-    return sum(pages.get(k, 0) for k in keys) * page
-
-
-def system_available_bytes() -> int:
-    """Memory the system could hand out now without swapping."""
-    if sys.platform == "darwin":
-        # psutil's macOS `available` is free + inactive; purgeable pages are reclaimable too.
-        try:
-            out = subprocess.run(["vm_stat"], capture_output=True, text=True, timeout=2).stdout
-            reading = _parse_vm_stat(out)
-            if reading:
-                return reading
-        except (OSError, subprocess.SubprocessError):
-            pass
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
-def default_budget(memory: MemoryConfig, source: str) -> tuple[int, str]:
-    """The budget in bytes and a sentence saying where it came from."""
-    if memory.budget_gb is not None:
-        return int(memory.budget_gb * GB), f"budget_gb = {memory.budget_gb} in {source}"
-    if sys.platform == "darwin":
-        import mlx.core as mx
-
-        info = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
-        rec = int(info.get("max_recommended_working_set_size", 0))
-        if rec:
-            budget = rec - int(memory.reserve_gb * GB)
-            if budget <= 0:
-                raise ConfigError(f"reserve_gb = {memory.reserve_gb} leaves no budget out of the "
-                                 f"recommended working set of {gb(rec)}; lower it in {source}")
-            return budget, (f"recommended working set {gb(rec)} − reserve "
-                            f"{memory.reserve_gb:.1f} GB (mlx device info)")
-    import psutil
-
-    total = int(psutil.virtual_memory().total)
-    return int(total * memory.linux_fraction), (
-        f"total RAM {gb(total)} × {memory.linux_fraction} ({sys.platform.capitalize()})")
-
-
-def apply_mlx_limits(budget_bytes: int, cache_limit_bytes: int | None,
-                     wired_limit_mb: int = 0) -> dict[str, int]:
-    """Bound MLX to the budget; returns the previous limits.
-
-    - memory limit = the budget, so MLX itself keeps to what admission promised;
-    - cache limit = `cache_limit_bytes` (None: 1/8 of the budget), so freed buffers are
-      returned to the system instead of hoarded by MLX's allocator cache;
-    - wired limit: left alone unless `wired_limit_mb` > 0. Wiring pins pages in the GPU's
-      residency set so the OS cannot page them; mlx-lm's server sets it to the whole recommended
-      working set. Public reports tie that to macOS kernel panics in IOGPUMemory
-      ("completeMemory() prepare count underflow"): ml-explore/mlx#3186 isolates the trigger
-      to concurrent requests with buffer churn and saw no panic with set_wired_limit never
-      called; ml-explore/mlx-lm#883 is the same panic on a 96 GB M3 Ultra with ~75% of memory
-      wired and a growing KV cache. An appliance that reboots loses every session, while an
-      unwired page costs some speed at worst, so wiring is an explicit opt-in (memory.
-      wired_limit_mb), to be set with `sysctl iogpu.wired_limit_mb` headroom in mind.
-    """
-    import mlx.core as mx
-
-    cache = cache_limit_bytes if cache_limit_bytes is not None else budget_bytes // 8
-    previous = {"memory_limit": mx.set_memory_limit(budget_bytes),
-                "cache_limit": mx.set_cache_limit(cache)}
-    if wired_limit_mb > 0:
-        if mx.metal.is_available():
-            previous["wired_limit"] = mx.set_wired_limit(wired_limit_mb * 1024 * 1024)
-        else:
-            log.info("memory.wired_limit_mb = %d ignored: no Metal device", wired_limit_mb)
-    return previous
-
-
 # ---------------------------------------------------------------- the ledger
 
 
@@ -147,9 +61,10 @@ def apply_mlx_limits(budget_bytes: int, cache_limit_bytes: int | None,
 class ModelRow:
     name: str
     pinned: bool
-    estimated_bytes: int = 0
-    measured_bytes: int = 0
-    weights_bytes: int = 0  # what counts against the budget: measured + overhead once loaded
+    estimated_bytes: int = 0  # before loading: weights from the headers + overhead
+    measured_bytes: int = 0  # MLX active memory added by the load; 0 until loaded
+    weights_bytes: int = 0  # the weights: measured once loaded, else estimated; kept on unload
+    overhead_bytes: int = 0  # the fixed allowance (memory.overhead_mb) counted beside them
     loaded: bool = False
     loading: bool = False
     evicting: bool = False  # named as a victim; the engine unloads it before loading the new one
@@ -162,6 +77,11 @@ class ModelRow:
     def counted(self) -> bool:
         return (self.loaded or self.loading) and not self.evicting
 
+    @property
+    def resident_bytes(self) -> int:
+        """What this model holds against the budget now: weights + overhead, 0 unloaded."""
+        return self.weights_bytes + self.overhead_bytes if self.counted else 0
+
 
 @dataclass
 class Reservation:
@@ -171,6 +91,7 @@ class Reservation:
     tokens: int
     id: int = 0
     released: bool = False
+    counts_in_flight: bool = True  # a request's KV; False for a transient use (image decode)
 
 
 @dataclass
@@ -193,8 +114,8 @@ class Admission:
         else:
             self.budget_bytes, self.budget_source = default_budget(memory, source)
         self.policy = memory.policy
-        self.floor_bytes = int(memory.floor_gb * GB)
-        self.overhead_bytes = int(memory.overhead_mb * 1024 * 1024)
+        self.floor_bytes = int(memory.floor_gb * GiB)
+        self.overhead_bytes = int(memory.overhead_mb * MiB)
         self.queue_limit = memory.queue_limit
         self._read_available = available_bytes or system_available_bytes
         self._clock = clock
@@ -206,39 +127,44 @@ class Admission:
         self._ids = itertools.count(1)
         self._available: int | None = None  # the watchdog's last reading
         self._below_floor = False
-        self._stop = threading.Event()
-        self._watchdog: threading.Thread | None = None
+        self._watchdog = Watchdog(lambda: int(self._read_available()), self._on_reading,
+                                  memory.watchdog_interval_s)
 
     # ------------------------------------------------------------ accounting (lock held)
 
-    def _weights(self) -> int:
-        return sum(m.weights_bytes for m in self._models.values() if m.counted)
+    def _resident(self) -> int:
+        return sum(m.resident_bytes for m in self._models.values())
 
     def _committed(self) -> int:
-        return self._weights() + self._reserved
+        return self._resident() + self._reserved
 
     def _free(self) -> int:
         return self.budget_bytes - self._committed()
 
+    def _numbers(self) -> dict[str, Any]:
+        return {R.COMMITTED_BYTES: self._committed(), R.BUDGET_BYTES: self.budget_bytes}
+
+    def _of_budget(self) -> str:
+        return f"{self._committed() / GiB:.1f} of {gib(self.budget_bytes)} committed"
+
     def _holders(self) -> str:
         parts = []
         rows = sorted((m for m in self._models.values() if m.counted),
-                      key=lambda m: -m.weights_bytes)
+                      key=lambda m: -m.resident_bytes)
         for m in rows:
             flags = (("pinned", m.pinned), (f"{m.in_flight} in flight", m.in_flight),
                      ("loading", m.loading))
             tags = "".join(f" {t}" for t, on in flags if on)
-            parts.append(f"{m.name} {gb(m.weights_bytes)}{tags}")
+            parts.append(f"{m.name} {gib(m.resident_bytes)}{tags}")
         if self._reserved:
-            parts.append(f"{gb(self._reserved)} reserved by requests")
+            parts.append(f"{gib(self._reserved)} reserved by requests")
         return ", ".join(parts) or "nothing"
 
     def _where(self) -> str:
         return self.source if self.source.endswith(".toml") else "[memory] of inference-node.toml"
 
     def _available_now(self) -> int:
-        running = self._watchdog is not None and self._watchdog.is_alive()
-        if running and self._available is not None:
+        if self._watchdog.running and self._available is not None:
             return self._available
         return int(self._read_available())
 
@@ -246,11 +172,12 @@ class Admission:
         available = self._available_now()
         if available < self.floor_bytes:
             log.warning("refused %s: system has %s available, under the %s floor",
-                        what, gb(available), gb(self.floor_bytes))
+                        what, gib(available), gib(self.floor_bytes))
             raise Unavailable(
-                f"system has {gb(available)} available, under the {gb(self.floor_bytes)} floor; "
-                f"{what} was not admitted. Close other applications or unload a model, "
-                f"or lower floor_gb in {self._where()}")
+                f"system has {gib(available)} available, under the {gib(self.floor_bytes)} "
+                f"floor; {what} was not admitted. Close other applications or unload a model, "
+                f"or lower floor_gb (GiB) in {self._where()}", reason=R.MEMORY_FLOOR,
+                available_bytes=available, floor_bytes=self.floor_bytes)
 
     def _row(self, name: str, pinned: bool = False) -> ModelRow:
         row = self._models.get(name)
@@ -265,21 +192,21 @@ class Admission:
     # ------------------------------------------------------------ loads
 
     def admit_load(self, name: str, footprint_bytes: int, *, pinned: bool) -> list[str]:
-        """Admit a load of `footprint_bytes`; return the models to unload first (may be empty).
-
-        Raises WouldNotFit with the numbers when it cannot fit under the policy, Unavailable
-        under the memory floor.
+        """Admit a load of `footprint_bytes` (weights + overhead); return the models to unload
+        first (may be empty). Raises WouldNotFit with the numbers when it cannot fit under the
+        policy, Unavailable under the memory floor.
         """
         with self._lock:
             row = self._models.get(name)
             if row is not None and (row.loaded or row.loading) and not row.evicting:
                 return []
             self._check_floor(f"loading {name}")
+            numbers = {R.MODEL: name, R.NEEDED_BYTES: footprint_bytes, **self._numbers()}
             if footprint_bytes > self.budget_bytes:
                 raise WouldNotFit(
-                    f"{name} needs {gb(footprint_bytes)}, more than the whole budget of "
-                    f"{gb(self.budget_bytes)} ({self.budget_source}); use a smaller "
-                    f"quantization or raise budget_gb in {self._where()}")
+                    f"{name} needs {gib(footprint_bytes)}, more than the whole budget of "
+                    f"{gib(self.budget_bytes)} ({self.budget_source}); use a smaller "
+                    f"quantization or raise budget_gb (GiB) in {self._where()}", **numbers)
             free = self._free()
             victims: list[ModelRow] = []
             if footprint_bytes > free:
@@ -291,37 +218,39 @@ class Admission:
                         if free >= footprint_bytes:
                             break
                         victims.append(m)
-                        free += m.weights_bytes
+                        free += m.resident_bytes
                 if free < footprint_bytes:
-                    raise WouldNotFit(self._load_refusal(name, footprint_bytes, idle))
+                    raise WouldNotFit(self._load_refusal(name, footprint_bytes, idle), **numbers)
             for m in victims:
                 m.evicting = True
             row = self._row(name, pinned)
             row.pinned = pinned
             row.loading, row.loaded, row.evicting = True, False, False
-            row.estimated_bytes = row.weights_bytes = footprint_bytes
+            row.estimated_bytes = footprint_bytes
+            row.overhead_bytes = min(self.overhead_bytes, footprint_bytes)
+            row.weights_bytes = footprint_bytes - row.overhead_bytes
             row.measured_bytes = 0
             self._use(row)
             return [m.name for m in victims]
 
     def _load_refusal(self, name: str, need: int, idle: list[ModelRow]) -> str:
-        head = (f"{name} needs {gb(need)}; {self._committed() / GB:.1f} of {gb(self.budget_bytes)} "
-                f"committed ({self._holders()})")
+        head = f"{name} needs {gib(need)}; {self._of_budget()} ({self._holders()})"
         if self.policy == "refuse" and idle:
             names = ", ".join(m.name for m in idle)
             return (f"{head}; unload {names}, set policy = \"evict\", "
-                    f"or raise budget_gb in {self._where()}")
+                    f"or raise budget_gb (GiB) in {self._where()}")
         return (f"{head}; nothing idle and unpinned can be evicted: wait for requests to "
-                f"finish, unpin or unload a model, or raise budget_gb in {self._where()}")
+                f"finish, unpin or unload a model, or raise budget_gb (GiB) in {self._where()}")
 
     def loaded(self, name: str, estimated_bytes: int, measured_bytes: int) -> None:
-        """The load finished: count the measured size (+ overhead) from now on."""
+        """The load finished: count the measured weights (+ overhead) from now on."""
         with self._cond:
             row = self._row(name)
             row.loading, row.loaded = False, True
             row.estimated_bytes, row.measured_bytes = estimated_bytes, measured_bytes
-            row.weights_bytes = (measured_bytes + self.overhead_bytes if measured_bytes > 0
-                                 else estimated_bytes)
+            row.overhead_bytes = min(self.overhead_bytes, estimated_bytes)
+            row.weights_bytes = (measured_bytes if measured_bytes > 0
+                                 else estimated_bytes - row.overhead_bytes)
             self._use(row)
             self._cond.notify_all()
 
@@ -330,7 +259,6 @@ class Admission:
             row = self._models.get(name)
             if row is not None:
                 row.loading = row.loaded = False
-                row.weights_bytes = 0
             self._cond.notify_all()
 
     def unloaded(self, name: str) -> None:
@@ -338,7 +266,6 @@ class Admission:
             row = self._models.get(name)
             if row is not None:
                 row.loaded = row.loading = row.evicting = False
-                row.weights_bytes = 0
             self._cond.notify_all()
 
     def touch(self, name: str) -> None:
@@ -346,6 +273,12 @@ class Admission:
             row = self._models.get(name)
             if row is not None:
                 self._use(row)
+
+    def in_flight(self, name: str) -> int:
+        """Requests holding a reservation for `name` now."""
+        with self._lock:
+            row = self._models.get(name)
+            return row.in_flight if row is not None else 0
 
     # ------------------------------------------------------------ requests
 
@@ -363,19 +296,51 @@ class Admission:
         """
         tokens = kv_tokens(prompt_tokens + max_tokens)
         need = tokens * kv_per_token + fixed_bytes
+
+        def check() -> None:
+            self._check_ever_fits(model, prompt_tokens, max_tokens, kv_per_token, fixed_bytes)
+
+        return self._reserve(model, need, tokens, f"a request for {model}", f"KV for {model}",
+                             check, timeout_s, cancelled, counts_in_flight=True)
+
+    def reserve_bytes(self, model: str, need: int, what: str, *,
+                      timeout_s: float | None = None,
+                      cancelled: Callable[[], bool] | None = None) -> Reservation:
+        """Reserve `need` bytes for a transient use on behalf of `model` (decoding an image):
+        queued, refused and released like a request's KV, but no request in flight."""
+
+        def check() -> None:
+            ceiling = self.budget_bytes - self._resident()
+            if need > ceiling:
+                raise WouldNotFit(
+                    f"{what} needs {gib(need)}; only {gib(max(ceiling, 0))} of the "
+                    f"{gib(self.budget_bytes)} budget is left beside the loaded models "
+                    f"({self._holders()}); send a smaller image, unload a model, or raise "
+                    f"budget_gb (GiB) in {self._where()}", reason=R.REQUEST_WOULD_NOT_FIT,
+                    model=model, needed_bytes=need, available_bytes=max(ceiling, 0),
+                    budget_bytes=self.budget_bytes)
+
+        return self._reserve(model, need, 0, what, what, check, timeout_s, cancelled,
+                             counts_in_flight=False)
+
+    def _reserve(self, model: str, need: int, tokens: int, what: str, for_what: str,
+                 check: Callable[[], None], timeout_s: float | None,
+                 cancelled: Callable[[], bool] | None, *, counts_in_flight: bool
+                 ) -> Reservation:
         timeout = self.memory.queue_timeout_s if timeout_s is None else timeout_s
         start = self._clock()
         with self._cond:
-            self._check_floor(f"a request for {model}")
-            self._check_ever_fits(model, prompt_tokens, max_tokens, kv_per_token, fixed_bytes)
+            self._check_floor(what)
+            check()
             if not self._queue and need <= self._free():
-                return self._grant(model, need, tokens, start)
+                return self._grant(model, need, tokens, start, counts_in_flight)
             if len(self._queue) >= self.queue_limit:
                 raise QueueFull(
                     f"the memory queue is full ({len(self._queue)} requests waiting, limit "
-                    f"{self.queue_limit}); {self._committed() / GB:.1f} of {gb(self.budget_bytes)} "
-                    f"committed ({self._holders()}); retry later, lower max_tokens, "
-                    f"or raise queue_limit in {self._where()}")
+                    f"{self.queue_limit}); {self._of_budget()} ({self._holders()}); retry "
+                    f"later, lower max_tokens, or raise queue_limit in {self._where()}",
+                    queue_depth=len(self._queue), queue_limit=self.queue_limit,
+                    **self._numbers())
             ticket = _Ticket(next(self._ids), need)
             self._queue.append(ticket)
             deadline = start + timeout
@@ -384,19 +349,19 @@ class Admission:
                     if cancelled is not None and cancelled():
                         raise Cancelled(f"the client went away while waiting for memory for "
                                         f"{model}")
-                    self._check_ever_fits(model, prompt_tokens, max_tokens, kv_per_token,
-                                          fixed_bytes)
+                    check()
                     if (self._queue[0] is ticket and need <= self._free()
                             and self._available_now() >= self.floor_bytes):
                         self._queue.popleft()
-                        return self._grant(model, need, tokens, start)
+                        return self._grant(model, need, tokens, start, counts_in_flight)
                     remaining = deadline - self._clock()
                     if remaining <= 0:
                         raise QueueTimeout(
-                            f"waited {timeout:.1f} s for {gb(need)} of KV for {model}; "
-                            f"{self._committed() / GB:.1f} of {gb(self.budget_bytes)} committed "
-                            f"({self._holders()}); retry, lower max_tokens, or raise "
-                            f"queue_timeout_s in {self._where()}")
+                            f"waited {timeout:.1f} s for {gib(need)} of {for_what}; "
+                            f"{self._of_budget()} ({self._holders()}); retry, lower "
+                            f"max_tokens, or raise queue_timeout_s in {self._where()}",
+                            waited_seconds=f"{timeout:.1f}", needed_bytes=need,
+                            **self._numbers())
                     wait = remaining if cancelled is None else min(remaining, CANCEL_POLL_S)
                     self._cond.wait(wait)
             finally:
@@ -406,29 +371,37 @@ class Admission:
 
     def _check_ever_fits(self, model: str, prompt_tokens: int, max_tokens: int,
                          kv_per_token: int, fixed_bytes: int) -> None:
-        ceiling = self.budget_bytes - self._weights()
+        ceiling = self.budget_bytes - self._resident()
         need = kv_tokens(prompt_tokens + max_tokens) * kv_per_token + fixed_bytes
         if need <= ceiling:
             return
-        head = (f"a request for {model} needs {gb(need)} of KV "
-                f"({prompt_tokens} prompt + {max_tokens} max tokens); only {gb(max(ceiling, 0))} "
-                f"of the {gb(self.budget_bytes)} budget is left beside the loaded weights "
+        head = (f"a request for {model} needs {gib(need)} of KV "
+                f"({prompt_tokens} prompt + {max_tokens} max tokens); only {gib(max(ceiling, 0))} "
+                f"of the {gib(self.budget_bytes)} budget is left beside the loaded weights "
                 f"({self._holders()})")
         whole_steps = (ceiling - fixed_bytes) // kv_per_token // KV_STEP * KV_STEP
         room = whole_steps - prompt_tokens if kv_per_token else -1
+        numbers: dict[str, Any] = {
+            R.MODEL: model, R.NEEDED_BYTES: need, R.AVAILABLE_BYTES: max(ceiling, 0),
+            R.BUDGET_BYTES: self.budget_bytes, R.PROMPT_TOKENS: prompt_tokens,
+            R.MAX_TOKENS: max_tokens, R.MAX_TOKENS_ALLOWED: max(room, 0)}
         if room > 0:
-            raise WouldNotFit(f"{head}; max_tokens <= {room} would fit")
+            raise WouldNotFit(f"{head}; max_tokens <= {room} would fit",
+                              reason=R.REQUEST_WOULD_NOT_FIT, **numbers)
         raise WouldNotFit(f"{head}; the prompt alone does not fit: shorten it, unload a model, "
-                          f"or raise budget_gb in {self._where()}")
+                          f"or raise budget_gb (GiB) in {self._where()}",
+                          reason=R.REQUEST_WOULD_NOT_FIT, **numbers)
 
-    def _grant(self, model: str, need: int, tokens: int, start: float) -> Reservation:
-        row = self._row(model)
-        row.in_flight += 1
-        row.kv_reserved_bytes += need
+    def _grant(self, model: str, need: int, tokens: int, start: float,
+               counts_in_flight: bool = True) -> Reservation:
         self._reserved += need
-        self._use(row)
+        if counts_in_flight:
+            row = self._row(model)
+            row.in_flight += 1
+            row.kv_reserved_bytes += need
+            self._use(row)
         return Reservation(model, need, max(0.0, self._clock() - start), tokens,
-                           next(self._ids))
+                           next(self._ids), counts_in_flight=counts_in_flight)
 
     def try_grow(self, reservation: Reservation, extra_bytes: int) -> bool:
         """Add `extra_bytes` to a reservation in flight if they fit now; never waits.
@@ -444,7 +417,7 @@ class Admission:
             reservation.bytes += extra_bytes
             self._reserved += extra_bytes
             row = self._models.get(reservation.model)
-            if row is not None:
+            if row is not None and reservation.counts_in_flight:
                 row.kv_reserved_bytes += extra_bytes
             return True
 
@@ -456,7 +429,7 @@ class Admission:
             reservation.released = True
             self._reserved -= reservation.bytes
             row = self._models.get(reservation.model)
-            if row is not None:
+            if row is not None and reservation.counts_in_flight:
                 row.in_flight -= 1
                 row.kv_reserved_bytes -= reservation.bytes
                 self._use(row)
@@ -466,47 +439,37 @@ class Admission:
 
     def start(self) -> None:
         """Read system available memory every watchdog_interval_s in a daemon thread."""
-        if self._watchdog is not None and self._watchdog.is_alive():
+        if self._watchdog.running:
             return
-        self._stop.clear()
         self._available = int(self._read_available())
-        self._watchdog = threading.Thread(target=self._watch, name="memory-watchdog",
-                                          daemon=True)
         self._watchdog.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._watchdog is not None:
-            self._watchdog.join(timeout=5)
-            self._watchdog = None
+        self._watchdog.stop()
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.memory.watchdog_interval_s):
-            try:
-                reading = int(self._read_available())
-            except Exception:  # a failed reading must not kill the watchdog
-                log.exception("could not read system available memory")
-                continue
-            below = reading < self.floor_bytes
-            with self._cond:
-                self._available = reading
-                if below != self._below_floor:
-                    if below:
-                        log.warning("system has %s available, under the %s floor: admitting "
-                                    "nothing new", gb(reading), gb(self.floor_bytes))
-                    else:
-                        log.info("system available memory back to %s, above the %s floor",
-                                 gb(reading), gb(self.floor_bytes))
-                    self._below_floor = below
-                self._cond.notify_all()
+    def _on_reading(self, reading: int) -> None:
+        below = reading < self.floor_bytes
+        with self._cond:
+            self._available = reading
+            if below != self._below_floor:
+                if below:
+                    log.warning("system has %s available, under the %s floor: admitting "
+                                "nothing new", gib(reading), gib(self.floor_bytes))
+                else:
+                    log.info("system available memory back to %s, above the %s floor",
+                             gib(reading), gib(self.floor_bytes))
+                self._below_floor = below
+            self._cond.notify_all()
 
     # ------------------------------------------------------------ reporting
 
     def snapshot(self) -> dict[str, Any]:
         """Everything `GetMemory` reports; keys follow pb.MemoryStatus / pb.ModelMemory."""
         with self._lock:
+            counted = [m for m in self._models.values() if m.counted]
             rows = [
                 {"name": m.name, "loaded": m.loaded, "weights_bytes": m.weights_bytes,
+                 "overhead_bytes": m.overhead_bytes, "resident_bytes": m.resident_bytes,
                  "kv_reserved_bytes": m.kv_reserved_bytes, "last_used_unix": m.last_used_unix,
                  "pinned": m.pinned, "in_flight": m.in_flight,
                  "estimated_bytes": m.estimated_bytes, "measured_bytes": m.measured_bytes,
@@ -515,7 +478,9 @@ class Admission:
             ]
             snap: dict[str, Any] = {
                 "budget_bytes": self.budget_bytes, "budget_source": self.budget_source,
-                "committed_bytes": self._committed(), "weights_bytes": self._weights(),
+                "committed_bytes": self._committed(),
+                "weights_bytes": sum(m.weights_bytes for m in counted),
+                "overhead_bytes": sum(m.overhead_bytes for m in counted),
                 "reserved_bytes": self._reserved, "floor_bytes": self.floor_bytes,
                 "models": rows, "queue_depth": len(self._queue),
                 "queue_limit": self.queue_limit, "policy": self.policy,

@@ -14,6 +14,7 @@ from typing import Any
 
 from inference_node.config import load_config
 from inference_node.footprint import estimate
+from inference_node.machine import GiB
 from inference_node.models import Catalog
 
 
@@ -53,12 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"models": rows, "config": cfg.source}))
         return 0
-    print(f"{'name':<28} {'role':<7} {'weights':>9} {'KV/token':>9} {'context':>8} "
-          f"{'KV@ctx':>9} {'pinned':>6} {'loaded':>6}")
+    print(f"{'name':<28} {'role':<7} {'weights':>10} {'KV/token':>10} {'context':>8} "
+          f"{'KV@ctx':>10} {'pinned':>6} {'loaded':>6}")
     for r in rows:
         state = "-" if r["loaded"] is None else ("yes" if r["loaded"] else "no")
-        print(f"{r['name']:<28} {r['role']:<7} {r['weights_bytes'] / 1e9:>7.2f}GB "
-              f"{r['kv_bytes_per_token'] / 1024:>7.1f}KB {r['context']:>8} "
-              f"{r['kv_at_context_bytes'] / 1e9:>7.2f}GB {str(r['pinned']).lower():>6} {state:>6}")
+        print(f"{r['name']:<28} {r['role']:<7} {r['weights_bytes'] / GiB:>6.2f} GiB "
+              f"{r['kv_bytes_per_token'] / 1024:>6.1f} KiB {r['context']:>8} "
+              f"{r['kv_at_context_bytes'] / GiB:>6.2f} GiB {str(r['pinned']).lower():>6} "
+              f"{state:>6}")
     print(f"(catalog from {cfg.source})", file=sys.stderr)
     return 0

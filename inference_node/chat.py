@@ -1,84 +1,52 @@
 """From a ChatRequest to prompt tokens, and from generated text back to ChatEvents.
 
-Validation happens here, before anything is admitted or queued, so a bad request costs nothing
-and gets an INVALID_ARGUMENT that names the problem.
+Requests arrive here checked (`inference_node.validate`); what needs the tokenizer, the prompt
+length against the context, is checked here, still before anything is admitted or queued.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from inference_node.api import pb
-from inference_node.errors import BadRequest
+from inference_node.api import reasons as R
+from inference_node.errors import BadRequest, ContextTooLong, invalid
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_TOKENS_CEILING = 1 << 20  # anything above is a typo, whatever the context
 
 
-def validate_messages(messages: Any, *, allow_images: bool) -> None:
-    if not messages:
-        raise BadRequest("messages is empty: send at least one message with role 'user'")
-    for i, m in enumerate(messages):
-        if m.role not in ROLES:
-            raise BadRequest(f"messages[{i}] has unknown role {m.role!r}; use one of {ROLES}")
-        if m.images and not allow_images:
-            raise BadRequest(
-                f"messages[{i}] carries an image, but this is a text model; send images to a "
-                "vision model with Describe"
-            )
-        for call in m.tool_calls:
-            _json_object(call.arguments_json, f"messages[{i}].tool_calls[{call.name}].arguments")
-
-
-def parse_tools(tools: Any) -> list[dict[str, Any]]:
-    """The request's tools as {"name", "description", "parameters"}; schemas must be objects."""
-    out = []
-    for i, t in enumerate(tools):
-        if not t.name:
-            raise BadRequest(f"tools[{i}] has no name")
-        params = _json_object(t.parameters_json or "{}", f"tools[{i}] ({t.name}) parameters")
-        if params.get("type", "object") != "object":
-            raise BadRequest(
-                f"tools[{i}] ({t.name}) parameters must be a JSON Schema of type 'object', "
-                f"not {params.get('type')!r}"
-            )
-        out.append({"name": t.name, "description": t.description, "parameters": params})
-    if len({t["name"] for t in out}) != len(out):
-        raise BadRequest("tools has two tools with the same name")
-    return out
-
-
-def _json_object(text: str, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadRequest(f"{what} is not valid JSON: {e.msg} at position {e.pos}") from None
-    if not isinstance(value, dict):
-        raise BadRequest(f"{what} must be a JSON object, not {type(value).__name__}")
-    return value
-
-
 def resolve_max_tokens(
     requested: int | None, prompt_tokens: int, context: int, default: int, model: str
 ) -> int:
+    """max_tokens for this prompt: the default capped by the room left, or the request's.
+
+    Raises ContextTooLong (CONTEXT_LENGTH_EXCEEDED) when the prompt alone fills the context or
+    prompt + max_tokens overflows it, with the numbers a caller needs to shorten either.
+    """
     room = context - prompt_tokens
+    numbers: dict[str, Any] = {R.MODEL: model, R.PROMPT_TOKENS: prompt_tokens,
+                               R.CONTEXT: context, R.MAX_TOKENS: requested,
+                               R.MAX_TOKENS_ALLOWED: room}
     if room <= 0:
-        raise BadRequest(
-            f"the prompt is {prompt_tokens} tokens but {model}'s context is {context}; "
-            "shorten the conversation"
-        )
+        raise ContextTooLong(
+            f"the prompt is {prompt_tokens} tokens but {model}'s context is {context} "
+            f"(its maximum context length is {context} tokens); shorten the conversation by "
+            f"at least {1 - room} tokens", field="messages", **numbers)
     if requested is None:
         return min(default, room)
     if requested <= 0 or requested > MAX_TOKENS_CEILING:
-        raise BadRequest(f"max_tokens must be between 1 and {room} for {model}, not {requested}")
+        raise invalid("max_tokens", requested, f"between 1 and {room} for {model}",
+                      "leave it unset for a generous default capped by the context")
     if requested > room:
-        raise BadRequest(
+        raise ContextTooLong(
             f"max_tokens {requested} does not fit {model}'s context: {prompt_tokens} prompt "
-            f"tokens + {requested} > {context}; ask for at most {room}"
-        )
+            f"tokens + {requested} > {context} (its maximum context length is {context} "
+            f"tokens); ask for at most {room}", field="max_tokens", **numbers)
     return requested
 
 
@@ -139,7 +107,10 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dic
             messages, tools=hf_tools, add_generation_prompt=True, tokenize=True
         )
     except Exception as e:  # jinja errors: the template rejected this conversation's shape
-        raise BadRequest(f"the model's chat template rejected these messages: {e}") from None
+        raise BadRequest(f"the model's chat template rejected these messages: "
+                         f"{R.truncate(str(e), 300)}; check the roles and their order",
+                         field="messages", value=R.truncate(str(e)),
+                         expected="messages the model's chat template accepts") from None
     if isinstance(tokens, dict):  # transformers 5 may return a BatchEncoding
         tokens = tokens["input_ids"]
     return list(tokens)
@@ -245,3 +216,36 @@ class TextRouter:
                 arguments_json=args if isinstance(args, str) else json.dumps(args),
             )))
         return out
+
+
+def done_event(job: Any, finish_reason: str) -> pb.ChatEvent:
+    """The `done` event closing an engine Job's stream: finish reason, usage and timings."""
+    end = time.perf_counter()
+    first = job.t_first or end
+    decode_s = end - first
+    prefill_s = first - job.t_start
+    router = job.router
+    if router.made_tool_call and finish_reason == "stop":
+        finish_reason = "tool_calls"
+    return pb.ChatEvent(done=pb.Done(
+        finish_reason=finish_reason,
+        model=job.model,
+        usage=pb.Usage(
+            prompt_tokens=len(job.prompt),
+            completion_tokens=job.completion_tokens,
+            reasoning_tokens=router.reasoning_tokens,
+            cached_prompt_tokens=job.cached_tokens,
+        ),
+        timings=pb.Timings(
+            queue_seconds=job.queue_seconds,
+            time_to_first_token_seconds=first - job.t_start,
+            prefill_tokens_per_second=(
+                (len(job.prompt) - job.cached_tokens) / prefill_s if prefill_s > 0 else 0.0
+            ),
+            decode_tokens_per_second=(
+                (job.completion_tokens - 1) / decode_s if decode_s > 0 else 0.0
+            ),
+            total_seconds=end - job.t_start + job.queue_seconds,
+        ),
+        cut_off_while_reasoning=finish_reason == "length" and router.current == "reasoning",
+    ))

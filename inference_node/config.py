@@ -7,7 +7,7 @@ Every key has a default; an unknown key is an error naming the key and the file.
     port = 50051
 
     [memory]
-    budget_gb = 90.0          # unset: the machine's recommended working set minus reserve_gb
+    budget_gb = 90.0          # GiB; unset: the recommended working set minus reserve_gb
     policy = "evict"          # or "refuse"
 
     [[models]]
@@ -55,12 +55,19 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     allow_remote: bool = False
     max_message_mb: int = MAX_MESSAGE_BYTES // (1024 * 1024)
-    max_workers: int = 16
+    # Chat and Describe streams open at once; more are refused at once (RESOURCE_EXHAUSTED,
+    # reason TOO_MANY_STREAMS). Past the engine's batch they wait for memory and a batch slot.
+    max_streams: int = 32
+    # Threads kept for everything else (health, GetMemory, ListModels, Load/Unload, refusals),
+    # so no number of open streams can starve them.
+    control_workers: int = 8
     grace_seconds: float = 30.0
 
 
 @dataclass
 class MemoryConfig:
+    """Every *_gb key counts GiB (2**30 bytes) and every *_mb key MiB, as MLX and macOS do."""
+
     budget_gb: float | None = None  # None: recommended working set (macOS) or RAM × fraction
     reserve_gb: float = 4.0  # kept back from the recommended working set on macOS
     linux_fraction: float = 0.6  # share of total RAM used as the budget on Linux
@@ -94,8 +101,11 @@ class EngineConfig:
 @dataclass
 class DescribeConfig:
     prompt: str = DESCRIBE_PROMPT
-    max_pixels: int = 1280 * 1024
-    max_image_mb: float = 20.0
+    max_pixels: int = 1280 * 1024  # larger images are downscaled to this many pixels
+    # Larger images are refused before decoding: read from the header, never decoded. Decoding
+    # one costs up to 11 bytes a pixel while it runs, reserved from the memory budget.
+    max_decode_pixels: int = 50_000_000  # an 8K screen is 33 million
+    max_image_mb: float = 20.0  # MiB of PNG or JPEG
     max_tokens: int = 512
 
 
@@ -141,6 +151,10 @@ def validate(cfg: InferenceConfig) -> None:
         raise ConfigError(
             f"{where}: memory.policy must be one of {POLICIES}, not {cfg.memory.policy!r}"
         )
+    for key in ("max_streams", "control_workers"):
+        if getattr(cfg.server, key) < 1:
+            raise ConfigError(f"{where}: server.{key} must be at least 1, not "
+                              f"{getattr(cfg.server, key)}")
     if cfg.memory.budget_gb is not None and cfg.memory.budget_gb <= 0:
         raise ConfigError(f"{where}: memory.budget_gb must be positive, not {cfg.memory.budget_gb}")
     seen: set[str] = set()

@@ -117,9 +117,13 @@ class Constraint:
     fallback_reason: str = ""  # why a model with a native format got the JSON form
     _processor: GrammarProcessor | None = field(default=None, init=False, repr=False)
 
-    def logits_processor(self) -> GrammarProcessor:
-        """A fresh processor (new matcher state) to pass to mlx-lm's logits_processors."""
-        self._processor = GrammarProcessor(self.lltok, self.grammar)
+    def logits_processor(self, reply_starts_at: int | None = None) -> GrammarProcessor:
+        """A fresh processor (new matcher state) to pass to mlx-lm's logits_processors.
+
+        `reply_starts_at`: the prompt's length, when the context it first sees already holds
+        part of the reply (a batch rebuilt mid-reply): the matcher consumes that part first.
+        """
+        self._processor = GrammarProcessor(self.lltok, self.grammar, reply_starts_at)
         return self._processor
 
     def stop_reached(self) -> bool:
@@ -154,11 +158,12 @@ class GrammarProcessor:
     which the matcher consumes before computing the next mask.
     """
 
-    def __init__(self, lltok: llguidance.LLTokenizer, grammar: str) -> None:
+    def __init__(self, lltok: llguidance.LLTokenizer, grammar: str,
+                 reply_starts_at: int | None = None) -> None:
         self._matcher = llguidance.LLMatcher(lltok, grammar, log_level=0)
         self._eos = list(lltok.eos_tokens)
         self._bitmask = np.zeros((1, (lltok.vocab_size + 31) // 32), dtype=np.int32)
-        self._seen: int | None = None  # context length at the previous call
+        self._seen: int | None = reply_starts_at  # context length at the previous call
         self.error = self._matcher.get_error()
 
     def stop_reached(self) -> bool:

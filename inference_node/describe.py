@@ -1,11 +1,13 @@
 """Describe: one screenshot in, a description out, never a verdict.
 
-`describe_job` turns a `DescribeRequest` into an engine `Job` for a vision model: it checks the
-image (size, magic bytes, decodes fully), downscales it past `describe.max_pixels`, builds the
-prompt with mlx-vlm's own chat template helpers and counts the prompt's tokens, image tokens
-included, so admission reserves the right KV before anything runs. The describe-only prompt
-comes from configuration (`[describe] prompt`); the caller's instruction is appended to the
-user turn as extra focus and can never replace it.
+`check_request` checks the options and the image's header (bytes, magic bytes, pixel count:
+nothing is decoded yet); the server reserves `decode_bytes` from the memory budget while
+`decode` decodes it fully and downscales it past `describe.max_pixels`. `describe_job` turns the
+request into an engine `Job` for a vision model: it builds the prompt with mlx-vlm's own chat
+template helpers and counts the prompt's tokens, image tokens included, so admission reserves
+the right KV before anything runs. The describe-only prompt comes from configuration
+(`[describe] prompt`); the caller's instruction is appended to the user turn as extra focus and
+can never replace it.
 """
 
 from __future__ import annotations
@@ -15,14 +17,21 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from inference_node import chat
+from inference_node import chat, validate
 from inference_node.api import pb
+from inference_node.api import reasons as R
 from inference_node.config import DescribeConfig
 from inference_node.engine import Job, LoadedModel
-from inference_node.errors import BadRequest
+from inference_node.errors import BadRequest, invalid
 from inference_node.models import CatalogModel
 
 MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
+FIELD = "image.data"
+MiB = 1 << 20
+# Bytes a pixel takes decoded, by PIL mode (a mode not listed is counted at 4).
+BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2, "I;16B": 2,
+                   "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "RGBa": 4, "CMYK": 4,
+                   "I": 4, "F": 4}
 MAX_INSTRUCTION_CHARS = 4000
 MAX_ASPECT = 200  # Qwen-VL's processors refuse anything longer and thinner
 # Framing of the user turn; what the model must and must not do is `[describe] prompt`.
@@ -32,38 +41,51 @@ FOCUS_TEXT = "Pay particular attention to: {instruction}"
 
 @dataclass
 class CheckedRequest:
-    """A Describe request whose image and options passed every check; nothing loaded yet."""
+    """A Describe request whose options and image header passed every check; nothing decoded
+    or loaded yet. `decode_bytes` is what decoding the image will hold while it runs."""
 
-    image: Any
-    info: pb.ImageInfo
-    note: str
+    data: bytes
+    fmt: str
+    width: int
+    height: int
+    decode_bytes: int
     instruction: str
 
 
-def check_request(request: pb.DescribeRequest, cfg: DescribeConfig) -> CheckedRequest:
-    """Everything that can refuse a request before a model is loaded (or evicted) for it."""
-    image, info = load_image(request.image.data, cfg)
-    note = ""
-    if info.downscaled:
-        note = (f"image downscaled from {info.width}x{info.height} to {info.used_width}x"
-                f"{info.used_height} (max_pixels {cfg.max_pixels})")
+def check_request(request: pb.DescribeRequest, cfg: DescribeConfig,
+                  vocab_size: int | None = None) -> CheckedRequest:
+    """Everything that can refuse a request before a model is loaded (or evicted) for it, or
+    its image decoded."""
+    validate.check_request_id(request.request_id)
+    validate.check_sampling(request.sampling, vocab_size=vocab_size, stop_allowed=False)
+    if request.sampling.stop:
+        raise invalid("sampling.stop", list(request.sampling.stop), "empty for Describe",
+                      "a description ends on its own or at max_tokens; drop sampling.stop")
+    if request.HasField("max_tokens") and request.max_tokens <= 0:
+        raise invalid("max_tokens", request.max_tokens, "a positive number of tokens",
+                      f"leave it unset for describe.max_tokens ({cfg.max_tokens})")
     instruction = request.instruction.strip()
     if len(instruction) > MAX_INSTRUCTION_CHARS:
         raise BadRequest(
             f"instruction is {len(instruction)} characters; the limit is "
-            f"{MAX_INSTRUCTION_CHARS}. Say what to look at in a sentence or two"
-        )
-    if request.sampling.stop:
-        raise BadRequest("Describe takes no stop sequences: a description ends on its own or "
-                         "at max_tokens; drop sampling.stop")
-    return CheckedRequest(image, info, note, instruction)
+            f"{MAX_INSTRUCTION_CHARS}. Say what to look at in a sentence or two",
+            field="instruction", value=f"{len(instruction)} characters",
+            expected=f"at most {MAX_INSTRUCTION_CHARS} characters")
+    fmt, width, height, decode = read_header(request.image.data, cfg)
+    return CheckedRequest(request.image.data, fmt, width, height, decode, instruction)
 
 
-def describe_job(request: pb.DescribeRequest, checked: CheckedRequest, entry: CatalogModel,
-                 lm: LoadedModel, cfg: DescribeConfig) -> tuple[Job, list[pb.ImageInfo], str]:
-    """A vision job for a checked request, the image rows for `Admitted`, and a note."""
+def describe_job(request: pb.DescribeRequest, checked: CheckedRequest, image: Any,
+                 info: pb.ImageInfo, entry: CatalogModel, lm: LoadedModel, cfg: DescribeConfig
+                 ) -> tuple[Job, list[pb.ImageInfo], str]:
+    """A vision job for a checked request and its decoded image, the image rows for
+    `Admitted`, and a note."""
+    note = ""
+    if info.downscaled:
+        note = (f"image downscaled from {info.width}x{info.height} to {info.used_width}x"
+                f"{info.used_height} (max_pixels {cfg.max_pixels})")
     text = build_prompt(lm, cfg.prompt, checked.instruction)
-    prompt = prompt_tokens(lm, text, checked.image)
+    prompt = prompt_tokens(lm, text, image)
     max_tokens = chat.resolve_max_tokens(
         request.max_tokens if request.HasField("max_tokens") else None,
         len(prompt), entry.context, cfg.max_tokens, entry.name,
@@ -74,10 +96,10 @@ def describe_job(request: pb.DescribeRequest, checked: CheckedRequest, entry: Ca
         prompt=prompt,
         max_tokens=max_tokens,
         router=_plain_router(),
-        vision_inputs={"prompt": text, "images": [checked.image],
+        vision_inputs={"prompt": text, "images": [image],
                        "sampling": sampling_kwargs(request.sampling)},
     )
-    return job, [checked.info], checked.note
+    return job, [info], note
 
 
 def sniff(data: bytes) -> str | None:
@@ -88,44 +110,89 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def load_image(data: bytes, cfg: DescribeConfig) -> tuple[Any, pb.ImageInfo]:
-    """Check and decode `data`; an RGB PIL image no larger than `cfg.max_pixels`."""
-    from PIL import Image, ImageOps
+def _image_error(message: str, data: bytes, fmt: str | None = None) -> BadRequest:
+    return BadRequest(message, reason=R.IMAGE_INVALID, field=FIELD, image_format=fmt,
+                      image_bytes=len(data))
 
-    limit = int(cfg.max_image_mb * 1024 * 1024)
+
+def read_header(data: bytes, cfg: DescribeConfig) -> tuple[str, int, int, int]:
+    """Check `data` from its header alone: (format, width, height, bytes decoding will hold).
+
+    Nothing is decoded: an image past `describe.max_decode_pixels` is refused from the size
+    its header declares, however few bytes it arrived in.
+    """
+    from PIL import Image
+
+    limit = int(cfg.max_image_mb * MiB)
     if not data:
-        raise BadRequest("image is empty (0 bytes): put the PNG or JPEG bytes of the screenshot "
-                         "in image.data")
+        raise _image_error("image is empty (0 bytes): put the PNG or JPEG bytes of the "
+                           "screenshot in image.data", data)
     if len(data) > limit:
         raise BadRequest(
-            f"image is {len(data) / 2**20:.1f} MB; the limit is {cfg.max_image_mb:g} MB "
+            f"image is {len(data) / MiB:.1f} MiB; the limit is {cfg.max_image_mb:g} MiB "
             "(describe.max_image_mb). Send a smaller screenshot (a PNG of one viewport is "
-            "well under 1 MB) or raise max_image_mb in inference-node.toml"
-        )
+            "well under 1 MiB) or raise max_image_mb in inference-node.toml",
+            reason=R.IMAGE_TOO_LARGE, field=FIELD, image_bytes=len(data),
+            max_image_bytes=limit)
     fmt = sniff(data)
     if fmt is None:
-        raise BadRequest(
+        raise _image_error(
             f"image is not a PNG or JPEG: its first bytes are {data[:8].hex(' ')}; send the "
-            "screenshot as PNG or JPEG bytes (the type is read from the bytes, not a name)"
-        )
+            "screenshot as PNG or JPEG bytes (the type is read from the bytes, not a name)", data)
+    try:
+        img: Any = Image.open(io.BytesIO(data))  # reads the header; decodes nothing yet
+    except Image.DecompressionBombError as e:
+        raise BadRequest(
+            f"image is too large to decode: {e}; the limit is {cfg.max_decode_pixels:,} "
+            "pixels (describe.max_decode_pixels). Send a viewport screenshot",
+            reason=R.IMAGE_TOO_LARGE, field=FIELD, image_bytes=len(data),
+            max_image_bytes=limit, max_pixels=cfg.max_decode_pixels) from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
+        raise _image_error(
+            f"image looks like a {fmt.upper()} ({len(data)} bytes) but is truncated or corrupt: "
+            f"its header does not parse ({type(e).__name__}); capture the screenshot again",
+            data, fmt) from None
+    width, height = img.size
+    if width * height > cfg.max_decode_pixels:
+        raise BadRequest(
+            f"image is {width}x{height} = {width * height:,} pixels; the limit is "
+            f"{cfg.max_decode_pixels:,} (describe.max_decode_pixels), and it would be "
+            f"downscaled to {cfg.max_pixels:,} anyway. Send a viewport screenshot, or raise "
+            "max_decode_pixels in inference-node.toml", reason=R.IMAGE_TOO_LARGE, field=FIELD,
+            image_bytes=len(data), max_image_bytes=limit, width=width, height=height,
+            pixels=width * height, max_pixels=cfg.max_decode_pixels)
+    if min(width, height) < 1 or max(width, height) > MAX_ASPECT * min(width, height):
+        raise _image_error(
+            f"image is {width}x{height}, more than {MAX_ASPECT}:1; send a viewport screenshot "
+            "rather than a full-page strip", data, fmt)
+    return fmt, width, height, decode_bytes(img)
+
+
+def decode_bytes(img: Any) -> int:
+    """What `decode` holds at its peak for this (unloaded) image: the decoded pixels, a
+    rotated copy when the header says it is rotated, and the RGB(A) conversions of `_rgb`."""
+    bpp = BYTES_PER_PIXEL.get(img.mode, 4)
+    transparent = img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info)
+    converted = 4 + 3 if transparent else 3  # an RGBA copy and the white-backed RGB, or RGB
+    exif = img.info.get("exif")  # parsed from the header (JPEG APP1, PNG eXIf before IDAT)
+    rotated = bpp if exif and img.getexif().get(0x0112, 1) != 1 else 0
+    return img.width * img.height * (bpp + rotated + converted)
+
+
+def decode(checked: CheckedRequest, cfg: DescribeConfig) -> tuple[Any, pb.ImageInfo]:
+    """Decode a checked image: an RGB PIL image no larger than `cfg.max_pixels`."""
+    from PIL import Image, ImageOps
+
+    data, fmt = checked.data, checked.fmt
     try:
         img: Any = Image.open(io.BytesIO(data))
         img.load()  # decode everything now: a truncated file fails here, not in the engine
-    except Image.DecompressionBombError as e:
-        raise BadRequest(f"image is too large to decode safely: {e}; send a smaller "
-                         "screenshot") from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-        raise BadRequest(
+        raise _image_error(
             f"image looks like a {fmt.upper()} ({len(data)} bytes) but is truncated or corrupt "
-            f"({e}); capture the screenshot again"
-        ) from None
-    img = ImageOps.exif_transpose(img)  # a phone photo's orientation, as a viewer shows it
+            f"({e}); capture the screenshot again", data, fmt) from None
+    ImageOps.exif_transpose(img, in_place=True)  # a phone photo's orientation, as shown
     width, height = img.size
-    if max(width, height) > MAX_ASPECT * min(width, height):
-        raise BadRequest(
-            f"image is {width}x{height}, more than {MAX_ASPECT}:1; send a viewport screenshot "
-            "rather than a full-page strip"
-        )
     img = _rgb(img)
     used_w, used_h = fit(width, height, cfg.max_pixels)
     if (used_w, used_h) != (width, height):

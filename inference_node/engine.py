@@ -4,7 +4,8 @@ Shaped like mlx-lm's server: request handlers (gRPC threads) validate, tokenize 
 memory, then put a `Job` on the engine's inbox and read `pb.ChatEvent`s from the job's queue.
 Coder models generate through mlx-lm's `BatchGenerator` (continuous batching: requests join and
 leave a running batch between steps); vision models through mlx-vlm, stepped one token per loop
-turn so they interleave with the batch. A cancelled job leaves its batch before the next step.
+turn so they interleave with the batch. A cancelled job leaves its batch before the next step;
+a step that fails fails its own request, and the batch is rebuilt for the rest (isolation.py).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from typing import Any
 
 import mlx.core as mx
 
+from inference_node import vision
 from inference_node.admission import kv_tokens
-from inference_node.api import pb
-from inference_node.chat import TextRouter
+from inference_node.chat import TextRouter, done_event
 from inference_node.config import InferenceConfig
-from inference_node.errors import BadRequest, Cancelled, InferenceError, LoadFailed
+from inference_node.errors import Cancelled, InferenceError, LoadFailed, ModelBusy, ModelUnloaded
+from inference_node.isolation import StepFailed, generation_failed, guarded, reset_random_state
 from inference_node.models import CatalogModel
 
 log = logging.getLogger("inference_node.engine")
@@ -76,30 +78,14 @@ class Job:
     stream: Any = None  # vision jobs: the mlx-vlm generator
     reservation: Any = None  # the admission Reservation this job holds (grown for padding)
     padding_bytes: int = 0  # what joining the running batch adds beyond the reservations
+    seed: int | None = None  # seeds MLX's random state when the job joins the batch
+    generated: list[int] = field(default_factory=list)  # tokens emitted so far
+    # Fresh logits processors resuming after `generated` (a grammar's matcher has state), for
+    # when the batch is rebuilt after another request's step failed; None: reuse them.
+    rebuild_processors: Callable[[], list[Any]] | None = None
 
 
 DONE = object()  # sentinel closing a job's event queue
-
-
-def keep_our_wired_limit() -> None:
-    """Stop mlx-vlm's stream_generate from wiring the whole recommended working set per call.
-
-    mlx-vlm wraps each generation in its `wired_limit` context (generate/common.py), which on
-    Metal sets the wired limit to max_recommended_working_set_size for the duration. Ours is
-    memory.wired_limit_mb, applied once at start and 0 (left alone) by default; see
-    admission.apply_mlx_limits for why. The coder side undoes mlx-lm's the same way
-    (BatchGenerator.close() in _load_coder).
-    """
-    import contextlib
-    import importlib
-
-    dispatch = importlib.import_module("mlx_vlm.generate.dispatch")
-    if not hasattr(dispatch, "wired_limit"):
-        log.warning("mlx-vlm no longer has generate.dispatch.wired_limit: check that describe "
-                    "does not raise the wired limit past memory.wired_limit_mb")
-        return
-    # setattr: mypy does not know the module's attributes, and this one is checked above
-    setattr(dispatch, "wired_limit", lambda model, streams=None: contextlib.nullcontext())  # noqa: B010
 
 
 def batch_peak_tokens(seqs: list[tuple[int, int]]) -> int:
@@ -122,7 +108,6 @@ class Engine:
         self.cfg = cfg
         self.admission = admission
         self.loaded: dict[str, LoadedModel] = {}
-        self.loading: set[str] = set()
         self._inbox: queue.Queue[Callable[[], None]] = queue.Queue()
         self._vision_jobs: list[Job] = []
         # KV of finished requests, reused by the next request sharing their prefix (an agent's
@@ -131,7 +116,6 @@ class Engine:
         self.prompt_cache_bytes = int(cfg.engine.prompt_cache_mb * 1024 * 1024)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
-        self.healthy = True
         self.dequantize = cfg.engine.dequantize_on_cpu and not mx.metal.is_available()
 
     # ------------------------------------------------------------ lifecycle
@@ -192,17 +176,21 @@ class Engine:
                     task = self._inbox.get_nowait()
                 except queue.Empty:
                     task = None
-            try:
-                for lm in list(self.loaded.values()):
+            for lm in list(self.loaded.values()):
+                try:
                     if lm.waiting:
                         self._start_waiting(lm)
                     if lm.active:
                         self._step_batch(lm)
+                except Exception as e:  # a failed step fails its own request, or its batch
+                    self._recover(lm, e)
+            try:
                 if self._vision_jobs:
                     self._step_vision()
             except Exception as e:  # a failed step must not wedge the server
-                log.exception("generation step failed")
-                self._fail_all(InferenceError(f"generation failed: {e}"))
+                log.exception("describe step failed")
+                reset_random_state()
+                self._fail_all(InferenceError(f"describing failed: {e}"))
 
     def _load_reporting(self, entry: CatalogModel) -> tuple[LoadedModel, list[str]]:
         """Admit, evict what admission names, load, then correct the estimate by measurement."""
@@ -224,7 +212,8 @@ class Engine:
             raise
         except Exception as e:
             self.admission.load_failed(entry.name)
-            raise LoadFailed(f"could not load {entry.name} from {entry.path}: {e}") from e
+            raise LoadFailed(f"could not load {entry.name} from {entry.path}: {e}",
+                             model=entry.name) from e
         mx.synchronize()
         lm.measured_bytes = max(0, mx.get_active_memory() - before)
         lm.estimated_bytes = estimated
@@ -233,8 +222,8 @@ class Engine:
         self.admission.loaded(entry.name, estimated, lm.measured_bytes)
         self.loaded[entry.name] = lm
         log.info(
-            "loaded %s in %.1fs: estimated %.1f MB, measured %.1f MB",
-            entry.name, time.perf_counter() - t0, estimated / 1e6, lm.measured_bytes / 1e6,
+            "loaded %s in %.1fs: estimated %.1f MiB (weights + overhead), measured %.1f MiB",
+            entry.name, time.perf_counter() - t0, estimated / 2**20, lm.measured_bytes / 2**20,
         )
         return lm, victims
 
@@ -250,7 +239,6 @@ class Engine:
 
     def _load_coder(self, entry: CatalogModel) -> LoadedModel:
         from mlx_lm import load
-        from mlx_lm.generate import BatchGenerator
 
         loaded = load(str(entry.path))
         model, tokenizer = loaded[0], loaded[1]
@@ -259,6 +247,12 @@ class Engine:
 
             model = dequantize_model(model)
         mx.eval(model.parameters())
+        return LoadedModel(entry=entry, model=model, tokenizer=tokenizer,
+                           batch=self._new_batch(model))
+
+    def _new_batch(self, model: Any) -> Any:
+        from mlx_lm.generate import BatchGenerator
+
         batch = BatchGenerator(
             model,
             completion_batch_size=self.cfg.engine.max_concurrent,
@@ -268,15 +262,10 @@ class Engine:
         # BatchGenerator raises the wired limit to the recommended working set on Metal;
         # ours is an explicit option (memory.wired_limit_mb), so put the old one back.
         batch.close()
-        return LoadedModel(entry=entry, model=model, tokenizer=tokenizer, batch=batch)
+        return batch
 
     def _load_vision(self, entry: CatalogModel) -> LoadedModel:
-        from mlx_vlm import load
-
-        keep_our_wired_limit()
-        model, processor = load(str(entry.path))
-        mx.eval(model.parameters())
-        tokenizer = getattr(processor, "tokenizer", processor)
+        model, processor, tokenizer = vision.load(str(entry.path))
         return LoadedModel(entry=entry, model=model, tokenizer=tokenizer, processor=processor)
 
     def _unload(self, name: str) -> bool:
@@ -286,7 +275,8 @@ class Engine:
         busy = len(lm.active) + len(lm.waiting)
         busy += sum(1 for j in self._vision_jobs if j.model == name)
         if busy:
-            raise BadRequest(f"{name} has {busy} requests in flight; unload it when they finish")
+            raise ModelBusy(f"{name} has {busy} requests in flight; unload it when they finish",
+                            model=name, in_flight=busy)
         del self.loaded[name]
         if self.prompt_cache is not None:
             self.prompt_cache.trim_to(n_sequences=0)  # entries are per model; start clean
@@ -300,7 +290,8 @@ class Engine:
     def _start_job(self, job: Job) -> None:
         lm = self.loaded.get(job.model)
         if lm is None:
-            self._finish(job, InferenceError(f"{job.model} was unloaded before the request ran"))
+            self._finish(job, ModelUnloaded(f"{job.model} was unloaded before the request "
+                                            "ran; retry it", model=job.model))
             return
         if job.cancelled.is_set():
             self._finish(job, Cancelled("the client went away"))
@@ -308,7 +299,8 @@ class Engine:
         job.t_start = time.perf_counter()
         job.detokenizer = lm.tokenizer.detokenizer if lm.batch is not None else None
         if job.vision_inputs is not None:
-            self._start_vision(lm, job)
+            vision.start(lm, job)
+            self._vision_jobs.append(job)
             return
         if lm.waiting:
             log.info("%s: request %s waits behind %d others to join the batch", lm.name,
@@ -317,7 +309,7 @@ class Engine:
             return
         if not self._fits_in_batch(lm, job):
             log.info("%s: request %s waits to join the batch of %d: padded to the longest "
-                     "sequence it needs %.1f MB more than it reserved", lm.name,
+                     "sequence it needs %.1f MiB more than it reserved", lm.name,
                      job.request_id, len(lm.active), job.padding_bytes / 2**20)
             lm.waiting.append(job)
             return
@@ -356,32 +348,76 @@ class Engine:
             self._insert(lm, job)
 
     def _insert(self, lm: LoadedModel, job: Job) -> None:
-        cache, rest = self._cached_prefix(job)
-        (uid,) = lm.batch.insert(
-            [rest],
-            max_tokens=[job.max_tokens],
-            caches=[cache] if cache is not None else None,
-            all_tokens=[job.prompt[: len(job.prompt) - len(rest)]],
-            samplers=[job.sampler],
-            logits_processors=[job.logits_processors],
-            stop_sequences=[job.stop_sequences],
-        )
+        """Add `job` to the batch: its prompt, or after a rebuild its prompt + what it emitted.
+
+        Its sampler and processors go in wrapped (`guarded`), so a step they fail names it.
+        """
+        from mlx_lm.sample_utils import greedy_sampler
+
+        resumed = bool(job.generated)
+        tokens = job.prompt + job.generated
+        cache, rest = self._cached_prefix(job.model, tokens)
+        if not resumed:
+            job.cached_tokens = len(tokens) - len(rest)
+            if job.seed is not None:
+                mx.random.seed(job.seed)
+        processors = job.logits_processors
+        if resumed and job.rebuild_processors is not None:
+            processors = job.logits_processors = job.rebuild_processors()
+        sampler = job.sampler
+        if sampler is not None and sampler is not greedy_sampler:  # argmax cannot fail
+            sampler = guarded(job, sampler)
+        try:
+            (uid,) = lm.batch.insert(
+                [rest],
+                max_tokens=[job.max_tokens - job.completion_tokens],
+                caches=[cache] if cache is not None else None,
+                all_tokens=[tokens[: len(tokens) - len(rest)]],
+                samplers=[sampler],
+                logits_processors=[[guarded(job, p) for p in processors]],
+                stop_sequences=[job.stop_sequences],
+            )
+        except Exception as e:  # refused before it touched the batch: this job alone
+            log.exception("could not add request %s to %s's batch", job.request_id, lm.name)
+            self._finish(job, generation_failed(job, e, alone=True))
+            return
         lm.active[uid] = job
 
-    def _cached_prefix(self, job: Job) -> tuple[Any, list[int]]:
-        """A copy of the longest cached KV prefix of the prompt, and the tokens still to run."""
+    def _cached_prefix(self, model: str, tokens: list[int]) -> tuple[Any, list[int]]:
+        """A copy of the longest cached KV prefix of `tokens`, and the tokens still to run."""
         from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
         if self.prompt_cache_bytes <= 0:
-            return None, job.prompt
-        cache, rest = self.prompt_cache.fetch_nearest_cache(job.model, job.prompt)
+            return None, tokens
+        cache, rest = self.prompt_cache.fetch_nearest_cache(model, tokens)
         if cache is not None and not rest:  # the whole prompt is cached: rerun its last token
             if not can_trim_prompt_cache(cache):
-                return None, job.prompt
+                return None, tokens
             trim_prompt_cache(cache, 1)
-            rest = job.prompt[-1:]
-        job.cached_tokens = len(job.prompt) - len(rest) if cache is not None else 0
-        return cache, rest if cache is not None else job.prompt
+            rest = tokens[-1:]
+        return cache, rest if cache is not None else tokens
+
+    def _recover(self, lm: LoadedModel, error: Exception) -> None:
+        """After a failed step: fail the request that caused it (every request of the batch
+        when no single one did), rebuild MLX's random state and the batch, and put the other
+        requests back in it, each resuming from the tokens it already emitted."""
+        culprit = error.job if isinstance(error, StepFailed) else None
+        cause = error.error if isinstance(error, StepFailed) else error
+        log.error("%s: a generation step failed (%s: %s); %s", lm.name, type(cause).__name__,
+                  cause, f"failing request {culprit.request_id}" if culprit is not None
+                  else f"failing the {len(lm.active)} requests of the batch",
+                  exc_info=culprit is None)
+        jobs = list(lm.active.values())
+        lm.active.clear()
+        reset_random_state()
+        lm.batch = self._new_batch(lm.model)
+        for job in jobs:
+            if culprit is None or job is culprit:
+                self._finish(job, generation_failed(job, cause, alone=culprit is not None))
+            elif job.cancelled.is_set():
+                self._finish(job, Cancelled("the client went away"))
+            else:
+                self._insert(lm, job)
 
     def _step_batch(self, lm: LoadedModel) -> None:
         gone = [uid for uid, job in lm.active.items() if job.cancelled.is_set()]
@@ -400,6 +436,7 @@ class Engine:
             if not job.t_first:
                 job.t_first = now
             job.completion_tokens += 1
+            job.generated.append(r.token)
             detok = job.detokenizer
             if r.finish_reason != "stop":
                 detok.add_token(r.token)
@@ -413,16 +450,6 @@ class Engine:
                     self.prompt_cache.insert_cache(job.model, list(r.all_tokens), r.prompt_cache)
                 self._finish(job, None, r.finish_reason)
 
-    def _start_vision(self, lm: LoadedModel, job: Job) -> None:
-        from mlx_vlm import stream_generate
-
-        inputs = job.vision_inputs or {}
-        job.stream = stream_generate(
-            lm.model, lm.processor, inputs["prompt"], image=inputs["images"],
-            max_tokens=job.max_tokens, **inputs.get("sampling", {}),
-        )
-        self._vision_jobs.append(job)
-
     def _step_vision(self) -> None:
         for job in list(self._vision_jobs):
             if job.cancelled.is_set():
@@ -431,28 +458,15 @@ class Engine:
                 self._finish(job, Cancelled("the client went away"))
                 continue
             try:
-                result = next(job.stream)
-            except StopIteration:  # mlx-vlm ends with a result carrying finish_reason
-                result = None
+                finish = vision.step(job)
             except Exception as e:  # one bad image must not fail the other requests
                 log.exception("describing failed for %s", job.request_id)
                 self._vision_jobs.remove(job)
-                self._finish(job, InferenceError(f"{job.model} failed on this request: {e}"))
+                reset_random_state()  # mlx-vlm's samplers are compiled with it too
+                self._finish(job, generation_failed(job, e, alone=True))
                 continue
-            if result is not None:
-                if not job.t_first:
-                    job.t_first = time.perf_counter()
-                job.completion_tokens = result.generation_tokens
-                if result.prompt_tokens and result.prompt_tokens != len(job.prompt):
-                    # usage reports what was really run (estimates only differ in length)
-                    job.prompt = (job.prompt + [0] * result.prompt_tokens)[:result.prompt_tokens]
-                for event in job.router.feed(result.text, None):
-                    job.events.put(event)
-            finish = result.finish_reason if result is not None else "stop"
             if finish is not None:
                 self._vision_jobs.remove(job)
-                for event in job.router.feed("", finish):
-                    job.events.put(event)
                 self._finish(job, None, finish)
 
     def _finish(self, job: Job, error: Exception | None, finish_reason: str = "stop") -> None:
@@ -460,36 +474,8 @@ class Engine:
             job.events.put(error)
             job.events.put(DONE)
             return
-        end = time.perf_counter()
-        first = job.t_first or end
-        decode_s = end - first
-        prefill_s = first - job.t_start
-        router = job.router
-        if router.made_tool_call and finish_reason == "stop":
-            finish_reason = "tool_calls"
-        done = pb.Done(
-            finish_reason=finish_reason,
-            model=job.model,
-            usage=pb.Usage(
-                prompt_tokens=len(job.prompt),
-                completion_tokens=job.completion_tokens,
-                reasoning_tokens=router.reasoning_tokens,
-                cached_prompt_tokens=job.cached_tokens,
-            ),
-            timings=pb.Timings(
-                queue_seconds=job.queue_seconds,
-                time_to_first_token_seconds=first - job.t_start,
-                prefill_tokens_per_second=(
-                    (len(job.prompt) - job.cached_tokens) / prefill_s if prefill_s > 0 else 0.0
-                ),
-                decode_tokens_per_second=(
-                    (job.completion_tokens - 1) / decode_s if decode_s > 0 else 0.0
-                ),
-                total_seconds=end - job.t_start + job.queue_seconds,
-            ),
-            cut_off_while_reasoning=finish_reason == "length" and router.current == "reasoning",
-        )
-        job.events.put(pb.ChatEvent(done=done))
+        done = done_event(job, finish_reason)
+        job.events.put(done)
         job.events.put(DONE)
 
     def _fail_all(self, error: Exception) -> None:

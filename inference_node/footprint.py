@@ -299,12 +299,12 @@ def kv_cost(config: dict, prefill_step: int = DEFAULT_PREFILL_STEP) -> KVCost:
         window = int(cfg["sliding_window"])
         fixed += sliding * (window + prefill_step) * per_layer_token
         notes.append(f"{sliding} sliding layers bounded at {window} + {prefill_step} prefill "
-                     f"tokens ({fixed / 1e6:.1f} MB per request)")
+                     f"tokens ({fixed / 2**20:.1f} MiB per request)")
     if linear:
         state = linear * _linear_state_bytes(cfg)
         fixed += state
         notes.append(f"{linear} linear-attention layers with fixed state "
-                     f"({state / 1e6:.1f} MB per request, float32)")
+                     f"({state / 2**20:.1f} MiB per request, float32)")
     notes.append(f"{full} full-attention layers × {per_layer_token} B/token")
     return KVCost(full * per_layer_token, fixed, "; ".join(notes))
 

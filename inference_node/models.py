@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from inference_node.api.reasons import truncate
 from inference_node.config import InferenceConfig, ModelEntry, studio_home
 from inference_node.errors import BadRequest, LoadFailed, UnknownModel
 
@@ -96,14 +97,15 @@ class Catalog:
 
     def get(self, name: str, role: str) -> CatalogModel:
         """The named model, or the first of `role` when `name` is empty."""
+        served = truncate(", ".join(self.models) or "none")
         if not name:
             for m in self.models.values():
                 if m.role == role:
                     return m
             raise UnknownModel(f"no {role} model is configured; add one to [[models]] with "
-                               f'role = "{role}"')
+                               f'role = "{role}"', model="", role=role, served=served)
         try:
             return self.models[name]
         except KeyError:
-            known = ", ".join(self.models) or "none"
-            raise UnknownModel(f"unknown model {name!r}; this node serves: {known}") from None
+            raise UnknownModel(f"unknown model {truncate(name, 80)!r}; this node serves: "
+                               f"{served}", model=truncate(name), served=served) from None

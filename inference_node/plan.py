@@ -16,11 +16,11 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from inference_node.admission import default_budget, gb
 from inference_node.api.tomlconf import ConfigError
 from inference_node.config import ModelEntry, load_config, studio_home
 from inference_node.errors import InferenceError
 from inference_node.footprint import Footprint, estimate
+from inference_node.machine import default_budget, gib
 
 MAX_COMBINATION_MODELS = 12  # 2**12 subsets is still instant
 
@@ -123,19 +123,19 @@ def _report(models: list[PlannedModel], result: PlanResult, source: str) -> str:
         fp = m.footprint
         lines.append(
             f"{m.name + (' *' if m.pinned else ''):<24} {m.role:<7} "
-            f"{gb(fp.weights_bytes):>10} {fp.kv_per_token / 1024:>7.1f} KB {m.context:>8} "
-            f"{gb(m.kv_bytes):>10} {gb(m.total_bytes):>10}")
+            f"{gib(fp.weights_bytes):>10} {fp.kv_per_token / 1024:>7.1f} KiB {m.context:>8} "
+            f"{gib(m.kv_bytes):>10} {gib(m.total_bytes):>10}")
     lines.append("(* pinned; total = weights + overhead + one request's KV at its context)")
-    lines.append(f"budget {gb(result.budget_bytes)}: {source}")
+    lines.append(f"budget {gib(result.budget_bytes)}: {source}")
     verdict = "fit together" if result.fits else "do NOT fit together"
-    lines.append(f"all {len(models)} models: {gb(result.total_bytes)} of "
-                 f"{gb(result.budget_bytes)} — {verdict}")
+    lines.append(f"all {len(models)} models: {gib(result.total_bytes)} of "
+                 f"{gib(result.budget_bytes)} — {verdict}")
     for name in result.too_big_alone:
         lines.append(f"  {name} does not fit even alone")
     if not result.fits:
         over = result.total_bytes - result.budget_bytes
-        lines.append(f"  over by {gb(over)}; lower a model's context, drop one, "
-                     "or raise budget_gb")
+        lines.append(f"  over by {gib(over)}; lower a model's context, drop one, "
+                     "or raise budget_gb (GiB)")
         for combo in result.largest_fitting():
             lines.append(f"  these fit together: {', '.join(combo)}")
     return "\n".join(lines)

@@ -63,7 +63,7 @@ def test_model_larger_than_the_budget_is_refused_with_the_numbers() -> None:
     with pytest.raises(WouldNotFit) as e:
         adm.admit_load("huge", 3 * GB, pinned=False)
     msg = str(e.value)
-    assert "huge needs 3.0 GB" in msg and "2.0 GB" in msg and "budget_gb" in msg
+    assert "huge needs 3.0 GiB" in msg and "2.0 GiB" in msg and "budget_gb" in msg
 
 
 def test_second_model_that_would_overflow_evicts_the_lru_idle_one() -> None:
@@ -85,7 +85,7 @@ def test_second_model_that_would_overflow_is_refused_under_refuse() -> None:
     with pytest.raises(WouldNotFit) as e:
         adm.admit_load("b", 6 * GB, pinned=False)
     msg = str(e.value)
-    assert "b needs 6.0 GB; 6.0 of 10.0 GB committed (a 6.0 GB)" in msg
+    assert "b needs 6.0 GiB; 6.0 of 10.0 GiB committed (a 6.0 GiB)" in msg
     assert "unload a" in msg and "/etc/studio-coder/inference-node.toml" in msg
 
 
@@ -94,7 +94,7 @@ def test_pinned_model_is_never_evicted() -> None:
     load(adm, "coder", 8 * GB, pinned=True)
     with pytest.raises(WouldNotFit) as e:
         adm.admit_load("vision", 3 * GB, pinned=False)
-    assert "coder 8.0 GB pinned" in str(e.value)
+    assert "coder 8.0 GiB pinned" in str(e.value)
 
 
 def test_model_with_a_request_in_flight_is_never_evicted() -> None:
@@ -253,7 +253,7 @@ def test_below_the_floor_new_work_is_refused_with_the_reading() -> None:
     reading[0] = int(0.8 * GB)
     with pytest.raises(Unavailable) as e:
         adm.reserve("a", 10, 10, MB)
-    assert "system has 0.8 GB available, under the 1.0 GB floor" in str(e.value)
+    assert "system has 0.8 GiB available, under the 1.0 GiB floor" in str(e.value)
     with pytest.raises(Unavailable):
         adm.admit_load("b", GB, pinned=False)
     reading[0] = PLENTY

@@ -203,7 +203,7 @@ def test_admission_refusal_is_503_with_retry_after(chain_models):
             client.chat.completions.create(model="hello", messages=HI)
     assert e.value.status_code == 503 and int(e.value.response.headers["retry-after"]) > 0
     assert "budget" in e.value.body["message"]
-    assert e.value.body["code"] == "resource_exhausted"
+    assert e.value.body["code"] == "model_would_not_fit"  # the node's reason, lower-cased
 
 
 def test_unreachable_node_is_503_not_a_hang():

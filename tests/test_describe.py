@@ -238,7 +238,7 @@ def test_an_image_over_max_image_mb_is_refused_with_the_limit(stub):
     # 21 MiB passes gRPC (32 MB on both sides) and reaches the configured 20 MB limit
     err = refused(stub, b"\x89PNG\r\n\x1a\n" + bytes(21 * MB))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "21.0 MB" in err.details() and "limit is 20 MB" in err.details()
+    assert "21.0 MiB" in err.details() and "limit is 20 MiB" in err.details()
     assert "max_image_mb" in err.details()
 
 

@@ -19,6 +19,7 @@ from agent_node.exceptions import (
     DeadlineExceeded,
     InferenceError,
     InferenceUnavailable,
+    ModelBusy,
     ModelLoadFailed,
     ModelNotFound,
     QueueFull,
@@ -61,6 +62,7 @@ BY_CLASS: list[tuple[type[InferenceError], int, str, int | None]] = [
     (TunnelFailed, 503, "server_error", None),  # needs a person, not a retry
     (InferenceUnavailable, 503, "server_error", RETRY_AFTER_UNAVAILABLE_S),
     (ModelLoadFailed, 500, "server_error", None),
+    (ModelBusy, 503, "server_error", RETRY_AFTER_UNAVAILABLE_S),
     (Cancelled, 499, "server_error", None),
 ]
 
@@ -113,14 +115,20 @@ def openai_param(field: str) -> str | None:
     return field
 
 
+def _number(err: InferenceError, key: str) -> int | None:
+    try:
+        return int(err.metadata[key])
+    except (KeyError, ValueError):
+        return None
+
+
 def context_message(err: InferenceError) -> str:
-    """OpenAI's wording for a context overflow, which clients (litellm, pi) recognise, then ours."""
-    d = err.detail
-    assert d is not None
-    context = d.number(reasons.CONTEXT, 0)
-    prompt = d.number(reasons.PROMPT_TOKENS, 0) or 0
-    asked = d.number(reasons.MAX_TOKENS)
-    if d.metadata.get(reasons.FIELD) == "max_tokens" and asked is not None:
+    """OpenAI's wording for a context overflow, which clients (litellm, pi) recognise, then the
+    node's own advice."""
+    context = _number(err, reasons.CONTEXT) or 0
+    prompt = _number(err, reasons.PROMPT_TOKENS) or 0
+    asked = _number(err, reasons.MAX_TOKENS)
+    if err.metadata.get(reasons.FIELD) == "max_tokens" and asked is not None:
         head = (f"This model's maximum context length is {context} tokens. However, you "
                 f"requested {prompt + asked} tokens ({prompt} in the messages, {asked} in the "
                 "completion). Please reduce the length of the messages or completion.")
@@ -128,7 +136,7 @@ def context_message(err: InferenceError) -> str:
         head = (f"This model's maximum context length is {context} tokens. However, your "
                 f"messages resulted in {prompt} tokens. Please reduce the length of the "
                 "messages.")
-    return f"{head} ({err.message})"
+    return f"{head} ({err.detail})"
 
 
 def http_error(err: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -148,20 +156,19 @@ def http_error(err: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
 
 
 def _inference_error(err: InferenceError) -> tuple[int, dict[str, Any], dict[str, str]]:
-    d = err.detail
     message = err.message
     param: str | None = None
     code: str | None = None
-    if d is not None and d.reason in BY_REASON and not isinstance(err, TunnelFailed):
-        status, kind, retry = BY_REASON[d.reason]
-        code = d.reason.lower()  # model_not_found and context_length_exceeded match OpenAI's
-        if d.reason == reasons.CONTEXT_LENGTH_EXCEEDED:
+    if err.reason in BY_REASON and not isinstance(err, TunnelFailed):
+        status, kind, retry = BY_REASON[err.reason]
+        code = err.reason.lower()  # model_not_found and context_length_exceeded match OpenAI's
+        if err.reason == reasons.CONTEXT_LENGTH_EXCEEDED:
             message = context_message(err)
-            param = openai_param(d.metadata.get(reasons.FIELD, "")) or "messages"
-        elif d.reason in (reasons.MODEL_NOT_FOUND, reasons.WRONG_MODEL_ROLE):
+            param = openai_param(err.metadata.get(reasons.FIELD, "")) or "messages"
+        elif err.reason in (reasons.MODEL_NOT_FOUND, reasons.WRONG_MODEL_ROLE):
             param = "model"
         else:
-            param = openai_param(d.metadata.get(reasons.FIELD, ""))
+            param = openai_param(err.metadata.get(reasons.FIELD, ""))
     else:
         status, kind, retry = 502, "server_error", None
         for cls, s, k, r in BY_CLASS:

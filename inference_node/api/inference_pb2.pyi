@@ -262,7 +262,7 @@ class ChatEvent(_message.Message):
     def __init__(self, admitted: _Optional[_Union[Admitted, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "role", "state", "weights_bytes", "kv_bytes_per_token", "context_length", "last_used_unix", "pinned", "in_flight", "estimated_bytes", "measured_bytes", "source")
+    __slots__ = ("name", "role", "state", "weights_bytes", "kv_bytes_per_token", "context_length", "last_used_unix", "pinned", "in_flight", "estimated_bytes", "measured_bytes", "source", "overhead_bytes", "resident_bytes")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         UNLOADED: _ClassVar[ModelInfo.State]
@@ -283,6 +283,8 @@ class ModelInfo(_message.Message):
     ESTIMATED_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEASURED_BYTES_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    OVERHEAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     role: str
     state: ModelInfo.State
@@ -295,7 +297,9 @@ class ModelInfo(_message.Message):
     estimated_bytes: int
     measured_bytes: int
     source: str
-    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., state: _Optional[_Union[ModelInfo.State, str]] = ..., weights_bytes: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., context_length: _Optional[int] = ..., last_used_unix: _Optional[float] = ..., pinned: _Optional[bool] = ..., in_flight: _Optional[int] = ..., estimated_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
+    overhead_bytes: int
+    resident_bytes: int
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., state: _Optional[_Union[ModelInfo.State, str]] = ..., weights_bytes: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., context_length: _Optional[int] = ..., last_used_unix: _Optional[float] = ..., pinned: _Optional[bool] = ..., in_flight: _Optional[int] = ..., estimated_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ..., source: _Optional[str] = ..., overhead_bytes: _Optional[int] = ..., resident_bytes: _Optional[int] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
@@ -314,7 +318,7 @@ class ModelStatus(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., message: _Optional[str] = ..., evicted: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelMemory(_message.Message):
-    __slots__ = ("name", "loaded", "weights_bytes", "kv_reserved_bytes", "last_used_unix", "pinned", "in_flight")
+    __slots__ = ("name", "loaded", "weights_bytes", "kv_reserved_bytes", "last_used_unix", "pinned", "in_flight", "overhead_bytes", "resident_bytes", "estimated_bytes", "measured_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -322,6 +326,10 @@ class ModelMemory(_message.Message):
     LAST_USED_UNIX_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    OVERHEAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     loaded: bool
     weights_bytes: int
@@ -329,10 +337,14 @@ class ModelMemory(_message.Message):
     last_used_unix: float
     pinned: bool
     in_flight: int
-    def __init__(self, name: _Optional[str] = ..., loaded: _Optional[bool] = ..., weights_bytes: _Optional[int] = ..., kv_reserved_bytes: _Optional[int] = ..., last_used_unix: _Optional[float] = ..., pinned: _Optional[bool] = ..., in_flight: _Optional[int] = ...) -> None: ...
+    overhead_bytes: int
+    resident_bytes: int
+    estimated_bytes: int
+    measured_bytes: int
+    def __init__(self, name: _Optional[str] = ..., loaded: _Optional[bool] = ..., weights_bytes: _Optional[int] = ..., kv_reserved_bytes: _Optional[int] = ..., last_used_unix: _Optional[float] = ..., pinned: _Optional[bool] = ..., in_flight: _Optional[int] = ..., overhead_bytes: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., estimated_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ...) -> None: ...
 
 class MemoryStatus(_message.Message):
-    __slots__ = ("budget_bytes", "budget_source", "committed_bytes", "weights_bytes", "reserved_bytes", "mlx_active_bytes", "mlx_peak_bytes", "mlx_cache_bytes", "system_available_bytes", "floor_bytes", "models", "queue_depth", "queue_limit", "policy")
+    __slots__ = ("budget_bytes", "budget_source", "committed_bytes", "weights_bytes", "reserved_bytes", "mlx_active_bytes", "mlx_peak_bytes", "mlx_cache_bytes", "system_available_bytes", "floor_bytes", "models", "queue_depth", "queue_limit", "policy", "overhead_bytes", "open_streams", "stream_limit")
     BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
     BUDGET_SOURCE_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -347,6 +359,9 @@ class MemoryStatus(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     QUEUE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    OVERHEAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OPEN_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_LIMIT_FIELD_NUMBER: _ClassVar[int]
     budget_bytes: int
     budget_source: str
     committed_bytes: int
@@ -361,4 +376,7 @@ class MemoryStatus(_message.Message):
     queue_depth: int
     queue_limit: int
     policy: str
-    def __init__(self, budget_bytes: _Optional[int] = ..., budget_source: _Optional[str] = ..., committed_bytes: _Optional[int] = ..., weights_bytes: _Optional[int] = ..., reserved_bytes: _Optional[int] = ..., mlx_active_bytes: _Optional[int] = ..., mlx_peak_bytes: _Optional[int] = ..., mlx_cache_bytes: _Optional[int] = ..., system_available_bytes: _Optional[int] = ..., floor_bytes: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelMemory, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., queue_limit: _Optional[int] = ..., policy: _Optional[str] = ...) -> None: ...
+    overhead_bytes: int
+    open_streams: int
+    stream_limit: int
+    def __init__(self, budget_bytes: _Optional[int] = ..., budget_source: _Optional[str] = ..., committed_bytes: _Optional[int] = ..., weights_bytes: _Optional[int] = ..., reserved_bytes: _Optional[int] = ..., mlx_active_bytes: _Optional[int] = ..., mlx_peak_bytes: _Optional[int] = ..., mlx_cache_bytes: _Optional[int] = ..., system_available_bytes: _Optional[int] = ..., floor_bytes: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelMemory, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., queue_limit: _Optional[int] = ..., policy: _Optional[str] = ..., overhead_bytes: _Optional[int] = ..., open_streams: _Optional[int] = ..., stream_limit: _Optional[int] = ...) -> None: ...

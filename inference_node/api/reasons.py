@@ -33,6 +33,7 @@ on the message text. Imports no mlx: both nodes use it.
     CLIENT_CANCELLED         CANCELLED           (none)
     MODEL_UNLOADED           ABORTED             model
     GENERATION_FAILED        INTERNAL            model, request_id
+    INTERNAL_ERROR           INTERNAL            error_type (a bug in the node: see its log)
 
 CONTEXT_LENGTH_EXCEEDED covers both overflows: the prompt alone is longer than the context
 (`max_tokens` absent or not the cause, `max_tokens_allowed` <= 0), and prompt + max_tokens is
@@ -72,6 +73,7 @@ MEMORY_FLOOR = "MEMORY_FLOOR"
 CLIENT_CANCELLED = "CLIENT_CANCELLED"
 MODEL_UNLOADED = "MODEL_UNLOADED"
 GENERATION_FAILED = "GENERATION_FAILED"
+INTERNAL_ERROR = "INTERNAL_ERROR"
 
 # The status code each reason is sent with (grpc.StatusCode names).
 CODES: dict[str, str] = {
@@ -94,6 +96,7 @@ CODES: dict[str, str] = {
     CLIENT_CANCELLED: "CANCELLED",
     MODEL_UNLOADED: "ABORTED",
     GENERATION_FAILED: "INTERNAL",
+    INTERNAL_ERROR: "INTERNAL",
 }
 
 # ---------------------------------------------------------------- metadata keys
@@ -130,6 +133,7 @@ HEIGHT = "height"
 PIXELS = "pixels"
 MAX_PIXELS = "max_pixels"
 REQUEST_ID = "request_id"
+ERROR_TYPE = "error_type"  # INTERNAL_ERROR: the exception's class name
 
 MAX_VALUE_CHARS = 200  # any echoed string is cut to this, so no trailer nears gRPC's limits
 

@@ -1,0 +1,333 @@
+"""The Inference service's methods: Chat, Describe, and the control plane.
+
+Handlers validate (`validate.py`), resolve the model, admit against the memory budget and hand
+a job to the engine thread; they never touch MLX themselves. Errors are InferenceErrors, sent
+in one place (`wire.abort`) with a status code, a message a person can act on and a reason.
+
+The control plane stays apart from the streams: the server's thread pool holds
+`server.max_streams` Chat/Describe streams plus `server.control_workers` threads that no stream
+may take, so health, GetMemory, ListModels and Load/Unload answer whatever the number of open
+streams. A stream past `max_streams` is refused at once (RESOURCE_EXHAUSTED, TOO_MANY_STREAMS).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+
+from inference_node import chat, validate
+from inference_node.api import pb
+from inference_node.api import reasons as R
+from inference_node.config import InferenceConfig
+from inference_node.engine import DONE, Engine, Job
+from inference_node.errors import BadRequest, ModelBusy, QueueFull, Unavailable
+from inference_node.machine import gib
+from inference_node.models import Catalog, CatalogModel
+
+
+class StreamSlots:
+    """Counts open Chat and Describe streams; one past `limit` is refused at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._lock:
+            if self.open >= self.limit:
+                raise QueueFull(
+                    f"{self.open} streams are open, the most this node takes "
+                    f"(server.max_streams = {self.limit}); retry when one finishes, or raise "
+                    "max_streams in inference-node.toml", reason=R.TOO_MANY_STREAMS,
+                    open_streams=self.open, stream_limit=self.limit)
+            self.open += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.open -= 1
+
+
+class InferenceServicer:
+    """The Inference service's methods; `wire.add_inference_service` registers them."""
+
+    def __init__(self, cfg: InferenceConfig, catalog: Catalog, admission: Any, engine: Engine):
+        self.cfg = cfg
+        self.catalog = catalog
+        self.admission = admission
+        self.engine = engine
+        self.draining = False
+        self.streams = StreamSlots(cfg.server.max_streams)
+        self._footprints: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ Chat
+
+    def Chat(self, request: pb.ChatRequest, context: grpc.ServicerContext
+             ) -> Iterator[pb.ChatEvent]:
+        with self.streams.hold():
+            yield from self._chat(request, context)
+
+    def _chat(self, request: pb.ChatRequest, context: grpc.ServicerContext
+              ) -> Iterator[pb.ChatEvent]:
+        self._check_open()
+        entry = self._entry(request.model, "coder")
+        tools, schema = validate.check_chat(request, validate.vocab_size(entry.config))
+        lm = self.engine.ensure_loaded(entry)
+        tok = lm.tokenizer
+        constraint, json_tools = self._constraint(request, tok, tools, schema)
+        note = constraint.instruction if constraint is not None else ""
+        prompt = chat.build_prompt(tok, chat.template_messages(request.messages), tools, note,
+                                   note_lists_tools=json_tools is not None)
+        max_tokens = chat.resolve_max_tokens(
+            request.max_tokens if request.HasField("max_tokens") else None,
+            len(prompt), entry.context, self.cfg.engine.default_max_tokens, entry.name,
+        )
+        job = self._job(request, entry, lm, prompt, max_tokens, constraint, json_tools, tools)
+        yield from self._run(job, entry, context)
+
+    def _entry(self, name: str, role: str) -> CatalogModel:
+        """The catalog entry `name` (or the first of `role`), which must have that role."""
+        validate.check_model_name(name)
+        entry = self.catalog.get(name, role)
+        if entry.role != role:
+            if entry.is_vision:
+                why = (f"{entry.name} is a vision model: it only describes images, through "
+                       "Describe; send Chat to a coder model")
+            else:
+                why = (f"{entry.name} is a {entry.role} model and cannot see images; Describe "
+                       'needs a model with role = "vision"')
+            raise BadRequest(why, reason=R.WRONG_MODEL_ROLE, model=entry.name,
+                             role=entry.role, needed_role=role)
+        return entry
+
+    def _constraint(self, request: pb.ChatRequest, tokenizer: Any, tools: list[dict],
+                    schema: dict | None) -> tuple[Any, Any]:
+        """Grammar constraints for response_format and forced tool calls (or none)."""
+        rf = request.response_format
+        choice = request.tool_choice
+        forced = choice.mode in (pb.ToolChoice.REQUIRED, pb.ToolChoice.NAMED)
+        if rf.type == pb.ResponseFormat.TEXT and not forced:
+            return None, None
+        from inference_node import constrained
+
+        if forced:
+            mode = "required" if choice.mode == pb.ToolChoice.REQUIRED else "named"
+            c = constrained.compile_tool_choice(tokenizer, tools, mode, choice.name)
+            native = tokenizer.has_tool_calling and getattr(c, "native", False)
+            return c, (None if native else c)
+        c = constrained.compile_response_format(
+            tokenizer, schema, rf.type == pb.ResponseFormat.JSON_OBJECT
+        )
+        return c, None
+
+    def _job(self, request: pb.ChatRequest, entry: CatalogModel, lm: Any, prompt: list[int],
+             max_tokens: int, constraint: Any, json_tools: Any, tools: list[dict]) -> Job:
+        from mlx_lm.generate import make_stop_sequences, make_text_state_machine
+        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+        tok = lm.tokenizer
+        s = request.sampling  # every field checked by validate.check_sampling
+        stop = list(s.stop)
+        sampler = make_sampler(
+            temp=s.temperature if s.HasField("temperature") else 0.0,
+            top_p=s.top_p if s.HasField("top_p") else 0.0,
+            min_p=s.min_p if s.HasField("min_p") else 0.0,
+            top_k=s.top_k if s.HasField("top_k") else 0,
+        )
+        base = make_logits_processors(
+            repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else None
+        )
+        processors = list(base)
+        rebuild = None
+        if constraint is not None:
+            processors.append(constraint.logits_processor())
+
+            def rebuild() -> list[Any]:  # the grammar resumes after what was already emitted
+                return [*base, constraint.logits_processor(reply_starts_at=len(prompt))]
+
+        initial = "normal"
+        if tok.has_thinking and tok.rfind_think_start(prompt) > tok.rfind_think_end(prompt):
+            initial = "reasoning"  # the template opened <think> for the model
+        router = chat.TextRouter(
+            text_sm=make_text_state_machine(tok, stop),
+            initial_state=initial,
+            tool_parser=tok.tool_parser,
+            tools=tools,
+            json_tools=json_tools,
+        )
+        return Job(
+            request_id=chat.new_request_id(request.request_id),
+            model=entry.name,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            router=router,
+            sampler=sampler,
+            logits_processors=processors,
+            stop_sequences=make_stop_sequences(tok, stop),
+            seed=s.seed if s.HasField("seed") else None,
+            rebuild_processors=rebuild,
+        )
+
+    def _run(self, job: Job, entry: CatalogModel, context: grpc.ServicerContext,
+             images: list[pb.ImageInfo] | None = None, note: str = ""
+             ) -> Iterator[pb.ChatEvent]:
+        """Reserve memory, hand the job to the engine and stream its events back."""
+        lm = self.engine.loaded.get(entry.name)
+        if lm is None:  # evicted between load and reserve: load it again
+            lm = self.engine.ensure_loaded(entry)
+        t0 = time.monotonic()
+        reservation = self.admission.reserve(
+            entry.name, len(job.prompt), job.max_tokens, lm.kv_per_token,
+            fixed_bytes=lm.kv_fixed_bytes,
+            timeout_s=self._queue_timeout(context),
+            cancelled=lambda: not context.is_active(),
+        )
+        try:
+            job.queue_seconds = time.monotonic() - t0
+            job.reservation = reservation
+            context.add_callback(job.cancelled.set)
+            yield pb.ChatEvent(admitted=pb.Admitted(
+                request_id=job.request_id, model=entry.name, queue_seconds=job.queue_seconds,
+                reserved_bytes=reservation.bytes, prompt_tokens=len(job.prompt),
+                max_tokens=job.max_tokens, images=images or [], note=note,
+            ))
+            self.engine.submit(job)
+            while True:
+                try:
+                    event = job.events.get(timeout=0.5)
+                except queue.Empty:
+                    if not context.is_active():
+                        job.cancelled.set()
+                    continue
+                if event is DONE:
+                    break
+                if isinstance(event, Exception):
+                    raise event
+                yield event
+        finally:
+            job.cancelled.set()
+            self.admission.release(reservation)
+            self.admission.touch(entry.name)
+
+    def _queue_timeout(self, context: grpc.ServicerContext) -> float:
+        limit = self.cfg.memory.queue_timeout_s
+        remaining = context.time_remaining()
+        return min(limit, remaining) if remaining is not None else limit
+
+    def _check_open(self) -> None:
+        if self.draining:
+            raise Unavailable("the inference node is draining for shutdown; retry shortly")
+
+    # ------------------------------------------------------------ Describe
+
+    def Describe(self, request: pb.DescribeRequest, context: grpc.ServicerContext
+                 ) -> Iterator[pb.ChatEvent]:
+        with self.streams.hold():
+            yield from self._describe(request, context)
+
+    def _describe(self, request: pb.DescribeRequest, context: grpc.ServicerContext
+                  ) -> Iterator[pb.ChatEvent]:
+        from inference_node import describe
+
+        self._check_open()
+        entry = self._entry(request.model, "vision")
+        cfg = self.cfg.describe
+        # Everything before any load, eviction or decode; then the decode, under admission.
+        checked = describe.check_request(request, cfg, validate.vocab_size(entry.config))
+        decoding = self.admission.reserve_bytes(
+            entry.name, checked.decode_bytes,
+            f"decoding a {checked.width}x{checked.height} {checked.fmt.upper()}",
+            timeout_s=self._queue_timeout(context), cancelled=lambda: not context.is_active())
+        try:
+            image, info = describe.decode(checked, cfg)
+        finally:
+            self.admission.release(decoding)
+        lm = self.engine.ensure_loaded(entry)
+        job, images, note = describe.describe_job(request, checked, image, info, entry, lm, cfg)
+        yield from self._run(job, entry, context, images, note)
+
+    # ------------------------------------------------------------ models and memory
+    # The control plane: nothing here waits for a generation step unless it must load or
+    # unload, so it answers while every stream is busy.
+
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+                   ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=self._infos(list(self.catalog.models.values())))
+
+    def LoadModel(self, request: pb.LoadModelRequest, context: grpc.ServicerContext
+                  ) -> pb.ModelStatus:
+        validate.check_model_name(request.name)
+        entry = self.catalog.get(request.name, "coder")
+        lm = self.engine.loaded.get(entry.name)
+        evicted: list[str] = []
+        if lm is None:
+            lm, evicted = self.engine.load(entry)
+        return pb.ModelStatus(
+            model=self._infos([entry])[0], evicted=evicted,
+            message=(f"loaded {entry.name}: weights {gib(lm.measured_bytes)} measured, "
+                     f"{gib(lm.estimated_bytes)} estimated with overhead"),
+        )
+
+    def UnloadModel(self, request: pb.UnloadModelRequest, context: grpc.ServicerContext
+                    ) -> pb.ModelStatus:
+        validate.check_model_name(request.name)
+        entry = self.catalog.get(request.name, "coder")
+        if entry.name not in self.engine.loaded:
+            return pb.ModelStatus(model=self._infos([entry])[0],
+                                  message=f"{entry.name} was not loaded")
+        busy = self.admission.in_flight(entry.name)
+        if busy:
+            raise ModelBusy(f"{entry.name} has {busy} requests in flight; unload it when they "
+                            "finish", model=entry.name, in_flight=busy)
+        was = self.engine.unload(entry.name)
+        msg = f"unloaded {entry.name}" if was else f"{entry.name} was not loaded"
+        return pb.ModelStatus(model=self._infos([entry])[0], message=msg)
+
+    def GetMemory(self, request: pb.GetMemoryRequest, context: grpc.ServicerContext
+                  ) -> pb.MemoryStatus:
+        snap = self.admission.snapshot()
+        rows = [pb.ModelMemory(**{k: v for k, v in row.items() if k in _ROW_FIELDS})
+                for row in snap.get("models", [])]
+        fields = {k: v for k, v in snap.items() if k != "models" and k in _MEMORY_FIELDS}
+        return pb.MemoryStatus(models=rows, open_streams=self.streams.open,
+                               stream_limit=self.streams.limit, **fields)
+
+    def _footprint(self, entry: CatalogModel) -> Any:
+        fp = self._footprints.get(entry.name)
+        if fp is None:  # the headers are read once, not on every status poll
+            fp = self._footprints[entry.name] = self.engine.footprint(entry)
+        return fp
+
+    def _infos(self, entries: list[CatalogModel]) -> list[pb.ModelInfo]:
+        rows = {r["name"]: r for r in self.admission.snapshot().get("models", [])}
+        out = []
+        for entry in entries:
+            lm = self.engine.loaded.get(entry.name)
+            row = rows.get(entry.name, {})
+            fp = self._footprint(entry)
+            out.append(pb.ModelInfo(
+                name=entry.name, role=entry.role,
+                state=pb.ModelInfo.LOADED if lm else pb.ModelInfo.UNLOADED,
+                # one truth with GetMemory: the row's figure (measured at load) once there is one
+                weights_bytes=row.get("weights_bytes") or fp.weights_bytes,
+                overhead_bytes=row.get("overhead_bytes") or fp.overhead_bytes,
+                resident_bytes=row.get("resident_bytes", 0),
+                kv_bytes_per_token=fp.kv_per_token, context_length=entry.context,
+                last_used_unix=row.get("last_used_unix", 0.0), pinned=entry.pinned,
+                in_flight=row.get("in_flight", 0),
+                estimated_bytes=fp.resident_bytes,
+                measured_bytes=lm.measured_bytes if lm else 0, source=entry.source,
+            ))
+        return out
+
+
+_MEMORY_FIELDS = {f.name for f in pb.MemoryStatus.DESCRIPTOR.fields}
+_ROW_FIELDS = {f.name for f in pb.ModelMemory.DESCRIPTOR.fields}
