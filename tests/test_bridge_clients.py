@@ -155,8 +155,11 @@ def run_pi(url: str, model: str, tmp: Path) -> list[dict]:
                "contextWindow": context, "maxTokens": 16,
                "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}}
               for name, context in (("hello", 32768), ("small", SMALL_CONTEXT))]
-    (agent / "models.json").write_text(json.dumps({"providers": {"studio": {
-        "baseUrl": url, "api": "openai-completions", "apiKey": TOKEN, "models": models}}}))
+    token_file = tmp / "bridge-token"
+    token_file.write_text(TOKEN + "\n")
+    (agent / "models.json").write_text(json.dumps({"providers": {"studio": {  # as docs/bridge.md
+        "baseUrl": url, "api": "openai-completions", "apiKey": f"!cat {token_file}",
+        "models": models}}}))
     env = {**os.environ, "HOME": str(tmp), "PI_CODING_AGENT_DIR": str(agent)}
     env.pop("LD_PRELOAD", None)
     out = subprocess.run(
