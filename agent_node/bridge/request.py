@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent_node.bridge.errors import ApiError
-from agent_node.client import (
+from agent_node.wire import (
     to_pb_message,
     to_pb_response_format,
     to_pb_tool,
