@@ -167,6 +167,18 @@ def test_models_and_health(sdk, node):
         assert health.status == 200 and json.load(health)["inference"] == "SERVING"
 
 
+def test_requests_use_the_clients_fallback_chain(node):
+    # The chain from agent-node.toml: "ghost" is not served, so "hello" answers for it.
+    with bridge(config(node[1], coder=["ghost", "hello"])) as client:
+        for asked in ("", "ghost"):  # no model, or a model of the chain: the chain from there
+            r = client.chat.completions.create(model=asked, messages=HI)
+            assert r.model == "hello" and r.choices[0].message.content == "hello world"
+        r = client.chat.completions.create(model="think", messages=HI)  # not in the chain
+        assert r.model == "think"
+        with pytest.raises(openai.NotFoundError):  # outside the chain: that model or nothing
+            client.chat.completions.create(model="no-such-model", messages=HI)
+
+
 def test_unknown_model_is_not_found(sdk):
     with pytest.raises(openai.NotFoundError) as e:
         sdk.chat.completions.create(model="no-such-model", messages=HI)
