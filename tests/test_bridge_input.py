@@ -223,7 +223,7 @@ BODY = with_one_wrong(st.fixed_dictionaries(
          "response_format", "n", "logprobs"])
 
 
-@settings(max_examples=120, deadline=None, derandomize=True,
+@settings(max_examples=120, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(body=st.one_of(BODY, BODY, BODY, st.binary(max_size=40)))
 def test_fuzzed_chat_bodies_get_a_json_4xx_or_a_reply_and_the_bridge_keeps_answering(http, body):
