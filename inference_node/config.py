@@ -103,7 +103,7 @@ class DescribeConfig:
     prompt: str = DESCRIBE_PROMPT
     max_pixels: int = 1280 * 1024  # larger images are downscaled to this many pixels
     # Larger images are refused before decoding: read from the header, never decoded. Decoding
-    # one costs up to 11 bytes a pixel while it runs, reserved from the memory budget.
+    # one holds 5 to 14 bytes a pixel while it runs (PIL's sizes), reserved from the budget.
     max_decode_pixels: int = 50_000_000  # an 8K screen is 33 million
     max_image_mb: float = 20.0  # MiB of PNG or JPEG
     max_tokens: int = 512

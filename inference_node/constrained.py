@@ -50,6 +50,8 @@ from llguidance.numpy import fill_next_token_bitmask
 
 from inference_node.errors import BadRequest
 
+FORMAT_FIELD = "response_format.schema_json"
+
 if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions
 
@@ -214,10 +216,10 @@ def compile_response_format(
         schema = {"type": "object"}
         instruction = JSON_OBJECT_INSTRUCTION
     else:
-        check_schema(schema, "response_format schema")
+        check_schema(schema, "response_format schema", FORMAT_FIELD)
         instruction = SCHEMA_INSTRUCTION.format(schema=json.dumps(schema))
     lltok = ll_tokenizer(tokenizer)
-    grammar = _json_grammar(schema, lltok, "response_format schema")
+    grammar = _json_grammar(schema, lltok, "response_format schema", FORMAT_FIELD)
     return Constraint(lltok, grammar, "response_format", instruction=instruction)
 
 
@@ -238,14 +240,14 @@ def compile_tool_choice(
     if not tools:
         raise BadRequest(f"tool_choice {mode!r} needs at least one tool in the request's tools")
     by_name: dict[str, dict] = {}
-    for tool in tools:
+    for i, tool in enumerate(tools):
         tname = tool.get("name") or ""
         if not tname:
             raise BadRequest("a tool has an empty name; give every tool a name")
         if tname in by_name:
             raise BadRequest(f"tool {tname!r} is listed twice; tool names must be unique")
         params = tool.get("parameters") or {"type": "object"}
-        check_schema(params, f"parameters of tool {tname!r}")
+        check_schema(params, f"parameters of tool {tname!r}", f"tools[{i}].parameters_json")
         by_name[tname] = params
     if mode == "named":
         if name not in by_name:
@@ -256,7 +258,7 @@ def compile_tool_choice(
         by_name = {name: by_name[name]}
     schema = tool_call_schema(by_name)
     lltok = ll_tokenizer(tokenizer)
-    body = _json_grammar(schema, lltok, "tool parameters")
+    body = _json_grammar(schema, lltok, "tool parameters", "tools")
 
     native, reason = _native_markers(tokenizer)
     if native is None:
@@ -277,7 +279,7 @@ def compile_tool_choice(
         f"body: %json {json.dumps(closed_objects(schema))}\n"
     )
     grammar = llguidance.LLMatcher.grammar_from_lark(lark)
-    _validate(grammar, lltok, "tool parameters")
+    _validate(grammar, lltok, "tool parameters", "tools")
     return Constraint(lltok, grammar, "tool_call", native=native)
 
 
@@ -295,16 +297,21 @@ def tool_call_schema(params_by_name: dict[str, dict]) -> dict:
     return branches[0] if len(branches) == 1 else {"anyOf": branches}
 
 
-def check_schema(schema: Any, what: str) -> None:
-    """BadRequest unless `schema` is valid against its JSON Schema meta-schema."""
+def check_schema(schema: Any, what: str, field: str = "") -> None:
+    """BadRequest unless `schema` is valid against its JSON Schema meta-schema.
+
+    `field` names the request field it came from, for the error's metadata.
+    """
     if not isinstance(schema, dict | bool):
-        raise BadRequest(f"{what} must be a JSON object, got {type(schema).__name__}")
+        raise BadRequest(f"{what} must be a JSON object, got {type(schema).__name__}",
+                         field=field, expected="a JSON Schema object")
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as e:
         path = "/".join(str(p) for p in e.absolute_path) or "(root)"
         raise BadRequest(
-            f"{what} is not valid JSON Schema: at {path}: {e.message}; fix the schema"
+            f"{what} is not valid JSON Schema: at {path}: {e.message}; fix the schema",
+            field=field, value=f"at {path}: {e.message}", expected="valid JSON Schema",
         ) from None
 
 
@@ -333,23 +340,25 @@ def closed_objects(schema: Any) -> Any:
     return out
 
 
-def _json_grammar(schema: dict, lltok: llguidance.LLTokenizer, what: str) -> str:
+def _json_grammar(schema: dict, lltok: llguidance.LLTokenizer, what: str, field: str) -> str:
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(
             closed_objects(schema), overrides=JSON_OPTIONS
         )
     except ValueError as e:
-        raise BadRequest(f"{what} cannot be compiled: {e}") from None
-    _validate(grammar, lltok, what)
+        raise BadRequest(f"{what} cannot be compiled: {e}", field=field, value=str(e),
+                         expected="a JSON Schema llguidance can compile") from None
+    _validate(grammar, lltok, what, field)
     return grammar
 
 
-def _validate(grammar: str, lltok: llguidance.LLTokenizer, what: str) -> None:
+def _validate(grammar: str, lltok: llguidance.LLTokenizer, what: str, field: str) -> None:
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, lltok)
     if is_error:
         raise BadRequest(
             f"{what} is valid JSON Schema but cannot be enforced: {messages[0].strip()}; "
-            "simplify the schema or leave out that keyword"
+            "simplify the schema or leave out that keyword", field=field,
+            value=messages[0].strip(), expected="a schema the grammar engine can enforce",
         )
 
 

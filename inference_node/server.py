@@ -201,4 +201,5 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     if args.allow_remote:
         cfg.server.allow_remote = True
-    return serve(cfg, args.host or cfg.server.host, args.port or cfg.server.port)
+    host = args.host if args.host is not None else cfg.server.host
+    return serve(cfg, host, args.port if args.port is not None else cfg.server.port)

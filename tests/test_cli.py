@@ -76,3 +76,67 @@ def test_unknown_subcommands_are_usage_errors():
         out = run(module, "frobnicate")
         assert out.returncode == 2
         assert "unknown command 'frobnicate'" in out.stderr
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_on_a_public_address_is_a_usage_error_without_a_traceback():
+    out = run("inference_node.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert out.returncode == 2
+    assert "refusing to listen on 0.0.0.0" in out.stderr and "SSH tunnel" in out.stderr
+    assert "--allow-remote" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_serve_on_a_taken_port_is_a_usage_error_without_a_traceback(tmp_path, chain_models):
+    import socket
+
+    cfg = write_config(tmp_path, {"hello": chain_models["hello"]})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = run("inference_node.cli", "serve", "--config", str(cfg), "--port", str(port))
+    assert out.returncode == 2
+    assert "port is taken" in out.stderr and "--port" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_the_start_up_line_gives_the_budget_in_gib(tmp_path, chain_models):
+    """budget_gb = 88 is 88 GiB; it printed "94.5 GB" (10**9) before."""
+    import os
+    import signal
+
+    cfg = write_config(tmp_path, {"hello": chain_models["hello"]})
+    cfg.write_text(cfg.read_text().replace("[server]\nport = 1\n",
+                                           "[server]\nport = 1\n\n[memory]\nbudget_gb = 88\n"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inference_node.cli", "serve", "--config", str(cfg), "--port",
+         str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env=os.environ.copy())
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    # the prompt cache's 512 MiB is set aside from the configured 88 GiB, and says so
+    assert "budget 87.5 GiB (budget_gb = 88.0 in" in line, line + err
+    assert "− prompt cache 512 MiB" in line
+    assert "memory budget 87.5 GiB" in err
+    assert " GB" not in line
+
+
+def test_models_prints_sizes_in_gib(tmp_path, chain_models):
+    cfg = write_config(tmp_path, {"hello": chain_models["hello"]})
+    out = run("inference_node.cli", "models", "--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    header, row = out.stdout.splitlines()[:2]
+    assert row.startswith("hello") and " GiB " in row and " KiB " in row
+    assert " GB" not in out.stdout

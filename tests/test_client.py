@@ -5,14 +5,25 @@ from __future__ import annotations
 import json
 import socket
 
+import grpc
 import pytest
 from conftest import running_server
 
 from agent_node import status
 from agent_node.client import Client, collect_reply, connect, to_pb_message
 from agent_node.config import AgentConfig
-from agent_node.exceptions import BadRequest, InferenceUnavailable, ModelNotFound
-from inference_node.api import pb
+from agent_node.exceptions import (
+    BadRequest,
+    ContextLengthExceeded,
+    InferenceError,
+    InferenceUnavailable,
+    ModelBusy,
+    ModelLoadFailed,
+    ModelNotFound,
+    QueueFull,
+    WouldNotFit,
+)
+from inference_node.api import pb, reasons
 
 WEATHER = {
     "name": "get_weather",
@@ -174,3 +185,80 @@ def test_status_exits_3_and_says_what_to_check_when_unreachable(tmp_path, capsys
     assert status.main(["--config", write_config(tmp_path, target)]) == 3
     captured = capsys.readouterr()
     assert "unreachable" in captured.err and target in captured.err
+
+
+def rpc_error(code: grpc.StatusCode, message: str, reason: str = "",
+              **metadata: str) -> grpc.RpcError:
+    """A gRPC error as the server sends it: code, message and (with a reason) ErrorInfo."""
+    trailers = ()
+    if reason:
+        status_ = reasons.to_status(code, message, reasons.ErrorDetail(reason, metadata=metadata))
+        trailers = status_.trailing_metadata
+
+    class Error(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return code
+
+        def details(self) -> str:
+            return message
+
+        def trailing_metadata(self) -> tuple:
+            return trailers
+
+    return Error()
+
+
+@pytest.mark.parametrize(("code", "message", "reason", "expected"), [
+    # the old map read "queue" in the message; the reason decides now, whatever the words
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "the queue of loads is long", reasons.MODEL_WOULD_NOT_FIT,
+     WouldNotFit),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "no room", reasons.QUEUE_FULL, QueueFull),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "32 streams are open", reasons.TOO_MANY_STREAMS,
+     QueueFull),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "KV", reasons.REQUEST_WOULD_NOT_FIT, WouldNotFit),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max", "", InferenceError),
+    (grpc.StatusCode.INVALID_ARGUMENT, "too long", reasons.CONTEXT_LENGTH_EXCEEDED,
+     ContextLengthExceeded),
+    (grpc.StatusCode.INVALID_ARGUMENT, "bad", reasons.INVALID_FIELD, BadRequest),
+    (grpc.StatusCode.FAILED_PRECONDITION, "busy", reasons.MODEL_BUSY, ModelBusy),
+    (grpc.StatusCode.FAILED_PRECONDITION, "corrupt folder", reasons.MODEL_LOAD_FAILED,
+     ModelLoadFailed),
+    (grpc.StatusCode.UNAVAILABLE, "under the floor", reasons.MEMORY_FLOOR, InferenceUnavailable),
+])
+def test_errors_are_mapped_from_code_and_reason_never_from_message_text(code, message, reason,
+                                                                        expected):
+    from agent_node.client import map_grpc_error
+
+    err = map_grpc_error(rpc_error(code, message, reason, model="m"), during="Chat")
+    assert type(err) is expected
+    assert err.reason == reason and err.detail == message and err.code == code.name
+    if reason:
+        assert err.metadata == {"model": "m"}
+
+
+def test_a_floor_refusal_says_the_node_answered_not_that_it_was_unreachable():
+    from agent_node.client import map_grpc_error
+
+    err = map_grpc_error(rpc_error(grpc.StatusCode.UNAVAILABLE, "system has 0.5 GiB available",
+                                   reasons.MEMORY_FLOOR), target="127.0.0.1:1", during="Chat")
+    assert "refused: system has 0.5 GiB available" in str(err)
+    assert "could not reach" not in str(err)
+
+
+def test_context_overflow_reaches_the_caller_with_its_numbers(server):
+    with connect(config(server)) as client, pytest.raises(ContextLengthExceeded) as e:
+        client.model().chat([{"role": "user", "content": "hi"}], max_tokens=4000)
+    err = e.value
+    assert err.reason == reasons.CONTEXT_LENGTH_EXCEEDED and err.code == "INVALID_ARGUMENT"
+    assert err.metadata[reasons.CONTEXT] == "2048" and err.metadata[reasons.MAX_TOKENS] == "4000"
+    assert int(err.metadata[reasons.MAX_TOKENS_ALLOWED]) == 2048 - int(
+        err.metadata[reasons.PROMPT_TOKENS])
+    assert "maximum context length is 2048 tokens" in err.detail
+
+
+def test_status_text_gives_weights_and_overhead_in_gib(server, tmp_path, capsys):
+    assert status.main(["--config", write_config(tmp_path, server)]) == 0
+    out = capsys.readouterr().out
+    assert "weights " in out and "+ overhead 64.0 MiB" in out
+    assert " of 7.5 GiB committed" in out and "streams 0/32" in out  # 8 less the prompt cache
+    assert " GB" not in out

@@ -13,6 +13,7 @@ import grpc
 import mlx.core as mx
 import pytest
 from conftest import running_server
+from images import png_declaring
 
 from inference_node.admission import GB, kv_tokens
 from inference_node.api import pb
@@ -247,6 +248,63 @@ def test_a_20_mb_image_passes_both_sides_grpc_limits(stub):
     err = refused(stub, b"\x89PNG\r\n\x1a\n" + bytes(20 * MB - 1024))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "truncated or corrupt" in err.details()
+
+
+def test_a_20_kb_png_of_13000x13000_is_refused_from_its_header_without_decoding(stub):
+    import resource
+
+    from inference_node.api import reasons
+
+    bomb = png_declaring(13000, 13000, rows=13000)  # a real, complete image: all white
+    assert len(bomb) < 64 * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; the server is in-process
+    err = refused(stub, bomb)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "image is 13000x13000 = 169,000,000 pixels; the limit is 50,000,000" in err.details()
+    assert "describe.max_decode_pixels" in err.details()
+    info = reasons.from_error(err)
+    assert info is not None and info.reason == reasons.IMAGE_TOO_LARGE
+    assert (info.number(reasons.WIDTH), info.number(reasons.HEIGHT)) == (13000, 13000)
+    assert info.number(reasons.MAX_PIXELS) == 50_000_000
+    # decoding it would have raised the peak by about 1 GiB; reading its header, by nothing
+    rise_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    assert rise_mib < 200
+
+
+def test_decoding_is_reserved_from_the_memory_budget_and_refused_when_it_cannot_fit(
+        server, stub, monkeypatch):
+    from inference_node.api import reasons
+
+    admission = server[0].admission
+    reserved: list[tuple[str, int]] = []
+    reserve_bytes = admission.reserve_bytes
+
+    def spy(model: str, need: int, what: str, **kw: object):  # type: ignore[no-untyped-def]
+        reserved.append((what, need))
+        return reserve_bytes(model, need, what, **kw)
+
+    monkeypatch.setattr(admission, "reserve_bytes", spy)
+    r = describe(stub, screenshot(2000, 1500), max_tokens=1)
+    assert r["done"] is not None
+    (what, need), = reserved
+    assert what == "decoding a 2000x1500 PNG"
+    assert need >= 2000 * 1500 * 8  # PIL's RGB is 4 bytes a pixel, decoded and converted
+    assert admission.snapshot()["reserved_bytes"] == 0  # given back once decoded
+
+    # a 12000x4000 header passes the pixel limit; its decode does not fit beside the models
+    budget = admission.budget_bytes
+    monkeypatch.setattr(admission, "budget_bytes", admission.snapshot()["committed_bytes"]
+                        + 100 * MB)
+    try:
+        err = refused(stub, png_declaring(12000, 4000, mode="RGB"))
+    finally:
+        monkeypatch.setattr(admission, "budget_bytes", budget)
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "decoding a 12000x4000 PNG needs" in err.details()
+    info = reasons.from_error(err)
+    assert info is not None and info.reason == reasons.REQUEST_WOULD_NOT_FIT
+    assert (info.number(reasons.NEEDED_BYTES) or 0) > 12000 * 4000 * 8
+    assert (info.number(reasons.AVAILABLE_BYTES) or 0) < 100 * MB + 1
 
 
 def test_a_message_over_32_mb_is_refused_by_grpc(server, stub):

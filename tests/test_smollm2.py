@@ -74,3 +74,23 @@ def test_footprint_is_known_before_loading_and_close_to_what_loading_measured(sm
     weights_estimate = info.estimated_bytes - 64 * 1024 * 1024  # minus the fixed overhead
     assert info.measured_bytes > 0
     assert abs(weights_estimate - info.measured_bytes) <= 0.15 * info.measured_bytes
+
+
+def test_list_models_and_get_memory_give_one_figure_for_the_weights(smol, stub_for):
+    """Issue 18: ListModels said 538,060,040 and GetMemory 605,168,904 for this model. The
+    difference was the 64 MiB overhead, counted in one and not the other under one name.
+    Now weights_bytes is the weights in both, and the overhead and what counts against the
+    budget (resident_bytes) are labelled figures of their own."""
+    stub = stub_for(smol[1])
+    collect(stub.Chat(pb.ChatRequest(model="smollm2", messages=[user("hi")], max_tokens=2),
+                      timeout=120))
+    (info,) = stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+    memory = stub.GetMemory(pb.GetMemoryRequest(), timeout=10)
+    (row,) = [m for m in memory.models if m.name == "smollm2"]
+    assert info.weights_bytes == row.weights_bytes == info.measured_bytes > 0
+    assert info.overhead_bytes == row.overhead_bytes == 64 * 1024 * 1024
+    assert info.resident_bytes == row.resident_bytes == row.weights_bytes + row.overhead_bytes
+    assert row.estimated_bytes == info.estimated_bytes and row.measured_bytes == info.measured_bytes
+    assert memory.weights_bytes >= row.weights_bytes
+    assert memory.committed_bytes == (memory.weights_bytes + memory.overhead_bytes
+                                      + memory.reserved_bytes)
