@@ -59,12 +59,16 @@ def agent_config(tunnel: TunnelSection, coder: str = "hello") -> AgentConfig:
     return cfg
 
 
-def wait_until_up(tunnel: Tunnel, limit_s: float = 30.0) -> float:
+def wait_for(tunnel: Tunnel, state: str, limit_s: float = 30.0) -> float:
     t0 = time.monotonic()
-    while tunnel.status().state != "up":
+    while tunnel.status().state != state:
         assert time.monotonic() - t0 < limit_s, tunnel.status().describe()
         time.sleep(0.02)
     return time.monotonic() - t0
+
+
+def wait_until_up(tunnel: Tunnel, limit_s: float = 30.0) -> float:
+    return wait_for(tunnel, "up", limit_s)
 
 
 def stream_until_cut(client: Client, cut, after: int = 5) -> tuple[int, float]:
@@ -400,7 +404,9 @@ def test_two_hosts_link_down_mid_stream_fails_clearly_then_recovers(models, tmp_
             assert client.tunnel is not None
             assert client.model().chat([user("hi")]).text.split() == ["hello", "world"]
             stream_until_cut(client, lambda: ip("link", "set", link, "down"))
-            assert client.tunnel.status().state == "rebuilding"
+            # The reset socket can fail the stream before the monitor's next look (every
+            # 0.2 s) sees the dead transport; it must then start rebuilding, not stay up.
+            wait_for(client.tunnel, "rebuilding", limit_s=10)
             ip("link", "set", link, "up")
             recovery = wait_until_up(client.tunnel)
             print(f"tunnel back {recovery:.2f} s after the link came up")
