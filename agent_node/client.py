@@ -4,7 +4,7 @@
         coder = client.model("coder")            # a GrpcModel: agent_node.model.Model
         reply = coder.chat([{"role": "user", "content": "hi"}])
         coder.chosen, coder.fallback_log         # which model did the work, and why
-        for event in coder.stream(messages):     # pb.ChatEvent, for the bridge
+        for event in coder.stream(messages):     # pb.ChatEvent; stream_request(req, cancel)
             ...
         client.describer()                       # GrpcDescriber, or None without a vision model
         client.health(); client.list_models(); client.memory()
@@ -16,7 +16,6 @@ tunnel is rebuilding waits instead of failing. `map_grpc_error` is the only plac
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -27,6 +26,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from agent_node.chat_fold import ChatFold, collect_reply
 from agent_node.config import AgentConfig
 from agent_node.exceptions import (
     DeadlineExceeded,
@@ -38,8 +38,15 @@ from agent_node.exceptions import (
     WouldNotFit,
 )
 from agent_node.grpc_errors import CancelledCall, map_grpc_error
-from agent_node.model import Description, Reply, ToolCall, Usage
+from agent_node.model import Description, Reply
 from agent_node.tunnel import FAILED, Tunnel
+from agent_node.wire import (
+    to_pb_message,
+    to_pb_response_format,
+    to_pb_sampling,
+    to_pb_tool,
+    to_pb_tool_choice,
+)
 from inference_node.api import pb, rpc
 
 log = logging.getLogger(__name__)
@@ -64,120 +71,6 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 FALLBACK_ON = (ModelNotFound, ModelLoadFailed, WouldNotFit)
 
 T = TypeVar("T")
-
-
-# ---------------------------------------------------------------------- request translation
-
-
-def _text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # chat-completions parts: keep the text ones
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return str(content)
-
-
-def _tool_call(tc: dict[str, Any]) -> pb.ToolCall:
-    fn = tc.get("function") or {}
-    name = tc.get("name") or fn.get("name", "")
-    args = tc.get("arguments", fn.get("arguments", {}))
-    return pb.ToolCall(
-        id=tc.get("id", ""),
-        name=name,
-        arguments_json=args if isinstance(args, str) else json.dumps(args),
-    )
-
-
-def to_pb_message(m: dict[str, Any]) -> pb.Message:
-    return pb.Message(
-        role=m.get("role", ""),
-        text=_text(m.get("content")),
-        tool_calls=[_tool_call(tc) for tc in m.get("tool_calls") or []],
-        tool_call_id=m.get("tool_call_id", ""),
-        name=m.get("name", "") or "",
-        images=[pb.Image(data=b) for b in m.get("images") or []],
-    )
-
-
-def to_pb_tool(t: dict[str, Any]) -> pb.Tool:
-    fn = t.get("function", t)  # accepts {"type": "function", "function": {...}} too
-    return pb.Tool(
-        name=fn["name"],
-        description=fn.get("description", ""),
-        parameters_json=json.dumps(fn.get("parameters") or {"type": "object", "properties": {}}),
-    )
-
-
-def to_pb_tool_choice(choice: Any) -> pb.ToolChoice:
-    if isinstance(choice, dict):  # {"type": "function", "function": {"name": ...}}
-        return pb.ToolChoice(mode=pb.ToolChoice.NAMED, name=choice.get("function", {})["name"])
-    modes = {"auto": pb.ToolChoice.AUTO, "none": pb.ToolChoice.NONE,
-             "required": pb.ToolChoice.REQUIRED}
-    if not choice or choice in modes:
-        return pb.ToolChoice(mode=modes.get(choice or "auto", pb.ToolChoice.AUTO))
-    return pb.ToolChoice(mode=pb.ToolChoice.NAMED, name=str(choice))
-
-
-def to_pb_response_format(rf: dict[str, Any] | None) -> pb.ResponseFormat:
-    """A JSON Schema dict (the Model protocol's shape), or the chat-completions shapes."""
-    if not rf:
-        return pb.ResponseFormat()
-    kind = rf.get("type")
-    if kind == "text" and "properties" not in rf:
-        return pb.ResponseFormat()
-    if kind == "json_object":
-        return pb.ResponseFormat(type=pb.ResponseFormat.JSON_OBJECT)
-    if kind == "json_schema" and isinstance(rf.get("json_schema"), dict):
-        js = rf["json_schema"]
-        return pb.ResponseFormat(type=pb.ResponseFormat.JSON_SCHEMA, name=js.get("name", ""),
-                                 schema_json=json.dumps(js.get("schema", {})))
-    return pb.ResponseFormat(type=pb.ResponseFormat.JSON_SCHEMA, schema_json=json.dumps(rf))
-
-
-def _sampling(opts: dict[str, Any]) -> pb.Sampling:
-    known = ("temperature", "top_p", "top_k", "min_p", "seed", "repetition_penalty", "stop")
-    unknown = set(opts) - set(known)
-    if unknown:
-        raise TypeError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
-    fields = {k: v for k, v in opts.items() if v is not None}
-    if isinstance(fields.get("stop"), str):
-        fields["stop"] = [fields["stop"]]
-    return pb.Sampling(**fields)
-
-
-def collect_reply(events: Iterator[pb.ChatEvent]) -> Reply:
-    """Fold a Chat stream into a Reply: content apart from reasoning, tool calls, usage."""
-    t0 = time.monotonic()
-    reply = Reply()
-    text: list[str] = []
-    reasoning: list[str] = []
-    for ev in events:
-        kind = ev.WhichOneof("event")
-        if kind == "admitted":
-            reply.model = ev.admitted.model
-        elif kind == "delta":
-            (reasoning if ev.delta.kind == pb.Delta.REASONING else text).append(ev.delta.text)
-        elif kind == "tool_call":
-            try:
-                args = json.loads(ev.tool_call.arguments_json or "{}")
-            except json.JSONDecodeError:
-                args = {"_unparsed": ev.tool_call.arguments_json}
-            reply.tool_calls.append(ToolCall(ev.tool_call.id, ev.tool_call.name, args))
-        elif kind == "done":
-            d = ev.done
-            reply.finish_reason = d.finish_reason or reply.finish_reason
-            reply.usage = Usage(d.usage.prompt_tokens, d.usage.completion_tokens,
-                                d.usage.reasoning_tokens, d.usage.cached_prompt_tokens)
-            reply.model = d.model or reply.model
-            reply.cut_off_while_reasoning = d.cut_off_while_reasoning
-            reply.decode_tps = d.timings.decode_tokens_per_second
-            reply.seconds = d.timings.total_seconds
-    reply.text = "".join(text)
-    reply.reasoning = "".join(reasoning)
-    reply.seconds = reply.seconds or time.monotonic() - t0
-    return reply
 
 
 # ---------------------------------------------------------------------- the client
@@ -248,12 +141,40 @@ class Client:
         ready = self.channel_state == grpc.ChannelConnectivity.READY
         if isinstance(err, DeadlineExceeded) and not ready:
             # wait_for_ready turns "nothing listens there" into a deadline; say what it was.
-            where = self.tunnel.status().describe() if self.tunnel else self.target
-            err = InferenceUnavailable(
-                f"{during}: nothing answered at {where} before the deadline; is `inference-node "
-                "serve` running, and does [inference] target in agent-node.toml point at it? "
-                "(`agent-node status`)", code=err.code, model=model)
+            err = self._unreachable(f"{during}: nothing answered at {{where}} before the "
+                                    "deadline", code=err.code, model=model)
         return err
+
+    def _unreachable(self, what: str, code: str = "UNAVAILABLE",
+                     model: str = "") -> InferenceError:
+        """InferenceUnavailable (or TunnelFailed) for `what` ({where} filled in), with the fix."""
+        if self.tunnel is None:
+            return InferenceUnavailable(
+                f"{what.format(where=self.target)}; is `inference-node serve` running, and does "
+                f"[inference] target in {self.cfg.source} point at it? (`agent-node status`)",
+                code=code, model=model)
+        st = self.tunnel.status()
+        if st.state == FAILED:
+            return TunnelFailed(f"the SSH tunnel has stopped: {st.why}", why=st.why, code=code,
+                                model=model)
+        return InferenceUnavailable(
+            f"{what.format(where=st.describe())}; the tunnel rebuilds by itself: retry shortly, "
+            "and if it keeps failing check sshd and `inference-node serve` on the host "
+            "(`agent-node status`)", code=code, model=model)
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Return once the channel is connected; InferenceUnavailable or TunnelFailed after
+        `timeout` (default [inference] connect_timeout_s). For callers that fail fast."""
+        if self.channel_state == grpc.ChannelConnectivity.READY:
+            return
+        wait = self.cfg.inference.connect_timeout_s if timeout is None else timeout
+        ready = grpc.channel_ready_future(self.channel)
+        try:
+            ready.result(wait)
+        except grpc.FutureTimeoutError:
+            ready.cancel()
+            raise self._unreachable(f"the inference node did not answer at {{where}} within "
+                                    f"{wait:g} s") from None
 
     def unary(self, method: Any, request: Any, during: str,
               timeout: float | None = None) -> Any:
@@ -273,12 +194,15 @@ class Client:
                 self._in_flight.discard(fut)
 
     def streaming(self, method: Callable[..., Any], request: Any, during: str,
-                  model: str = "") -> Iterator[pb.ChatEvent]:
-        """Events of a server stream; errors mapped; cancelled when the consumer stops."""
+                  model: str = "", cancel: Cancellation | None = None) -> Iterator[pb.ChatEvent]:
+        """Events of a server stream; errors mapped; cancelled when the consumer stops or
+        `cancel` is cancelled (from any thread)."""
         self._check_tunnel(during)
         call = method(request, timeout=self.cfg.inference.timeout_s, wait_for_ready=True)
         with self._lock:
             self._in_flight.add(call)
+        if cancel is not None:
+            cancel.add(call)
         try:
             yield from call
         except grpc.RpcError as e:
@@ -335,6 +259,34 @@ class Client:
         return GrpcDescriber(self, chain)
 
 
+class Cancellation:
+    """Cancels every call made under it, those in flight and any started later; thread-safe.
+
+        cancel = Cancellation()
+        events = client.model().stream_request(req, cancel)   # consumed on another thread
+        cancel.cancel()                                        # that call stops within a step
+    """
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._calls: list[Any] = []
+        self._lock = threading.Lock()
+
+    def add(self, call: Any) -> None:
+        with self._lock:
+            self._calls.append(call)
+            cancelled = self.cancelled
+        if cancelled:
+            call.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+
+
 class _FallbackChain:
     """Tries the chain in order until a model serves; remembers the choice and why."""
 
@@ -376,6 +328,8 @@ class _FallbackChain:
         if self.chosen is None:
             try:
                 catalog = {m.name for m in self.client.catalog()}
+                if not set(self.chain) <= catalog:  # the cached catalog may predate a change
+                    catalog = {m.name for m in self.client.list_models()}
             except InferenceError as e:
                 log.info("could not read the catalog (%s); trying the chain in order", e)
                 catalog = set(self.chain)
@@ -438,7 +392,7 @@ class GrpcModel(_FallbackChain):
             tools=[to_pb_tool(t) for t in tools or []],
             tool_choice=to_pb_tool_choice(tool_choice),
             response_format=to_pb_response_format(response_format),
-            sampling=_sampling({**self.sampling, **sampling}),
+            sampling=to_pb_sampling({**self.sampling, **sampling}),
             request_id=request_id,
         )
         if max_tokens is not None:
@@ -447,14 +401,18 @@ class GrpcModel(_FallbackChain):
 
     def stream(self, messages: list[dict[str, Any]], **options: Any) -> Iterator[pb.ChatEvent]:
         """The Chat stream's events (admitted, delta, tool_call, done), after any fallback."""
-        req = self.request(messages, **options)
+        return self.stream_request(self.request(messages, **options))
+
+    def stream_request(self, req: pb.ChatRequest, cancel: Cancellation | None = None
+                       ) -> Iterator[pb.ChatEvent]:
+        """`stream` for a ready ChatRequest (its model is set per attempt along the chain)."""
 
         def open_stream(name: str) -> Iterator[pb.ChatEvent]:
             r = pb.ChatRequest()
             r.CopyFrom(req)
             r.model = name
             during = f"Chat with {name or 'the default coder'}"
-            return self.client.streaming(self.client.stub.Chat, r, during, name)
+            return self.client.streaming(self.client.stub.Chat, r, during, name, cancel)
 
         return self.run(open_stream, "Chat")
 
@@ -496,17 +454,10 @@ class GrpcDescriber(_FallbackChain):
             return self.client.streaming(self.client.stub.Describe, r, f"Describe with {name}",
                                          name)
 
-        text: list[str] = []
-        note, model = "", self.name
+        fold = ChatFold(model=self.name)
         for ev in self.run(open_stream, "Describe"):
-            kind = ev.WhichOneof("event")
-            if kind == "admitted":
-                note, model = ev.admitted.note, ev.admitted.model or model
-            elif kind == "delta" and ev.delta.kind == pb.Delta.CONTENT:
-                text.append(ev.delta.text)
-            elif kind == "done":
-                model = ev.done.model or model
-        return Description("".join(text).strip(), model, note, time.monotonic() - t0)
+            fold.add(ev)
+        return Description(fold.text.strip(), fold.model, fold.note, time.monotonic() - t0)
 
 
 # ---------------------------------------------------------------------- connect

@@ -112,7 +112,11 @@ class LoopSection:
 class BridgeSection:
     host: str = "127.0.0.1"
     port: int = 8080
-    token: str = ""  # empty: no bearer token required
+    token: str = ""  # empty: the one in token_file, generated (0600) on first use
+    token_file: str = ""  # empty: ~/.config/studio-coder/bridge-token
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names beyond the loopback
+    #   ones, "name" (with the bound port) or "name:port", e.g. for an SSH forward on another port
+    max_body_mb: float = 32.0  # a larger request body gets 413
 
 
 @dataclass

@@ -8,10 +8,11 @@
 
 What sshtunnel leaves unsafe by default, this fixes:
 - the local end binds 127.0.0.1 only;
-- the host key is checked against the configured known_hosts file, and an unknown or changed key
-  is refused with its SHA256 fingerprint and the exact line to add (trust on first use only when
-  `trust_on_first_use = true`); only the configured identity file is offered unless
-  `allow_agent` / `look_for_keys` say otherwise;
+- the host key is checked against the configured known_hosts file, and an unknown, changed or
+  @revoked key is refused with its SHA256 fingerprint and the exact line to add (trust on first
+  use only when `trust_on_first_use = true`); only the configured identity file is offered, and
+  only when no other user can read it, unless `allow_agent` / `look_for_keys` say otherwise
+  (that policy lives in `agent_node/ssh_policy.py`);
 - it never reconnected: here a monitor thread probes gRPC health through the tunnel every
   `probe_interval_s`, and after `probe_failures` failures in a row (or at once when the SSH
   connection closes) force-stops the tunnel and rebuilds it with jittered exponential backoff.
@@ -21,14 +22,12 @@ What sshtunnel leaves unsafe by default, this fixes:
 from __future__ import annotations
 
 import logging
-import os
 import random
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,7 +36,15 @@ import sshtunnel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent_node.config import TunnelSection
-from agent_node.exceptions import AuthenticationFailed, HostKeyRefused, TunnelFailed
+from agent_node.exceptions import TunnelFailed
+from agent_node.ssh_policy import (
+    KEY_ALGORITHMS,
+    authenticate,
+    check_host_key,
+    known_hosts_name,
+    load_identity,
+    load_known_hosts,
+)
 
 log = logging.getLogger(__name__)
 # sshtunnel narrates every step at INFO and warns about stopping a dead transport; keep errors.
@@ -49,8 +56,6 @@ STARTING, UP, PROBING, REBUILDING, FAILED, STOPPED = (
 LOCAL_HOST = "127.0.0.1"
 TICK_S = 0.2  # how often the monitor looks at the SSH transport between probes
 
-# known_hosts names RSA keys "ssh-rsa"; the server signs with any of these algorithms.
-_KEY_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
 
 
 class _Transient(Exception):
@@ -91,14 +96,6 @@ def backoff_delay(attempt: int, cfg: TunnelSection, rng: random.Random | None = 
     base = min(cfg.backoff_max_s, cfg.backoff_start_s * cfg.backoff_factor ** (attempt - 1))
     jitter = (rng or random).uniform(1 - cfg.backoff_jitter, 1 + cfg.backoff_jitter)
     return min(cfg.backoff_max_s, base * jitter)
-
-
-def known_hosts_name(host: str, port: int) -> str:
-    return host if port == 22 else f"[{host}]:{port}"
-
-
-def known_hosts_line(host: str, port: int, key: paramiko.PKey) -> str:
-    return f"{known_hosts_name(host, port)} {key.get_name()} {key.get_base64()}"
 
 
 class _Forwarder(sshtunnel.SSHTunnelForwarder):
@@ -253,54 +250,11 @@ class Tunnel:
 
     # ------------------------------------------------------------------ connecting
 
-    def _load_identity(self) -> paramiko.PKey:
-        path = Path(self.cfg.identity_file).expanduser()
-        if not self.cfg.identity_file:
-            raise TunnelFailed(f"tunnel.identity_file is not set in {self.source}; point it at "
-                               "the private key authorised on the inference node")
-        try:
-            return paramiko.PKey.from_path(path)
-        except FileNotFoundError:
-            raise TunnelFailed(f"tunnel.identity_file {path} does not exist; create it with "
-                               f"`ssh-keygen -t ed25519 -f {path}` and authorise its .pub on "
-                               f"{self.cfg.host}") from None
-        except (paramiko.SSHException, OSError, ValueError) as e:
-            raise TunnelFailed(f"tunnel.identity_file {path} cannot be read as a private key "
-                               f"({e}); it must be an unencrypted OpenSSH or PEM key") from None
-
-    def _extra_keys(self) -> list[paramiko.PKey]:
-        keys: list[paramiko.PKey] = []
-        if self.cfg.allow_agent:
-            keys += list(paramiko.Agent().get_keys())
-        if self.cfg.look_for_keys:
-            for name in ("id_ed25519", "id_ecdsa", "id_rsa"):
-                path = Path("~/.ssh").expanduser() / name
-                if path.is_file():
-                    try:
-                        keys.append(paramiko.PKey.from_path(path))
-                    except (paramiko.SSHException, OSError, ValueError) as e:
-                        log.warning("skipping %s: %s", path, e)
-        return keys
-
-    def _host_keys(self) -> tuple[Path, paramiko.HostKeys]:
-        if not self.cfg.known_hosts:
-            raise TunnelFailed(f"tunnel.known_hosts is not set in {self.source}; point it at a "
-                               "known_hosts file holding the inference node's host key")
-        path = Path(self.cfg.known_hosts).expanduser()
-        keys = paramiko.HostKeys()
-        if path.exists():
-            try:
-                keys.load(str(path))
-            except (OSError, paramiko.SSHException, ValueError) as e:
-                raise TunnelFailed(f"known_hosts file {path} cannot be read: {e}") from None
-        return path, keys
-
     def _connect_ssh(self, pkey: paramiko.PKey) -> paramiko.Transport:
         cfg = self.cfg
         where = f"{cfg.host}:{cfg.port}"
-        path, host_keys = self._host_keys()
-        name = known_hosts_name(cfg.host, cfg.port)
-        known = host_keys.lookup(name) or {}
+        known_hosts = load_known_hosts(cfg.known_hosts, self.source)
+        known = known_hosts.lookup(known_hosts_name(cfg.host, cfg.port))
         self.attempts += 1
         try:
             sock = socket.create_connection((cfg.host, cfg.port), timeout=cfg.connect_timeout_s)
@@ -314,7 +268,7 @@ class Tunnel:
         if known:
             # Like OpenSSH: ask for the key types we already know for this host.
             opts = transport.get_security_options()
-            wanted = [a for t in known.keys() for a in _KEY_ALGORITHMS.get(t, (t,))]
+            wanted = [a for t in known for a in KEY_ALGORITHMS.get(t, (t,))]
             usable = tuple(a for a in wanted if a in opts.key_types)
             if usable:
                 opts.key_types = usable
@@ -323,8 +277,8 @@ class Tunnel:
                 transport.start_client(timeout=cfg.connect_timeout_s)
             except (paramiko.SSHException, OSError, EOFError) as e:
                 raise _Transient(f"SSH handshake with {where} failed: {e}") from None
-            self._check_host_key(transport.get_remote_server_key(), known, path, host_keys)
-            self._authenticate(transport, pkey)
+            check_host_key(known_hosts, transport.get_remote_server_key(), cfg, self.source)
+            authenticate(transport, pkey, cfg, self.source, _Transient)
         except BaseException:
             transport.close()
             raise
@@ -363,82 +317,10 @@ class Tunnel:
         finally:
             timer.cancel()
 
-    def _check_host_key(
-        self,
-        key: paramiko.PKey,
-        known: Any,
-        path: Path,
-        host_keys: paramiko.HostKeys,
-    ) -> None:
-        cfg = self.cfg
-        name = known_hosts_name(cfg.host, cfg.port)
-        line = known_hosts_line(cfg.host, cfg.port, key)
-        offered = f"{key.get_name()} {key.fingerprint}"
-        if key.get_name() in known:
-            if known[key.get_name()] == key:
-                return
-            old = known[key.get_name()].fingerprint
-            raise HostKeyRefused(
-                f"HOST KEY MISMATCH for {name}: {path} has {key.get_name()} {old} but the server "
-                f"offered {offered}. Someone may be intercepting the connection, or the host was "
-                f"reinstalled. Check the key on the host (`ssh-keygen -lf "
-                f"/etc/ssh/ssh_host_{key.get_name().removeprefix('ssh-')}_key.pub`); if it "
-                f"matches, run `ssh-keygen -R '{name}' -f {path}` and add this line to {path}:\n"
-                f"{line}",
-                fingerprint=key.fingerprint,
-                line=line,
-            )
-        if known:
-            have = ", ".join(known.keys())
-            raise HostKeyRefused(
-                f"host key for {name} refused: {path} has only {have} for it but the server "
-                f"offered {offered}. If the host's keys changed on purpose, add this line to "
-                f"{path}:\n{line}",
-                fingerprint=key.fingerprint,
-                line=line,
-            )
-        if cfg.trust_on_first_use:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as f:
-                f.write(line + "\n")
-            log.warning("trust on first use: added %s %s to %s", name, offered, path)
-            return
-        raise HostKeyRefused(
-            f"host key for {name} is not in {path}; the server offered {offered}. Check that "
-            f"fingerprint on the host (`ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub`) and, if it "
-            f"matches, add this line to {path}:\n{line}\n"
-            f"(or set tunnel.trust_on_first_use = true in {self.source} to accept it once)",
-            fingerprint=key.fingerprint,
-            line=line,
-        )
-
-    def _authenticate(self, transport: paramiko.Transport, pkey: paramiko.PKey) -> None:
-        cfg = self.cfg
-        keys = [pkey, *self._extra_keys()]
-        last: Exception | None = None
-        for key in keys:
-            try:
-                transport.auth_publickey(cfg.user, key)
-            except paramiko.AuthenticationException as e:
-                last = e
-                continue
-            except (paramiko.SSHException, OSError, EOFError) as e:
-                raise _Transient(f"SSH authentication with {cfg.host}:{cfg.port} broke off: "
-                                 f"{e}") from None
-            if transport.is_authenticated():
-                return
-        offered = ", ".join(f"{k.get_name()} {k.fingerprint}" for k in keys)
-        raise AuthenticationFailed(
-            f"{cfg.host}:{cfg.port} refused user {cfg.user!r} with {offered} "
-            f"(identity_file {cfg.identity_file}): {last}. Add the matching .pub line to "
-            f"~{cfg.user}/.ssh/authorized_keys on {cfg.host}, or fix tunnel.user / "
-            f"tunnel.identity_file in {self.source}"
-        )
-
     def _build(self) -> None:
         """One attempt: SSH connect + checks, a test channel to the remote port, the listener."""
         cfg = self.cfg
-        pkey = self._load_identity()
+        pkey = load_identity(cfg, self.source)
         transport = self._connect_ssh(pkey)
         remote = (cfg.remote_host, cfg.remote_port)
         try:
@@ -581,8 +463,3 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOCAL_HOST, 0))
         return int(s.getsockname()[1])
-
-
-def identity_fingerprint(path: str | os.PathLike[str]) -> str:
-    """SHA256 fingerprint of a private key file, for messages and `agent-node status`."""
-    return str(paramiko.PKey.from_path(Path(path).expanduser()).fingerprint)

@@ -46,6 +46,7 @@ from inference_node import blas
 REPO = Path(__file__).resolve().parent.parent
 STORE = REPO / ".home" / "test-models"
 RESULTS = Path(__file__).resolve().parent / "results" / "bridge.json"
+TOKEN = "bench-bridge"  # the bridge requires one; mlx_lm.server ignores it
 # A system turn that differs from its first words on: mlx_lm.server's prompt cache would
 # otherwise reuse the shared prefix (the template's default system prompt) and time less prefill.
 SYSTEM = "Session {i}: you are a helpful assistant who writes vivid, plain prose."
@@ -106,7 +107,7 @@ def _sides(model_dir: Path, tmp: Path) -> Iterator[dict[str, str]]:
         f'[[models]]\nname = "smollm2"\npath = "{model_dir}"\n')
     agent_cfg = tmp / "agent-node.toml"
     agent_cfg.write_text(f'[inference]\ntarget = "127.0.0.1:{grpc_port}"\n\n'
-                         f'[bridge]\nport = {bridge_port}\n')
+                         f'[bridge]\nport = {bridge_port}\ntoken = "{TOKEN}"\n')
     py = sys.executable
     node = [py, "-m", "inference_node.cli", "serve", "--config", str(node_cfg)]
     bridge = [py, "-m", "agent_node.cli", "bridge", "--config", str(agent_cfg)]
@@ -187,7 +188,7 @@ def run(quick: bool) -> dict[str, Any]:
         cfg = AgentConfig()
         cfg.inference.target = urls.pop("grpc")
         cfg.inference.coder = ["smollm2"]
-        sdks = {side: openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=300)
+        sdks = {side: openai.OpenAI(base_url=url, api_key=TOKEN, max_retries=0, timeout=300)
                 for side, url in urls.items()}
         models = {"bridge": "smollm2", "mlx_lm": str(mlx_server_folder(model_dir))}
         with Client(cfg) as client:

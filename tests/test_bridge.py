@@ -6,6 +6,7 @@ import base64
 import importlib.util
 import json
 import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -15,13 +16,9 @@ import openai
 import pytest
 from conftest import running_server
 
-from agent_node.bridge import (
-    BridgeServer,
-    ChatCompletionRequest,
-    check_host,
-    create_app,
-    to_chat_request,
-)
+from agent_node.bridge import BridgeServer, check_host, create_app
+from agent_node.bridge.request import parse_chat_body
+from agent_node.client import connect
 from agent_node.config import AgentConfig
 from inference_node.api import pb
 
@@ -37,17 +34,21 @@ WEATHER = {
 HI = [{"role": "user", "content": "hi"}]
 
 
+TOKEN = "test-token"
+
+
 def config(target: str, **inference: object) -> AgentConfig:
     cfg = AgentConfig()
     cfg.inference.target = target
+    cfg.bridge.token = TOKEN
     for k, v in inference.items():
         setattr(cfg.inference, k, v)
     return cfg
 
 
 @contextmanager
-def bridge(cfg: AgentConfig, api_key: str = "unused") -> Iterator[openai.OpenAI]:
-    with BridgeServer(create_app(cfg)) as srv:
+def bridge(cfg: AgentConfig, api_key: str = TOKEN) -> Iterator[openai.OpenAI]:
+    with BridgeServer(create_app(cfg, token=cfg.bridge.token)) as srv:
         sdk = openai.OpenAI(base_url=srv.url, api_key=api_key, max_retries=0, timeout=60)
         try:
             yield sdk
@@ -56,9 +57,13 @@ def bridge(cfg: AgentConfig, api_key: str = "unused") -> Iterator[openai.OpenAI]
 
 
 @pytest.fixture(scope="module")
-def node(chain_models):
+def node(chain_models, tmp_path_factory):
+    from tiny_models import build_chain_model
+
+    long = build_chain_model(tmp_path_factory.mktemp("long") / "long",
+                             ["a", "b", "c", "d", "e", "f", "a"], context=65536)
     models = [{"name": name, "path": str(path)} for name, path in chain_models.items()]
-    with running_server(models) as (srv, target):
+    with running_server([*models, {"name": "long", "path": str(long)}]) as (srv, target):
         yield srv, target
 
 
@@ -140,16 +145,18 @@ def test_json_schema_response_format_reply_validates(smollm2_dir):
 
 
 def test_chat_completions_fields_map_to_the_wire():
-    body = ChatCompletionRequest(
+    body = parse_chat_body(json.dumps(dict(
         model="m", messages=[{"role": "developer", "content": "be brief"}, *HI],
         response_format={"type": "json_object"}, max_tokens=7, max_completion_tokens=9,
-        stop="END", temperature=0.5, seed=3, tool_choice="required", tools=[WEATHER])
-    req = to_chat_request(body, "default")
+        stop="END", temperature=0.5, seed=3, tool_choice="required", tools=[WEATHER],
+        stream=True, stream_options={"include_usage": True})).encode())
+    req = body.request
     assert req.response_format.type == pb.ResponseFormat.JSON_OBJECT
     assert req.max_tokens == 9 and list(req.sampling.stop) == ["END"]
     assert req.sampling.temperature == 0.5 and req.sampling.seed == 3
     assert req.messages[0].role == "system" and req.tool_choice.mode == pb.ToolChoice.REQUIRED
-    assert to_chat_request(ChatCompletionRequest(messages=HI), "default").model == "default"
+    assert req.tools[0].name == "get_weather" and body.stream and body.include_usage
+    assert parse_chat_body(json.dumps({"messages": HI}).encode()).request.model == ""
 
 
 def test_models_and_health(sdk, node):
@@ -158,6 +165,18 @@ def test_models_and_health(sdk, node):
     url = str(sdk.base_url).replace("/v1/", "/health")
     with urllib.request.urlopen(url, timeout=10) as health:
         assert health.status == 200 and json.load(health)["inference"] == "SERVING"
+
+
+def test_requests_use_the_clients_fallback_chain(node):
+    # The chain from agent-node.toml: "ghost" is not served, so "hello" answers for it.
+    with bridge(config(node[1], coder=["ghost", "hello"])) as client:
+        for asked in ("", "ghost"):  # no model, or a model of the chain: the chain from there
+            r = client.chat.completions.create(model=asked, messages=HI)
+            assert r.model == "hello" and r.choices[0].message.content == "hello world"
+        r = client.chat.completions.create(model="think", messages=HI)  # not in the chain
+        assert r.model == "think"
+        with pytest.raises(openai.NotFoundError):  # outside the chain: that model or nothing
+            client.chat.completions.create(model="no-such-model", messages=HI)
 
 
 def test_unknown_model_is_not_found(sdk):
@@ -196,7 +215,7 @@ def test_admission_refusal_is_503_with_retry_after(chain_models):
             client.chat.completions.create(model="hello", messages=HI)
     assert e.value.status_code == 503 and int(e.value.response.headers["retry-after"]) > 0
     assert "budget" in e.value.body["message"]
-    assert e.value.body["code"] == "resource_exhausted"
+    assert e.value.body["code"] == "model_would_not_fit"  # the node's reason, lower-cased
 
 
 def test_unreachable_node_is_503_not_a_hang():
@@ -224,6 +243,58 @@ def test_client_disconnect_mid_stream_frees_the_server(sdk, node):
     assert not server.engine.loaded["loop"].active
     r = sdk.chat.completions.create(model="loop", messages=HI, max_tokens=4)
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 4
+
+
+def test_a_client_that_gives_up_on_a_non_streaming_reply_stops_the_generation(sdk, node):
+    server, target = node
+    asked = 60_000  # minutes of generation if nothing stopped it
+    failed: list[BaseException] = []
+
+    def impatient() -> None:
+        try:
+            sdk.with_options(timeout=3).chat.completions.create(
+                model="long", messages=HI, max_tokens=asked)
+        except BaseException as e:  # noqa: BLE001 - the timeout is expected; checked below
+            failed.append(e)
+
+    caller = threading.Thread(target=impatient)
+    caller.start()
+    with connect(config(target)) as grpc_client:
+        deadline = time.monotonic() + 30
+        while not server.engine.loaded.get("long") or not server.engine.loaded["long"].active:
+            assert time.monotonic() < deadline, "the request never started generating"
+            time.sleep(0.01)
+        (job,) = server.engine.loaded["long"].active.values()
+        assert grpc_client.memory().reserved_bytes > 0
+        caller.join(60)
+        assert failed and isinstance(failed[0], openai.APITimeoutError)
+        tokens_when_it_gave_up = job.completion_tokens
+        deadline = time.monotonic() + 30
+        while server.engine.loaded["long"].active:
+            assert time.monotonic() < deadline, f"still generating: {job.completion_tokens}"
+            time.sleep(0.01)
+        assert job.cancelled.is_set()
+        # The node stopped within a few steps of the disconnect, nowhere near max_tokens.
+        assert job.completion_tokens - tokens_when_it_gave_up < 200, job.completion_tokens
+        assert job.completion_tokens < asked
+        stopped_at = job.completion_tokens
+        time.sleep(0.5)
+        assert job.completion_tokens == stopped_at
+        assert grpc_client.memory().reserved_bytes == 0  # its reservation went back
+
+
+def test_models_retrieve_answers_and_created_stays_put(sdk):
+    first = {m.id: m.created for m in sdk.models.list()}
+    sdk.chat.completions.create(model="hello", messages=HI)  # moves the node's last-used time
+    time.sleep(1.1)
+    assert {m.id: m.created for m in sdk.models.list()} == first
+    m = sdk.models.retrieve("hello")
+    assert (m.id, m.created, m.owned_by) == ("hello", first["hello"], "studio-coder")
+    with pytest.raises(openai.NotFoundError) as e:
+        sdk.models.retrieve("no-such-model")
+    err = e.value.body
+    assert err["code"] == "model_not_found" and err["param"] == "model"
+    assert "hello" in err["message"]
 
 
 def test_token_is_required_when_configured(node):

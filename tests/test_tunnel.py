@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,7 +20,12 @@ from sshd import Sshd, available, keygen
 
 from agent_node.client import Client, GrpcModel, connect
 from agent_node.config import AgentConfig, TunnelSection
-from agent_node.exceptions import AuthenticationFailed, HostKeyRefused, InferenceUnavailable
+from agent_node.exceptions import (
+    AuthenticationFailed,
+    HostKeyRefused,
+    InferenceUnavailable,
+    TunnelFailed,
+)
 from agent_node.tunnel import Tunnel, backoff_delay
 
 pytestmark = pytest.mark.skipif(bool(available()), reason=available() or "sshd available")
@@ -53,12 +59,16 @@ def agent_config(tunnel: TunnelSection, coder: str = "hello") -> AgentConfig:
     return cfg
 
 
-def wait_until_up(tunnel: Tunnel, limit_s: float = 30.0) -> float:
+def wait_for(tunnel: Tunnel, state: str, limit_s: float = 30.0) -> float:
     t0 = time.monotonic()
-    while tunnel.status().state != "up":
+    while tunnel.status().state != state:
         assert time.monotonic() - t0 < limit_s, tunnel.status().describe()
         time.sleep(0.02)
     return time.monotonic() - t0
+
+
+def wait_until_up(tunnel: Tunnel, limit_s: float = 30.0) -> float:
+    return wait_for(tunnel, "up", limit_s)
 
 
 def stream_until_cut(client: Client, cut, after: int = 5) -> tuple[int, float]:
@@ -170,6 +180,87 @@ def test_wrong_user_key_is_fatal_with_a_clear_message(server, tmp_path):
         assert "refused user 'root'" in str(e.value) and "authorized_keys" in str(e.value)
         time.sleep(1.5)
         assert sshd.connections() == 1
+
+
+def host_key_line(sshd: Sshd, marker: str = "", hosts: str = "") -> str:
+    kind, key = (sshd.dir / "host_ed25519.pub").read_text().split()[:2]
+    return " ".join(x for x in (marker, hosts or f"[127.0.0.1]:{sshd.port}", kind, key) if x)
+
+
+def test_a_revoked_host_key_is_refused_with_the_line_that_revokes_it(server, tmp_path):
+    with Sshd(tmp_path) as sshd:
+        # Trusted on one line and revoked on the next: @revoked wins, as in OpenSSH.
+        sshd.known_hosts.write_text(f"{host_key_line(sshd)}\n# revoked after the breach\n"
+                                    f"{host_key_line(sshd, '@revoked', '*')}\n")
+        with pytest.raises(HostKeyRefused) as e:
+            connect(agent_config(sshd.tunnel_section(server)))
+        msg = str(e.value)
+        assert "REVOKED" in msg and f"{sshd.known_hosts} line 3" in msg
+        assert e.value.fingerprint in msg
+        time.sleep(1.5)
+        assert sshd.connections() == 1  # fatal: never retried
+
+
+def test_a_revoked_line_for_another_key_does_not_stop_the_tunnel(server, tmp_path):
+    with Sshd(tmp_path) as sshd:
+        other = Path(f"{keygen(tmp_path / 'old_host_key')}.pub").read_text().split()
+        sshd.known_hosts.write_text(f"@revoked * {other[0]} {other[1]}\n{host_key_line(sshd)}\n")
+        with connect(agent_config(sshd.tunnel_section(server))) as client:
+            assert client.health() == "SERVING"
+
+
+def test_a_cert_authority_line_is_named_and_the_host_still_refused(server, tmp_path):
+    with Sshd(tmp_path) as sshd:
+        ca = Path(f"{keygen(tmp_path / 'host_ca')}.pub").read_text().split()
+        sshd.known_hosts.write_text(f"@cert-authority [127.0.0.1]:* {ca[0]} {ca[1]}\n")
+        with pytest.raises(HostKeyRefused) as e:
+            connect(agent_config(sshd.tunnel_section(server)))
+        msg = str(e.value)
+        assert "@cert-authority (line 1)" in msg and "host certificates" in msg
+        assert host_key_line(sshd) in msg  # the line that would trust the host itself
+        # With the host's own key beside it, the CA line is no obstacle.
+        sshd.known_hosts.write_text(f"@cert-authority *.example.com {ca[0]} {ca[1]}\n"
+                                    f"{host_key_line(sshd)}\n")
+        with connect(agent_config(sshd.tunnel_section(server))) as client:
+            assert client.health() == "SERVING"
+
+
+def test_hashed_known_hosts_lines_are_trusted(server, tmp_path):
+    with Sshd(tmp_path) as sshd:
+        subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(sshd.known_hosts)], check=True,
+                       capture_output=True)
+        assert sshd.known_hosts.read_text().startswith("|1|")
+        with connect(agent_config(sshd.tunnel_section(server))) as client:
+            assert client.health() == "SERVING"
+
+
+def test_a_known_hosts_line_that_cannot_be_read_is_named(server, tmp_path):
+    with Sshd(tmp_path) as sshd:
+        sshd.known_hosts.write_text(f"{host_key_line(sshd)}\n[127.0.0.1]:{sshd.port} "
+                                    "ssh-ed25519 not*base64\n")
+        with pytest.raises(TunnelFailed) as e:
+            connect(agent_config(sshd.tunnel_section(server)))
+        assert f"{sshd.known_hosts} line 2" in str(e.value)
+
+
+def test_an_identity_file_others_can_read_is_refused_as_openssh_refuses_it(server, tmp_path):
+    with Sshd(tmp_path) as sshd:
+        os.chmod(sshd.user_key, 0o644)
+        with pytest.raises(TunnelFailed) as e:
+            connect(agent_config(sshd.tunnel_section(server)))
+        msg = str(e.value)
+        assert "UNPROTECTED PRIVATE KEY FILE" in msg and f"chmod 600 {sshd.user_key}" in msg
+        assert "0644" in msg
+        assert sshd.connections() == 0  # refused before anything was sent
+        if shutil.which("ssh"):  # the same verdict from OpenSSH's own client
+            out = subprocess.run(
+                ["ssh", "-i", str(sshd.user_key), "-p", str(sshd.port), "-o", "BatchMode=yes",
+                 "-o", f"UserKnownHostsFile={sshd.known_hosts}", "-o", "IdentitiesOnly=yes",
+                 "root@127.0.0.1", "true"], capture_output=True, text=True, timeout=30)
+            assert out.returncode != 0 and "UNPROTECTED PRIVATE KEY FILE" in out.stderr
+        os.chmod(sshd.user_key, 0o600)
+        with connect(agent_config(sshd.tunnel_section(server))) as client:
+            assert client.health() == "SERVING"
 
 
 def non_loopback_addresses() -> list[str]:
@@ -313,7 +404,9 @@ def test_two_hosts_link_down_mid_stream_fails_clearly_then_recovers(models, tmp_
             assert client.tunnel is not None
             assert client.model().chat([user("hi")]).text.split() == ["hello", "world"]
             stream_until_cut(client, lambda: ip("link", "set", link, "down"))
-            assert client.tunnel.status().state == "rebuilding"
+            # The reset socket can fail the stream before the monitor's next look (every
+            # 0.2 s) sees the dead transport; it must then start rebuilding, not stay up.
+            wait_for(client.tunnel, "rebuilding", limit_s=10)
             ip("link", "set", link, "up")
             recovery = wait_until_up(client.tunnel)
             print(f"tunnel back {recovery:.2f} s after the link came up")
