@@ -142,3 +142,15 @@ def test_detect_test_cmd(tmp_path: Path) -> None:
     assert detect_test_cmd(tmp_path) == "npm test --silent"
     (tmp_path / "tests").mkdir()
     assert detect_test_cmd(tmp_path).endswith("-m pytest -q")
+
+
+def test_a_repository_made_inside_the_checkout_is_not_part_of_the_change(
+        checkout: tuple[Checkout, str]) -> None:
+    co, base = checkout
+    nested = co.work / "vendor" / "lib"
+    nested.mkdir(parents=True)
+    git(nested, "init", "-q")
+    git(nested, "commit", "-q", "--allow-empty", "-m", "x")
+    (co.work / "app.py").write_text("X = 2\n")
+    diff = co.diff(base, co.snapshot(base, "test"))
+    assert diff.files == [("M", "app.py")]

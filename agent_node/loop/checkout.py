@@ -106,6 +106,11 @@ class Checkout:
         """Commit the working tree as it stands (untracked files too, ignored ones and build
         droppings not) as one commit on `base`, on the private branch; its id."""
         self._git(["add", "-A", "--", ".", *_NOISE_SPECS])
+        # A repository made inside the checkout would go in as a gitlink: a pointer to a commit
+        # that exists nowhere (or in a repository it points at). It is not part of the change.
+        had = _gitlinks(self._git(["ls-tree", "-r", "-z", base]), "\t")
+        for path in _gitlinks(self._git(["ls-files", "-s", "-z"]), "\t") - had:
+            self._git(["rm", "-q", "--cached", "--", path], env={"GIT_LITERAL_PATHSPECS": "1"})
         tree = self._git(["write-tree"]).strip()
         commit = self._git(["commit-tree", tree, "-p", base, "-m", message]).strip()
         self._git(["update-ref", f"refs/heads/{self.branch}", commit])
@@ -141,3 +146,9 @@ class Checkout:
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _gitlinks(listing: str, sep: str) -> set[str]:
+    """Paths of the gitlinks (mode 160000) in `ls-tree -z` or `ls-files -s -z` output."""
+    return {entry.split(sep, 1)[1] for entry in listing.split("\0")
+            if entry.startswith("160000 ") and sep in entry}

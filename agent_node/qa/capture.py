@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -37,6 +35,7 @@ from typing import Any
 
 from agent_node.config import QASection
 from agent_node.qa.errors import BrowserFailed, BrowserNotFound, PageUnreachable, ServerFailed
+from agent_node.sandbox import runner
 
 BROWSER_ENV = "STUDIO_CODER_BROWSER"
 SYSTEM_BROWSERS = (
@@ -540,7 +539,9 @@ class Capturer:
 class PageServer:
     """Start a page's server (`python -m http.server 8000`), wait for its URL, stop it after.
 
-    The command runs in its own process group, and the whole group is killed on stop.
+    The command runs through the agent node's process runner: a session of its own, and the
+    whole group is ended on stop (SIGTERM, then SIGKILL). It is the user's own command
+    (`check-ui --start`), so it runs outside the coder's sandbox.
     """
 
     def __init__(
@@ -554,7 +555,7 @@ class PageServer:
     ) -> None:
         self.command, self.wait_url, self.cwd = command, wait_url, cwd
         self.timeout_s, self.log_path = timeout_s, log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: runner.Process | None = None
 
     def __enter__(self) -> PageServer:
         self.start()
@@ -564,15 +565,10 @@ class PageServer:
         self.stop()
 
     def start(self) -> None:
-        log = self.log_path.open("wb") if self.log_path else subprocess.DEVNULL
-        try:
-            self.proc = subprocess.Popen(
-                self.command, shell=True, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        finally:
-            if self.log_path:
-                log.close()  # type: ignore[union-attr]
+        if self.log_path:
+            self.log_path.write_bytes(b"")  # this server's output only
+        self.proc = runner.start(["/bin/sh", "-c", self.command], cwd=self.cwd,
+                                 log_path=self.log_path)
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
@@ -601,13 +597,5 @@ class PageServer:
         return ("; its last output:\n  " + "\n  ".join(lines)) if lines else ""
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:  # the group, even when its leader (a shell) is gone: children may live on
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=3)
-        except ProcessLookupError:
-            pass
+        if self.proc is not None:  # the group, even when its leader (a shell) is gone
+            self.proc.stop(grace_s=3.0)
