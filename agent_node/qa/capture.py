@@ -403,11 +403,27 @@ class _Slot:
             pass
 
 
-class Capturer:
-    """One browser, reused across captures; a context manager."""
+# For pages the coder wrote: nothing but loopback. Every request goes to a proxy that is not
+# there (loopback addresses bypass proxies, so the page server still answers), no hostname
+# resolves (no DNS lookup carries data out), and WebRTC may not send UDP around the proxy.
+LOOPBACK_ONLY_ARGS = [
+    "--proxy-server=http://127.0.0.1:9",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost",
+    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+    "--dns-prefetch-disable",
+]
 
-    def __init__(self, cfg: QASection | None = None, *, browser: str | None = None) -> None:
+
+class Capturer:
+    """One browser, reused across captures; a context manager.
+
+    `loopback_only`: the pages reach nothing but 127.0.0.1 (the agent loop's pages are the
+    coder's work, and model output must not reach the network)."""
+
+    def __init__(self, cfg: QASection | None = None, *, browser: str | None = None,
+                 loopback_only: bool = False) -> None:
         self.cfg = cfg or QASection()
+        self.loopback_only = loopback_only
         self._browser_override = browser
         self._pw: Any = None
         self._browser: Any = None
@@ -435,7 +451,8 @@ class Capturer:
                     "Playwright is not installed: pip install 'studio-coder[agent]' (or playwright)"
                 ) from None
         root = hasattr(os, "geteuid") and os.geteuid() == 0
-        args = LAUNCH_ARGS + (["--no-sandbox"] if root else [])
+        args = (LAUNCH_ARGS + (["--no-sandbox"] if root else [])
+                + (LOOPBACK_ONLY_ARGS if self.loopback_only else []))
         try:
             self._browser = self._pw.chromium.launch(
                 executable_path=path, args=args, headless=True, timeout=self.cfg.timeout_s * 1000
