@@ -160,7 +160,9 @@ def test_the_coders_page_reaches_no_network_from_the_browser(place: Path) -> Non
                           cfg=cfg, spec=["shows the plans"], qa=qa, test_cmd="true")
         finally:
             qa.close()
-    assert any(e["type"] == "qa" for e in read_events(Path(summary["run_dir"])))
+    (qa_event,) = [e for e in read_events(Path(summary["run_dir"])) if e["type"] == "qa"]
+    assert qa_event["screenshots"], qa_event  # the page itself was served, loaded and captured
+    assert "could not run" not in qa_event["note"]
     assert got == []
 
 

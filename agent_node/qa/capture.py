@@ -408,7 +408,7 @@ class _Slot:
 # resolves (no DNS lookup carries data out), and WebRTC may not send UDP around the proxy.
 LOOPBACK_ONLY_ARGS = [
     "--proxy-server=http://127.0.0.1:9",
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
     "--dns-prefetch-disable",
 ]
