@@ -104,6 +104,7 @@ class RunRecord:
             self._previous = str(events[-1]["mac"]) if events else ""
         private_dir(self.dir)
         self._fd = os.open(self.dir / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._size = os.fstat(self._fd).st_size  # where the chain's last link ends
         self.listeners: list[Listener] = []
 
     @classmethod
@@ -119,11 +120,14 @@ class RunRecord:
         event = json.loads(json.dumps({"type": type_, "t": round(time.time(), 3), **fields},
                                       default=str, ensure_ascii=False))
         assert self._key is not None
+        size = os.fstat(self._fd).st_size
+        if size != self._size:  # a Ctrl-C landed between a write and its bookkeeping
+            self._previous, self._size = _last_mac(self.dir / "events.jsonl"), size
         event["mac"] = event_mac(self._key, self.run_id, self._previous, event)
         line = (json.dumps(event, ensure_ascii=False) + "\n").encode()
         os.write(self._fd, line)  # one write per event: a kill cannot interleave two lines
         os.fsync(self._fd)
-        self._previous = event["mac"]
+        self._previous, self._size = event["mac"], size + len(line)
         for listener in self.listeners:
             listener(event)
         return event
@@ -137,6 +141,17 @@ class RunRecord:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _last_mac(path: Path, tail: int = 1 << 20) -> str:
+    """The signature on the last whole line of `path` ("" if there is none)."""
+    with path.open("rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - tail))
+        lines = f.read().split(b"\n")[:-1]
+    try:
+        return str(json.loads(lines[-1])["mac"]) if lines else ""
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 def load_record(run_dir: Path, key: bytes | None = None) -> tuple[list[dict[str, Any]], str]:

@@ -4,6 +4,7 @@ all."""
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -122,3 +123,23 @@ def test_a_record_key_others_can_read_is_refused(tmp_path: Path,
     key.chmod(0o644)
     with pytest.raises(RecordKeyError, match="chmod 600"):
         RunRecord.create(tmp_path / "home")
+
+
+def test_ctrl_c_between_a_write_and_its_bookkeeping_keeps_the_record_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    record = RunRecord.create(tmp_path)
+    record.emit("run_started", task="t", repo="/r")
+    fsync = os.fsync
+
+    def interrupted(fd: int) -> None:  # the line is on disk, then Ctrl-C arrives
+        fsync(fd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        record.emit("round_started", round=1)
+    monkeypatch.setattr(os, "fsync", fsync)
+    record.emit("verdict", verdict="interrupted", rounds=1, reasons=["interrupted (Ctrl-C)"])
+    record.close()
+    s = summarize(record.dir)
+    assert (s["verdict"], s["integrity"], s["rounds"]) == ("interrupted", "", 1)

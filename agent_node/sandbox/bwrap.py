@@ -69,6 +69,9 @@ def bwrap_argv(bwrap: str, argv: Sequence[str], view: View, *, network: bool,
         out += ["--bind", str(path), str(path)]
     for path in view.read_only:
         out += ["--ro-bind", str(path), str(path)]
+    resolv = Path("/etc/resolv.conf").resolve()
+    if network and resolv.exists() and _under(resolv, hidden_dirs[1:]):
+        out += ["--ro-bind", str(resolv), str(resolv)]  # systemd-resolved keeps it in /run
     for path in hidden_dirs[1:]:  # empty and unwritable (a tmpfs would take RAM), once the
         out += ["--remount-ro", str(path)]  # binds inside it have their mount points
     out += ["--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
