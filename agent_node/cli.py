@@ -13,7 +13,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("agent_node.loop.cli", "run_main", "run a task: agent-node run TASK --repo DIR"),
     "approve": ("agent_node.loop.cli", "approve_main", "bring a passed run onto your branch"),
-    "reject": ("agent_node.loop.cli", "reject_main", "drop a run's worktree and branch"),
+    "reject": ("agent_node.loop.cli", "reject_main", "drop a run and its branch"),
     "runs": ("agent_node.loop.cli", "runs_main", "list runs and their verdicts"),
     "check-ui": ("agent_node.qa.cli", "main", "visual QA alone: agent-node check-ui URL --spec F"),
     "status": ("agent_node.status", "main", "tunnel, inference health, models, memory"),

@@ -16,7 +16,7 @@ Every key has a default; an unknown key is an error naming the key and the file.
     remote_port = 50051
 
 Each section belongs to one module: [inference] client.py, [tunnel] tunnel.py, [qa] qa/,
-[loop] loop/, [bridge] bridge.py.
+[loop] loop/, [sandbox] sandbox/, [bridge] bridge.py.
 """
 
 from __future__ import annotations
@@ -28,11 +28,17 @@ from pathlib import Path
 from inference_node.api.tomlconf import ConfigError, load_dataclass, read_toml
 
 __all__ = ["DEFAULT_CONFIG", "AgentConfig", "ConfigError", "load_config", "load_default_config",
-           "studio_home"]
+           "record_key_path", "studio_home"]
 
 
 def studio_home() -> Path:
     return Path(os.environ.get("STUDIO_CODER_HOME", "~/.local/share/studio-coder")).expanduser()
+
+
+def record_key_path() -> Path:
+    """The key that signs run records: only agent-node reads it, never the coder's sandbox."""
+    return Path(os.environ.get("STUDIO_CODER_KEY", "~/.config/studio-coder/record.key")
+                ).expanduser()
 
 
 @dataclass
@@ -109,6 +115,23 @@ class LoopSection:
 
 
 @dataclass
+class SandboxSection:
+    """Where the coder's commands (its bash tool and the gate's test command) run.
+
+    enabled = false runs them with no sandbox at all: they can then reach your repository,
+    every file you can, the network and the run records, and every run says so.
+    """
+
+    enabled: bool = True  # no sandbox available: commands are refused unless this is false
+    network: bool = False  # true: commands reach the network (and Unix sockets)
+    memory_mb: int = 4096  # per command (cgroup where possible, else per process); 0: none
+    # Made invisible too, beside $STUDIO_CODER_HOME, the config folder and the record key.
+    hide: list[str] = field(default_factory=lambda: [
+        "~/.ssh", "~/.gnupg", "~/.aws", "~/.azure", "~/.config/gcloud", "~/.kube", "~/.docker",
+        "~/.netrc", "~/.git-credentials", "~/.pypirc", "~/.npmrc"])
+
+
+@dataclass
 class BridgeSection:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -125,6 +148,7 @@ class AgentConfig:
     tunnel: TunnelSection = field(default_factory=TunnelSection)
     qa: QASection = field(default_factory=QASection)
     loop: LoopSection = field(default_factory=LoopSection)
+    sandbox: SandboxSection = field(default_factory=SandboxSection)
     bridge: BridgeSection = field(default_factory=BridgeSection)
     source: str = "built-in defaults"
 

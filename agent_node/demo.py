@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 from agent_node.config import DEFAULT_CONFIG, AgentConfig, load_default_config, studio_home
+from agent_node.sandbox import runner
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 STARTUP_TIMEOUT_S = 600.0  # the first start imports SmolLM2 from its GGUF
@@ -70,9 +70,7 @@ def inference_node(cfg: AgentConfig) -> Iterator[str]:
     _say(f"no inference node at {cfg.inference.target}; starting the embedded one on {target} "
          f"(log: {log})")
     cmd = [sys.executable, "-m", "inference_node.cli", "serve", "--port", str(port)]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    proc = runner.start(cmd, log_path=log)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not _healthy(target, timeout=1.0):
@@ -85,12 +83,7 @@ def inference_node(cfg: AgentConfig) -> Iterator[str]:
             time.sleep(0.5)
         yield target
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # drains, then exits
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        proc.stop(grace_s=60)  # SIGTERM drains it, then it exits; SIGKILL after a minute
         _say("stopped the embedded inference node")
 
 

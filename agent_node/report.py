@@ -11,7 +11,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from agent_node.runs import read_events, summarize
+from agent_node.runs import load_record, summarize, write_private
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -46,9 +46,18 @@ def _verdict(v: str) -> str:
     return f"<span class='{escape(v)}'>{escape(v)}</span>"
 
 
+def _sandbox(info: Any) -> str:
+    if not isinstance(info, dict):
+        return ""
+    if info.get("backend") == "none":
+        return f"NONE ({info.get('reason', '')}); memory: {info.get('memory', '')}"
+    net = "network on" if info.get("network") else "no network"
+    return f"{info.get('backend', '')}; {net}; memory: {info.get('memory', '')}"
+
+
 def render_report(run_dir: Path) -> str:
-    events = read_events(run_dir)
-    s = summarize(run_dir, events)
+    events, problem = load_record(run_dir)
+    s = summarize(run_dir, events, problem)
     out = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>studio-coder run {escape(s['run_id'])}</title><style>{CSS}</style></head><body>",
@@ -61,11 +70,19 @@ def render_report(run_dir: Path) -> str:
         ("rounds", s["rounds"]), ("models", ", ".join(s["models"])),
         ("tokens", ", ".join(f"{k} {v:,}" for k, v in s["tokens"].items())),
         ("state", s.get("state") or "awaiting approve/reject"),
+        ("sandbox", _sandbox(s.get("sandbox"))),
     ]
     out += [f"<tr><th>{escape(k)}</th><td>{escape(str(v or ''))}</td></tr>" for k, v in rows]
     out.append("</table>")
     if s["reasons"]:
         out.append("<h2>Verdict</h2>" + _list(s["reasons"]))
+    if problem:
+        out.append(f"<p class='fail'>This record cannot be trusted: {escape(problem)}. Only the "
+                   "lines before that one are shown; approve refuses this run.</p>")
+    if isinstance(s.get("sandbox"), dict) and s["sandbox"].get("backend") == "none":
+        out.append("<p class='fail'>The coder's commands ran WITHOUT a sandbox "
+                   f"({escape(str(s['sandbox'].get('reason', '')))}): they could reach your "
+                   "repository, your files, the network and this record.</p>")
     if s["verdict"] == "incomplete":
         out.append("<p class='incomplete'>No verdict was recorded: the run is still going, or "
                    "it was killed. Everything below was done before that.</p>")
@@ -138,8 +155,5 @@ def _qa(e: dict[str, Any]) -> str:
 
 
 def write_report(run_dir: Path) -> Path:
-    path = run_dir / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(render_report(run_dir), encoding="utf-8")
-    tmp.replace(path)  # a kill mid-write leaves the old report, never half of a new one
-    return path
+    # Atomic: a kill mid-write leaves the old report, never half of a new one.
+    return write_private(run_dir / "report.html", render_report(run_dir))

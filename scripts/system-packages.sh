@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system packages studio-coder needs when they are missing.
 #   Debian/Ubuntu: chromium (visual QA), openssh-server (tunnel tests), libopenblas0-pthread
-#                  (MLX on the CPU is ~2.5x faster with OpenBLAS preloaded).
-#   macOS:         brew install --cask chromium   (openssh and Accelerate ship with the OS)
+#                  (MLX on the CPU is ~2.5x faster with OpenBLAS preloaded), bubblewrap (the
+#                  sandbox every command from the coder's side runs in; without it runs are
+#                  refused unless agent-node.toml says [sandbox] enabled = false).
+#   macOS:         brew install --cask chromium   (openssh, Accelerate and sandbox-exec ship
+#                  with the OS)
 set -euo pipefail
 
 if [[ "$(uname -s)" == "Darwin" ]]; then
@@ -13,7 +16,7 @@ if [[ "$(uname -s)" == "Darwin" ]]; then
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "not Debian/Ubuntu: install chromium, openssh-server and OpenBLAS with your package manager" >&2
+    echo "not Debian/Ubuntu: install chromium, openssh-server, OpenBLAS and bubblewrap with your package manager" >&2
     exit 0
 fi
 
@@ -21,6 +24,7 @@ missing=()
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
 [[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
 dpkg -s libopenblas0-pthread >/dev/null 2>&1 || missing+=(libopenblas0-pthread)
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 
 if ((${#missing[@]})); then
     sudo=""

@@ -17,6 +17,8 @@ sys.path.insert(0, str(TESTS))
 # Models imported once and kept across runs (gitignored), so the suite stays fast.
 CACHE = REPO / ".home" / "test-models"
 os.environ.setdefault("STUDIO_CODER_HOME", str(REPO / ".home" / "test-home"))
+# The key that signs run records: the tests' own, never the user's ~/.config/studio-coder one.
+os.environ.setdefault("STUDIO_CODER_KEY", str(REPO / ".home" / "test-config" / "record.key"))
 
 # OpenBLAS (exported by the Makefile) is mapped into this process for MLX by now; keep it out of
 # the children tests start (Chromium and Playwright's driver hang with it).

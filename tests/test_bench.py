@@ -95,6 +95,8 @@ NUMBERS: dict[str, list[str]] = {
                                                      "decode_tok_s")),
                  "end_to_end_grpc.*.total_s.median",
                  "end_to_end_grpc.*.time_to_first_delta_s.median"],
+    "sandbox": [f"commands.*.*.{stat}" for stat in ("median", "p25", "p75", "n")]
+               + ["added_ms.*.runner", "added_ms.*.sandbox", "added_ms.*.sandbox_memory"],
     "tunnel": ["ttft_s.direct", "ttft_s.tunnel", "decode_tps.direct", "decode_tps.tunnel",
                "recovery_s.tunnel_up_after_sshd_restart",
                "recovery_s.first_call_done_after_sshd_restart", "decode_ratio",
@@ -108,6 +110,7 @@ SMOKE_FIELDS: dict[str, dict[str, Any]] = {
     "capture": {"repeats": 1},
     "constrained": {"max_tokens": 8, "decode_tokens_per_s.constrained.n": 1},
     "describe": {"repeats": 1, "decode_tokens": 4},
+    "sandbox": {"repeats": 2},
     "tunnel": {"repeats": 1, "max_tokens": 4},
 }
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -14,84 +13,32 @@ from typing import Any
 
 import pytest
 from scripted_model import ScriptedModel, as_json, call, text
+from user_repo import (
+    BAD_CALC,
+    GOOD_CALC,
+    NOT_UI,
+    PASS,
+    TEST_CALC,
+    calc_test_cmd,
+    fingerprint,
+    fix_calc,
+    git,
+    isolate,
+    make_repo,
+    run,
+)
 
 from agent_node.config import AgentConfig
 from agent_node.loop import cli
 from agent_node.loop.gate import QAFailure, QAOutcome
-from agent_node.loop.orchestrator import run_task
-from agent_node.model import Reply
 from agent_node.runs import find_run, read_events, summarize
 
 TESTS = Path(__file__).resolve().parent
 
-GOOD_CALC = "def add(a, b):\n    return a + b\n"
-BAD_CALC = "def add(a, b):\n    return a - b\n"
-TEST_CALC = (
-    "import sys\n\nsys.path.insert(0, '.')\nimport calc\n\n"
-    "assert calc.add(2, 3) == 5, f'add(2, 3) = {calc.add(2, 3)}'\n"
-)
-NOT_UI = {"ui": False, "asks_for_change": True, "page": "", "reason": "a Python fix"}
-PASS = {"verdict": "pass", "reasons": ["add is fixed"], "fixes": [], "tests_change_ok": True}
-
 
 @pytest.fixture(autouse=True)
-def git_identity(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for who in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{who}_NAME", "Test User")
-        monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.com")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))
-    monkeypatch.setenv("STUDIO_CODER_HOME", str(tmp_path / "home"))
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
-                          text=True).stdout
-
-
-def make_repo(tmp_path: Path, files: dict[str, str] | None = None) -> Path:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    for name, content in (files or {"calc.py": BAD_CALC, "tests/test_calc.py": TEST_CALC}).items():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(content)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "initial")
-    return repo
-
-
-def fingerprint(repo: Path) -> dict[str, Any]:
-    """Everything of the user's that must not change: branch ref, HEAD, index, every file."""
-    files = {}
-    for path in sorted(repo.rglob("*")):
-        if ".git" in path.relative_to(repo).parts or not path.is_file():
-            continue
-        files[str(path.relative_to(repo))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return {
-        "head": git(repo, "rev-parse", "HEAD"),
-        "branch": git(repo, "symbolic-ref", "HEAD"),
-        "main": git(repo, "rev-parse", "refs/heads/main"),
-        "index": hashlib.sha256((repo / ".git" / "index").read_bytes()).hexdigest(),
-        "status": git(repo, "status", "--porcelain"),
-        "files": files,
-    }
-
-
-def calc_test_cmd() -> str:
-    return f"{sys.executable} tests/test_calc.py"
-
-
-def run(tmp_path: Path, repo: Path, orch: ScriptedModel, coder: ScriptedModel,
-        **kw: Any) -> dict[str, Any]:
-    cfg = kw.pop("cfg", AgentConfig())
-    return run_task(kw.pop("task", "make add() add"), repo, model=orch, coder_model=coder,
-                    cfg=cfg, test_cmd=kw.pop("test_cmd", calc_test_cmd()),
-                    home=tmp_path / "home", **kw)
-
-
-def fix_calc() -> list[Reply]:
-    return [call("write", path="calc.py", content=GOOD_CALC),
-            call("finish", summary="fixed add")]
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    isolate(monkeypatch, tmp_path)
 
 
 def test_happy_path_passes_and_approve_makes_one_commit(tmp_path: Path) -> None:

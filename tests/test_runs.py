@@ -1,13 +1,18 @@
-"""Run records: durable events, a summary folded from them, and a report that escapes all."""
+"""Run records: durable signed events, a summary folded from them, and a report that escapes
+all."""
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
+from agent_node.record_key import RecordKeyError
 from agent_node.report import write_report
-from agent_node.runs import RunRecord, find_run, list_runs, read_events, summarize
+from agent_node.runs import RecordTampered, RunRecord, find_run, list_runs, read_events, summarize
 
 
 def test_events_are_on_disk_as_soon_as_they_are_emitted(tmp_path: Path) -> None:
@@ -76,3 +81,65 @@ def test_list_and_find_runs(tmp_path: Path) -> None:
     assert find_run(a.run_id[:-2], tmp_path) == a.dir
     with pytest.raises(ValueError, match="no run 'nope'"):
         find_run("nope", tmp_path)
+
+
+def test_a_line_from_another_run_or_an_edited_line_does_not_verify(tmp_path: Path) -> None:
+    a, b = RunRecord.create(tmp_path), RunRecord.create(tmp_path)
+    for record in (a, b):
+        record.emit("run_started", task="t", repo="/r")
+    passed = a.emit("verdict", verdict="pass", rounds=1, reasons=[])
+    b.emit("round_started", round=1)
+    a.close()
+    b.close()
+    with (b.dir / "events.jsonl").open("a") as f:  # a signed line, but another run's
+        f.write(json.dumps(passed) + "\n")
+    assert summarize(b.dir)["verdict"] == "tampered"
+    assert "line 3" in summarize(b.dir)["reasons"][0]
+    assert [e["type"] for e in read_events(b.dir)] == ["run_started", "round_started"]
+
+    lines = (a.dir / "events.jsonl").read_text().splitlines()
+    lines[0] = lines[0].replace('"task": "t"', '"task": "u"')
+    (a.dir / "events.jsonl").write_text("\n".join(lines) + "\n")
+    assert summarize(a.dir)["verdict"] == "tampered"
+    with pytest.raises(RecordTampered, match="line 1"):
+        RunRecord(a.dir)  # nothing is appended to a record that does not verify
+
+
+def test_unsigned_records_are_unverified_not_trusted(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "20250101-000000-abcdef"
+    run_dir.mkdir(parents=True)
+    (run_dir / "events.jsonl").write_text(json.dumps({"type": "verdict", "verdict": "pass"})
+                                          + "\n")
+    s = summarize(run_dir)
+    assert s["verdict"] == "unverified" and "not signed" in s["reasons"][0]
+
+
+def test_a_record_key_others_can_read_is_refused(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    key = tmp_path / "config" / "record.key"
+    monkeypatch.setenv("STUDIO_CODER_KEY", str(key))
+    RunRecord.create(tmp_path / "home").close()
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    key.chmod(0o644)
+    with pytest.raises(RecordKeyError, match="chmod 600"):
+        RunRecord.create(tmp_path / "home")
+
+
+def test_ctrl_c_between_a_write_and_its_bookkeeping_keeps_the_record_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    record = RunRecord.create(tmp_path)
+    record.emit("run_started", task="t", repo="/r")
+    fsync = os.fsync
+
+    def interrupted(fd: int) -> None:  # the line is on disk, then Ctrl-C arrives
+        fsync(fd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        record.emit("round_started", round=1)
+    monkeypatch.setattr(os, "fsync", fsync)
+    record.emit("verdict", verdict="interrupted", rounds=1, reasons=["interrupted (Ctrl-C)"])
+    record.close()
+    s = summarize(record.dir)
+    assert (s["verdict"], s["integrity"], s["rounds"]) == ("interrupted", "", 1)

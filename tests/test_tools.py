@@ -3,12 +3,12 @@ and failures that come back as results instead of ending the loop."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import jsonschema
 import pytest
+from procs import gone, kill_all, tag
 
 from agent_node.tools import FINISH, Tool, ToolError, make_tools, run_tool
 from agent_node.tools.truncate import truncate
@@ -40,21 +40,6 @@ def call(tools: dict[str, Tool], name: str, **arguments: object):
     return run_tool(tools, name, arguments)
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a zombie is dead, waiting for init to reap it)."""
-    stat = Path(f"/proc/{pid}/stat")
-    if Path("/proc").is_dir():
-        try:
-            return stat.read_text().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-        except FileNotFoundError:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 # --- confinement ---------------------------------------------------------------------------
 
 
@@ -65,7 +50,7 @@ def test_absolute_path_is_refused_by_every_file_tool(tools, outside, name):
     args |= {"pattern": "do"} if name == "grep" else {}
     result = run_tool(tools, name, args)
     assert not result.ok
-    assert "absolute" in result.output and "relative to the worktree root" in result.output
+    assert "absolute" in result.output and "relative to the checkout root" in result.output
     assert (outside / "secret.txt").read_text() == "do not read\n"
 
 
@@ -100,7 +85,7 @@ def test_write_through_a_symlink_to_outside_is_refused(tools, worktree, outside)
     (worktree / "config.txt").symlink_to(outside / "secret.txt")
     (worktree / "dangling.txt").symlink_to(outside / "not-yet.txt")
     result = call(tools, "write", path="config.txt", content="overwritten")
-    assert not result.ok and "outside the worktree" in result.output
+    assert not result.ok and "outside the checkout" in result.output
     assert not call(tools, "write", path="dangling.txt", content="created").ok
     assert not call(tools, "edit", path="config.txt", old="do not", new="may").ok
     assert (outside / "secret.txt").read_text() == "do not read\n"
@@ -218,34 +203,48 @@ def test_bash_runs_in_the_worktree(tools, worktree):
     assert str(worktree.resolve()) in call(tools, "bash", command="pwd").output
 
 
-def test_bash_timeout_kills_the_command_and_its_children(tools, worktree):
+def test_bash_timeout_kills_the_command_and_its_children(tools):
+    mark = tag()
     started = time.monotonic()
-    result = call(tools, "bash", command="sleep 1000 & echo $! > child.pid; sleep 1000")
-    elapsed = time.monotonic() - started
-    assert not result.ok and "timed out after 1 s" in result.output
-    assert elapsed < 5
-    child = int((worktree / "child.pid").read_text())
-    deadline = time.monotonic() + 2
-    while _running(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _running(child), f"background child {child} survived the timeout"
+    try:
+        result = call(tools, "bash", command=f"sleep {mark} & sleep 1000")
+        elapsed = time.monotonic() - started
+        assert not result.ok and "timed out after 1 s" in result.output
+        assert elapsed < 5
+        assert gone(mark), f"background child sleep {mark} survived the timeout"
+    finally:
+        kill_all(mark)
 
 
-def test_bash_timeout_kills_a_command_that_ignores_sigterm(tools, worktree):
-    command = "trap '' TERM; bash -c \"trap '' TERM; sleep 1000\" & echo $! > child.pid; wait"
-    result = call(tools, "bash", command=command)
-    assert not result.ok and "timed out" in result.output
-    child = int((worktree / "child.pid").read_text())
-    deadline = time.monotonic() + 2
-    while _running(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _running(child), f"child {child} ignoring SIGTERM survived SIGKILL"
+def test_bash_timeout_kills_a_command_that_ignores_sigterm(tools):
+    mark = tag()
+    command = f"trap '' TERM; bash -c \"trap '' TERM; sleep {mark}\" & wait"
+    try:
+        result = call(tools, "bash", command=command)
+        assert not result.ok and "timed out" in result.output
+        assert gone(mark), f"child sleep {mark} ignoring SIGTERM survived SIGKILL"
+    finally:
+        kill_all(mark)
 
 
-def test_bash_background_process_does_not_outlive_the_command(tools, worktree):
-    result = call(tools, "bash", command="sleep 1000 & echo $! > child.pid")
-    assert result.ok and result.output.startswith("exit code 0")
-    assert not _running(int((worktree / "child.pid").read_text()))
+def test_bash_background_process_does_not_outlive_the_command(tools):
+    mark = tag()
+    try:
+        result = call(tools, "bash", command=f"sleep {mark} &")
+        assert result.ok and result.output.startswith("exit code 0")
+        assert gone(mark)
+    finally:
+        kill_all(mark)
+
+
+def test_bash_setsid_child_does_not_outlive_the_command(tools):
+    mark = tag()
+    try:
+        result = call(tools, "bash", command=f"setsid -f sleep {mark}; echo done")
+        assert result.ok and "done" in result.output
+        assert gone(mark), f"setsid child sleep {mark} outlived the command"
+    finally:
+        kill_all(mark)
 
 
 def test_bash_huge_output_keeps_head_and_tail_with_a_marker(tools):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,13 @@ from agent_node.config import (
     load_default_config,
     studio_home,
 )
+from agent_node.loop.approve import drop_run_branch, land
+from agent_node.loop.checkout import checkouts_root
 from agent_node.loop.errors import RefusedError, UsageError
-from agent_node.loop.worktree import GitError, apply_to_current_branch, remove_worktree, repo_root
+from agent_node.loop.repo import GitError, current_branch, git, head_commit, repo_root
+from agent_node.record_key import RecordKeyError
 from agent_node.report import write_report
-from agent_node.runs import RunRecord, find_run, list_runs, summarize
+from agent_node.runs import RecordTampered, RunRecord, find_run, list_runs, summarize
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -83,7 +87,7 @@ def _inference_error(e: BaseException) -> bool:
 
 
 def run_main(argv: list[str]) -> int:
-    p = _Parser(prog="agent-node run", description="Run a coding task in a private worktree.")
+    p = _Parser(prog="agent-node run", description="Run a coding task in a private checkout.")
     p.add_argument("task")
     p.add_argument("--repo", required=True, help="the git checkout to work on")
     p.add_argument("--spec", help="design spec for UI work: one checkable statement per line")
@@ -99,8 +103,11 @@ def run_main(argv: list[str]) -> int:
     except (ConfigError, UsageError) as e:
         _say(f"agent-node run: {e}")
         return EXIT_USAGE
+    from agent_node.loop.orchestrator import run_task, sandbox_for
+
     try:
         repo_root(Path(args.repo).expanduser().resolve())
+        sandbox_for(cfg)  # no sandbox and no opt-out: refused before anything starts
     except UsageError as e:
         _say(f"agent-node run: {e}")
         return EXIT_USAGE
@@ -112,7 +119,6 @@ def run_main(argv: list[str]) -> int:
         _say(f"agent-node run: cannot reach the inference node at {cfg.inference.target}: {e}; "
              "check `agent-node status`")
         return EXIT_UNREACHABLE
-    from agent_node.loop.orchestrator import run_task
     from agent_node.loop.progress import Progress
     from agent_node.loop.visual import default_qa
 
@@ -163,11 +169,15 @@ def _finish(summary: dict[str, Any], as_json: bool) -> int:
 
 
 def _open_run(run_id: str) -> tuple[Path, dict[str, Any]]:
+    """The run and its summary, from a record agent-node wrote; refused otherwise."""
     try:
         run_dir = find_run(run_id)
     except ValueError as e:
         raise UsageError(str(e)) from None
     summary = summarize(run_dir)
+    if summary["integrity"]:
+        raise RefusedError(f"run {run_dir.name}: {summary['integrity']}. approve and reject act "
+                           "only on records agent-node wrote; nothing was changed")
     if not summary.get("repo"):
         raise UsageError(f"run {run_dir.name} has no start record; nothing to act on")
     if summary["state"]:
@@ -182,49 +192,95 @@ def _commit_message(summary: dict[str, Any]) -> str:
             f"({summary['verdict']} after {summary['rounds']} round(s))\n")
 
 
+def _branch_name(branch: str) -> str:
+    return f"branch {branch}" if branch else "a detached HEAD"
+
+
 def approve_main(argv: list[str]) -> int:
-    p = _Parser(prog="agent-node approve", description="Commit a run's change onto your branch.")
+    p = _Parser(prog="agent-node approve",
+                description="Commit the change a run's gate tested onto your branch.")
     p.add_argument("run_id")
     p.add_argument("--force", action="store_true",
-                   help="approve a run that did not pass; keep your local edits in touched files")
+                   help="approve a run that did not pass, and keep your local edits (staged "
+                        "and unstaged) in the files it touches")
+    p.add_argument("--onto-current", action="store_true",
+                   help="land it on the branch you are on, when that is not the one the run "
+                        "started from")
     args = p.parse_args(argv)
     try:
         run_dir, s = _open_run(args.run_id)
+        tested = str(s.get("commit") or "")
+        if s["verdict"] == "incomplete" or not tested:
+            raise RefusedError(f"run {s['run_id']} has no tested commit (verdict: "
+                               f"{s['verdict']}): it was killed mid-way or never reached the "
+                               "gate, so there is nothing to approve; `agent-node reject` "
+                               "cleans it up")
         if s["verdict"] != "pass" and not args.force:
             raise RefusedError(f"run {s['run_id']} did not pass (verdict: {s['verdict']}); "
                                f"see {run_dir / 'report.html'}, or pass --force to approve anyway")
         repo = Path(s["repo"])
-        commit, kept = apply_to_current_branch(repo, s["base"], s["run_branch"],
-                                               _commit_message(s), force=args.force)
-        removed = remove_worktree(repo, Path(s["worktree"]), s["run_branch"])
-        _record(run_dir, "approved", commit=commit, kept_local=kept, removed=removed)
+        started_on, now_on = str(s.get("branch") or ""), current_branch(repo)
+        if now_on != started_on and not args.onto_current:
+            switch = f"`git switch {started_on}`" if started_on else "check that commit out"
+            raise RefusedError(
+                f"you are on {_branch_name(now_on)} in {repo}, but run {s['run_id']} started "
+                f"from {_branch_name(started_on)}; {switch} and approve again, or pass "
+                f"--onto-current to land it on {_branch_name(now_on)}")
+        branch = f"studio-coder/{run_dir.name}"  # from the run id, never from a record field
+        if not _has_commit(repo, tested):
+            raise RefusedError(f"the tested commit {tested[:12]} is no longer in {repo} (was "
+                               f"branch {branch} deleted?); nothing to approve")
+        head = head_commit(repo)
+        commit, kept = land(repo, str(s["base"]), tested, _commit_message(s), force=args.force)
+        removed = [r for r in [drop_run_branch(repo, branch, tested)] if r]
+        _record(run_dir, "approved", commit=commit, tested=tested, branch=now_on,
+                kept_local=kept, removed=removed)
     except UsageError as e:
         _say(f"agent-node approve: {e}")
         return EXIT_USAGE
-    except (RefusedError, GitError) as e:
+    except (RefusedError, GitError, RecordTampered, RecordKeyError) as e:
         _say(f"agent-node approve: {e}")
         return EXIT_FAIL
-    _say(f"approved run {s['run_id']}: commit {commit[:12]} on {repo}")
+    _say(f"approved run {s['run_id']}: commit {commit[:12]} on {_branch_name(now_on)} of "
+         f"{repo}, holding the change of the tested commit {tested[:12]}")
+    if head != s["base"]:
+        _say(f"your branch had moved since the run started (from {str(s['base'])[:12]} to "
+             f"{head[:12]}): the change was applied on top, and that combination was not tested")
     if kept:
-        _say(f"kept your local edits in: {', '.join(kept)} (`git diff` shows them)")
+        _say(f"kept your local edits in: {', '.join(kept)} (`git diff` and `git diff --cached` "
+             "show them against the new commit)")
     return EXIT_PASS
 
 
+def _has_commit(repo: Path, commit: str) -> bool:
+    return bool(git(["rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"], repo,
+                    check=False).strip())
+
+
 def reject_main(argv: list[str]) -> int:
-    p = _Parser(prog="agent-node reject", description="Drop a run's worktree and branch.")
+    p = _Parser(prog="agent-node reject",
+                description="Drop a run: its branch and anything left of its checkout.")
     p.add_argument("run_id")
     args = p.parse_args(argv)
     try:
         run_dir, s = _open_run(args.run_id)
-        removed = remove_worktree(Path(s["repo"]), Path(s["worktree"]), s["run_branch"])
+        removed = []
+        tested = str(s.get("commit") or "")
+        if tested:  # only the branch this run made, and only while it holds the run's commit
+            dropped = drop_run_branch(Path(s["repo"]), f"studio-coder/{run_dir.name}", tested)
+            removed += [dropped] if dropped else []
+        leftover = checkouts_root() / run_dir.name  # a run killed mid-way leaves its checkout
+        if leftover.exists():
+            shutil.rmtree(leftover)
+            removed.append(f"checkout {leftover}")
         _record(run_dir, "rejected", removed=removed)
     except UsageError as e:
         _say(f"agent-node reject: {e}")
         return EXIT_USAGE
-    except (RefusedError, GitError) as e:
+    except (RefusedError, GitError, RecordTampered, RecordKeyError) as e:
         _say(f"agent-node reject: {e}")
         return EXIT_FAIL
-    _say(f"rejected run {s['run_id']}: removed {', '.join(removed) or 'nothing (already gone)'}")
+    _say(f"rejected run {s['run_id']}: {'; '.join(removed) or 'nothing left to remove'}")
     return EXIT_PASS
 
 

@@ -1,8 +1,12 @@
 """The gate: what the orchestrator checks itself, never taking the coder's word for it.
 
-It computes the real diff of the worktree (untracked files included), runs the repo's test
-command in its own process group, flags a diff that changes or deletes tests, fails an empty diff
-for a task that asks for a change, and for UI work runs visual QA against the spec.
+It is given one commit (the coder's checkout as it stood, `Checkout.snapshot`), that commit's
+real diff, and a fresh folder holding exactly that commit's files (`Checkout.export`). It runs
+the repo's test command there, in the sandbox (the tests may be the coder's own code: they write
+only to that folder and a private tmp, reach no network, and their whole process tree dies at
+the end or the timeout, with bounded output), flags a diff that changes or deletes tests, fails
+an empty diff for a task that asks for a change, and for UI work runs visual QA against the
+spec. What passes is that commit, and only that commit is what approve brings over.
 """
 
 from __future__ import annotations
@@ -11,16 +15,14 @@ import json
 import os
 import re
 import shlex
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_node.loop.worktree import Diff, diff_worktree
+from agent_node.loop.checkout import Diff
+from agent_node.sandbox import Sandbox
 
 TEST_PATH = re.compile(
     r"(^|/)(tests?|__tests__|spec)/|(^|/)test_[^/]*\.py$|_test\.(py|go)$|\.(test|spec)\.[jt]sx?$"
@@ -97,26 +99,21 @@ def detect_test_cmd(root: Path) -> str:
     return ""
 
 
-def run_tests(cmd: str, cwd: Path, timeout_s: float) -> TestRun:
-    """Run `cmd` in a shell, in its own process group; the whole group dies on timeout."""
-    start = time.monotonic()
+def run_tests(cmd: str, tree: Path, timeout_s: float, *, sandbox: Sandbox | None = None,
+              output_limit: int = 12_000) -> TestRun:
+    """Run `cmd` in a shell in `tree`, in the sandbox (None: the default one), writing only
+    there; its whole process tree dies at the end or the timeout. The output kept is bounded:
+    `output_limit` characters from its start and as many from its end."""
+    confine = sandbox or Sandbox.from_config()
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "CI": "1"}
-    proc = subprocess.Popen(
-        cmd, shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=timeout_s)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        timed_out = True
-    text = out.decode("utf-8", errors="replace")
-    if timed_out:
-        text += f"\n[studio-coder: test command killed after {timeout_s:.0f} s]"
-    return TestRun(cmd, None if timed_out else proc.returncode, text,
-                   time.monotonic() - start, timed_out)
+    done = confine.run(["/bin/sh", "-c", cmd], cwd=tree, writable=[tree], timeout_s=timeout_s,
+                       output_limit=2 * output_limit, env=env)
+    text = done.output
+    if done.timed_out:
+        text += (f"\n[studio-coder: test command killed after {timeout_s:.0f} s, with every "
+                 "process it started]")
+    return TestRun(cmd, None if done.timed_out else done.exit_code, text, done.seconds,
+                   done.timed_out)
 
 
 def tail(text: str, limit: int) -> str:
@@ -127,8 +124,8 @@ def tail(text: str, limit: int) -> str:
 
 
 def run_gate(
-    worktree: Path,
-    base: str,
+    tree: Path,
+    diff: Diff,
     *,
     test_cmd: str,
     timeout_s: float,
@@ -138,23 +135,30 @@ def run_gate(
     spec: list[str] | None = None,
     qa: QACheck | None = None,
     qa_dir: Path | None = None,
+    sandbox: Sandbox | None = None,
 ) -> GateResult:
-    diff = diff_worktree(worktree, base)
+    """Check `diff` and the commit whose files are in `tree` (see the module docstring)."""
     failures: list[str] = []
     flags: list[str] = []
     if diff.empty and asks_for_change:
-        failures.append("the task asks for a change, but the worktree has no diff against the "
+        failures.append("the task asks for a change, but the checkout has no diff against the "
                         "base: no file was created, modified or deleted")
     touched = [f"{path} ({'deleted' if st == 'D' else 'modified'})"
                for st, path in diff.files if st in "MD" and TEST_PATH.search(path)]
     if touched:
         flags.append("the diff changes or deletes existing tests: " + ", ".join(touched))
 
-    tests = run_tests(test_cmd, worktree, timeout_s) if test_cmd else None
+    tests = (run_tests(test_cmd, tree, timeout_s, sandbox=sandbox, output_limit=output_limit)
+             if test_cmd else None)
     if tests is None:
         flags.append("no test command was configured or detected; nothing was tested")
     elif not tests.passed:
-        how = "timed out" if tests.timed_out else f"exited {tests.exit_code}"
+        if tests.timed_out:
+            how = "timed out"
+        elif tests.exit_code is not None and tests.exit_code < 0:
+            how = f"was killed by signal {-tests.exit_code}"
+        else:
+            how = f"exited {tests.exit_code}"
         failures.append(f"the test command `{tests.cmd}` {how}; its output:\n"
                         + tail(tests.output, output_limit))
 
@@ -163,7 +167,7 @@ def run_gate(
         if qa is None:
             flags.append("UI task, but no visual QA is available; the page was not looked at")
         else:
-            outcome = qa(ui_url, spec, qa_dir or worktree)
+            outcome = qa(ui_url, spec, qa_dir or tree)
             if outcome.note and (outcome.passed or outcome.failures):
                 flags.append(outcome.note)
             for f in outcome.failures:

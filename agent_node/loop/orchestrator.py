@@ -3,14 +3,18 @@
     summary = run_task("make the header sticky", Path("~/site"), model=model, cfg=cfg)
     summary["verdict"]  # "pass" | "fail" | "interrupted" | "error"
 
-Nothing reaches the user's branch here: the coder works in the run's worktree, and the record
-(events.jsonl, diffs, test logs, report.html) is written as the run goes and again in `finally`.
+Nothing reaches the user's branch here: the coder works in a private checkout of its own
+(`checkout.py`), every command from its side runs in the sandbox, the gate tests one commit of
+that checkout, and only that commit comes back, as the run's branch. The record (events.jsonl,
+diffs, test logs, report.html), which the sandbox cannot see, is written as the run goes and
+again in `finally`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,36 +22,40 @@ from typing import Any
 
 from agent_node.config import AgentConfig
 from agent_node.loop import prompts
+from agent_node.loop.checkout import Checkout, checkouts_root
 from agent_node.loop.coder import CoderLimits, reply_fields, run_coder
 from agent_node.loop.errors import StructuredOutputError, UsageError
 from agent_node.loop.gate import GateResult, QACheck, detect_test_cmd, gate_event, run_gate
+from agent_node.loop.repo import current_branch, dirty_paths, head_commit, repo_root
 from agent_node.loop.structured import CLASSIFY, REVIEW, SPEC, ask_json
 from agent_node.loop.visual import serve_directory
-from agent_node.loop.worktree import (
-    add_worktree,
-    current_branch,
-    dirty_paths,
-    git,
-    head_commit,
-    repo_root,
-    snapshot_branch,
-)
 from agent_node.model import Model, Reply
 from agent_node.report import write_report
-from agent_node.runs import Listener, RunRecord, summarize
+from agent_node.runs import Listener, RunRecord, make_private, summarize
+from agent_node.sandbox import Sandbox, SandboxUnavailable
 
 ToolsFactory = Callable[[Path], dict[str, Any]]
 MAX_FILES_LISTED = 200
 
 
-def default_tools(cfg: AgentConfig) -> ToolsFactory:
+def default_tools(cfg: AgentConfig, sandbox: Sandbox) -> ToolsFactory:
     def make(root: Path) -> dict[str, Any]:
         from agent_node.tools import make_tools
 
         return dict(make_tools(root, timeout_s=cfg.loop.tool_timeout_s,
-                               output_limit=cfg.loop.output_limit))
+                               output_limit=cfg.loop.output_limit, sandbox=sandbox))
 
     return make
+
+
+def sandbox_for(cfg: AgentConfig) -> Sandbox:
+    """The sandbox the coder's commands run in; UsageError when there is none and the config
+    does not opt out (fail closed)."""
+    try:
+        return Sandbox.from_config(cfg.sandbox, "" if cfg.source == "built-in defaults"
+                                   else cfg.source)
+    except SandboxUnavailable as e:
+        raise UsageError(str(e)) from None
 
 
 def run_task(
@@ -69,7 +77,8 @@ def run_task(
 
     `model` classifies, writes the spec and reviews; `coder_model` (default: `model`) codes.
     `spec` skips writing one (and makes the task UI work). `qa` checks a served page against
-    the spec. Raises UsageError before anything is created when `repo` is not usable.
+    the spec. Raises UsageError before anything is created when `repo` is not usable, or when
+    no sandbox is available and the config does not opt out of one.
     """
     cfg = cfg or AgentConfig()
     task = task.strip()
@@ -80,11 +89,13 @@ def run_task(
     if dirty and refuse_dirty:
         raise UsageError(f"{root} has {len(dirty)} uncommitted file(s) ({', '.join(dirty[:5])}); "
                          "commit or stash them, or run without --refuse-dirty to base on HEAD")
+    sandbox = sandbox_for(cfg)
     record = RunRecord.create(home)
     record.listeners.extend(listeners)
+    run = _Run(record, task, root, dirty, model, coder_model or model, cfg, spec, test_cmd, qa,
+               tools_factory or default_tools(cfg, sandbox), sandbox, home)
     try:
-        _Run(record, task, root, dirty, model, coder_model or model, cfg, spec, test_cmd, qa,
-             tools_factory or default_tools(cfg)).go()
+        run.go()
     except KeyboardInterrupt:
         record.emit("verdict", verdict="interrupted", reasons=["interrupted (Ctrl-C)"])
         raise
@@ -93,6 +104,7 @@ def run_task(
         record.emit("verdict", verdict="error", reasons=[f"{type(e).__name__}: {e}"])
         raise
     finally:
+        shutil.rmtree(run.checkout.dir, ignore_errors=True)  # the run's branch holds its commit
         record.close()
         write_report(record.dir)
     return summarize(record.dir)
@@ -101,26 +113,36 @@ def run_task(
 class _Run:
     def __init__(self, record: RunRecord, task: str, root: Path, dirty: list[str], model: Model,
                  coder_model: Model, cfg: AgentConfig, spec: list[str] | None,
-                 test_cmd: str | None, qa: QACheck | None, tools_factory: ToolsFactory) -> None:
+                 test_cmd: str | None, qa: QACheck | None, tools_factory: ToolsFactory,
+                 sandbox: Sandbox, home: Path | None) -> None:
         self.record, self.task, self.root, self.dirty = record, task, root, dirty
         self.model, self.coder_model, self.cfg = model, coder_model, cfg
         self.spec, self.test_cmd, self.qa, self.tools_factory = spec, test_cmd, qa, tools_factory
+        self.sandbox = sandbox
         self.emit = record.emit
-        self.worktree = record.dir / "worktree"
+        # Out of the record's folder: the coder's sandbox sees this checkout and nothing of it.
+        self.checkout = Checkout(checkouts_root(home) / record.run_id, "run")
         self.run_branch = f"studio-coder/{record.run_id}"
+        self.tested = ""  # the last commit the gate tested; the one approve can bring over
 
     def go(self) -> None:
         base = head_commit(self.root)
         self.emit("run_started", task=self.task, repo=str(self.root), base=base,
                   branch=current_branch(self.root), run_branch=self.run_branch,
-                  worktree=str(self.worktree), dirty=self.dirty, pid=os.getpid(),
-                  models={"orchestrator": self.model.name, "coder": self.coder_model.name})
+                  checkout=str(self.checkout.work), dirty=self.dirty, pid=os.getpid(),
+                  models={"orchestrator": self.model.name, "coder": self.coder_model.name},
+                  sandbox=self.sandbox.describe())
+        if not self.sandbox.confined:
+            self.emit("note", text=f"the coder's commands run WITHOUT a sandbox "
+                      f"({self.sandbox.unconfined_reason}): they can reach your repository, "
+                      "your files, the network and this record")
         if self.dirty:
             self.emit("note", text=f"{len(self.dirty)} uncommitted file(s) in {self.root} are not "
                       f"part of this run (it is based on HEAD {base[:12]}); they are left as they "
                       "are")
-        add_worktree(self.root, self.worktree, self.run_branch, base)
-        files = git(["ls-files"], self.worktree).splitlines()
+        self.checkout = Checkout.create(self.root, self.checkout.dir, base)
+        work = self.checkout.work
+        files = self.checkout.files()
 
         kind = self.classify(files)
         spec = self.spec
@@ -129,9 +151,9 @@ class _Run:
         elif spec is not None:
             self.emit("spec", statements=spec, source="file")
         page = self.cfg.loop.ui_page or kind.get("page") or ""
-        if spec and not page and (self.worktree / "index.html").exists():
+        if spec and not page and (work / "index.html").exists():
             page = "index.html"
-        test_cmd = self.test_cmd or self.cfg.loop.test_cmd or detect_test_cmd(self.worktree)
+        test_cmd = self.test_cmd or self.cfg.loop.test_cmd or detect_test_cmd(work)
         self.emit("setup", test_cmd=test_cmd, page=page, ui=bool(spec),
                   asks_for_change=kind["asks_for_change"])
 
@@ -148,7 +170,7 @@ class _Run:
             self.emit("round_started", round=round_no, brief_file=f"round-{round_no}/brief.md")
             coder = run_coder(
                 self.coder_model, prompts.render("coder_system"), brief,
-                self.tools_factory(self.worktree),
+                self.tools_factory(work),
                 CoderLimits(self.cfg.loop.coder_max_turns, self.cfg.loop.coder_max_tokens,
                             self.cfg.loop.coder_wall_s, self.cfg.loop.coder_reply_tokens or None),
                 emit=self.emit, round_no=round_no)
@@ -168,9 +190,10 @@ class _Run:
         if verdict == "fail" and last_round == self.cfg.loop.max_rounds:
             reasons = [f"still failing after {last_round} round(s) (loop.max_rounds = "
                        f"{self.cfg.loop.max_rounds})", *reasons]
-        snapshot_branch(self.worktree, base, self.run_branch,
-                        f"studio-coder run {self.record.run_id}: {self.task[:60]}")
-        self.emit("verdict", verdict=verdict, rounds=last_round, reasons=reasons)
+        if self.tested:  # the only commit that leaves the checkout, as the run's own branch
+            self.checkout.publish(self.root, self.tested, self.run_branch)
+        self.emit("verdict", verdict=verdict, rounds=last_round, reasons=reasons,
+                  commit=self.tested, run_branch=self.run_branch if self.tested else "")
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -207,15 +230,24 @@ class _Run:
 
     def gate(self, round_no: int, base: str, test_cmd: str, asks_for_change: bool,
              spec: list[str] | None, page: str) -> GateResult:
+        # The checkout as it stands becomes one commit; the tests run on exactly its files.
+        co = self.checkout
+        commit = co.snapshot(base, f"studio-coder run {self.record.run_id} round {round_no}: "
+                                   f"{self.task[:60]}")
+        tree = co.export(commit, co.dir / "gate")
         qa_dir = self.record.dir / f"round-{round_no}" / "qa"
-        serving = serve_directory(self.worktree) if spec and page else nullcontext("")
+        serving = serve_directory(tree) if spec and page else nullcontext("")
         with serving as url:
             gate = run_gate(
-                self.worktree, base, test_cmd=test_cmd, timeout_s=self.cfg.loop.test_timeout_s,
-                asks_for_change=asks_for_change, output_limit=self.cfg.loop.output_limit,
-                ui_url=f"{url}/{page}" if url else "", spec=spec, qa=self.qa, qa_dir=qa_dir)
+                tree, co.diff(base, commit), test_cmd=test_cmd,
+                timeout_s=self.cfg.loop.test_timeout_s, asks_for_change=asks_for_change,
+                output_limit=self.cfg.loop.output_limit, ui_url=f"{url}/{page}" if url else "",
+                spec=spec, qa=self.qa, qa_dir=qa_dir, sandbox=self.sandbox)
+        if qa_dir.exists():
+            make_private(qa_dir)  # screenshots the browser wrote
+        self.tested = commit
         diff_file = self.record.write_text(f"round-{round_no}/diff.patch", gate.diff.patch)
-        fields = gate_event(gate)
+        fields = {"commit": commit, **gate_event(gate)}
         fields["diff_file"] = str(diff_file.relative_to(self.record.dir))
         if gate.tests:
             log = self.record.write_text(f"round-{round_no}/tests.log", gate.tests.output)

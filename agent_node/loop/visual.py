@@ -1,9 +1,15 @@
-"""Visual QA for the gate: serve the worktree, then ask `agent_node.qa.check_page` about it."""
+"""Visual QA for the gate: serve the tested files, then ask `agent_node.qa.check_page` about them.
+
+The page server runs in agent-node itself (a thread, not a process): it only reads files, and
+it serves none that a symlink leads to outside the served folder, so a link the coder planted
+(to a key, to a record) shows the browser a 404, not the file.
+"""
 
 from __future__ import annotations
 
 import functools
 import http.server
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,15 +20,23 @@ from agent_node.config import AgentConfig
 from agent_node.loop.gate import QAFailure, QAOutcome
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class _ConfinedHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
+
+    def send_head(self) -> Any:
+        root = os.path.realpath(self.directory)
+        real = os.path.realpath(self.translate_path(self.path))
+        if real != root and not real.startswith(root + os.sep):
+            self.send_error(404, "outside the served folder")
+            return None
+        return super().send_head()
 
 
 @contextmanager
 def serve_directory(root: Path) -> Iterator[str]:
     """Serve `root` over HTTP on a free loopback port for as long as the block runs; its URL."""
-    handler = functools.partial(_QuietHandler, directory=str(root))
+    handler = functools.partial(_ConfinedHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, name="qa-page-server", daemon=True)
     thread.start()
@@ -62,8 +76,8 @@ class ChromiumQA:
         from agent_node.qa.errors import QAError
 
         try:
-            if self._capturer is None:
-                self._capturer = Capturer(self.cfg.qa)
+            if self._capturer is None:  # the coder's page: it reaches nothing but loopback
+                self._capturer = Capturer(self.cfg.qa, loopback_only=True)
                 self._capturer.start()
             result = check_page(url, Spec(list(spec), list(self.allow), "design spec"),
                                 model=self.model, describer=self.describer,

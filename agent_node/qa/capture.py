@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -37,6 +35,7 @@ from typing import Any
 
 from agent_node.config import QASection
 from agent_node.qa.errors import BrowserFailed, BrowserNotFound, PageUnreachable, ServerFailed
+from agent_node.sandbox import runner
 
 BROWSER_ENV = "STUDIO_CODER_BROWSER"
 SYSTEM_BROWSERS = (
@@ -404,11 +403,27 @@ class _Slot:
             pass
 
 
-class Capturer:
-    """One browser, reused across captures; a context manager."""
+# For pages the coder wrote: nothing but loopback. Every request goes to a proxy that is not
+# there (loopback addresses bypass proxies, so the page server still answers), no hostname
+# resolves (no DNS lookup carries data out), and WebRTC may not send UDP around the proxy.
+LOOPBACK_ONLY_ARGS = [
+    "--proxy-server=http://127.0.0.1:9",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
+    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+    "--dns-prefetch-disable",
+]
 
-    def __init__(self, cfg: QASection | None = None, *, browser: str | None = None) -> None:
+
+class Capturer:
+    """One browser, reused across captures; a context manager.
+
+    `loopback_only`: the pages reach nothing but 127.0.0.1 (the agent loop's pages are the
+    coder's work, and model output must not reach the network)."""
+
+    def __init__(self, cfg: QASection | None = None, *, browser: str | None = None,
+                 loopback_only: bool = False) -> None:
         self.cfg = cfg or QASection()
+        self.loopback_only = loopback_only
         self._browser_override = browser
         self._pw: Any = None
         self._browser: Any = None
@@ -436,7 +451,8 @@ class Capturer:
                     "Playwright is not installed: pip install 'studio-coder[agent]' (or playwright)"
                 ) from None
         root = hasattr(os, "geteuid") and os.geteuid() == 0
-        args = LAUNCH_ARGS + (["--no-sandbox"] if root else [])
+        args = (LAUNCH_ARGS + (["--no-sandbox"] if root else [])
+                + (LOOPBACK_ONLY_ARGS if self.loopback_only else []))
         try:
             self._browser = self._pw.chromium.launch(
                 executable_path=path, args=args, headless=True, timeout=self.cfg.timeout_s * 1000
@@ -540,7 +556,9 @@ class Capturer:
 class PageServer:
     """Start a page's server (`python -m http.server 8000`), wait for its URL, stop it after.
 
-    The command runs in its own process group, and the whole group is killed on stop.
+    The command runs through the agent node's process runner: a session of its own, and the
+    whole group is ended on stop (SIGTERM, then SIGKILL). It is the user's own command
+    (`check-ui --start`), so it runs outside the coder's sandbox.
     """
 
     def __init__(
@@ -554,7 +572,7 @@ class PageServer:
     ) -> None:
         self.command, self.wait_url, self.cwd = command, wait_url, cwd
         self.timeout_s, self.log_path = timeout_s, log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: runner.Process | None = None
 
     def __enter__(self) -> PageServer:
         self.start()
@@ -564,15 +582,10 @@ class PageServer:
         self.stop()
 
     def start(self) -> None:
-        log = self.log_path.open("wb") if self.log_path else subprocess.DEVNULL
-        try:
-            self.proc = subprocess.Popen(
-                self.command, shell=True, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        finally:
-            if self.log_path:
-                log.close()  # type: ignore[union-attr]
+        if self.log_path:
+            self.log_path.write_bytes(b"")  # this server's output only
+        self.proc = runner.start(["/bin/sh", "-c", self.command], cwd=self.cwd,
+                                 log_path=self.log_path)
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
@@ -601,13 +614,5 @@ class PageServer:
         return ("; its last output:\n  " + "\n  ".join(lines)) if lines else ""
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:  # the group, even when its leader (a shell) is gone: children may live on
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=3)
-        except ProcessLookupError:
-            pass
+        if self.proc is not None:  # the group, even when its leader (a shell) is gone
+            self.proc.stop(grace_s=3.0)

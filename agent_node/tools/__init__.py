@@ -1,7 +1,7 @@
 """The coder's tools: one file per tool, each a factory returning a `Tool`.
 
-    tools = make_tools(worktree, timeout_s=cfg.loop.tool_timeout_s,
-                       output_limit=cfg.loop.output_limit)
+    tools = make_tools(checkout, timeout_s=cfg.loop.tool_timeout_s,
+                       output_limit=cfg.loop.output_limit, sandbox=sandbox)
     specs = [t.spec() for t in tools.values()]          # what Model.chat(tools=...) takes
     result = run_tool(tools, call.name, call.arguments)  # never raises
     messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name,
@@ -16,9 +16,11 @@ The contract:
   what to do, and it goes to the model as the tool's result. The loop goes on.
 - `ok=True` means the tool did its job. For `bash` that includes a command that exited non-zero
   (the output starts with its exit code); a command that timed out is `ok=False`.
-- Every path is relative to the worktree root; nothing outside it is read or written
-  (`paths.confine`). `bash` runs with the worktree as its working directory but is not a
-  sandbox: confinement there is the worktree and the gate's real diff, not the shell.
+- Every path is relative to the checkout root; nothing outside it is read or written, and
+  nothing named `.git` (`paths.confine`). `bash` runs in the sandbox (`agent_node.sandbox`):
+  it writes only to the checkout and a private /tmp, reads the checkout's git but never
+  writes it, and has no network; with no sandbox available it is refused (fail closed) unless
+  the config opts out.
 - Output is bounded by `output_limit` characters (head and tail kept, `truncate.marker`).
 - `finish` ends the coder's round: `run_tool` sets `finished=True` on its result when its
   arguments were valid; `output` is the report as text, and the arguments themselves are the
@@ -32,9 +34,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
+
+if TYPE_CHECKING:
+    from agent_node.sandbox import Sandbox
 
 __all__ = ["FINISH", "Tool", "ToolError", "ToolResult", "make_tools", "run_tool"]
 
@@ -65,9 +70,12 @@ class ToolResult:
 
 
 def make_tools(
-    root: Path, *, timeout_s: float = 120, output_limit: int = 12_000
+    root: Path, *, timeout_s: float = 120, output_limit: int = 12_000,
+    sandbox: Sandbox | None = None,
 ) -> dict[str, Tool]:
-    """Every tool the coder can call, bound to the worktree at `root`, by name."""
+    """Every tool the coder can call, bound to the checkout at `root`, by name.
+
+    `sandbox` runs `bash`; None: the default one (SandboxUnavailable when there is none)."""
     # Imported here: the tool modules import Tool and ToolError from this package.
     from agent_node.tools.bash import make_bash
     from agent_node.tools.edit import make_edit
@@ -79,14 +87,14 @@ def make_tools(
 
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"worktree {root} is not a directory")
+        raise ValueError(f"checkout {root} is not a directory")
     made = [
         make_read(root, output_limit=output_limit),
         make_write(root),
         make_edit(root),
         make_find(root, output_limit=output_limit),
         make_grep(root, output_limit=output_limit),
-        make_bash(root, timeout_s=timeout_s, output_limit=output_limit),
+        make_bash(root, timeout_s=timeout_s, output_limit=output_limit, sandbox=sandbox),
         make_finish(),
     ]
     return {t.name: t for t in made}

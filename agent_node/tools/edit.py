@@ -13,7 +13,7 @@ from agent_node.tools.walk import is_binary
 from agent_node.tools.write import atomic_write
 
 DESCRIPTION = (
-    "Edit a file in the worktree by exact replacement: `old` must occur exactly once in the "
+    "Edit a file in the checkout by exact replacement: `old` must occur exactly once in the "
     "file (whitespace and indentation included) and is replaced by `new`. Include enough "
     "surrounding lines in `old` to make it unique. Read the file first to copy the text exactly."
 )
@@ -21,7 +21,7 @@ DESCRIPTION = (
 PARAMETERS: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "path": {"type": "string", "description": "File path relative to the worktree root."},
+        "path": {"type": "string", "description": "File path relative to the checkout root."},
         "old": {"type": "string", "description": "The exact text to replace; must be unique."},
         "new": {"type": "string", "description": "The text to put in its place."},
     },

@@ -11,10 +11,10 @@ from agent_node.tools.walk import SKIP_DIRS, files_matching
 DEFAULT_LIMIT = 200
 
 DESCRIPTION = (
-    "Find files in the worktree by glob. A pattern without '/' matches file names at any depth "
+    "Find files in the checkout by glob. A pattern without '/' matches file names at any depth "
     "('*.py', 'test_*'); one with '/' matches the path from the search folder ('src/**/*.ts'). "
     "Without a pattern, lists every file. Skips " + ", ".join(sorted(SKIP_DIRS)) + ". "
-    f"Returns at most `limit` paths (default {DEFAULT_LIMIT}), relative to the worktree root."
+    f"Returns at most `limit` paths (default {DEFAULT_LIMIT}), relative to the checkout root."
 )
 
 PARAMETERS: dict[str, Any] = {
@@ -32,7 +32,7 @@ def make_find(root: Path, *, output_limit: int = 12_000) -> Tool:
     def execute(args: dict[str, Any]) -> str:
         pattern = args.get("pattern", "")
         shown, files = files_matching(root, args.get("path", "."), pattern,
-                                      "use find without path to list the worktree")
+                                      "use find without path to list the checkout")
         limit = int(args.get("limit", DEFAULT_LIMIT))
         found: list[str] = []
         more = 0

@@ -24,7 +24,7 @@ PARAMETERS: dict[str, Any] = {
         "files_changed": {
             "type": "array",
             "items": {"type": "string"},
-            "description": "Paths you created, edited or deleted, relative to the worktree root.",
+            "description": "Paths you created, edited or deleted, relative to the checkout root.",
         },
         "tests": {
             "type": "string",

@@ -14,7 +14,7 @@ DEFAULT_LIMIT = 100
 MAX_FILE_BYTES = 2_000_000  # larger files are data or bundles, not code to search
 
 DESCRIPTION = (
-    "Search the contents of text files in the worktree with a Python regular expression. "
+    "Search the contents of text files in the checkout with a Python regular expression. "
     "Returns matching lines as 'path:line: text'. Use path to search one folder or file, glob "
     "to filter file names ('*.py'), ignore_case for case-insensitive matching. Skips binary "
     "files, files over 2 MB and " + ", ".join(sorted(SKIP_DIRS)) + ". "
@@ -48,13 +48,13 @@ def make_grep(root: Path, *, output_limit: int = 12_000) -> Tool:
             ) from e
         glob = args.get("glob", "")
         shown, files = files_matching(root, args.get("path", "."), glob,
-                                      "use find to see the worktree's files")
+                                      "use find to see the checkout's files")
         limit = int(args.get("limit", DEFAULT_LIMIT))
         hits: list[str] = []
         more = 0
         used = 0
         for file in files:
-            # A symlinked file may point outside the worktree; its target is not ours to read.
+            # A symlinked file may point outside the checkout; its target is not ours to read.
             real = file.resolve()
             if not real.is_relative_to(real_root) or not real.is_file():
                 continue

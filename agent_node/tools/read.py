@@ -13,7 +13,7 @@ from agent_node.tools.walk import is_binary
 DEFAULT_LINES = 2000
 
 DESCRIPTION = (
-    "Read a text file in the worktree. Lines come numbered (number, tab, text). By default up to "
+    "Read a text file in the checkout. Lines come numbered (number, tab, text). By default up to "
     f"{DEFAULT_LINES} lines from the start; use offset (1-based first line) and limit (number of "
     "lines) to read a part of a long file. The reply says how to continue when it stops early."
 )
@@ -21,7 +21,7 @@ DESCRIPTION = (
 PARAMETERS: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "path": {"type": "string", "description": "File path relative to the worktree root."},
+        "path": {"type": "string", "description": "File path relative to the checkout root."},
         "offset": {"type": "integer", "minimum": 1, "description": "First line to read (1-based)."},
         "limit": {"type": "integer", "minimum": 1, "description": "How many lines to read."},
     },

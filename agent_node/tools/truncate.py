@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from agent_node.sandbox.runner import marker
 
-def marker(cut: int) -> str:
-    return f"\n[... {cut} characters cut ...]\n"
+__all__ = ["clip_line", "marker", "truncate"]
 
 
 def truncate(text: str, limit: int) -> str:

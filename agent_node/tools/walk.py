@@ -1,4 +1,4 @@
-"""Walk the files of a worktree for `find` and `grep`: skip tool folders, match globs."""
+"""Walk the files of a checkout for `find` and `grep`: skip tool folders, match globs."""
 
 from __future__ import annotations
 
@@ -15,22 +15,26 @@ SKIP_DIRS = frozenset(
 
 
 def iter_files(start: Path) -> Iterator[Path]:
-    """Every file under `start` in sorted order, skipping SKIP_DIRS; symlinked folders are not
-    entered (they could lead outside the worktree, or loop)."""
+    """Every file under `start` in sorted order, skipping SKIP_DIRS and anything git's (a `.git`
+    folder or file, in any case); symlinked folders are not entered (they could lead outside the
+    checkout, or loop)."""
+    from agent_node.tools.paths import is_git_name
+
     if start.is_file():
         yield start
         return
     for dirpath, dirnames, filenames in os.walk(start):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not is_git_name(d))
         for name in sorted(filenames):
-            yield Path(dirpath) / name
+            if not is_git_name(name):
+                yield Path(dirpath) / name
 
 
 def files_matching(root: Path, path: str, glob: str, missing_hint: str
                    ) -> tuple[str, Iterator[Path]]:
     """(`path` as shown to the model, the files under it whose relative path matches `glob`).
 
-    `path` is confined to the worktree; a path that does not exist is a ToolError ending in
+    `path` is confined to the checkout; a path that does not exist is a ToolError ending in
     `missing_hint`.
     """
     from agent_node.tools import ToolError

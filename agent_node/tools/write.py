@@ -12,14 +12,14 @@ from agent_node.tools import Tool, ToolError
 from agent_node.tools.paths import confine, relative
 
 DESCRIPTION = (
-    "Write a whole text file in the worktree, creating it and its folders if needed, or "
+    "Write a whole text file in the checkout, creating it and its folders if needed, or "
     "replacing it. To change part of an existing file, prefer edit."
 )
 
 PARAMETERS: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "path": {"type": "string", "description": "File path relative to the worktree root."},
+        "path": {"type": "string", "description": "File path relative to the checkout root."},
         "content": {"type": "string", "description": "The file's complete new content."},
     },
     "required": ["path", "content"],
@@ -50,7 +50,7 @@ def atomic_write(path: Path, text: str) -> None:
 
 def make_write(root: Path) -> Tool:
     def execute(args: dict[str, Any]) -> str:
-        # confine() resolves symlinks: a link inside the worktree is written through to its
+        # confine() resolves symlinks: a link inside the checkout is written through to its
         # target, and a link (or linked folder) pointing outside is refused.
         path = confine(root, args["path"])
         shown = relative(root, path)
