@@ -73,6 +73,7 @@ class InferenceServicer(rpc.InferenceServicer):
         self.admission = admission
         self.engine = engine
         self.draining = False
+        self.down_reason = ""  # set when the ranks of a distributed group are lost
 
     # ------------------------------------------------------------ Chat
 
@@ -221,6 +222,8 @@ class InferenceServicer(rpc.InferenceServicer):
         return min(limit, remaining) if remaining is not None else limit
 
     def _check_open(self) -> None:
+        if self.down_reason:
+            raise Unavailable(self.down_reason)
         if self.draining:
             raise Unavailable("the inference node is draining for shutdown; retry shortly")
 
@@ -282,8 +285,11 @@ class InferenceServicer(rpc.InferenceServicer):
         snap = self.admission.snapshot()
         rows = [pb.ModelMemory(**{k: v for k, v in row.items() if k in _ROW_FIELDS})
                 for row in snap.get("models", [])]
-        fields = {k: v for k, v in snap.items() if k != "models" and k in _MEMORY_FIELDS}
-        return pb.MemoryStatus(models=rows, **fields)
+        hosts = [pb.HostMemory(**{k: v for k, v in h.items() if k in _HOST_FIELDS})
+                 for h in snap.get("hosts", [])]  # one per rank of a distributed group
+        fields = {k: v for k, v in snap.items()
+                  if k not in ("models", "hosts") and k in _MEMORY_FIELDS}
+        return pb.MemoryStatus(models=rows, hosts=hosts, **fields)
 
     def _info(self, entry: CatalogModel) -> pb.ModelInfo:
         lm = self.engine.loaded.get(entry.name)
@@ -304,6 +310,7 @@ class InferenceServicer(rpc.InferenceServicer):
 
 _MEMORY_FIELDS = {f.name for f in pb.MemoryStatus.DESCRIPTOR.fields}
 _ROW_FIELDS = {f.name for f in pb.ModelMemory.DESCRIPTOR.fields}
+_HOST_FIELDS = {f.name for f in pb.HostMemory.DESCRIPTOR.fields}
 
 
 def _abort(context: grpc.ServicerContext, error: InferenceError) -> None:
@@ -348,9 +355,10 @@ class InferenceServer:
 
 
 def create_server(addr: str = "127.0.0.1:0", cfg: InferenceConfig | None = None, *,
-                  catalog: Catalog | None = None, admission: Any = None
-                  ) -> tuple[InferenceServer, int]:
-    """Build (not start) the server bound to `addr`; port 0 picks a free port."""
+                  catalog: Catalog | None = None, admission: Any = None,
+                  engine: Engine | None = None) -> tuple[InferenceServer, int]:
+    """Build (not start) the server bound to `addr`; port 0 picks a free port. `engine`:
+    one built by the caller (rank 0 of a distributed group passes its own)."""
     from inference_node.admission import Admission
 
     cfg = cfg or InferenceConfig()
@@ -364,7 +372,7 @@ def create_server(addr: str = "127.0.0.1:0", cfg: InferenceConfig | None = None,
         if cache:  # the prompt cache's cap is memory admission must not promise to anyone
             admission.budget_bytes -= cache
             admission.budget_source += f" − prompt cache {cfg.engine.prompt_cache_mb:.0f} MB"
-    engine = Engine(cfg, admission)
+    engine = engine or Engine(cfg, admission)
     servicer = InferenceServicer(cfg, catalog, admission, engine)
 
     max_bytes = cfg.server.max_message_mb * 1024 * 1024
@@ -442,10 +450,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-remote", action="store_true")
     p.add_argument("--log-file", type=Path,
                    help="log here instead of stderr; reopened when newsyslog rotates it")
+    ranks = p.add_mutually_exclusive_group()
+    ranks.add_argument("--ranks", type=int, help="one model across N local mlx.distributed "
+                       "ranks (ring backend on loopback); for one machine and tests")
+    ranks.add_argument("--hostfile", type=Path, help="one model across the hosts of an mlx "
+                       "hostfile (ring or JACCL); rank 0 is this machine")
     args = p.parse_args(argv)
     if args.log_file:
         log_to_file(args.log_file)
     cfg = load_config(args.config)
     if args.allow_remote:
         cfg.server.allow_remote = True
-    return serve(cfg, args.host or cfg.server.host, args.port or cfg.server.port)
+    if args.ranks is not None or args.hostfile is not None:
+        cfg.distributed.ranks = args.ranks or 0
+        cfg.distributed.hostfile = str(args.hostfile.resolve()) if args.hostfile else ""
+    host, port = args.host or cfg.server.host, args.port or cfg.server.port
+    if cfg.distributed.enabled or args.ranks is not None:
+        from inference_node.distributed.supervisor import supervise
+
+        return supervise(cfg, args.config, host, port, args.log_file)
+    return serve(cfg, host, port)
