@@ -107,6 +107,7 @@ class ModelEntry:
     role: str = "coder"  # coder | vision
     pinned: bool = False
     context: int = 0  # 0: the model's own max_position_embeddings
+    sharding: str = ""  # across ranks: auto | tensor | pipeline; "": [distributed] sharding
 
 
 @dataclass
@@ -137,6 +138,11 @@ class DistributedConfig:
     @property
     def enabled(self) -> bool:
         return self.ranks > 1 or bool(self.hostfile)
+
+    def sharding_of(self, models: list[ModelEntry], name: str) -> str:
+        """How `name` is split: its own `sharding`, else this table's."""
+        own = next((m.sharding for m in models if m.name == name), "")
+        return own or self.sharding
 
 
 @dataclass
@@ -192,6 +198,9 @@ def validate(cfg: InferenceConfig) -> None:
             )
         if not m.path and not m.hub:
             raise ConfigError(f"{where}: model {m.name!r} needs a path or a hub id")
+        if m.sharding and m.sharding not in SHARDINGS:
+            raise ConfigError(f"{where}: models.{m.name}.sharding must be one of {SHARDINGS}, "
+                              f"not {m.sharding!r}")
     d = cfg.distributed
     if d.sharding not in SHARDINGS:
         raise ConfigError(f"{where}: distributed.sharding must be one of {SHARDINGS}, "

@@ -35,7 +35,7 @@ log = logging.getLogger("inference_node.distributed.leader")
 WATCH_INTERVAL_S = 0.2
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -135,7 +135,7 @@ class Leader:
     def dead_local_ranks(self) -> list[int]:
         return [r for r in self.followers()
                 if self.peers[r].get("hostname") == self._me
-                and not _alive(int(self.peers[r].get("pid", 0)))]
+                and not alive(int(self.peers[r].get("pid", 0)))]
 
     def suspects(self) -> str:
         dead = self.dead_local_ranks()

@@ -89,7 +89,8 @@ def plan_split(cfg: InferenceConfig, cluster: Cluster) -> tuple[list[PlannedSpli
             plan = rank0_plan(e.name, fp.weights_bytes, fp.kv_per_token, fp.kv_fixed_bytes,
                               overhead, cluster.size)
         else:
-            plan = plan_model(e.name, model_dir, cluster.size, cfg.distributed.sharding,
+            plan = plan_model(e.name, model_dir, cluster.size,
+                              e.sharding or cfg.distributed.sharding,
                               overhead=overhead, dequantize=dequantize and e.role == "coder",
                               prefill_step=cfg.engine.prefill_step_size)
         out.append(PlannedSplit(e.name, e.role, context, plan))

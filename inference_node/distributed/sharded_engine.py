@@ -70,7 +70,8 @@ class DistributedEngine(Engine):
                         base.overhead_bytes, self.leader.cluster.size)
                 else:
                     plan = plan_model(entry.name, entry.path, self.leader.cluster.size,
-                                      self.cfg.distributed.sharding,
+                                      self.cfg.distributed.sharding_of(self.cfg.models,
+                                                                       entry.name),
                                       overhead=base.overhead_bytes, dequantize=self.dequantize,
                                       prefill_step=self.cfg.engine.prefill_step_size)
                 error = ""

@@ -19,8 +19,8 @@ a tensor split divides the KV heads, a pipeline split gives each rank its own la
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from typing import Any
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from inference_node.errors import BadRequest, LoadFailed
+from inference_node.errors import LoadFailed
 from inference_node.footprint import MLA_LATENT, kv_cost, layer_kinds, text_config
 
 log = logging.getLogger(__name__)
@@ -96,13 +96,6 @@ def _nbytes(model: Any) -> int:
     return sum(int(v.nbytes) for _, v in leaves if isinstance(v, mx.array))
 
 
-def read_config(model_dir: Path) -> dict:
-    try:
-        return dict(json.loads((Path(model_dir) / "config.json").read_text()))
-    except (OSError, json.JSONDecodeError) as e:
-        raise BadRequest(f"{model_dir}: no readable config.json ({e})") from None
-
-
 def lazy_model(model_dir: Path, dequantize: bool) -> tuple[Any, dict]:
     """The model built from its config with lazily mapped weights: nothing is read yet."""
     from mlx_lm.utils import dequantize_model, load_model
@@ -110,7 +103,7 @@ def lazy_model(model_dir: Path, dequantize: bool) -> tuple[Any, dict]:
     try:
         model, config = load_model(Path(model_dir), lazy=True)
     except ValueError as e:  # an architecture mlx-lm does not know
-        raise BadRequest(f"{model_dir}: mlx-lm cannot build this model: {e}") from None
+        raise LoadFailed(f"{model_dir}: mlx-lm cannot build this model: {e}") from None
     if dequantize and config.get("quantization"):
         model = dequantize_model(model)
     return model, config
@@ -137,12 +130,25 @@ def _tensor_problem(config: dict, ranks: int) -> str:
     return ""
 
 
+def _rank_advice(config: dict) -> str:
+    cfg = text_config(config)
+    heads = cfg.get("num_attention_heads")
+    kv_heads = cfg.get("num_key_value_heads", heads)
+    if isinstance(heads, int) and isinstance(kv_heads, int):
+        common = math.gcd(heads, kv_heads)
+        fits = [n for n in range(2, common + 1) if common % n == 0][:3]
+        if fits:
+            return (f"{' or '.join(map(str, fits))} ranks would divide them, or serve it from "
+                    "one host")
+    return "serve it from one host"
+
+
 def choose_mode(name: str, model: Any, config: dict, ranks: int, wanted: str) -> str:
     """tensor or pipeline, as `wanted` (auto | tensor | pipeline) allows; refuses clearly."""
     model_type = str(text_config(config).get("model_type", "?"))
     caps = capabilities(model)
     if not caps:
-        raise BadRequest(
+        raise LoadFailed(
             f"{name} cannot be split across ranks: mlx-lm has neither tensor sharding "
             f"(Model.shard) nor pipeline sharding (model.pipeline) for model_type "
             f"{model_type!r}. Serve it from one host (without --ranks or --hostfile), or use "
@@ -154,18 +160,18 @@ def choose_mode(name: str, model: Any, config: dict, ranks: int, wanted: str) ->
             return "tensor"
         if "pipeline" in caps:
             return "pipeline"
-        raise BadRequest(f"{name} ({model_type}) cannot be tensor-split over {ranks} ranks: "
-                         f"{problem}, and mlx-lm has no pipeline split for it; use a number "
-                         "of ranks that divides its heads")
+        raise LoadFailed(f"{name} ({model_type}) cannot be tensor-split over {ranks} ranks: "
+                         f"{problem}, and mlx-lm has no pipeline split for it; "
+                         f"{_rank_advice(config)}")
     if wanted not in caps:
         have = " or ".join(sorted(caps))
-        raise BadRequest(f"{name} ({model_type}): mlx-lm has no {wanted} sharding for this "
+        raise LoadFailed(f"{name} ({model_type}): mlx-lm has no {wanted} sharding for this "
                          f"architecture, only {have}; set sharding = \"{have.split()[0]}\" "
                          "or \"auto\" in [distributed] of inference-node.toml")
     if wanted == "tensor" and problem:
         alt = "; sharding = \"pipeline\" would work" if "pipeline" in caps else ""
-        raise BadRequest(f"{name} ({model_type}) cannot be tensor-split over {ranks} ranks: "
-                         f"{problem}{alt}")
+        raise LoadFailed(f"{name} ({model_type}) cannot be tensor-split over {ranks} ranks: "
+                         f"{problem}{alt}; {_rank_advice(config)}")
     return wanted
 
 

@@ -37,6 +37,7 @@ from typing import Any
 from inference_node.api.tomlconf import ConfigError
 from inference_node.config import InferenceConfig
 from inference_node.distributed import cluster as clusters
+from inference_node.distributed.leader import alive
 from inference_node.distributed.rank import read_status
 
 log = logging.getLogger("inference_node.distributed.supervisor")
@@ -191,12 +192,12 @@ class Supervisor:
                 self.placeholder.stop()  # the new rank 0 is up and binds the port
                 self.placeholder = None
             served = served or state == "serving"
-            if self.stopping.is_set():
-                self.end_group(graceful=True)
-                return "stopped", served
             if state == "failed":
                 self._signal_rank0()  # it lets go of the port; the placeholder takes it
                 return str(st.get("reason") or self._launcher_reason()), served
+            if self.stopping.is_set():
+                self.end_group(graceful=True)
+                return "stopped", served
             assert self.proc is not None
             if self.proc.poll() is not None:
                 time.sleep(POLL_S)  # let rank 0's last status and mlx.launch's report land
@@ -211,9 +212,13 @@ class Supervisor:
         if proc is None or proc.poll() is not None:
             return
         wait = self.cfg.server.grace_seconds + 30 if graceful else KILL_AFTER_S
+        pid = read_status(self.status).get("pid")
         self._signal_rank0()
+        deadline = time.monotonic() + wait
+        while pid and time.monotonic() < deadline and proc.poll() is None and alive(int(pid)):
+            time.sleep(POLL_S)  # rank 0 drains; once it is gone the rest get KILL_AFTER_S
         try:
-            proc.wait(wait)
+            proc.wait(max(0.0, min(deadline - time.monotonic(), KILL_AFTER_S)))
         except subprocess.TimeoutExpired:
             log.warning("the ranks did not stop within %.0f s; killing them", wait)
             os.killpg(proc.pid, signal.SIGKILL)
@@ -256,8 +261,8 @@ class Supervisor:
                 log.error("the ranks are down: %s", reason)
                 print(f"inference-node: the ranks are down: {reason}", file=sys.stderr,
                       flush=True)
-                if not ever_served:
-                    return 1  # never came up: a configuration or a host problem
+                if not ever_served or self.stopping.is_set():
+                    return 1  # never came up (a configuration or a host problem), or stopping
                 if self.placeholder is None:
                     self.placeholder = Placeholder(addr, reason)
                 else:
