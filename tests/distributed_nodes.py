@@ -177,5 +177,8 @@ def serving_ranks(tmp: Path, models: list[dict[str, Any]], ranks: int = 2, *,
     try:
         wait_for_health(node.target, "SERVING", START_TIMEOUT_S, node.proc, log)
         yield node
+    except BaseException:
+        print(f"--- {log} (tail) ---\n{log.read_text()[-6000:]}")  # shown with the failure
+        raise
     finally:
         node.stop()

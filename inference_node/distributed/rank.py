@@ -13,6 +13,7 @@ and `failed` with the reason.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rank = int(os.environ.get("MLX_RANK", "0"))
     _setup_logging(rank, args.log_file)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: where is each thread
     from inference_node import blas
 
     blas.drop_from_environ()
@@ -189,20 +191,39 @@ def lead(cfg: Any, cluster: Any, channel: Any, peers: list[dict[str, Any]],
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    leader.stop()
-    if leader.failed:  # the engine thread may be blocked in a collective: do not wait for it
+    # mlx.launch sends SIGTERM too when another rank dies, possibly before this rank has seen
+    # it; and a collective with a lost rank can block for good. So the watchdog keeps running
+    # through the drain, and nothing here waits on a thread that may be stuck in one.
+    if not leader.failed:
+        print(f"draining (up to {cfg.server.grace_seconds:.0f}s)", flush=True)
+        if _within(lambda: server.stop(cfg.server.grace_seconds), leader,
+                   cfg.server.grace_seconds + 30):
+            _within(leader.stop_followers, leader, leader.step_timeout_s)
+    if leader.failed:
         leader.handled.wait(5)  # streams told, status written
         server.grpc.stop(1.0).wait(5)
-        code = 1
-    else:
-        print(f"draining (up to {cfg.server.grace_seconds:.0f}s)", flush=True)
-        server.stop(cfg.server.grace_seconds)
-        leader.stop_followers()
-        code = 1 if leader.failed else 0
+    leader.stop()
     logging.shutdown()
     sys.stdout.flush()
-    os._exit(code)
+    os._exit(1 if leader.failed else 0)
 
+
+def _within(work: Any, leader: Any, timeout_s: float) -> bool:
+    """Run `work` in a thread; True if it finished before `timeout_s` or the group failing."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="shutdown", daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while not done.wait(0.2):
+        if leader.failed or time.monotonic() > deadline:
+            return False
+    return True
 
 if __name__ == "__main__":
     sys.exit(main())
