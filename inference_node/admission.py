@@ -448,29 +448,6 @@ class Admission:
                 row.kv_reserved_bytes += extra_bytes
             return True
 
-    def shrink(self, reservation: Reservation, bytes_: int) -> None:
-        """Give back `bytes_` of a reservation in flight (undoing a try_grow)."""
-        with self._cond:
-            if reservation.released or bytes_ <= 0:
-                return
-            bytes_ = min(bytes_, reservation.bytes)
-            reservation.bytes -= bytes_
-            self._reserved -= bytes_
-            row = self._models.get(reservation.model)
-            if row is not None:
-                row.kv_reserved_bytes -= bytes_
-            self._cond.notify_all()
-
-    def cancel_eviction(self, names: list[str]) -> None:
-        """Count `names` again: the load that named them as victims was refused after all
-        (by another host's ledger, when one model spans several hosts)."""
-        with self._cond:
-            for name in names:
-                row = self._models.get(name)
-                if row is not None:
-                    row.evicting = False
-            self._cond.notify_all()
-
     def release(self, reservation: Reservation) -> None:
         """Free a reservation (idempotent) and wake the queue."""
         with self._cond:

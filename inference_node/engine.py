@@ -175,10 +175,8 @@ class Engine:
 
     # ------------------------------------------------------------ the engine thread
 
-    def _new_prompt_cache(self) -> Any:
-        """The prompt cache; a seam for the distributed engine, which mirrors it to its ranks."""
+    def _new_prompt_cache(self) -> Any:  # a seam: distributed/ mirrors it to every rank
         from mlx_lm.models.cache import LRUPromptCache
-
         return LRUPromptCache(max_size=64, max_bytes=self.prompt_cache_bytes)
 
     def _run(self) -> None:

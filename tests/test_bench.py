@@ -123,6 +123,12 @@ NUMBERS: dict[str, list[str]] = {
                                                      "decode_tok_s")),
                  "end_to_end_grpc.*.total_s.median",
                  "end_to_end_grpc.*.time_to_first_delta_s.median"],
+    "distributed": ["served.*.prefill_tps.median", "served.*.decode_tps.median",
+                    "served.*.ttft_s.median", "ratio_2_over_1.decode_tps",
+                    "ratio_2_over_1.prefill_tps", "ring_loopback.latency_us",
+                    "ring_loopback.bandwidth_gb_s", "per_token.*.collectives",
+                    "per_token.*.bytes", "per_token.*.loopback_ms",
+                    "per_token.*.tb5_bandwidth_ms", "ms_per_token_added_by_2_ranks"],
     "tunnel": ["ttft_s.direct", "ttft_s.tunnel", "decode_tps.direct", "decode_tps.tunnel",
                "recovery_s.tunnel_up_after_sshd_restart",
                "recovery_s.first_call_done_after_sshd_restart", "decode_ratio",
@@ -137,6 +143,7 @@ SMOKE_FIELDS: dict[str, dict[str, Any]] = {
     "constrained": {"max_tokens": 8, "decode_tokens_per_s.constrained.n": 1},
     "describe": {"repeats": 1, "decode_tokens": 4},
     "tunnel": {"repeats": 1, "max_tokens": 4},
+    "distributed": {"repeats": 1, "max_tokens": 4},
 }
 
 

@@ -127,6 +127,23 @@ def test_greedy_output_across_two_ranks_equals_one_rank_on_qwen_coder(
     assert "def" in split[0] and split == whole
 
 
+@pytest.mark.slow
+def test_greedy_output_across_three_ranks_equals_one_rank_on_smollm2(
+        tmp_path: Path, smollm2_dir: Path) -> None:
+    # SmolLM2-135M's 9 heads and 3 KV heads divide among 3 ranks, not 2 (see below).
+    models = [{"name": "smollm2", "path": str(smollm2_dir)}]
+    prompts = [("smollm2", "What is the capital of France?", 24),
+               ("smollm2", "Write a haiku about the sea.", 24)]
+    with serving_ranks(tmp_path, models, ranks=3) as node:
+        with grpc.insecure_channel(node.target) as ch:
+            stub = rpc.InferenceStub(ch)
+            split = [chat(stub, m, t, n)[0] for m, t, n in prompts]
+            memory = stub.GetMemory(pb.GetMemoryRequest(), timeout=10)
+    assert len(memory.hosts) == 3
+    assert "Paris" in split[0]
+    assert split == one_rank(models, prompts)
+
+
 def test_smollm2_is_refused_on_two_ranks_naming_its_heads(stub: Any) -> None:
     # SmolLM2-135M has 9 attention heads and 3 KV heads: mlx-lm splits llama by heads only.
     with pytest.raises(grpc.RpcError) as e:

@@ -50,7 +50,8 @@ def test_an_mlx_hostfile_is_read_with_each_rank_named_by_its_ssh_host(tmp_path: 
     ([{"ssh": "a", "ips": ["10.0.0.1"], "rdma": [None]},
       {"ssh": "b", "rdma": ["rdma_en3", None]}], "jaccl",
      "rank 0 on a lists 1 RDMA devices for 2 hosts"),
-    ([{"ssh": "a", "ips": ["10.0.0.1"]}], "ring", "1 host(s); distributed serving needs at least 2"),
+    ([{"ssh": "a", "ips": ["10.0.0.1"]}], "ring",
+     "1 host(s); distributed serving needs at least 2"),
 ])
 def test_a_hostfile_mlx_launch_would_refuse_is_refused_naming_the_host(
         tmp_path: Path, hosts: list, backend: str, says: str) -> None:

@@ -25,7 +25,7 @@ import mlx.core as mx
 
 from inference_node.distributed.control import Channel, RankLost, follow_rank0, memory_readings
 from inference_node.distributed.mirror import NEVER, digest
-from inference_node.distributed.sharding import ShardPlan, load_shard
+from inference_node.distributed.sharding import ShardPlan, config_digest, load_shard
 from inference_node.models import Catalog
 
 log = logging.getLogger("inference_node.distributed.follower")
@@ -163,6 +163,9 @@ class Follower:
         error, measured = "", 0
         try:
             entry = self.catalog.get(name, "coder")
+            if config_digest(entry.path) != message["config"]:
+                raise OutOfStep(f"{entry.path} here is not the model rank 0 has (its "
+                                "config.json differs); install the same model on every host")
             plan = ShardPlan.from_json(message["plan"])
             self._unload(name)
             mx.synchronize()

@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--status-file", type=Path)
     p.add_argument("--log-file", type=Path)
     p.add_argument("--allow-remote", action="store_true")
+    p.add_argument("--supervisor-pid", type=int, default=0,
+                   help="rank 0 stops when this process is gone (serve was killed)")
     args = p.parse_args(argv)
     rank = int(os.environ.get("MLX_RANK", "0"))
     _setup_logging(rank, args.log_file)
@@ -190,6 +192,8 @@ def lead(cfg: Any, cluster: Any, channel: Any, peers: list[dict[str, Any]],
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if args.supervisor_pid:  # serve killed outright: do not hold the port without it
+        threading.Thread(target=_orphaned, args=(args.supervisor_pid, stop), daemon=True).start()
     stop.wait()
     # mlx.launch sends SIGTERM too when another rank dies, possibly before this rank has seen
     # it; and a collective with a lost rank can block for good. So the watchdog keeps running
@@ -206,6 +210,15 @@ def lead(cfg: Any, cluster: Any, channel: Any, peers: list[dict[str, Any]],
     logging.shutdown()
     sys.stdout.flush()
     os._exit(1 if leader.failed else 0)
+
+
+def _orphaned(pid: int, stop: threading.Event) -> None:
+    from inference_node.distributed.leader import alive
+
+    while not stop.wait(1.0):
+        if not alive(pid):
+            log.error("serve (pid %d) is gone; stopping", pid)
+            stop.set()
 
 
 def _within(work: Any, leader: Any, timeout_s: float) -> bool:

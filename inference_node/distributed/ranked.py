@@ -44,6 +44,33 @@ class RankedReservation:
     released: bool = False
 
 
+class HostLedger(Admission):
+    """One host's ledger, with the two undo steps a split model needs across ledgers."""
+
+    def shrink(self, reservation: Reservation, bytes_: int) -> None:
+        """Give back `bytes_` of a reservation in flight (undoing a try_grow)."""
+        with self._cond:
+            if reservation.released or bytes_ <= 0:
+                return
+            bytes_ = min(bytes_, reservation.bytes)
+            reservation.bytes -= bytes_
+            self._reserved -= bytes_
+            row = self._models.get(reservation.model)
+            if row is not None:
+                row.kv_reserved_bytes -= bytes_
+            self._cond.notify_all()
+
+    def cancel_eviction(self, names: list[str]) -> None:
+        """Count `names` again: the load that named them as victims was refused by another
+        host's ledger after all."""
+        with self._cond:
+            for name in names:
+                row = self._models.get(name)
+                if row is not None:
+                    row.evicting = False
+            self._cond.notify_all()
+
+
 def _on(label: str, error: InferenceError) -> InferenceError:
     """The same error, saying which host it is about."""
     again = type(error)(f"on {label}: {error}")
@@ -59,11 +86,11 @@ class RankedAdmission:
         self.labels = [h.label for h in hosts]
         self._readings: list[list[int] | None] = [None] * len(hosts)
         self._lock = threading.Lock()
-        self.hosts: list[Admission] = []
+        self.hosts: list[HostLedger] = []
         for rank, h in enumerate(hosts):
             reader = local_available if rank == 0 else self._reader(rank)
-            ledger = Admission(memory, source, budget_bytes=h.budget_bytes, clock=clock,
-                               available_bytes=reader)
+            ledger = HostLedger(memory, source, budget_bytes=h.budget_bytes, clock=clock,
+                                available_bytes=reader)
             ledger.budget_source = h.budget_source
             self.hosts.append(ledger)
         self.plans: dict[str, ShardPlan] = {}

@@ -17,13 +17,11 @@ Vision models (mlx-vlm has no sharding) are served by rank 0 alone, as on one ho
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -32,7 +30,13 @@ from inference_node.config import InferenceConfig
 from inference_node.distributed.leader import Leader
 from inference_node.distributed.mirror import MirroredBatch, MirroredPromptCache
 from inference_node.distributed.ranked import RankedAdmission
-from inference_node.distributed.sharding import ShardPlan, load_shard, plan_model, rank0_plan
+from inference_node.distributed.sharding import (
+    ShardPlan,
+    config_digest,
+    load_shard,
+    plan_model,
+    rank0_plan,
+)
 from inference_node.engine import DONE, Engine, Job, LoadedModel
 from inference_node.errors import InferenceError, LoadFailed, Unavailable
 from inference_node.footprint import Footprint
@@ -40,10 +44,6 @@ from inference_node.models import CatalogModel
 
 log = logging.getLogger("inference_node.distributed.engine")
 POLL_S = 0.2
-
-
-def config_digest(model_dir: Path) -> str:
-    return hashlib.sha1((Path(model_dir) / "config.json").read_bytes()).hexdigest()[:16]
 
 
 class DistributedEngine(Engine):

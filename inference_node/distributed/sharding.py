@@ -19,6 +19,7 @@ a tensor split divides the KV heads, a pipeline split gives each rank its own la
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -89,6 +90,11 @@ class ShardPlan:
         return cls(d["name"], d["model_type"], d["mode"], tuple(d["weights"]),
                    tuple(d["kv_per_token"]), tuple(d["kv_fixed"]), int(d["overhead"]),
                    tuple((int(a), int(b)) for a, b in d["layers"]), d.get("note", ""))
+
+
+def config_digest(model_dir: Path) -> str:
+    """Which model a folder holds, to check every rank loads the same one."""
+    return hashlib.sha1((Path(model_dir) / "config.json").read_bytes()).hexdigest()[:16]
 
 
 def _nbytes(model: Any) -> int:

@@ -141,7 +141,7 @@ class Supervisor:
         rank_args = ["-m", "inference_node.distributed.rank", "--host", self.host,
                      "--port", str(self.port), "--status-file", str(self.status),
                      "--cluster", json.dumps(self.cluster.to_json(), separators=(",", ":")),
-                     "--source", self.cluster.source]
+                     "--source", self.cluster.source, "--supervisor-pid", str(os.getpid())]
         if self.config_path is not None:
             rank_args += ["--config", str(self.config_path.resolve())]
         if self.log_file is not None:
@@ -159,7 +159,9 @@ class Supervisor:
         self.exits = {}
         log.info("starting %d ranks (%s): %s", self.cluster.size, self.cluster.backend,
                  ", ".join(h.label for h in self.cluster.hosts))
-        self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
+        # stdin: a pipe nobody writes to. mlx.launch polls its stdin to forward it to the ranks;
+        # /dev/null is always readable (EOF) and would keep it spinning on a core.
+        self.proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, errors="replace",
                                      start_new_session=True, env=blas.with_preload())
         threading.Thread(target=self._read_launcher, args=(self.proc,), daemon=True).start()
