@@ -151,9 +151,11 @@ def agent_tasks(res: dict[str, Any]) -> list[str]:
 def distributed(res: dict[str, Any]) -> list[str]:
     """bench/distributed.py: 1 rank against 2, the ring's cost, and the Thunderbolt 5 estimate."""
     served = res["served"]
-    out = [f"{res['model']}; {res['prompt_tokens']} prompt tokens, up to {res['max_tokens']} new "
+    out = [f"Measured {res.get('date', '?')} ({res.get('size', '?')} run). "
+           f"{res['model']}; {res['prompt_tokens']} prompt tokens, up to {res['max_tokens']} new "
            f"tokens, {res['repeats']} interleaved runs each after a warm-up (ring backend over "
-           f"loopback, both ranks on this machine's {res.get('cores', '?')} cores).", ""]
+           f"loopback, both ranks on this machine's {res.get('cores', '?')} cores; load average "
+           f"{res.get('load_average', ['?'])[0]} then).", ""]
     rows = [[name, _med_iqr(r["prefill_tps"], lambda v: f"{v:.1f}"),
              _med_iqr(r["decode_tps"], lambda v: f"{v:.1f}"), _med_iqr(r["ttft_s"], _ms)]
             for name, r in served.items()]
@@ -169,31 +171,34 @@ def distributed(res: dict[str, Any]) -> list[str]:
                "half the weights and half the KV cache, which is the point on two Macs.")
     out.append("")
     ring = res["ring_loopback"]
-    out.append(f"The ring over loopback, measured (`all_sum` between 2 ranks, median of "
-               f"{ring['iterations']}): latency {ring['latency_us']:.0f} µs for one token id, "
-               f"{ring['bandwidth_gb_s']:.2f} GB/s for large messages.")
+    token = res["per_token"]["measured_model"]
+    out.append(f"The ring over loopback, measured (`all_sum` between 2 ranks, medians of "
+               f"{ring['iterations']}): {ring['latency_us']:.0f} µs for a small message at best, "
+               f"{ring['bandwidth_gb_s']:.2f} GB/s for large ones; one token's chain of "
+               f"{token['collectives']} collectives for this model took "
+               f"{token['measured_ms']:.1f} ms. A second rank added "
+               f"{_num(res.get('ms_per_token_added_by_2_ranks'), 1)} ms to each token.")
     out.append("")
     rows = []
     for key in ("measured_model", "large_model"):
         t = res["per_token"][key]
-        rows.append([t.get("name", res["model"]) if key == "large_model" else res["model"],
-                     f"{t['collectives']}", f"{t['bytes'] / 1024:,.0f} KB",
-                     f"{t['loopback_ms']:.2f} ms",
+        rows.append([res["model"] if key == "measured_model" else t["name"],
+                     f"{t['layers']} × {t['hidden']}", f"{t['collectives']}",
+                     f"{t['bytes'] / 1024:,.0f} KB",
+                     f"{t['measured_ms']:.1f} ms" if "measured_ms" in t else "–",
                      f"{t['tb5_bandwidth_ms']:.3f} ms",
-                     f"{t['tb5_with_loopback_latency_ms']:.2f} ms"])
-    out += _table(["per token (tensor split, 2 ranks, batch 1)", "collectives", "bytes moved",
-                   "here (loopback, measured α and β)",
-                   f"Thunderbolt 5, {res['tb5_gbit_s']:.0f} Gb/s: bandwidth part",
-                   "Thunderbolt 5 with this latency (a bound)"], rows)
-    added = res.get("ms_per_token_added_by_2_ranks")
-    share = res["per_token"]["measured_model"]["loopback_latency_share"]
-    out.append(f"Here a second rank adds {_num(added, 1)} ms to each token; the collectives "
-               f"account for {res['per_token']['measured_model']['loopback_ms']:.2f} ms of it "
-               f"({100 * share:.0f}% of that is latency, not bytes). At Thunderbolt 5's stated "
-               "bandwidth the bytes cost well under a millisecond even for a 32B-class model; "
-               "what is left is per-collective latency (two per layer), which JACCL's RDMA "
-               "keeps far below loopback TCP's but this machine cannot measure. A pipeline "
-               "split moves one hidden state per stage boundary instead.")
+                     f"+{t['ms_per_us_of_latency']:.3f} ms"])
+    out += _table(["per token, tensor split over 2 ranks, batch 1", "layers × hidden",
+                   "collectives", "bytes", "measured here (loopback)",
+                   f"Thunderbolt 5 at {res['tb5_gbit_s']:.0f} Gb/s: the bytes",
+                   "Thunderbolt 5: per µs of link latency"], rows)
+    out.append("At Thunderbolt 5's stated bandwidth the bytes cost well under a millisecond per "
+               "token even for a 32B-class model: what decides the speed of a tensor split there "
+               "is the per-collective latency of JACCL's RDMA (two collectives per layer), which "
+               "this machine cannot measure; the last column says what each microsecond of it "
+               "costs. Here, on one busy 2-core machine, a collective also waits for both ranks "
+               "to be scheduled, which is most of what the second rank adds. A pipeline split "
+               "moves one hidden state per stage boundary instead of two per layer.")
     return out + [""]
 
 
@@ -308,8 +313,9 @@ def conclusions(record: dict[str, Any]) -> list[str]:
         out.append(f"- **Two ranks on one CPU** decode at {r['decode_tps']:.2f}× and prefill at "
                    f"{r['prefill_tps']:.2f}× one rank (shared cores, TCP all-reduces; expected "
                    f"to be slower). Over Thunderbolt 5 the bytes a {tb5['name']} model moves "
-                   f"per token take {tb5['tb5_bandwidth_ms']:.2f} ms; the {tb5['collectives']} "
-                   "collectives' latency is the real cost.")
+                   f"per token take {tb5['tb5_bandwidth_ms']:.2f} ms; its {tb5['collectives']} "
+                   f"collectives add {tb5['ms_per_us_of_latency']:.2f} ms per µs of link "
+                   "latency, the real cost.")
     failed = [n for n, v in b.items() if not v.get("ok")]
     if failed:
         out.append(f"- **Did not finish**: {', '.join(failed)} (see Errors below).")

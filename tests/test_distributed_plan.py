@@ -226,3 +226,15 @@ def test_a_refusal_on_one_host_undoes_the_others_and_names_every_host(tmp_path: 
     assert "does not fit on rank 1 on h1" in str(e.value)
     assert f"rank 0 on h0 needs {plan.weights[0] / MB:.1f} MB" in str(e.value)
     assert [h["committed_bytes"] for h in adm.snapshot()["hosts"]] == [0, 0]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--ranks", "1"], "needs at least 2 ranks"),
+    (["--hostfile", "nope.json"], "no such hostfile; write one with `mlx.distributed_config"),
+])
+def test_serve_with_a_wrong_distribution_exits_2_saying_why(
+        tmp_path: Path, args: list[str], says: str) -> None:
+    r = subprocess.run([str(BIN / "inference-node"), "serve", "--port", "1", *args],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2
+    assert says in r.stderr
