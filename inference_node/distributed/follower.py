@@ -40,7 +40,8 @@ class FollowedModel:
     name: str
     model: Any
     batch: Any
-    # Caches of sequences that finished in the last step, until rank 0 says which it keeps.
+    # Caches of sequences rank 0 says finished, until it says (in the same message) which it
+    # keeps in its prompt cache.
     finished: dict[int, tuple[Any, list[int]]] = field(default_factory=dict)
 
 
@@ -78,6 +79,8 @@ class Follower:
             try:
                 for queued in message.get("ops", []):
                     self._apply(queued)
+                for fm in self.models.values():  # caches rank 0 did not keep (it says in the
+                    fm.finished.clear()          # same message as the finish)
                 if op == "stop":
                     log.info("rank %d: rank 0 is shutting down", self.channel.rank)
                     return 0
@@ -152,9 +155,7 @@ class Follower:
                 raise OutOfStep(f"sequence uid {got} here, {uid} on rank 0")
 
     def _step(self, name: str) -> None:
-        fm = self.models[name]
-        fm.batch.next()
-        fm.finished.clear()  # caches rank 0 did not keep
+        self.models[name].batch.next()
 
     def _load(self, message: dict[str, Any]) -> None:
         from mlx_lm.generate import BatchGenerator
