@@ -117,6 +117,42 @@ class ModelEntry:
     role: str = "coder"  # coder | vision
     pinned: bool = False
     context: int = 0  # 0: the model's own max_position_embeddings
+    sharding: str = ""  # across ranks: auto | tensor | pipeline; "": [distributed] sharding
+
+
+@dataclass
+class DistributedConfig:
+    """One model across several hosts through mlx.distributed (see inference_node/distributed).
+
+    Either `ranks` (N local ranks on the ring backend over loopback: one machine, tests) or
+    `hostfile` (mlx's hostfile format, ring or JACCL; see `mlx.distributed_config`).
+    """
+
+    ranks: int = 0  # > 1: that many local ranks; 0 or 1: a single process (no distribution)
+    hostfile: str = ""  # an mlx hostfile; relative paths are relative to this config file
+    backend: str = ""  # "": the hostfile's own, else ring; or ring | jaccl | jaccl-ring
+    sharding: str = "auto"  # auto (tensor where mlx-lm has it, else pipeline) | tensor | pipeline
+    starting_port: int = 32323  # ring: the first of one TCP port per rank and IP
+    # A rank that does not finish a step (or a heartbeat) within this long is taken for hung.
+    # Above the longest prefill step: prefill_step_size tokens on the slowest host.
+    step_timeout_s: float = 10.0
+    load_timeout_s: float = 900.0  # the same for a load, where a host reads its shard from disk
+    heartbeat_s: float = 1.0  # an idle group checks every rank this often
+    budgets_gb: list[float] = field(default_factory=list)  # per rank; []: each host's own
+    # After the group fails, the supervisor relaunches it after this delay (doubled on every
+    # failed try, up to relaunch_max_s); 0: stay down, answering NOT_SERVING, until restarted.
+    relaunch_s: float = 5.0
+    relaunch_max_s: float = 120.0
+    python: str = ""  # the interpreter on every host; "": this one (same path on each host)
+
+    @property
+    def enabled(self) -> bool:
+        return self.ranks > 1 or bool(self.hostfile)
+
+    def sharding_of(self, models: list[ModelEntry], name: str) -> str:
+        """How `name` is split: its own `sharding`, else this table's."""
+        own = next((m.sharding for m in models if m.name == name), "")
+        return own or self.sharding
 
 
 @dataclass
@@ -126,11 +162,14 @@ class InferenceConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     describe: DescribeConfig = field(default_factory=DescribeConfig)
     models: list[ModelEntry] = field(default_factory=list)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     source: str = "built-in defaults"
 
 
 ROLES = ("coder", "vision")
 POLICIES = ("evict", "refuse")
+SHARDINGS = ("auto", "tensor", "pipeline")
+BACKENDS = ("", "ring", "jaccl", "jaccl-ring")
 
 
 def load_config(path: Path | None) -> InferenceConfig:
@@ -141,6 +180,9 @@ def load_config(path: Path | None) -> InferenceConfig:
     data.pop("source", None)
     cfg = load_dataclass(InferenceConfig, data, str(path), "inference-node")
     cfg.source = str(path)
+    hostfile = Path(cfg.distributed.hostfile).expanduser()
+    if cfg.distributed.hostfile and not hostfile.is_absolute():
+        cfg.distributed.hostfile = str(path.parent / hostfile)
     validate(cfg)
     return cfg
 
@@ -170,3 +212,24 @@ def validate(cfg: InferenceConfig) -> None:
             )
         if not m.path and not m.hub:
             raise ConfigError(f"{where}: model {m.name!r} needs a path or a hub id")
+        if m.sharding and m.sharding not in SHARDINGS:
+            raise ConfigError(f"{where}: models.{m.name}.sharding must be one of {SHARDINGS}, "
+                              f"not {m.sharding!r}")
+    d = cfg.distributed
+    if d.sharding not in SHARDINGS:
+        raise ConfigError(f"{where}: distributed.sharding must be one of {SHARDINGS}, "
+                          f"not {d.sharding!r}")
+    if d.backend not in BACKENDS:
+        raise ConfigError(f"{where}: distributed.backend must be one of {BACKENDS[1:]} (or "
+                          f"unset for the hostfile's own), not {d.backend!r}")
+    if d.ranks < 0:
+        raise ConfigError(f"{where}: distributed.ranks must be 0 (off) or more, not {d.ranks}")
+    if d.ranks > 1 and d.hostfile:
+        raise ConfigError(f"{where}: distributed.ranks and distributed.hostfile both set; "
+                          "ranks starts local ranks, hostfile spans hosts: keep one")
+    if any(b <= 0 for b in d.budgets_gb):
+        raise ConfigError(f"{where}: distributed.budgets_gb must all be positive, "
+                          f"not {d.budgets_gb}")
+    for key in ("step_timeout_s", "load_timeout_s", "heartbeat_s"):
+        if getattr(d, key) <= 0:
+            raise ConfigError(f"{where}: distributed.{key} must be positive")

@@ -159,10 +159,12 @@ class Engine:
 
     # ------------------------------------------------------------ the engine thread
 
-    def _run(self) -> None:
+    def _new_prompt_cache(self) -> Any:  # a seam: distributed/ mirrors it to every rank
         from mlx_lm.models.cache import LRUPromptCache
+        return LRUPromptCache(max_size=64, max_bytes=self.prompt_cache_bytes)
 
-        self.prompt_cache = LRUPromptCache(max_size=64, max_bytes=self.prompt_cache_bytes)
+    def _run(self) -> None:
+        self.prompt_cache = self._new_prompt_cache()
         while not self._stop.is_set():
             busy = self._vision_jobs or any(lm.active or lm.waiting
                                             for lm in self.loaded.values())

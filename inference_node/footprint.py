@@ -223,6 +223,14 @@ def _layer_kinds(cfg: dict, layers: int) -> tuple[list[str], str]:
     return ["full"] * layers, ""
 
 
+def layer_kinds(config: dict) -> list[str]:
+    """Each layer of the language model as "full", "sliding" or "linear", as `kv_cost` counts
+    them (a pipeline split gives each rank its own run of these)."""
+    cfg = text_config(config)
+    layers = _first(cfg, "num_hidden_layers", "n_layer", "num_layers", "n_layers") or 0
+    return _layer_kinds(cfg, layers)[0]
+
+
 def _linear_state_bytes(cfg: dict) -> int:
     """One request's fixed recurrent + conv state for one linear-attention / SSM layer."""
     s = STATE_DTYPE_BYTES

@@ -146,9 +146,21 @@ def main(argv: list[str] | None = None) -> int:
                                      description="do the configured models fit together?")
     parser.add_argument("--config", type=Path, default=None, help="inference-node.toml")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ranks = parser.add_mutually_exclusive_group()
+    ranks.add_argument("--ranks", type=int, help="plan one model across N local ranks")
+    ranks.add_argument("--hostfile", type=Path, help="plan across the hosts of an mlx hostfile")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config)
+        if args.ranks is not None or args.hostfile is not None:
+            cfg.distributed.ranks = args.ranks or 0
+            cfg.distributed.hostfile = str(args.hostfile) if args.hostfile else ""
+        if cfg.distributed.enabled:  # a row per host: inference_node/distributed/planning.py
+            from inference_node.distributed import cluster, planning
+
+            hosts = cluster.from_config(cfg.distributed)
+            assert hosts is not None
+            return planning.main(cfg, hosts, args.json)
         budget, source = default_budget(cfg.memory, cfg.source)
         models = planned_models(cfg.models, int(cfg.memory.overhead_mb * 1024 * 1024),
                                 cfg.source)

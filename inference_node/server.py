@@ -99,9 +99,10 @@ class InferenceServer:
 
 
 def create_server(addr: str = "127.0.0.1:0", cfg: InferenceConfig | None = None, *,
-                  catalog: Catalog | None = None, admission: Any = None
-                  ) -> tuple[InferenceServer, int]:
-    """Build (not start) the server bound to `addr`; port 0 picks a free port."""
+                  catalog: Catalog | None = None, admission: Any = None,
+                  engine: Engine | None = None) -> tuple[InferenceServer, int]:
+    """Build (not start) the server bound to `addr`; port 0 picks a free port. `engine`:
+    one built by the caller (rank 0 of a distributed group passes its own)."""
     from inference_node.admission import Admission
 
     cfg = cfg or InferenceConfig()
@@ -115,7 +116,7 @@ def create_server(addr: str = "127.0.0.1:0", cfg: InferenceConfig | None = None,
         if cache:  # the prompt cache's cap is memory admission must not promise to anyone
             admission.budget_bytes -= cache
             admission.budget_source += f" − prompt cache {cfg.engine.prompt_cache_mb:.0f} MiB"
-    engine = Engine(cfg, admission)
+    engine = engine or Engine(cfg, admission)
     servicer = InferenceServicer(cfg, catalog, admission, engine)
 
     max_bytes = cfg.server.max_message_mb * 1024 * 1024
@@ -195,11 +196,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-remote", action="store_true")
     p.add_argument("--log-file", type=Path,
                    help="log here instead of stderr; reopened when newsyslog rotates it")
+    ranks = p.add_mutually_exclusive_group()
+    ranks.add_argument("--ranks", type=int, help="one model across N local mlx.distributed "
+                       "ranks (ring backend on loopback); for one machine and tests")
+    ranks.add_argument("--hostfile", type=Path, help="one model across the hosts of an mlx "
+                       "hostfile (ring or JACCL); rank 0 is this machine")
     args = p.parse_args(argv)
     if args.log_file:
         log_to_file(args.log_file)
     cfg = load_config(args.config)
     if args.allow_remote:
         cfg.server.allow_remote = True
+    if args.ranks is not None or args.hostfile is not None:
+        cfg.distributed.ranks = args.ranks or 0
+        cfg.distributed.hostfile = str(args.hostfile.resolve()) if args.hostfile else ""
     host = args.host if args.host is not None else cfg.server.host
-    return serve(cfg, host, args.port if args.port is not None else cfg.server.port)
+    port = args.port if args.port is not None else cfg.server.port
+    if cfg.distributed.enabled or args.ranks is not None:
+        from inference_node.distributed.supervisor import supervise
+
+        return supervise(cfg, args.config, host, port, args.log_file)
+    return serve(cfg, host, port)

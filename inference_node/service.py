@@ -65,6 +65,7 @@ class InferenceServicer:
         self.admission = admission
         self.engine = engine
         self.draining = False
+        self.down_reason = ""  # set when the ranks of a distributed group are lost
         self.streams = StreamSlots(cfg.server.max_streams)
         self._footprints: dict[str, Any] = {}
 
@@ -223,6 +224,8 @@ class InferenceServicer:
         return min(limit, remaining) if remaining is not None else limit
 
     def _check_open(self) -> None:
+        if self.down_reason:
+            raise Unavailable(self.down_reason)
         if self.draining:
             raise Unavailable("the inference node is draining for shutdown; retry shortly")
 
@@ -296,8 +299,11 @@ class InferenceServicer:
         snap = self.admission.snapshot()
         rows = [pb.ModelMemory(**{k: v for k, v in row.items() if k in _ROW_FIELDS})
                 for row in snap.get("models", [])]
-        fields = {k: v for k, v in snap.items() if k != "models" and k in _MEMORY_FIELDS}
-        return pb.MemoryStatus(models=rows, open_streams=self.streams.open,
+        hosts = [pb.HostMemory(**{k: v for k, v in h.items() if k in _HOST_FIELDS})
+                 for h in snap.get("hosts", [])]  # one per rank of a distributed group
+        fields = {k: v for k, v in snap.items()
+                  if k not in ("models", "hosts") and k in _MEMORY_FIELDS}
+        return pb.MemoryStatus(models=rows, hosts=hosts, open_streams=self.streams.open,
                                stream_limit=self.streams.limit, **fields)
 
     def _footprint(self, entry: CatalogModel) -> Any:
@@ -331,3 +337,4 @@ class InferenceServicer:
 
 _MEMORY_FIELDS = {f.name for f in pb.MemoryStatus.DESCRIPTOR.fields}
 _ROW_FIELDS = {f.name for f in pb.ModelMemory.DESCRIPTOR.fields}
+_HOST_FIELDS = {f.name for f in pb.HostMemory.DESCRIPTOR.fields}

@@ -97,6 +97,13 @@ NUMBERS: dict[str, list[str]] = {
                  "end_to_end_grpc.*.time_to_first_delta_s.median"],
     "sandbox": [f"commands.*.*.{stat}" for stat in ("median", "p25", "p75", "n")]
                + ["added_ms.*.runner", "added_ms.*.sandbox", "added_ms.*.sandbox_memory"],
+    "distributed": ["served.*.prefill_tps.median", "served.*.decode_tps.median",
+                    "served.*.ttft_s.median", "ratio_2_over_1.decode_tps",
+                    "ratio_2_over_1.prefill_tps", "ring_loopback.latency_us",
+                    "ring_loopback.bandwidth_gb_s", "ring_loopback.token_collectives_ms",
+                    "per_token.*.collectives", "per_token.*.bytes",
+                    "per_token.*.tb5_bandwidth_ms", "per_token.*.ms_per_us_of_latency",
+                    "per_token.measured_model.measured_ms", "ms_per_token_added_by_2_ranks"],
     "tunnel": ["ttft_s.direct", "ttft_s.tunnel", "decode_tps.direct", "decode_tps.tunnel",
                "recovery_s.tunnel_up_after_sshd_restart",
                "recovery_s.first_call_done_after_sshd_restart", "decode_ratio",
@@ -112,6 +119,7 @@ SMOKE_FIELDS: dict[str, dict[str, Any]] = {
     "describe": {"repeats": 1, "decode_tokens": 4},
     "sandbox": {"repeats": 2},
     "tunnel": {"repeats": 1, "max_tokens": 4},
+    "distributed": {"repeats": 1, "max_tokens": 4},
 }
 
 

@@ -130,3 +130,28 @@ def _write_tokenizer(path: Path, vocab: dict[str, int], context: int, tools: boo
         "unk_token": "<unk>",
         "model_max_length": context,
     }))
+
+
+def write_random_chat_model(path: Path, model_type: str = "llama", *, seed: int = 0,
+                            extra_words: int = 200, **config: Any) -> Path:
+    """A random-weight `model_type` (llama, qwen2, ...) with a word-level tokenizer and a chat
+    template: it talks nonsense, but real nonsense through every real part, so two ways of
+    running it (one process, or split across ranks) can be compared word for word."""
+    import importlib
+
+    words = list(dict.fromkeys(BASE_WORDS + TOOL_CALL_WORDS
+                               + [f"w{i}" for i in range(extra_words)]))
+    vocab = {w: i for i, w in enumerate(words)}
+    context = int(config.pop("max_position_embeddings", 2048))
+    config = {**RANDOM_LLAMA, "vocab_size": len(vocab), "max_position_embeddings": context,
+              "eos_token_id": vocab[EOS], "model_type": model_type, **config}
+    arch = importlib.import_module(f"mlx_lm.models.{model_type}")
+    mx.random.seed(seed)
+    model = arch.Model(arch.ModelArgs.from_dict(config))
+    weights = dict(tree_flatten(model.parameters()))
+    mx.eval(weights)
+    path.mkdir(parents=True)
+    mx.save_safetensors(str(path / "model.safetensors"), weights)
+    (path / "config.json").write_text(json.dumps(config))
+    _write_tokenizer(path, vocab, context, True)
+    return path

@@ -344,7 +344,7 @@ class ModelMemory(_message.Message):
     def __init__(self, name: _Optional[str] = ..., loaded: _Optional[bool] = ..., weights_bytes: _Optional[int] = ..., kv_reserved_bytes: _Optional[int] = ..., last_used_unix: _Optional[float] = ..., pinned: _Optional[bool] = ..., in_flight: _Optional[int] = ..., overhead_bytes: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., estimated_bytes: _Optional[int] = ..., measured_bytes: _Optional[int] = ...) -> None: ...
 
 class MemoryStatus(_message.Message):
-    __slots__ = ("budget_bytes", "budget_source", "committed_bytes", "weights_bytes", "reserved_bytes", "mlx_active_bytes", "mlx_peak_bytes", "mlx_cache_bytes", "system_available_bytes", "floor_bytes", "models", "queue_depth", "queue_limit", "policy", "overhead_bytes", "open_streams", "stream_limit")
+    __slots__ = ("budget_bytes", "budget_source", "committed_bytes", "weights_bytes", "reserved_bytes", "mlx_active_bytes", "mlx_peak_bytes", "mlx_cache_bytes", "system_available_bytes", "floor_bytes", "models", "queue_depth", "queue_limit", "policy", "overhead_bytes", "open_streams", "stream_limit", "hosts")
     BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
     BUDGET_SOURCE_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -362,6 +362,7 @@ class MemoryStatus(_message.Message):
     OVERHEAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     OPEN_STREAMS_FIELD_NUMBER: _ClassVar[int]
     STREAM_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
     budget_bytes: int
     budget_source: str
     committed_bytes: int
@@ -379,4 +380,35 @@ class MemoryStatus(_message.Message):
     overhead_bytes: int
     open_streams: int
     stream_limit: int
-    def __init__(self, budget_bytes: _Optional[int] = ..., budget_source: _Optional[str] = ..., committed_bytes: _Optional[int] = ..., weights_bytes: _Optional[int] = ..., reserved_bytes: _Optional[int] = ..., mlx_active_bytes: _Optional[int] = ..., mlx_peak_bytes: _Optional[int] = ..., mlx_cache_bytes: _Optional[int] = ..., system_available_bytes: _Optional[int] = ..., floor_bytes: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelMemory, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., queue_limit: _Optional[int] = ..., policy: _Optional[str] = ..., overhead_bytes: _Optional[int] = ..., open_streams: _Optional[int] = ..., stream_limit: _Optional[int] = ...) -> None: ...
+    hosts: _containers.RepeatedCompositeFieldContainer[HostMemory]
+    def __init__(self, budget_bytes: _Optional[int] = ..., budget_source: _Optional[str] = ..., committed_bytes: _Optional[int] = ..., weights_bytes: _Optional[int] = ..., reserved_bytes: _Optional[int] = ..., mlx_active_bytes: _Optional[int] = ..., mlx_peak_bytes: _Optional[int] = ..., mlx_cache_bytes: _Optional[int] = ..., system_available_bytes: _Optional[int] = ..., floor_bytes: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelMemory, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., queue_limit: _Optional[int] = ..., policy: _Optional[str] = ..., overhead_bytes: _Optional[int] = ..., open_streams: _Optional[int] = ..., stream_limit: _Optional[int] = ..., hosts: _Optional[_Iterable[_Union[HostMemory, _Mapping]]] = ...) -> None: ...
+
+class HostMemory(_message.Message):
+    __slots__ = ("rank", "host", "budget_bytes", "budget_source", "committed_bytes", "weights_bytes", "reserved_bytes", "mlx_active_bytes", "mlx_peak_bytes", "mlx_cache_bytes", "system_available_bytes", "floor_bytes", "queue_depth")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MLX_ACTIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MLX_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MLX_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FLOOR_BYTES_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    host: str
+    budget_bytes: int
+    budget_source: str
+    committed_bytes: int
+    weights_bytes: int
+    reserved_bytes: int
+    mlx_active_bytes: int
+    mlx_peak_bytes: int
+    mlx_cache_bytes: int
+    system_available_bytes: int
+    floor_bytes: int
+    queue_depth: int
+    def __init__(self, rank: _Optional[int] = ..., host: _Optional[str] = ..., budget_bytes: _Optional[int] = ..., budget_source: _Optional[str] = ..., committed_bytes: _Optional[int] = ..., weights_bytes: _Optional[int] = ..., reserved_bytes: _Optional[int] = ..., mlx_active_bytes: _Optional[int] = ..., mlx_peak_bytes: _Optional[int] = ..., mlx_cache_bytes: _Optional[int] = ..., system_available_bytes: _Optional[int] = ..., floor_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ...) -> None: ...
