@@ -114,7 +114,8 @@ def to_affine(blocks: Any, qtype: T, cols: int) -> tuple[Any, Any, Any] | None:
         s, b = s.reshape(n, groups, 1), b.reshape(n, groups, 1)
         with np.errstate(divide="ignore", invalid="ignore"):
             codes = np.where(s != 0, np.rint((values - b) / s), 0)
-        if codes.min(initial=0) < 0 or codes.max(initial=0) >= 1 << bits:
+        if not np.isfinite(codes).all() or codes.min(initial=0) < 0 or \
+                codes.max(initial=0) >= 1 << bits:
             return None
         codes = codes.astype(np.uint8)
         if not np.array_equal(s * codes.astype(np.float32) + b, values):
