@@ -182,6 +182,11 @@ def test_tiny_qwen2_imports_exactly_and_runs_as_mlx_lms_own_qwen2(tmp_path):
     assert set(got) == set(hf)
     for key, want in hf.items():  # every weight, bias and norm exactly as ggml decodes it
         assert np.array_equal(got[key], want), key
+    # Admission's size of the expanded model, from headers alone, counts 5-bit layers right too.
+    from inference_node.footprint import estimate
+
+    assert estimate(folder, 0, dequantize=True).weights_bytes == 4 * sum(
+        v.size for v in hf.values())
     ids = [0, 70, 71, 72, 259, 260, 261, 5, 2]
     model, _ = load(str(folder))
     mine = np.array(model(mx.array([ids])))
