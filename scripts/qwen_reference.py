@@ -8,6 +8,11 @@ compare our served model against, so CI needs no torch:
 - greedy text (token ids too) for a few chat prompts, 32 new tokens each, after the chat
   template, with the prompt token count and each step's top-1 / top-2 logit margin;
 - the tokenizer's ids for varied strings: code, unicode, whitespace runs, digits, specials.
+  Qwen's own tokenizer composes Unicode (NFC) before splitting, and so does transformers'
+  Qwen2Tokenizer when it loads a model folder, but its GGUF loader leaves that normalizer out;
+  for a string that NFC changes, `nfc_ids` are the reference's ids of its NFC form.
+
+`--tokenizer-only` rewrites just the tokenizer part of an existing fixture (seconds, not minutes).
 
 Rerun it (torch stays out of the project's environment; 2.13.0 installs from local disk here):
 
@@ -26,6 +31,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 MAX_NEW_TOKENS = 32
 TOOL_MAX_NEW_TOKENS = 64
@@ -86,15 +92,35 @@ def _margins(scores: list) -> list[float]:
     return out
 
 
+def tokenizer_cases(tok: Any) -> list[dict[str, Any]]:
+    import unicodedata
+
+    cases = []
+    for text in TOKENIZER_STRINGS:
+        case: dict[str, Any] = {"text": text, "ids": tok.encode(text, add_special_tokens=False)}
+        if (nfc := unicodedata.normalize("NFC", text)) != text:
+            case["nfc_ids"] = tok.encode(nfc, add_special_tokens=False)
+        cases.append(case)
+    return cases
+
+
 def main(argv: list[str]) -> int:
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    tokenizer_only = "--tokenizer-only" in argv
+    argv = [a for a in argv if a != "--tokenizer-only"]
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
     gguf, out = Path(argv[0]).expanduser(), Path(argv[1])
+    if tokenizer_only:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        doc = json.loads(out.read_text())
+        doc["tokenizer"] = tokenizer_cases(tok)
+        out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+        return 0
     torch.manual_seed(0)
     torch.set_num_threads(2)
     start = time.time()
@@ -133,8 +159,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(doc["chats"][-1]["text"]), file=sys.stderr)
     doc["tool_chat"] = {**greedy(TOOL_PROMPT, TOOLS, TOOL_MAX_NEW_TOKENS), "tools": TOOLS}
     print(json.dumps(doc["tool_chat"]["text"]), file=sys.stderr)
-    for text in TOKENIZER_STRINGS:
-        doc["tokenizer"].append({"text": text, "ids": tok.encode(text, add_special_tokens=False)})
+    doc["tokenizer"] = tokenizer_cases(tok)
     out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {out} in {time.time() - start:.0f} s", file=sys.stderr)
     return 0

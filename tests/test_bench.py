@@ -123,6 +123,9 @@ NUMBERS: dict[str, list[str]] = {
                                                      "decode_tok_s")),
                  "end_to_end_grpc.*.total_s.median",
                  "end_to_end_grpc.*.time_to_first_delta_s.median"],
+    "coder_models": [f"models.*.{side}.{k}" for side in ("grpc", "in_process")
+                     for k in ("ttft_s.median", "prefill_tps.median", "decode_tps.median",
+                               "peak_rss_mb", "load_s")] + ["wall_s"],
     "tunnel": ["ttft_s.direct", "ttft_s.tunnel", "decode_tps.direct", "decode_tps.tunnel",
                "recovery_s.tunnel_up_after_sshd_restart",
                "recovery_s.first_call_done_after_sshd_restart", "decode_ratio",
@@ -137,6 +140,7 @@ SMOKE_FIELDS: dict[str, dict[str, Any]] = {
     "constrained": {"max_tokens": 8, "decode_tokens_per_s.constrained.n": 1},
     "describe": {"repeats": 1, "decode_tokens": 4},
     "tunnel": {"repeats": 1, "max_tokens": 4},
+    "coder_models": {"params.repeats": 1, "params.max_tokens": 4},
 }
 
 

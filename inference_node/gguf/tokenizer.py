@@ -73,7 +73,7 @@ def build_tokenizer(meta: dict[str, Any]) -> Any:
 
 
 def _byte_level_bpe(meta: dict[str, Any], vocab: dict[str, int]) -> Any:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     pre = meta.get("tokenizer.ggml.pre", "default")
     family = PRE_TOKENIZERS.get(pre)
@@ -93,6 +93,8 @@ def _byte_level_bpe(meta: dict[str, Any], vocab: dict[str, int]) -> Any:
         split = LLAMA3_SPLIT if family == "llama3" else QWEN2_SPLIT
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(split), behavior="isolated"), byte_level])
+    if family == "qwen2":  # Qwen's own tokenizer composes Unicode first (NFC), as transformers'
+        tokenizer.normalizer = normalizers.NFC()  # Qwen2Tokenizer does when it loads a folder
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
 
