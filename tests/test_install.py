@@ -120,6 +120,27 @@ def test_a_store_folder_lost_is_reimported_from_the_cached_gguf_without_download
     assert "downloading" not in log.getvalue() and "checking tiny-coder.gguf" in log.getvalue()
 
 
+def test_two_installs_at_once_share_one_download_and_both_get_the_model(registry):
+    import subprocess
+    import sys
+
+    model, _, _, cache, store = registry
+    code = ("import json, sys; from pathlib import Path; "
+            "from inference_node.install import KnownModel, install; "
+            "m = KnownModel(**{**json.loads(sys.argv[1]), "
+            "'requirements': tuple(json.loads(sys.argv[1])['requirements'])}); "
+            "print(install(m, Path(sys.argv[2]), Path(sys.argv[3]))[0])")
+    spec = json.dumps(model.__dict__)
+    procs = [subprocess.Popen([sys.executable, "-c", code, spec, str(store), str(cache)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert {out.strip() for out, _ in results} == {str(store / model.name)}
+    assert sum(err.count("downloading part 1 of 3") for _, err in results) == 1
+    assert sorted(p.name for p in store.iterdir()) == [model.name]
+
+
 def test_a_wrong_sha256_is_refused_and_nothing_is_installed(registry):
     model, _, _, cache, store = registry
     wrong = KnownModel(**{**model.__dict__, "sha256": "0" * 64})
