@@ -12,13 +12,16 @@ same with mlx_lm.utils.dequantize_model. Greedy, prompt cache off.
 
 The two sides hold the model one after the other, never both at once (the 1.5B is 7.1 GB as
 float32), so for each model the server runs its repeats, then mlx-lm its own; a busy patch can
-weigh on one side more than the other, which the spread shows. BENCH_SMOKE=1: a tiny scripted
+weigh on one side more than the other, which the spread shows. BENCH_CODER_MODELS=a,b picks
+the models (default both; on a machine with less than ~20 GB free run them one at a time:
+the 1.5B server peaks at 8.4 GB). BENCH_SMOKE=1: a tiny scripted
 model stands in for both, one repeat, a few tokens.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -183,7 +186,8 @@ def model_folders(tmp: Path) -> dict[str, Path]:
     from inference_node.install import KNOWN_MODELS, install
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    return {name: install(KNOWN_MODELS[name], CACHE)[0] for name in MODELS}
+    names = os.environ.get("BENCH_CODER_MODELS", ",".join(MODELS)).split(",")
+    return {name: install(KNOWN_MODELS[name], CACHE)[0] for name in names if name}
 
 
 def run(quick: bool) -> dict[str, Any]:
