@@ -169,6 +169,8 @@ def main(argv: list[str]) -> int:
     if summary["verdict"] == "pass":
         print(f"bring it onto the demo repo's branch: agent-node approve {summary['run_id']}")
     else:
-        print("the report shows what the model did and why it failed. A 135M model rarely gets "
-              "this right; try a real coder (make demo MODEL=qwen2.5-coder-1.5b).")
+        print("the report shows what the model did and why it failed.")
+        if any("smollm2" in str(m) for m in summary.get("models") or []):
+            print("a 135M model rarely gets this right; `make demo MODEL=qwen2.5-coder-1.5b` "
+                  "runs it on a real (small) coder.")
     return 0 if summary["verdict"] in ("pass", "fail") else 1
