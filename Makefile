@@ -30,8 +30,18 @@ $(VENV)/.installed: pyproject.toml scripts/system-packages.sh
 clients:
 	scripts/install-clients.sh
 
+# make demo MODEL=qwen2.5-coder-0.5b: install that model on first use and run the demo with it.
+MODEL ?=
+DEMO_DIR := $${STUDIO_CODER_HOME:-$$HOME/.local/share/studio-coder}/demo
+
 demo: setup
+ifeq ($(MODEL),)
 	$(VENV)/bin/agent-node demo
+else
+	mkdir -p "$(DEMO_DIR)"
+	$(VENV)/bin/inference-node install $(MODEL) > "$(DEMO_DIR)/inference-node-$(MODEL).toml"
+	$(VENV)/bin/agent-node demo --node-config "$(DEMO_DIR)/inference-node-$(MODEL).toml"
+endif
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider

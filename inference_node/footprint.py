@@ -135,7 +135,7 @@ def dequantized_bytes(model_dir: Path, config: dict) -> int:
                 for dim in info["shape"]:
                     count *= dim
                 size = DTYPE_BYTES.get(header[f"{base}.scales"]["dtype"], 4)
-                total += count * (32 // bits) * size
+                total += count * 32 // bits * size  # packed uint32s -> elements
                 continue
             total += _tensor_bytes(info)
     return total
@@ -320,6 +320,18 @@ def kv_cost(config: dict, prefill_step: int = DEFAULT_PREFILL_STEP) -> KVCost:
 def kv_bytes_per_token(config: dict) -> int:
     """KV bytes each token of context costs (the growing part of `kv_cost`)."""
     return kv_cost(config).per_token
+
+
+def dequantizes_on_load(dequantize_on_cpu: bool) -> bool:
+    """Whether the engine expands quantized coder models at load on this machine: no Metal
+    device and `engine.dequantize_on_cpu` (the default). Vision models are never expanded."""
+    if not dequantize_on_cpu:
+        return False
+    try:
+        import mlx.core as mx
+    except ImportError:
+        return False
+    return not mx.metal.is_available()
 
 
 def estimate(model_dir: Path, overhead_bytes: int,

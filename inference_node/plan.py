@@ -19,7 +19,7 @@ from pathlib import Path
 from inference_node.api.tomlconf import ConfigError
 from inference_node.config import ModelEntry, load_config, studio_home
 from inference_node.errors import InferenceError
-from inference_node.footprint import Footprint, estimate
+from inference_node.footprint import Footprint, dequantizes_on_load, estimate
 from inference_node.machine import default_budget, gib
 
 MAX_COMBINATION_MODELS = 12  # 2**12 subsets is still instant
@@ -100,8 +100,10 @@ def _own_context(model_dir: Path) -> int:
     return 4096
 
 
-def planned_models(entries: list[ModelEntry], overhead_bytes: int,
-                   source: str) -> list[PlannedModel]:
+def planned_models(entries: list[ModelEntry], overhead_bytes: int, source: str,
+                   dequantize: bool = False) -> list[PlannedModel]:
+    """The entries' footprints; `dequantize`: coder models as the engine holds them when it
+    expands quantized weights at load (`dequantizes_on_load`)."""
     out = []
     for e in entries:
         model_dir = _model_dir(e)
@@ -109,7 +111,7 @@ def planned_models(entries: list[ModelEntry], overhead_bytes: int,
             hint = (f"run `inference-node pull {e.hub} --name {e.name}`" if e.hub
                     else f"fix its path in {source}")
             raise ConfigError(f"model {e.name!r}: no model folder at {model_dir}; {hint}")
-        fp = estimate(model_dir, overhead_bytes)
+        fp = estimate(model_dir, overhead_bytes, dequantize=dequantize and e.role != "vision")
         own = _own_context(model_dir)
         context = min(e.context, own) if e.context else own
         out.append(PlannedModel(e.name, fp, context, e.pinned, e.role))
@@ -126,6 +128,9 @@ def _report(models: list[PlannedModel], result: PlanResult, source: str) -> str:
             f"{gib(fp.weights_bytes):>10} {fp.kv_per_token / 1024:>7.1f} KiB {m.context:>8} "
             f"{gib(m.kv_bytes):>10} {gib(m.total_bytes):>10}")
     lines.append("(* pinned; total = weights + overhead + one request's KV at its context)")
+    if any(m.footprint.note.endswith("weights dequantized") for m in models):
+        lines.append("weights as the engine holds them here: quantized layers expanded at load "
+                     "(no Metal; engine.dequantize_on_cpu)")
     lines.append(f"budget {gib(result.budget_bytes)}: {source}")
     verdict = "fit together" if result.fits else "do NOT fit together"
     lines.append(f"all {len(models)} models: {gib(result.total_bytes)} of "
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             return planning.main(cfg, hosts, args.json)
         budget, source = default_budget(cfg.memory, cfg.source)
         models = planned_models(cfg.models, int(cfg.memory.overhead_mb * 1024 * 1024),
-                                cfg.source)
+                                cfg.source, dequantizes_on_load(cfg.engine.dequantize_on_cpu))
     except (ConfigError, InferenceError, OSError, ValueError) as e:
         print(f"inference-node plan: {e}", file=sys.stderr)
         return 2

