@@ -40,7 +40,7 @@ from agent_node.exceptions import (
     TunnelFailed,
     WouldNotFit,
 )
-from agent_node.model import Description, Reply, ToolCall, Usage
+from agent_node.model import CallProgress, Description, Reply, ToolCall, Usage
 from agent_node.tunnel import FAILED, UP, Tunnel
 from inference_node.api import pb, rpc
 
@@ -205,18 +205,28 @@ def _sampling(opts: dict[str, Any]) -> pb.Sampling:
     return pb.Sampling(**fields)
 
 
-def collect_reply(events: Iterator[pb.ChatEvent]) -> Reply:
-    """Fold a Chat stream into a Reply: content apart from reasoning, tool calls, usage."""
+def collect_reply(events: Iterator[pb.ChatEvent],
+                  on_progress: Callable[[CallProgress], None] | None = None) -> Reply:
+    """Fold a Chat stream into a Reply: content apart from reasoning, tool calls, usage.
+
+    `on_progress` sees the call in flight: once when admitted, after each streamed piece, and
+    at the end (a forced tool call arrives whole, so it shows only elapsed time until then).
+    """
     t0 = time.monotonic()
     reply = Reply()
     text: list[str] = []
     reasoning: list[str] = []
+    progress = CallProgress()
     for ev in events:
         kind = ev.WhichOneof("event")
         if kind == "admitted":
             reply.model = ev.admitted.model
+            progress.model, progress.queue_seconds = ev.admitted.model, ev.admitted.queue_seconds
         elif kind == "delta":
-            (reasoning if ev.delta.kind == pb.Delta.REASONING else text).append(ev.delta.text)
+            thinking = ev.delta.kind == pb.Delta.REASONING
+            (reasoning if thinking else text).append(ev.delta.text)
+            progress.tokens += 1
+            progress.reasoning_tokens += 1 if thinking else 0
         elif kind == "tool_call":
             try:
                 args = json.loads(ev.tool_call.arguments_json or "{}")
@@ -232,6 +242,11 @@ def collect_reply(events: Iterator[pb.ChatEvent]) -> Reply:
             reply.cut_off_while_reasoning = d.cut_off_while_reasoning
             reply.decode_tps = d.timings.decode_tokens_per_second
             reply.seconds = d.timings.total_seconds
+            progress.tokens = d.usage.completion_tokens  # reasoning included
+            progress.reasoning_tokens, progress.done = d.usage.reasoning_tokens, True
+        if on_progress is not None and kind != "tool_call":
+            progress.seconds = time.monotonic() - t0
+            on_progress(progress)
     reply.text = "".join(text)
     reply.reasoning = "".join(reasoning)
     reply.seconds = reply.seconds or time.monotonic() - t0
@@ -487,6 +502,8 @@ class GrpcModel(_FallbackChain):
                  sampling: dict[str, Any] | None = None) -> None:
         super().__init__(client, chain, role)
         self.sampling = dict(sampling or {})
+        # Sees each chat() call in flight (agent_node.activity shows it on stderr).
+        self.on_progress: Callable[[CallProgress], None] | None = None
 
     def request(
         self,
@@ -535,7 +552,7 @@ class GrpcModel(_FallbackChain):
     ) -> Reply:
         reply = collect_reply(self.stream(messages, tools=tools, tool_choice=tool_choice,
                                           response_format=response_format,
-                                          max_tokens=max_tokens))
+                                          max_tokens=max_tokens), self.on_progress)
         reply.model = reply.model or self.name
         return reply
 

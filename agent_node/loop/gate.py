@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent_node import activity
 from agent_node.loop.worktree import Diff, diff_worktree
 
 TEST_PATH = re.compile(
@@ -150,7 +151,10 @@ def run_gate(
     if touched:
         flags.append("the diff changes or deletes existing tests: " + ", ".join(touched))
 
-    tests = run_tests(test_cmd, worktree, timeout_s) if test_cmd else None
+    tests = None
+    if test_cmd:
+        with activity.stage("tests"):
+            tests = run_tests(test_cmd, worktree, timeout_s)
     if tests is None:
         flags.append("no test command was configured or detected; nothing was tested")
     elif not tests.passed:
@@ -163,7 +167,8 @@ def run_gate(
         if qa is None:
             flags.append("UI task, but no visual QA is available; the page was not looked at")
         else:
-            outcome = qa(ui_url, spec, qa_dir or worktree)
+            with activity.stage("visual QA"):
+                outcome = qa(ui_url, spec, qa_dir or worktree)
             if outcome.note and (outcome.passed or outcome.failures):
                 flags.append(outcome.note)
             for f in outcome.failures:
