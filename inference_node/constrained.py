@@ -187,7 +187,7 @@ class GrammarProcessor:
         n = tokens.shape[0]
         if self._matcher is None and self._thinking is not None:  # first call: the prompt
             start_id, end_id, inside, may_open = self._thinking
-            prompt = tokens.tolist()
+            prompt: list[int] = tokens.tolist()  # type: ignore[assignment]
             opened = _rindex(prompt, start_id) > _rindex(prompt, end_id)
             self._start(inside if opened else may_open)
         new: list[int] = []
@@ -386,7 +386,8 @@ def _thinking(answer: str, tokenizer: Any, lltok: llguidance.LLTokenizer, what: 
     """
     if not getattr(tokenizer, "has_thinking", False):
         return None
-    starts, ends = tokenizer.think_start_tokens or (), tokenizer.think_end_tokens or ()
+    starts: list[int] = list(tokenizer.think_start_tokens or ())
+    ends: list[int] = list(tokenizer.think_end_tokens or ())
     if len(starts) != 1 or len(ends) != 1:
         return None  # a multi-token channel format: the answer is constrained from token one
     open_, close = (_literal(m, tokenizer, lltok)
