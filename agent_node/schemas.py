@@ -109,6 +109,49 @@ VERDICT: dict[str, Any] = {
     ],
 }
 
+# The coder's tool calls are structured calls too (every turn is one, constrained to the tools'
+# schemas): a tool's argument the tool left unbounded gets a bound here, by what it holds.
+FILE_CHARS = 40_000  # a whole file's content, or the text an edit replaces
+COMMAND_CHARS = 2_000  # one shell command
+NOTE_CHARS = 600  # anything else: a report's summary, what was tested
+TOOL_LIST_ITEMS = 50
+TOOL_INT_MAX = 1_000_000
+TOOL_TEXT_CHARS = {"content": FILE_CHARS, "old": FILE_CHARS, "new": FILE_CHARS,
+                   "command": COMMAND_CHARS, "path": PATH_CHARS, "glob": PATH_CHARS,
+                   "pattern": PATH_CHARS, "files_changed": PATH_CHARS}
+
+
+def bounded_tool(spec: dict[str, Any]) -> dict[str, Any]:
+    """A tool spec ({"name", "description", "parameters"}) whose parameters bound every
+    argument: strings by `TOOL_TEXT_CHARS` (else NOTE_CHARS), arrays to TOOL_LIST_ITEMS,
+    integers to TOOL_INT_MAX. A float can always take one more digit, which no grammar bound
+    stops, so a "number" is asked for as an integer (still a number to the tool)."""
+    return {**spec, "parameters": _bound(spec.get("parameters") or {"type": "object"}, "")}
+
+
+def _bound(schema: Any, name: str) -> Any:
+    if not isinstance(schema, dict) or "enum" in schema or "const" in schema:
+        return schema
+    out = dict(schema)
+    kind = out.get("type")
+    if kind == "object":
+        out["properties"] = {k: _bound(v, k) for k, v in (out.get("properties") or {}).items()}
+        out.setdefault("additionalProperties", False)
+    elif kind == "array":
+        out.setdefault("maxItems", TOOL_LIST_ITEMS)
+        out["items"] = _bound(out.get("items") or {"type": "string"}, name)
+    elif kind == "string":
+        out.setdefault("maxLength", TOOL_TEXT_CHARS.get(name, NOTE_CHARS))
+    elif kind in ("integer", "number"):
+        out["type"] = "integer"
+        low = out.pop("exclusiveMinimum", None)
+        if low is not None:
+            out["minimum"] = int(low) + 1
+        out.setdefault("minimum", 0)
+        out.setdefault("maximum", TOOL_INT_MAX)
+    return out
+
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     "classify": CLASSIFY, "spec": SPEC, "review": REVIEW, "judge": VERDICT,
 }

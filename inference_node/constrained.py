@@ -28,7 +28,8 @@ Forms of a forced tool call:
 call it starts on its own is left unconstrained too (it is parsed and validated afterwards, as
 without this module).
 
-A reasoning model (one-token think markers, e.g. `<think>` … `</think>`) keeps its thinking
+A reasoning model (think markers that are special tokens, e.g. `<think>` … `</think>`; llguidance
+counts every added token as special) keeps its thinking
 (rule 3): the grammar allows free text up to the closing marker, then the answer. When the
 prompt already opened the block (the chat template wrote `<think>`), the reply starts inside
 it; otherwise the model may open one or answer at once. Only the answer is bounded by the
@@ -392,11 +393,12 @@ def _thinking(answer: str, tokenizer: Any, lltok: llguidance.LLTokenizer, what: 
         return None  # a multi-token channel format: the answer is constrained from token one
     open_, close = (_literal(m, tokenizer, lltok)
                     for m in (tokenizer.think_start, tokenizer.think_end))
-    if close.startswith("<["):  # a special token: text cannot contain it
-        thought = f"thought: /(.|\\n)*/ {close} gap?\n"
-    else:  # a plain string: the text ends at its first occurrence
-        thought = f"thought: thought_text gap?\nthought_text[suffix={close}]: /(.|\\n)*/\n"
-    rules = thought + "gap: /[ \\t\\r\\n]{1,8}/\n" + answer
+    if not close.startswith("<["):
+        # Markers that are plain text to llguidance (it counts every added token as special,
+        # so this is a marker inside the ordinary vocabulary): the answer from token one.
+        return None
+    rules = (f"thought: /(.|\\n)*/ {close} gap?\n"  # text cannot contain a special token
+             "gap: /[ \\t\\r\\n]{1,8}/\n" + answer)
     inside = llguidance.LLMatcher.grammar_from_lark("start: thought answer\n" + rules)
     may_open = llguidance.LLMatcher.grammar_from_lark(
         f"start: ({open_} thought)? answer\n" + rules)

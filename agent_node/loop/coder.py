@@ -16,6 +16,7 @@ from typing import Any
 from agent_node import activity
 from agent_node.exceptions import DeadlineExceeded
 from agent_node.model import Model, Reply
+from agent_node.schemas import bounded_tool
 from agent_node.tools import run_tool
 from agent_node.unfinished import TIME, explain
 
@@ -68,7 +69,7 @@ def run_coder(
         {"role": "system", "content": system_prompt},
         {"role": "user", "content": brief},
     ]
-    specs = [tool_spec(t) for t in tools.values()]
+    specs = [bounded_tool(tool_spec(t)) for t in tools.values()]  # so every turn ends
     start = time.monotonic()
     turns = tokens = 0
     last_text = ""
@@ -91,9 +92,9 @@ def run_coder(
             reply = model.chat(messages, tools=specs, tool_choice="required",
                                max_tokens=limits.reply_tokens)
         except DeadlineExceeded as e:  # one reply ran past the stream's deadline: end the round
-            last = activity.last_call()
+            last = activity.last_call()  # a forced tool call streams no tokens until it ends
             why = explain(f"coder turn {turns + 1}", e.model or model.name, TIME,
-                          tokens=last.tokens if last else None,
+                          tokens=last.tokens if last and last.tokens else None,
                           seconds=last.seconds if last else 0.0,
                           budget_key="[loop] coder_reply_tokens", timeout_s=limits.timeout_s)
             emit("note", text=f"{why}; the round goes on to the gate with what is in the checkout",
