@@ -114,7 +114,7 @@ VERDICT: dict[str, Any] = {
 FILE_CHARS = 40_000  # a whole file's content, or the text an edit replaces
 COMMAND_CHARS = 2_000  # one shell command
 NOTE_CHARS = 600  # anything else: a report's summary, what was tested
-TOOL_LIST_ITEMS = 50
+TOOL_LIST_ITEMS = 10  # the tools' one list is finish's files_changed: a claim (the gate diffs)
 TOOL_INT_MAX = 1_000_000
 TOOL_TEXT_CHARS = {"content": FILE_CHARS, "old": FILE_CHARS, "new": FILE_CHARS,
                    "command": COMMAND_CHARS, "path": PATH_CHARS, "glob": PATH_CHARS,

@@ -30,17 +30,19 @@ def cut_off(reply: Reply) -> str:
 
 def explain(step: str, model: str, why: str, *, tokens: int | None, reasoning_tokens: int = 0,
             seconds: float = 0.0, limit: int | None = None, budget_key: str,
-            answer_chars: int = 0, timeout_s: float = 0.0) -> str:
+            answer_chars: int = 0, timeout_s: float = 0.0, unknown_because: str = "") -> str:
     """The message for a structured call that did not close its JSON (see module docstring)."""
     model = model or "the model"
-    made = "an unknown number of tokens" if tokens is None else f"{tokens:,} tokens"
+    made = f"{tokens:,} tokens" if tokens is not None else (
+        f"an unknown number of tokens ({unknown_because})" if unknown_because
+        else "an unknown number of tokens")
     if reasoning_tokens:
         made += f" ({reasoning_tokens:,} of them reasoning)"
     limit_text = "the server's default" if not limit else f"{limit:,}"
     if why == TIME:
         deadline = f" = {timeout_s:g} s" if timeout_s else ""
         what = (f"the stream's deadline ([inference] timeout_s{deadline}) passed after {made}"
-                + (f" in {seconds:.0f} s" if seconds else ""))
+                + (f" in {seconds:.0f} s" if seconds >= 1 else ""))
         fix = ("use a faster or bigger model ([inference] coder in agent-node.toml), or raise "
                f"[inference] timeout_s; {budget_key} cuts a reply short sooner")
     elif why == REASONING:

@@ -147,8 +147,10 @@ def test_coder_reply_past_its_deadline_ends_the_round_and_the_gate_still_runs(
     events = read_events(Path(summary["run_dir"]))
     (done,) = [e for e in events if e["type"] == "coder_done"]
     assert done["stopped"] == "deadline"
-    assert any(e["type"] == "note" and e["text"].startswith("coder turn 1: tiny-rambler")
-               for e in events)
+    (note,) = [e for e in events if e["type"] == "note"]
+    assert note["text"].startswith("coder turn 1: tiny-rambler did not close its JSON answer")
+    assert "a tool call is not streamed" in note["text"]
+    assert note["text"].endswith("the round goes on to the gate with what is in the checkout")
     assert [e["type"] for e in events].count("gate") == 1
 
 

@@ -96,7 +96,8 @@ def run_coder(
             why = explain(f"coder turn {turns + 1}", e.model or model.name, TIME,
                           tokens=last.tokens if last and last.tokens else None,
                           seconds=last.seconds if last else 0.0,
-                          budget_key="[loop] coder_reply_tokens", timeout_s=limits.timeout_s)
+                          budget_key="[loop] coder_reply_tokens", timeout_s=limits.timeout_s,
+                          unknown_because="a tool call is not streamed: it arrives whole")
             emit("note", text=f"{why}; the round goes on to the gate with what is in the checkout",
                  round=round_no)
             return result(_cut_report("deadline", "the stream's deadline", last_text), "deadline")

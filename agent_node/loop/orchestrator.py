@@ -229,13 +229,15 @@ class _Run:
         return kind
 
     def write_spec(self) -> list[str]:
+        source = "model"
         try:
             statements = list(self.ask("spec", prompts.render("spec", task=self.task),
                                        SPEC)["statements"])
         except StructuredOutputError as e:
             statements = ["no horizontal overflow at desktop or phone width", "no console errors"]
             self.unfinished(e, "the spec could not be written; using a minimal one")
-        self.emit("spec", statements=statements, source="model")
+            source = "minimal (the model's spec was unusable)"
+        self.emit("spec", statements=statements, source=source)
         return statements
 
     def gate(self, round_no: int, base: str, test_cmd: str, asks_for_change: bool,

@@ -38,6 +38,7 @@ class Progress:
 
     def line(self, stage: str, detail: str = "") -> None:
         self._stop_live()
+        self._call = None  # any other event comes between calls
         elapsed = time.monotonic() - self.start
         where = f"round {self.round} " if self.round else ""
         self.console.print(f"[dim]{elapsed:6.1f}s[/dim] [bold]{stage:<9}[/bold] {where}{detail}",
