@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from agent_node.model import Reply, ToolCall, Usage
+from agent_node.model import CallProgress, Reply, ToolCall, Usage
 from inference_node.api import pb
 
 
@@ -81,9 +81,27 @@ class ChatFold:
         return reply
 
 
-def collect_reply(events: Iterable[pb.ChatEvent]) -> Reply:
-    """Fold a whole Chat stream into a Reply."""
+def collect_reply(events: Iterable[pb.ChatEvent],
+                  on_progress: Callable[[CallProgress], None] | None = None) -> Reply:
+    """Fold a whole Chat stream into a Reply.
+
+    `on_progress` sees the call in flight: once when admitted, after each streamed piece, and
+    at the end (a forced tool call arrives whole, so it shows only elapsed time until then).
+    """
     fold = ChatFold()
+    progress = CallProgress()
     for ev in events:
-        fold.add(ev)
+        kind = fold.add(ev)
+        if on_progress is None or kind == "tool_call":
+            continue
+        if kind == "admitted":
+            progress.model, progress.queue_seconds = ev.admitted.model, ev.admitted.queue_seconds
+        elif kind == "delta":
+            progress.tokens += 1
+            progress.reasoning_tokens += ev.delta.kind == pb.Delta.REASONING
+        elif kind == "done":
+            progress.tokens = ev.done.usage.completion_tokens  # reasoning included
+            progress.reasoning_tokens, progress.done = ev.done.usage.reasoning_tokens, True
+        progress.seconds = time.monotonic() - fold.started
+        on_progress(progress)
     return fold.reply()

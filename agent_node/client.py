@@ -38,7 +38,7 @@ from agent_node.exceptions import (
     WouldNotFit,
 )
 from agent_node.grpc_errors import CancelledCall, map_grpc_error
-from agent_node.model import Description, Reply
+from agent_node.model import CallProgress, Description, Reply
 from agent_node.tunnel import FAILED, Tunnel
 from agent_node.wire import (
     to_pb_message,
@@ -375,6 +375,8 @@ class GrpcModel(_FallbackChain):
                  sampling: dict[str, Any] | None = None) -> None:
         super().__init__(client, chain, role)
         self.sampling = dict(sampling or {})
+        # Sees each chat() call in flight (agent_node.activity shows it on stderr).
+        self.on_progress: Callable[[CallProgress], None] | None = None
 
     def request(
         self,
@@ -427,7 +429,7 @@ class GrpcModel(_FallbackChain):
     ) -> Reply:
         reply = collect_reply(self.stream(messages, tools=tools, tool_choice=tool_choice,
                                           response_format=response_format,
-                                          max_tokens=max_tokens))
+                                          max_tokens=max_tokens), self.on_progress)
         reply.model = reply.model or self.name
         return reply
 

@@ -95,7 +95,9 @@ class QASection:
     timeout_s: float = 30.0  # navigation and load
     server_timeout_s: float = 20.0  # how long a started page server gets to answer
     judge_attempts: int = 3  # malformed judge replies are retried this many times in all
-    judge_max_tokens: int = 0  # max_tokens of one judge reply; 0: the server's default
+    # max_tokens of one judge reply (reasoning and answer); 0: the server's generous default.
+    # The answer itself is bounded by its schema (agent_node/schemas.py), so it always ends.
+    judge_max_tokens: int = 0
 
 
 @dataclass
@@ -104,12 +106,16 @@ class LoopSection:
     coder_max_turns: int = 30
     coder_max_tokens: int = 200_000  # tokens the coder generates per round (with reasoning)
     coder_wall_s: float = 900.0
-    coder_reply_tokens: int = 0  # max_tokens of one coder reply; 0: the server's default (32k)
+    # max_tokens of one coder reply; 0: the server's default (32k). Its tool call is bounded
+    # by the tool's schema (agent_node.schemas.bounded_tool), reasoning only by this.
+    coder_reply_tokens: int = 0
     tool_timeout_s: float = 120.0
     test_cmd: str = ""  # empty: detected from the repo (pytest, npm test, make test)
     test_timeout_s: float = 600.0  # the gate's test command; its process group is killed after
     output_limit: int = 12_000  # characters a tool result keeps (head + tail)
-    json_max_tokens: int = 0  # max_tokens of a classification/spec/review reply; 0: server's
+    # max_tokens of a classification/spec/review reply (reasoning and answer); 0: the server's
+    # generous default. The answer itself is bounded by its schema (agent_node/schemas.py).
+    json_max_tokens: int = 0
     json_retries: int = 2  # re-asks when a classification or verdict is not valid JSON
     ui_page: str = ""  # page the gate serves and checks for UI work; empty: the classifier's
 

@@ -110,7 +110,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rounds", type=int, default=2, help="fix rounds (default: 2)")
     p.add_argument("--turns", type=int, default=8, help="coder turns per round (default: 8)")
     p.add_argument("--reply-tokens", type=int, default=320,
-                   help="max tokens of one model reply (default: 320)")
+                   help="max tokens of one coder reply (default: 320); classification, spec, "
+                        "review and judge end by their bounded schemas")
     p.add_argument("--node-config", type=Path,
                    help="start the inference node with this inference-node.toml (e.g. one "
                    "model from `inference-node install`; `make demo MODEL=NAME` writes it)")
@@ -123,8 +124,6 @@ def main(argv: list[str]) -> int:
     cfg.loop.max_rounds = args.rounds
     cfg.loop.coder_max_turns = args.turns
     cfg.loop.coder_reply_tokens = args.reply_tokens
-    cfg.loop.json_max_tokens = args.reply_tokens
-    cfg.qa.judge_max_tokens = args.reply_tokens
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     repo = prepare_repo(example, studio_home() / "demo" / f"{args.example}-{stamp}")
     _say(f"working on a copy of {example} in {repo}")

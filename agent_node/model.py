@@ -46,6 +46,18 @@ class Reply:
 
 
 @dataclass
+class CallProgress:
+    """A model call in flight, as its stream arrives (for progress display; never a result)."""
+
+    model: str = ""
+    tokens: int = 0  # generated so far, content and reasoning; one per streamed piece
+    reasoning_tokens: int = 0
+    seconds: float = 0.0  # since the call was sent
+    queue_seconds: float = 0.0  # of which waiting for admission on the inference node
+    done: bool = False
+
+
+@dataclass
 class Description:
     text: str
     model: str

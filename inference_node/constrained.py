@@ -28,6 +28,14 @@ Forms of a forced tool call:
 call it starts on its own is left unconstrained too (it is parsed and validated afterwards, as
 without this module).
 
+A reasoning model (think markers that are special tokens, e.g. `<think>` … `</think>`; llguidance
+counts every added token as special) keeps its thinking
+(rule 3): the grammar allows free text up to the closing marker, then the answer. When the
+prompt already opened the block (the chat template wrote `<think>`), the reply starts inside
+it; otherwise the model may open one or answer at once. Only the answer is bounded by the
+schema; the thinking is bounded by max_tokens, as without a constraint. Which of the two
+applies is read from the prompt on the processor's first call, where mlx-lm passes it whole.
+
 Compiling the llguidance tokenizer takes ~0.4 s, so it is done once per loaded tokenizer and
 cached; compiling a grammar per request takes a few milliseconds. The processor holds no locks
 and no memory beyond one token mask, so cancellation and admission need nothing from it.
@@ -117,6 +125,9 @@ class Constraint:
     instruction: str = ""  # text for the system prompt; empty when the template says it
     native: tuple[str, str] | None = None  # (tool_call_start, tool_call_end) when native
     fallback_reason: str = ""  # why a model with a native format got the JSON form
+    # With reasoning markers: (ids of think start and end, the grammar when the prompt opened
+    # the block, the grammar when the model may open one). None: the answer from token one.
+    thinking: tuple[int, int, str, str] | None = None
     _processor: GrammarProcessor | None = field(default=None, init=False, repr=False)
 
     def logits_processor(self, reply_starts_at: int | None = None) -> GrammarProcessor:
@@ -125,7 +136,8 @@ class Constraint:
         `reply_starts_at`: the prompt's length, when the context it first sees already holds
         part of the reply (a batch rebuilt mid-reply): the matcher consumes that part first.
         """
-        self._processor = GrammarProcessor(self.lltok, self.grammar, reply_starts_at)
+        self._processor = GrammarProcessor(self.lltok, self.grammar, self.thinking,
+                                           reply_starts_at)
         return self._processor
 
     def stop_reached(self) -> bool:
@@ -161,18 +173,33 @@ class GrammarProcessor:
     """
 
     def __init__(self, lltok: llguidance.LLTokenizer, grammar: str,
+                 thinking: tuple[int, int, str, str] | None = None,
                  reply_starts_at: int | None = None) -> None:
-        self._matcher = llguidance.LLMatcher(lltok, grammar, log_level=0)
+        self._lltok = lltok
+        self._thinking = thinking
         self._eos = list(lltok.eos_tokens)
         self._bitmask = np.zeros((1, (lltok.vocab_size + 31) // 32), dtype=np.int32)
         self._seen: int | None = reply_starts_at  # context length at the previous call
+        self._matcher: llguidance.LLMatcher | None = None
+        self.error = ""
+        if thinking is None:
+            self._start(grammar)
+
+    def _start(self, grammar: str) -> None:
+        self._matcher = llguidance.LLMatcher(self._lltok, grammar, log_level=0)
         self.error = self._matcher.get_error()
 
     def stop_reached(self) -> bool:
-        return self._matcher.is_stopped() or bool(self.error)
+        return self._matcher is not None and (self._matcher.is_stopped() or bool(self.error))
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         n = tokens.shape[0]
+        if self._matcher is None and self._thinking is not None:  # first call: the prompt
+            start_id, end_id, inside, may_open = self._thinking
+            # The prompt ends where the reply starts (a rebuilt batch also shows part of it).
+            prompt: list[int] = tokens.tolist()[: self._seen]  # type: ignore[assignment]
+            opened = _rindex(prompt, start_id) > _rindex(prompt, end_id)
+            self._start(inside if opened else may_open)
         new: list[int] = []
         if self._seen is not None and n > self._seen:
             new = tokens[self._seen :].tolist()  # type: ignore[assignment]
@@ -181,9 +208,11 @@ class GrammarProcessor:
         mx.async_eval(logits)
         # Once stopped, the only token left is EOS, which mlx-lm's batched path feeds back
         # one step before it ends the sequence; the matcher would call that an error.
-        if new and not self.error and not self._matcher.is_stopped():
-            if not self._matcher.consume_tokens(new):
-                self.error = self._matcher.get_error() or f"tokens {new} rejected by the grammar"
+        matcher = self._matcher
+        assert matcher is not None
+        if new and not self.error and not matcher.is_stopped():
+            if not matcher.consume_tokens(new):
+                self.error = matcher.get_error() or f"tokens {new} rejected by the grammar"
         self._seen = n
         return mx.where(self._allowed(logits.shape[-1]), logits, -mx.inf)
 
@@ -192,6 +221,7 @@ class GrammarProcessor:
             allowed = np.zeros(vocab, dtype=bool)
             allowed[self._eos] = True  # end the reply as soon as possible
         else:
+            assert self._matcher is not None
             fill_next_token_bitmask(self._matcher, self._bitmask)
             bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
             allowed = np.zeros(vocab, dtype=bool)
@@ -220,7 +250,10 @@ def compile_response_format(
         instruction = SCHEMA_INSTRUCTION.format(schema=json.dumps(schema))
     lltok = ll_tokenizer(tokenizer)
     grammar = _json_grammar(schema, lltok, "response_format schema", FORMAT_FIELD)
-    return Constraint(lltok, grammar, "response_format", instruction=instruction)
+    answer = f"answer: %json {json.dumps(_json_for_lark(schema))}\n"
+    return Constraint(lltok, grammar, "response_format", instruction=instruction,
+                      thinking=_thinking(answer, tokenizer, lltok, "response_format schema",
+                                         FORMAT_FIELD))
 
 
 def compile_tool_choice(
@@ -268,19 +301,22 @@ def compile_tool_choice(
             for t in tools
             if t.get("name") in by_name
         )
+        answer = f"answer: %json {json.dumps(_json_for_lark(schema))}\n"
         return Constraint(
             lltok, body, "tool_call",
             instruction=TOOLS_INSTRUCTION.format(tools=listed), fallback_reason=reason,
+            thinking=_thinking(answer, tokenizer, lltok, "tool parameters"),
         )
     start, end = native
-    lark = (
-        f"start: {_literal(start, tokenizer, lltok)} \"\\n\" body \"\\n\" "
+    answer = (
+        f"answer: {_literal(start, tokenizer, lltok)} \"\\n\" body \"\\n\" "
         f"{_literal(end, tokenizer, lltok)}\n"
         f"body: %json {json.dumps(closed_objects(schema))}\n"
     )
-    grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+    grammar = llguidance.LLMatcher.grammar_from_lark("start: answer\n" + answer)
     _validate(grammar, lltok, "tool parameters", "tools")
-    return Constraint(lltok, grammar, "tool_call", native=native)
+    return Constraint(lltok, grammar, "tool_call", native=native,
+                      thinking=_thinking(answer, tokenizer, lltok, "tool parameters", "tools"))
 
 
 def tool_call_schema(params_by_name: dict[str, dict]) -> dict:
@@ -350,6 +386,48 @@ def _json_grammar(schema: dict, lltok: llguidance.LLTokenizer, what: str, field:
                          expected="a JSON Schema llguidance can compile") from None
     _validate(grammar, lltok, what, field)
     return grammar
+
+
+def _json_for_lark(schema: dict) -> dict:
+    """The schema as `%json` in a lark grammar takes it, with the compact-JSON options."""
+    return {**closed_objects(schema), "x-guidance": JSON_OPTIONS}
+
+
+def _thinking(answer: str, tokenizer: Any, lltok: llguidance.LLTokenizer, what: str,
+              field: str) -> tuple[int, int, str, str] | None:
+    """For a model with one-token reasoning markers: (start id, end id, the grammar when the
+    prompt opened the block, the grammar when the model may open one). Else None.
+
+    `answer` is lark rules defining `answer`. The thinking is any text up to the closing
+    marker; a little whitespace may follow it before the answer.
+    """
+    if not getattr(tokenizer, "has_thinking", False):
+        return None
+    starts: list[int] = list(tokenizer.think_start_tokens or ())
+    ends: list[int] = list(tokenizer.think_end_tokens or ())
+    if len(starts) != 1 or len(ends) != 1:
+        return None  # a multi-token channel format: the answer is constrained from token one
+    open_, close = (_literal(m, tokenizer, lltok)
+                    for m in (tokenizer.think_start, tokenizer.think_end))
+    if not close.startswith("<["):
+        # Markers that are plain text to llguidance (it counts every added token as special,
+        # so this is a marker inside the ordinary vocabulary): the answer from token one.
+        return None
+    rules = (f"thought: /(.|\\n)*/ {close} gap?\n"  # text cannot contain a special token
+             "gap: /[ \\t\\r\\n]{1,8}/\n" + answer)
+    inside = llguidance.LLMatcher.grammar_from_lark("start: thought answer\n" + rules)
+    may_open = llguidance.LLMatcher.grammar_from_lark(
+        f"start: ({open_} thought)? answer\n" + rules)
+    for grammar in (inside, may_open):
+        _validate(grammar, lltok, what, field)
+    return starts[0], ends[0], inside, may_open
+
+
+def _rindex(tokens: list[int], token: int) -> int:
+    for i in range(len(tokens) - 1, -1, -1):
+        if tokens[i] == token:
+            return i
+    return -1
 
 
 def _validate(grammar: str, lltok: llguidance.LLTokenizer, what: str, field: str) -> None:

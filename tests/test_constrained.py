@@ -261,3 +261,82 @@ def test_unknown_tool_name_and_mode_are_refused(smol: tuple[Any, Any]) -> None:
 
 def test_llguidance_tokenizer_is_built_once_per_tokenizer(smol: tuple[Any, Any]) -> None:
     assert ll_tokenizer(smol[1]) is ll_tokenizer(smol[1])
+
+
+# ---------------------------------------------------------------- reasoning models
+
+
+def thinking_tokenizer(smollm2_dir: Path, dest: Path, special: bool) -> Any:
+    """SmolLM2's tokenizer with two unused added tokens renamed <think> and </think>: a
+    stand-in for a reasoning model (mlx-lm reads its think markers from the vocabulary)."""
+    dest.mkdir()
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(smollm2_dir / f, dest / f)
+    spec = json.loads((dest / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    for added in spec["added_tokens"]:
+        if added["id"] in (3, 4):
+            del vocab[added["content"]]
+            added["content"] = "<think>" if added["id"] == 3 else "</think>"
+            added["special"] = special
+            vocab[added["content"]] = added["id"]
+    (dest / "tokenizer.json").write_text(json.dumps(spec))
+    config = json.loads((dest / "tokenizer_config.json").read_text())
+    config.pop("added_tokens_decoder", None)
+    (dest / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = load_tokenizer(dest)
+    assert tokenizer.has_thinking and tokenizer.think_start_tokens == (3,)
+    return tokenizer
+
+
+def feed(constraint: Constraint, prompt: list[int], reply: list[int]) -> str:
+    """Offer `reply` token by token; "" if the grammar took all of it and is complete, else
+    where it was refused."""
+    processor = constraint.logits_processor()
+    context = list(prompt)
+    logits = mx.zeros((1, 49152))
+    allowed = processor(mx.array(context), logits)
+    for token in reply:
+        if allowed[0, token].item() == -float("inf"):
+            return f"refused token {token} after {len(context) - len(prompt)} tokens"
+        context.append(token)
+        allowed = processor(mx.array(context), logits)
+    return "" if constraint.stop_reached() else "incomplete"
+
+
+REASON = {"type": "object", "properties": {"reason": {"type": "string", "maxLength": 10}},
+          "required": ["reason"]}
+
+
+# Added tokens are special to llguidance whether or not the tokenizer marks them so (Qwen3's
+# <think> is added with "special": false); both kinds are checked.
+@pytest.mark.parametrize("special", [True, False], ids=["special", "added-not-special"])
+def test_a_reasoning_model_thinks_freely_and_only_its_answer_is_bounded(
+    smollm2_dir: Path, tmp_path: Path, special: bool
+) -> None:
+    tok = thinking_tokenizer(smollm2_dir, tmp_path / "thinker", special)
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    opened = enc("Classify this.") + [3]  # the chat template opened <think>
+    thought = enc(" Let me weigh the task against the files once more.") * 60  # ~700 tokens
+    constraint = compile_response_format(tok, REASON, False)
+    assert len(thought) > 600
+    assert feed(constraint, opened, thought + [4] + enc('\n\n{"reason": "a fix"}')) == ""
+    refused = feed(constraint, opened, thought + [4] + enc('{"reason": "far too long a reason"}'))
+    assert refused.startswith("refused") and int(refused.split()[-2]) > len(thought)
+    # Not opened by the template: the model may open it itself, or answer at once.
+    asked = enc("Classify this.")
+    assert feed(constraint, asked, [3] + thought + [4] + enc('{"reason": "ok"}')) == ""
+    assert feed(constraint, asked, enc('{"reason": "ok"}')) == ""
+    assert feed(constraint, asked, enc('Sure! {"reason": "ok"}')).startswith("refused")
+
+
+def test_a_forced_tool_call_leaves_a_reasoning_model_its_thinking(
+    smollm2_dir: Path, tmp_path: Path
+) -> None:
+    tok = thinking_tokenizer(smollm2_dir, tmp_path / "thinker", True)
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    constraint = compile_tool_choice(tok, [READ_FILE], "required")
+    assert constraint is not None and constraint.thinking is not None
+    call = enc('{"name": "read_file", "arguments": {"path": "setup.cfg"}}')
+    thought = enc(" Which file? setup.cfg.")
+    assert feed(constraint, enc("Read it.") + [3], thought + [4] + call) == ""

@@ -13,8 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent_node import activity
+from agent_node.exceptions import DeadlineExceeded
 from agent_node.model import Model, Reply
+from agent_node.schemas import bounded_tool
 from agent_node.tools import run_tool
+from agent_node.unfinished import TIME, explain
 
 Emit = Callable[..., Any]  # emit(type, **fields)
 
@@ -22,9 +26,10 @@ Emit = Callable[..., Any]  # emit(type, **fields)
 @dataclass
 class CoderLimits:
     max_turns: int = 30
-    max_tokens: int = 200_000  # tokens generated (completion + reasoning) in one round
+    max_tokens: int = 200_000  # tokens generated in one round, reasoning included
     wall_s: float = 900.0
     reply_tokens: int | None = None  # per reply; None: the server's generous default
+    timeout_s: float = 0.0  # the stream's deadline ([inference] timeout_s), for messages
 
 
 @dataclass
@@ -32,7 +37,7 @@ class CoderResult:
     report: str
     turns: int
     tokens: int
-    stopped: str  # "finish" | "answer" | "max_turns" | "max_tokens" | "wall_time"
+    stopped: str  # "finish" | "answer" | "max_turns" | "max_tokens" | "wall_time" | "deadline"
     messages: list[dict[str, Any]]
 
 
@@ -64,7 +69,7 @@ def run_coder(
         {"role": "system", "content": system_prompt},
         {"role": "user", "content": brief},
     ]
-    specs = [tool_spec(t) for t in tools.values()]
+    specs = [bounded_tool(tool_spec(t)) for t in tools.values()]  # so every turn ends
     start = time.monotonic()
     turns = tokens = 0
     last_text = ""
@@ -83,10 +88,21 @@ def run_coder(
                           "wall_time")
         # Every turn is a tool call (finishing is the `finish` tool), so the server can constrain
         # the call to the tools' schemas even for models with no tool format of their own.
-        reply = model.chat(messages, tools=specs, tool_choice="required",
-                           max_tokens=limits.reply_tokens)
+        try:
+            reply = model.chat(messages, tools=specs, tool_choice="required",
+                               max_tokens=limits.reply_tokens)
+        except DeadlineExceeded as e:  # one reply ran past the stream's deadline: end the round
+            last = activity.last_call()  # a forced tool call streams no tokens until it ends
+            why = explain(f"coder turn {turns + 1}", e.model or model.name, TIME,
+                          tokens=last.tokens if last and last.tokens else None,
+                          seconds=last.seconds if last else 0.0,
+                          budget_key="[loop] coder_reply_tokens", timeout_s=limits.timeout_s,
+                          unknown_because="a tool call is not streamed: it arrives whole")
+            emit("note", text=f"{why}; the round goes on to the gate with what is in the checkout",
+                 round=round_no)
+            return result(_cut_report("deadline", "the stream's deadline", last_text), "deadline")
         turns += 1
-        tokens += reply.usage.completion_tokens + reply.usage.reasoning_tokens
+        tokens += reply.usage.completion_tokens  # reasoning tokens are among them
         emit("model_call", role="coder", round=round_no, **reply_fields(reply))
         last_text = reply.text or last_text
         messages.append({

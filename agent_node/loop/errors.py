@@ -4,6 +4,7 @@
     ├── UsageError             exit 2  not a git repo, missing spec file, unknown run id
     ├── RefusedError           exit 1  approve/reject refused (dirty files, run did not pass)
     └── StructuredOutputError          a model gave no valid JSON after the allowed retries
+        └── UnfinishedJSON             it ran out of max_tokens or time before closing it
 """
 
 from __future__ import annotations
@@ -27,3 +28,14 @@ class StructuredOutputError(LoopError):
     def __init__(self, message: str, last_text: str = "") -> None:
         super().__init__(message)
         self.last_text = last_text
+
+
+class UnfinishedJSON(StructuredOutputError):
+    """A structured call ended before its JSON was closed: cut off by max_tokens or the stream's
+    deadline. Never retried (the same call would run out the same way); the message names the
+    step, the model, the tokens produced and what to change (`agent_node.unfinished.explain`)."""
+
+    def __init__(self, message: str, last_text: str = "", *, step: str = "", model: str = "",
+                 tokens: int | None = None, why: str = "") -> None:
+        super().__init__(message, last_text)
+        self.step, self.model, self.tokens, self.why = step, model, tokens, why

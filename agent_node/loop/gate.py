@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent_node import activity
 from agent_node.loop.checkout import Diff
 from agent_node.sandbox import Sandbox
 
@@ -148,8 +149,11 @@ def run_gate(
     if touched:
         flags.append("the diff changes or deletes existing tests: " + ", ".join(touched))
 
-    tests = (run_tests(test_cmd, tree, timeout_s, sandbox=sandbox, output_limit=output_limit)
-             if test_cmd else None)
+    tests = None
+    if test_cmd:
+        with activity.stage("tests"):
+            tests = run_tests(test_cmd, tree, timeout_s, sandbox=sandbox,
+                              output_limit=output_limit)
     if tests is None:
         flags.append("no test command was configured or detected; nothing was tested")
     elif not tests.passed:
@@ -167,7 +171,8 @@ def run_gate(
         if qa is None:
             flags.append("UI task, but no visual QA is available; the page was not looked at")
         else:
-            outcome = qa(ui_url, spec, qa_dir or tree)
+            with activity.stage("visual QA"):
+                outcome = qa(ui_url, spec, qa_dir or tree)
             if outcome.note and (outcome.passed or outcome.failures):
                 flags.append(outcome.note)
             for f in outcome.failures:

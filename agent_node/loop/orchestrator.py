@@ -20,19 +20,21 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from agent_node import activity
 from agent_node.config import AgentConfig
 from agent_node.loop import prompts
 from agent_node.loop.checkout import Checkout, checkouts_root
 from agent_node.loop.coder import CoderLimits, reply_fields, run_coder
-from agent_node.loop.errors import StructuredOutputError, UsageError
+from agent_node.loop.errors import StructuredOutputError, UnfinishedJSON, UsageError
 from agent_node.loop.gate import GateResult, QACheck, detect_test_cmd, gate_event, run_gate
 from agent_node.loop.repo import current_branch, dirty_paths, head_commit, repo_root
-from agent_node.loop.structured import CLASSIFY, REVIEW, SPEC, ask_json
+from agent_node.loop.structured import REVIEW, SPEC, ask_json
 from agent_node.loop.visual import serve_directory
 from agent_node.model import Model, Reply
 from agent_node.report import write_report
 from agent_node.runs import Listener, RunRecord, make_private, summarize
 from agent_node.sandbox import Sandbox, SandboxUnavailable
+from agent_node.schemas import classify_schema
 
 ToolsFactory = Callable[[Path], dict[str, Any]]
 MAX_FILES_LISTED = 200
@@ -92,10 +94,14 @@ def run_task(
     sandbox = sandbox_for(cfg)
     record = RunRecord.create(home)
     record.listeners.extend(listeners)
+    for m in {id(model): model, id(coder_model): coder_model}.values():
+        if getattr(m, "on_progress", False) is None:  # a GrpcModel's hook, not yet taken
+            setattr(m, "on_progress", activity.call_progress)  # noqa: B010
     run = _Run(record, task, root, dirty, model, coder_model or model, cfg, spec, test_cmd, qa,
                tools_factory or default_tools(cfg, sandbox), sandbox, home)
     try:
-        run.go()
+        with activity.reporting(lambda e: _on_activity(record, e)):
+            run.go()
     except KeyboardInterrupt:
         record.emit("verdict", verdict="interrupted", reasons=["interrupted (Ctrl-C)"])
         raise
@@ -108,6 +114,16 @@ def run_task(
         record.close()
         write_report(record.dir)
     return summarize(record.dir)
+
+
+def _on_activity(record: RunRecord, event: dict[str, Any]) -> None:
+    """Stages go into the record; a call's in-flight progress only to the listeners."""
+    if event["type"] == "stage":
+        fields = {k: v for k, v in event.items() if k != "type"}
+        record.emit("stage", **fields)
+        return
+    for listener in record.listeners:
+        listener(event)
 
 
 class _Run:
@@ -144,10 +160,12 @@ class _Run:
         work = self.checkout.work
         files = self.checkout.files()
 
-        kind = self.classify(files)
+        with activity.stage("classify"):
+            kind = self.classify(files)
         spec = self.spec
         if spec is None and kind["ui"]:
-            spec = self.write_spec()
+            with activity.stage("spec"):
+                spec = self.write_spec()
         elif spec is not None:
             self.emit("spec", statements=spec, source="file")
         page = self.cfg.loop.ui_page or kind.get("page") or ""
@@ -168,18 +186,22 @@ class _Run:
                 page=page, failures=failures, round=round_no)
             self.record.write_text(f"round-{round_no}/brief.md", brief)
             self.emit("round_started", round=round_no, brief_file=f"round-{round_no}/brief.md")
-            coder = run_coder(
-                self.coder_model, prompts.render("coder_system"), brief,
-                self.tools_factory(work),
-                CoderLimits(self.cfg.loop.coder_max_turns, self.cfg.loop.coder_max_tokens,
-                            self.cfg.loop.coder_wall_s, self.cfg.loop.coder_reply_tokens or None),
-                emit=self.emit, round_no=round_no)
+            with activity.stage("coder", round=round_no):
+                coder = run_coder(
+                    self.coder_model, prompts.render("coder_system"), brief,
+                    self.tools_factory(work),
+                    CoderLimits(self.cfg.loop.coder_max_turns, self.cfg.loop.coder_max_tokens,
+                                self.cfg.loop.coder_wall_s,
+                                self.cfg.loop.coder_reply_tokens or None,
+                                self.cfg.inference.timeout_s),
+                    emit=self.emit, round_no=round_no)
             self.record.write_text(f"round-{round_no}/coder.json",
                                    json.dumps(coder.messages, indent=1, default=str))
             self.emit("coder_done", round=round_no, report=coder.report, turns=coder.turns,
                       tokens=coder.tokens, stopped=coder.stopped)
 
-            gate = self.gate(round_no, base, test_cmd, kind["asks_for_change"], spec, page)
+            with activity.stage("gate", round=round_no):
+                gate = self.gate(round_no, base, test_cmd, kind["asks_for_change"], spec, page)
             passed, reasons, fixes = self.judge(round_no, gate, coder.report, spec, test_cmd)
             verdict = "pass" if passed else "fail"
             self.emit("round_verdict", round=round_no, verdict=verdict, reasons=reasons,
@@ -203,7 +225,16 @@ class _Run:
 
         return ask_json(self.model, [{"role": "user", "content": prompt}], schema,
                         retries=self.cfg.loop.json_retries, on_reply=log,
-                        max_tokens=self.cfg.loop.json_max_tokens or None)
+                        max_tokens=self.cfg.loop.json_max_tokens or None, step=role,
+                        budget_key="[loop] json_max_tokens",
+                        timeout_s=self.cfg.inference.timeout_s)
+
+    def unfinished(self, e: StructuredOutputError, fallback: str) -> None:
+        """Say plainly that a structured call gave nothing usable, and what the run does now."""
+        fields: dict[str, Any] = {}
+        if isinstance(e, UnfinishedJSON):
+            fields = {"step": e.step, "model": e.model, "tokens": e.tokens, "ran_out": e.why}
+        self.emit("note", text=f"{e}; {fallback}", **fields)
 
     def classify(self, files: list[str]) -> dict[str, Any]:
         if self.spec is not None:
@@ -211,21 +242,25 @@ class _Run:
         else:
             prompt = prompts.render("classify", task=self.task, files=files[:MAX_FILES_LISTED])
             try:
-                kind = self.ask("classify", prompt, CLASSIFY)
+                kind = self.ask("classify", prompt, classify_schema(files))
             except StructuredOutputError as e:
+                fallback = "assuming a non-UI change"
+                self.unfinished(e, fallback)
                 kind = {"ui": False, "asks_for_change": True, "page": "",
-                        "reason": f"classification failed, assuming a non-UI change: {e}"}
+                        "reason": f"classification failed, {fallback}: {e}"}
         self.emit("classified", **kind)
         return kind
 
     def write_spec(self) -> list[str]:
+        source = "model"
         try:
             statements = list(self.ask("spec", prompts.render("spec", task=self.task),
                                        SPEC)["statements"])
         except StructuredOutputError as e:
             statements = ["no horizontal overflow at desktop or phone width", "no console errors"]
-            self.emit("note", text=f"the spec could not be written ({e}); using a minimal one")
-        self.emit("spec", statements=statements, source="model")
+            self.unfinished(e, "the spec could not be written; using a minimal one")
+            source = "minimal (the model's spec was unusable)"
+        self.emit("spec", statements=statements, source=source)
         return statements
 
     def gate(self, round_no: int, base: str, test_cmd: str, asks_for_change: bool,
@@ -271,8 +306,10 @@ class _Run:
             test_result=("not run" if t is None else f"exit {t.exit_code} in {t.seconds:.1f} s"),
             diff=gate.diff.patch[: self.cfg.loop.output_limit * 2])
         try:
-            review = self.ask("review", prompt, REVIEW, round_no)
+            with activity.stage("review", round=round_no):
+                review = self.ask("review", prompt, REVIEW, round_no)
         except StructuredOutputError as e:
+            self.unfinished(e, "the round fails: an unreviewed change is never passed")
             return False, [f"the review gave no usable verdict: {e}"], [
                 "the change could not be reviewed; make it again, clearly and minimally"]
         reasons = list(review["reasons"]) + gate.flags

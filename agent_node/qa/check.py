@@ -12,10 +12,12 @@ facts.json, descriptions.json, verdict.json, result.json), so a crash loses noth
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent_node import activity
 from agent_node.model import Describer, Model
 from agent_node.qa.capture import Capturer
 from agent_node.qa.describe import ViewportDescription, describe_capture
@@ -67,7 +69,8 @@ def check_page(
     """
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     out_dir.mkdir(parents=True, exist_ok=True)
-    capture = capturer.capture(url)
+    with activity.stage("capture"):
+        capture = capturer.capture(url)
     shots = {}
     for name, vc in capture.viewports.items():
         shots[name] = out_dir / f"{name}.png"
@@ -77,11 +80,13 @@ def check_page(
     facts = facts_of(capture, min_font_px=capturer.cfg.min_font_px)
     spec.apply(facts)
     _write(out_dir / "facts.json", [f.to_dict() for f in facts])
-    descriptions = describe_capture(describer, capture)
+    with activity.stage("describe") if describer is not None else nullcontext():
+        descriptions = describe_capture(describer, capture)
     _write(out_dir / "descriptions.json", {k: d.to_dict() for k, d in descriptions.items()})
-    verdict = judge(spec, facts, descriptions, model=model, url=url,
-                    attempts=capturer.cfg.judge_attempts,
-                    max_tokens=capturer.cfg.judge_max_tokens or None)
+    with activity.stage("judge"):
+        verdict = judge(spec, facts, descriptions, model=model, url=url,
+                        attempts=capturer.cfg.judge_attempts,
+                        max_tokens=capturer.cfg.judge_max_tokens or None)
     _write(out_dir / "verdict.json", verdict.to_dict())
     result = QAResult(url, out_dir, shots, facts, descriptions, verdict, capture.seconds, notes)
     _write(out_dir / "result.json", result.to_dict())

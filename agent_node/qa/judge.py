@@ -11,13 +11,15 @@ that excuse measured facts (`agent_node.qa.spec` has the full format):
     - The "Start free" button is visible without scrolling on both viewports.
     allow: console-error /favicon\\.ico/
 
-The model is asked for JSON with `response_format` = VERDICT_SCHEMA (the server constrains
-decoding to it) and the reply is validated with jsonschema anyway. A malformed reply is
-retried, with the reason, up to `attempts` times in all, then reported as status "error":
-never taken as a pass. Hard facts (console error, uncaught exception, failed request,
-horizontal overflow) fail the page on their own whatever the model says, unless the spec
-allows them. With no model the verdict comes from the facts alone and says so.
-Prompts live in `agent_node/prompts/qa_judge*.md`.
+The model is asked for JSON with `response_format` = VERDICT_SCHEMA (bounded, from
+`agent_node.schemas`; the server constrains decoding to it) and the reply is validated with
+jsonschema anyway. A malformed reply is retried, with the reason, up to `attempts` times in
+all, then reported as status "error": never taken as a pass. A reply cut off by max_tokens, or
+a call whose deadline passes, is not retried: it is status "error" at once, with a message
+that names the model, the tokens it produced and what to change. Hard facts (console error,
+uncaught exception, failed request, horizontal overflow) fail the page on their own whatever
+the model says, unless the spec allows them. With no model the verdict comes from the facts
+alone and says so. Prompts live in `agent_node/prompts/qa_judge*.md`.
 """
 
 from __future__ import annotations
@@ -29,37 +31,17 @@ from typing import Any
 
 import jsonschema
 
+from agent_node import activity
+from agent_node.exceptions import DeadlineExceeded
 from agent_node.model import Model
 from agent_node.qa.describe import ViewportDescription
 from agent_node.qa.facts import Fact
 from agent_node.qa.prompts import load_prompt
 from agent_node.qa.spec import Spec
+from agent_node.schemas import VERDICT, answer_chars
+from agent_node.unfinished import TIME, cut_off, explain
 
-VIEWPORTS = ("desktop", "phone", "both")
-VERDICT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["pass", "failures"],
-    "properties": {
-        "pass": {"type": "boolean"},
-        "failures": {
-            "type": "array",
-            "maxItems": 20,
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["statement", "evidence", "viewport", "fix"],
-                "properties": {
-                    # Bounded, so a constrained small model cannot write one string forever.
-                    "statement": {"type": "string", "minLength": 1, "maxLength": 300},
-                    "evidence": {"type": "string", "minLength": 1, "maxLength": 600},
-                    "viewport": {"type": "string", "enum": list(VIEWPORTS)},
-                    "fix": {"type": "string", "minLength": 1, "maxLength": 600},
-                },
-            },
-        },
-    },
-}
+VERDICT_SCHEMA: dict[str, Any] = VERDICT  # bounded: see agent_node.schemas
 FACT_STATEMENTS = {
     "console-error": "No errors in the browser console",
     "page-error": "No uncaught exceptions",
@@ -108,6 +90,7 @@ def judge(
     url: str = "",
     attempts: int = 3,
     max_tokens: int | None = None,
+    timeout_s: float = 0.0,
 ) -> Verdict:
     spec.apply(facts)
     fact_failures = failures_from_facts(facts)
@@ -129,12 +112,33 @@ def judge(
     ]
     why = ""
     for attempt in range(1, max(1, attempts) + 1):
-        reply = model.chat(messages, response_format=VERDICT_SCHEMA, max_tokens=max_tokens)
+        try:
+            reply = model.chat(messages, response_format=VERDICT_SCHEMA, max_tokens=max_tokens)
+        except DeadlineExceeded as e:
+            last = activity.last_call()
+            return Verdict("error", fact_failures, model.name, attempt, allowed=allowed, error=(
+                explain("judge", e.model or model.name, TIME,
+                        tokens=last.tokens if last else None,
+                        reasoning_tokens=last.reasoning_tokens if last else 0,
+                        seconds=last.seconds if last else 0.0,
+                        budget_key="[qa] judge_max_tokens", timeout_s=timeout_s)
+                + ". The page is not passed."))
         try:
             model_pass, model_failures = parse_verdict(reply.text, reply.finish_reason,
                                                        reply.cut_off_while_reasoning)
         except Malformed as e:
             why = str(e)
+            ran_out = cut_off(reply)
+            if ran_out:  # asking again would run out the same way
+                used = reply.usage.completion_tokens  # reasoning included
+                return Verdict("error", fact_failures, reply.model or model.name, attempt,
+                               allowed=allowed, error=explain(
+                                   "judge", reply.model or model.name, ran_out, tokens=used,
+                                   reasoning_tokens=reply.usage.reasoning_tokens,
+                                   seconds=reply.seconds, limit=max_tokens,
+                                   budget_key="[qa] judge_max_tokens",
+                                   answer_chars=answer_chars(VERDICT_SCHEMA))
+                               + ". The page is not passed.")
             messages += [
                 {"role": "assistant", "content": reply.text},
                 {"role": "user", "content": f"That reply cannot be used: {why}. Reply with only "
@@ -166,17 +170,21 @@ def parse_verdict(text: str, finish_reason: str = "stop",
     except json.JSONDecodeError as e:
         cut = " (cut off at max_tokens)" if finish_reason == "length" else ""
         raise Malformed(f"not valid JSON{cut}: {e.msg} at character {e.pos}") from None
+    # The two branches of the schema, named plainly before the schema's own anyOf message.
+    if isinstance(obj, dict) and isinstance(obj.get("failures"), list):
+        if obj.get("pass") is True and obj["failures"]:
+            raise Malformed(f'"pass" is true but {len(obj["failures"])} failure(s) are listed')
+        if obj.get("pass") is False and not obj["failures"]:
+            raise Malformed('"pass" is false but no failure is listed; name each one')
+    schema = VERDICT_SCHEMA
+    if isinstance(obj, dict) and isinstance(obj.get("pass"), bool):  # its branch: clearer errors
+        schema = VERDICT_SCHEMA["anyOf"][0 if obj["pass"] else 1]
     try:
-        jsonschema.validate(obj, VERDICT_SCHEMA)
+        jsonschema.validate(obj, schema)
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "the top level"
         raise Malformed(f"does not match the schema at {where}: {e.message}") from None
-    failures = [Failure(**f) for f in obj["failures"]]
-    if obj["pass"] and failures:
-        raise Malformed(f'"pass" is true but {len(failures)} failure(s) are listed')
-    if not obj["pass"] and not failures:
-        raise Malformed('"pass" is false but no failure is listed; name each one')
-    return obj["pass"], failures
+    return obj["pass"], [Failure(**f) for f in obj["failures"]]
 
 
 def failures_from_facts(facts: list[Fact]) -> list[Failure]:
