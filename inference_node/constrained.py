@@ -197,7 +197,7 @@ class GrammarProcessor:
         if self._matcher is None and self._thinking is not None:  # first call: the prompt
             start_id, end_id, inside, may_open = self._thinking
             # The prompt ends where the reply starts (a rebuilt batch also shows part of it).
-            prompt: list[int] = tokens.tolist()[: self._seen]  # type: ignore[assignment]
+            prompt: list[int] = tokens.tolist()[: self._seen]  # type: ignore[assignment,index]
             opened = _rindex(prompt, start_id) > _rindex(prompt, end_id)
             self._start(inside if opened else may_open)
         new: list[int] = []
@@ -305,7 +305,7 @@ def compile_tool_choice(
         return Constraint(
             lltok, body, "tool_call",
             instruction=TOOLS_INSTRUCTION.format(tools=listed), fallback_reason=reason,
-            thinking=_thinking(answer, tokenizer, lltok, "tool parameters"),
+            thinking=_thinking(answer, tokenizer, lltok, "tool parameters", "tools"),
         )
     start, end = native
     answer = (

@@ -10,15 +10,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 from scripted_model import ScriptedModel, as_json
-from test_loop import (  # noqa: F401  (git_identity is an autouse fixture)
-    NOT_UI,
-    PASS,
-    _chromium_available,
-    fix_calc,
-    git_identity,
-    make_repo,
-    run,
-)
+from test_loop import _chromium_available
+from user_repo import NOT_UI, PASS, fix_calc, isolate, make_repo, run
 
 from agent_node import activity
 from agent_node.client import collect_reply
@@ -28,6 +21,11 @@ from agent_node.loop.progress import Progress
 from agent_node.model import CallProgress
 from agent_node.runs import read_events
 from inference_node.api import pb
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    isolate(monkeypatch, tmp_path)
 
 
 def progress(terminal: bool = False, every_s: float = 10.0) -> tuple[Progress, io.StringIO]:

@@ -13,10 +13,16 @@ import re
 from pathlib import Path
 
 import pytest
-from test_loop import fingerprint, git_identity, make_repo  # noqa: F401  (autouse fixture)
+from user_repo import fingerprint, isolate, make_repo
 
 from agent_node.loop import cli
 from agent_node.runs import read_events
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    isolate(monkeypatch, tmp_path)
+
 
 CALC = "def add(a, b):\n    return a - b\n"
 TEST_CALC = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"

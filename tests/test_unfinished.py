@@ -9,16 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from scripted_model import ScriptedModel, as_json
-from test_loop import (  # noqa: F401  (git_identity is an autouse fixture)
-    NOT_UI,
-    PASS,
-    fingerprint,
-    fix_calc,
-    git_identity,
-    make_repo,
-    run,
-)
+from user_repo import NOT_UI, PASS, fingerprint, fix_calc, isolate, make_repo, run
 
 from agent_node.config import AgentConfig
 from agent_node.exceptions import DeadlineExceeded
@@ -26,6 +19,12 @@ from agent_node.model import CallProgress, Reply, Usage
 from agent_node.qa.judge import judge
 from agent_node.qa.spec import Spec
 from agent_node.runs import read_events
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    isolate(monkeypatch, tmp_path)
+
 
 RAMBLE = '{"ui": false, "asks_for_change": true, "page": "", "reason": "' + "1." * 4000
 
