@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inference_node.api.reasons import truncate
-from inference_node.config import InferenceConfig, ModelEntry, studio_home
+from inference_node.config import InferenceConfig, ModelEntry
 from inference_node.errors import BadRequest, LoadFailed, UnknownModel
+from studio_common.paths import studio_home
 
 
 @dataclass

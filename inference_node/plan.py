@@ -16,11 +16,12 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from inference_node.api.tomlconf import ConfigError
-from inference_node.config import ModelEntry, load_config, studio_home
+from inference_node.config import ModelEntry, load_config
 from inference_node.errors import InferenceError
 from inference_node.footprint import Footprint, dequantizes_on_load, estimate
 from inference_node.machine import default_budget, gib
+from studio_common.paths import studio_home
+from studio_common.tomlconf import ConfigError
 
 MAX_COMBINATION_MODELS = 12  # 2**12 subsets is still instant
 

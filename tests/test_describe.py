@@ -17,9 +17,10 @@ from images import png_declaring
 
 from inference_node.admission import GB, kv_tokens
 from inference_node.api import pb
-from inference_node.config import DESCRIBE_PROMPT, MAX_MESSAGE_BYTES
+from inference_node.config import DESCRIBE_PROMPT
 from inference_node.footprint import Footprint
 from inference_node.plan import PlannedModel, plan
+from studio_common.channel import MAX_MESSAGE_BYTES
 
 MB = 1 << 20
 

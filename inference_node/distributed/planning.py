@@ -50,7 +50,7 @@ def host_budgets(cfg: InferenceConfig, cluster: Cluster) -> list[HostRow]:
     d = cfg.distributed
     cache = int(cfg.engine.prompt_cache_mb * 2**20)
     if d.budgets_gb and len(d.budgets_gb) != cluster.size:
-        from inference_node.api.tomlconf import ConfigError
+        from studio_common.tomlconf import ConfigError
 
         raise ConfigError(f"{cfg.source}: distributed.budgets_gb has {len(d.budgets_gb)} "
                           f"entries for {cluster.size} hosts; give one per rank")
@@ -79,7 +79,7 @@ def plan_split(cfg: InferenceConfig, cluster: Cluster) -> tuple[list[PlannedSpli
     for e in cfg.models:
         model_dir = _model_dir(e)
         if not model_dir.is_dir():
-            from inference_node.api.tomlconf import ConfigError
+            from studio_common.tomlconf import ConfigError
 
             raise ConfigError(f"model {e.name!r}: no model folder at {model_dir}; fix its path "
                               f"in {cfg.source}")
