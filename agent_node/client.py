@@ -212,14 +212,6 @@ class Client:
     def memory(self, timeout: float | None = None) -> pb.MemoryStatus:
         return self.unary(self.stub.GetMemory, pb.GetMemoryRequest(), "GetMemory", timeout)
 
-    def load_model(self, name: str) -> pb.ModelStatus:
-        return self.unary(self.stub.LoadModel, pb.LoadModelRequest(name=name),
-                          f"LoadModel {name}")
-
-    def unload_model(self, name: str) -> pb.ModelStatus:
-        return self.unary(self.stub.UnloadModel, pb.UnloadModelRequest(name=name),
-                          f"UnloadModel {name}")
-
     def catalog(self) -> list[pb.ModelInfo]:
         return self._catalog if self._catalog is not None else self.list_models()
 

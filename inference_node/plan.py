@@ -53,13 +53,6 @@ class PlanResult:
     pinned_bytes: int
     combinations: list[tuple[tuple[str, ...], int, bool]] = field(default_factory=list)
 
-    def fits_together(self, *names: str) -> bool:
-        want = tuple(sorted(names))
-        for combo, _, ok in self.combinations:
-            if tuple(sorted(combo)) == want:
-                return ok
-        raise KeyError(f"no combination {names!r} in this plan")
-
     def largest_fitting(self) -> list[tuple[str, ...]]:
         """Fitting sets that no other fitting set contains."""
         ok = [set(c) for c, _, fits in self.combinations if fits and c]
