@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 
 from agent_node.qa import cli
-from agent_node.qa.capture import Capturer, PageServer, find_browser
+from agent_node.qa.browser import find_browser
+from agent_node.qa.capture import Capturer
 from agent_node.qa.errors import BrowserNotFound
 from agent_node.qa.facts import facts_of
+from agent_node.qa.page_server import PageServer
 from studio_common.net import free_port
 
 PAGES = Path(__file__).parent / "fixtures" / "pages"
