@@ -25,14 +25,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference_node.api.tomlconf import ConfigError, load_dataclass, read_toml
+from studio_common.paths import studio_home
+from studio_common.tomlconf import ConfigError, load_file
 
 __all__ = ["DEFAULT_CONFIG", "AgentConfig", "ConfigError", "load_config", "load_default_config",
            "record_key_path", "studio_home"]
-
-
-def studio_home() -> Path:
-    return Path(os.environ.get("STUDIO_CODER_HOME", "~/.local/share/studio-coder")).expanduser()
 
 
 def record_key_path() -> Path:
@@ -177,8 +174,4 @@ def load_config(path: Path | None) -> AgentConfig:
     """Read `path` (or the built-in defaults when None)."""
     if path is None:
         return AgentConfig()
-    data = read_toml(path)
-    data.pop("source", None)
-    cfg = load_dataclass(AgentConfig, data, str(path), "agent-node")
-    cfg.source = str(path)
-    return cfg
+    return load_file(AgentConfig, path, "agent-node")

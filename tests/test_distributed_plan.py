@@ -12,12 +12,12 @@ import pytest
 from tiny_models import write_random_chat_model
 
 from inference_node.admission import GB
-from inference_node.api.tomlconf import ConfigError
 from inference_node.config import DistributedConfig, MemoryConfig, load_config
 from inference_node.distributed import cluster
 from inference_node.distributed.ranked import HostBudget, RankedAdmission
 from inference_node.distributed.sharding import plan_model
 from inference_node.errors import LoadFailed, WouldNotFit
+from studio_common.tomlconf import ConfigError
 
 MB = 1 << 20
 BIN = Path(sys.executable).parent
