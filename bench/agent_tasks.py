@@ -270,11 +270,15 @@ def store_model(name: str) -> Path:
 
 def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
         model_name: str = "", tasks_dir: Path = TASKS, vision: str = "",
-        keep: Path | None = None) -> dict[str, Any]:
+        keep: Path | None = None, parallel: int = 1) -> dict[str, Any]:
     """The whole bench; `python -m bench` calls run(quick) and records what it returns.
 
     `keep`: an empty (or new) folder where each task's checkout, run record and grading copies
-    stay; by default they go in a temp folder that is removed at the end."""
+    stay; by default they go in a temp folder that is removed at the end. `parallel`: tasks run
+    at once against the one node (it batches their decoding); each task's `wall_s` is then
+    inflated by the others sharing the machine, the run's `wall_s` is what it took."""
+    if parallel < 1:
+        raise TaskError(f"--parallel {parallel}: give 1 or more tasks to run at once")
     if keep is not None and keep.exists() and any(keep.iterdir()):
         raise TaskError(f"--keep {keep} is not empty; give a new or empty folder")
     outer = pytest_config_above(keep) if keep is not None else None
@@ -308,18 +312,20 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
                     client.health()  # InferenceUnavailable: exit 3, before any task starts
                     describer = client.describer()
                     describer_name = describer.name if describer is not None else ""
-                    rows = []
-                    for t in _announce(tasks, lim):
-                        rows.append(run_one(t, GrpcModel(client, [served] if served else []),
-                                            cfg, tmp, qa_for=_qa_factory(cfg, describer),
-                                            max_tokens=lim["max_tokens"]))
-                        r = rows[-1]
+
+                    def one(t: Task) -> dict[str, Any]:
+                        r = run_one(t, GrpcModel(client, [served] if served else []), cfg, tmp,
+                                    qa_for=_qa_factory(cfg, describer),
+                                    max_tokens=lim["max_tokens"])
                         log(f"{t.name}: {'pass' if r['pass_final'] else r['failure']} "
                             f"({r['rounds']} round(s), {r['wall_s']} s)")
+                        return r
+
+                    rows = _run_all(tasks, lim, one, parallel)
     return {
         "model": model_info,
         "tasks_dir": str(Path(tasks_dir).resolve()),
-        "limits": {**lim, "tasks": len(rows)},
+        "limits": {**lim, "tasks": len(rows), "parallel": parallel},
         "visual_qa": {"describer": describer_name or None, "judge": "the model under test",
                       "capture": "Chromium, desktop 1280x800 and phone 390x844, console, "
                                  "page errors, failed requests, overflow"},
@@ -351,11 +357,32 @@ def _work_dir(keep: Path | None) -> Iterator[Path]:
         yield Path(d)
 
 
+def _run_all(tasks: list[Task], lim: dict[str, Any], one: Callable[[Task], dict[str, Any]],
+             parallel: int) -> list[dict[str, Any]]:
+    """`one(task)` for every task, `parallel` at a time; the rows in the tasks' order."""
+    if parallel <= 1:
+        return [one(t) for t in _announce(tasks, lim)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    numbered = {t.name: i for i, t in enumerate(tasks, 1)}
+
+    def started(t: Task) -> dict[str, Any]:  # said when it starts, not when it is queued
+        _say(numbered[t.name], len(tasks), t, lim)
+        return one(t)
+
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="task") as pool:
+        return list(pool.map(started, tasks))
+
+
 def _announce(tasks: list[Task], lim: dict[str, Any]) -> Iterator[Task]:
     for i, t in enumerate(tasks, 1):
-        log(f"[{i}/{len(tasks)}] {t.name}: rounds<={lim['rounds']} turns<={lim['turns']} "
-            f"max_tokens/reply={lim['max_tokens']}")
+        _say(i, len(tasks), t, lim)
         yield t
+
+
+def _say(i: int, n: int, t: Task, lim: dict[str, Any]) -> None:
+    log(f"[{i}/{n}] {t.name}: rounds<={lim['rounds']} turns<={lim['turns']} "
+        f"max_tokens/reply={lim['max_tokens']}")
 
 
 def _qa_factory(cfg: Any, describer: Any) -> QAFactory:
@@ -426,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="keep each task's checkout, run record (report.html) and grading "
                         "copies in DIR (default: a temp folder, removed at the end)")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="run N tasks at once against the one inference node, which batches "
+                        "their decoding (default: 1); per-task wall times then include the "
+                        "sharing")
     p.add_argument("--vision", default="", metavar="NAME",
                    help="with --target: a vision model it serves, to describe the screenshots")
     a = p.parse_args(argv)
@@ -447,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   ("max_tokens", a.max_tokens)) if v is not None}
         if names:
             over["names"] = names
-        result = run(a.quick, over, a.target, a.model, a.tasks_dir, a.vision, a.keep)
+        result = run(a.quick, over, a.target, a.model, a.tasks_dir, a.vision, a.keep,
+                     a.parallel)
     except TaskError as e:
         log(str(e))
         return 2

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent_node import activity
+from agent_node import activity, prompts
 from agent_node.exceptions import DeadlineExceeded
 from agent_node.model import Model, Reply
 from agent_node.schemas import bounded_tool
@@ -113,8 +113,8 @@ def run_coder(
         })
         if not reply.tool_calls:
             if reply.cut_off_while_reasoning:
-                messages.append({"role": "user", "content": "Your reply was cut off while you "
-                                 "were still reasoning. Continue, and call a tool."})
+                messages.append({"role": "user",
+                                 "content": prompts.render("loop/coder_cut_off")})
                 continue
             return result(reply.text, "answer")
         for call in reply.tool_calls:

@@ -20,9 +20,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from agent_node import activity
+from agent_node import activity, prompts
 from agent_node.config import AgentConfig
-from agent_node.loop import prompts
 from agent_node.loop.checkout import Checkout, checkouts_root
 from agent_node.loop.coder import CoderLimits, reply_fields, run_coder
 from agent_node.loop.errors import StructuredOutputError, UnfinishedJSON, UsageError
@@ -92,6 +91,10 @@ def run_task(
         raise UsageError(f"{root} has {len(dirty)} uncommitted file(s) ({', '.join(dirty[:5])}); "
                          "commit or stash them, or run without --refuse-dirty to base on HEAD")
     sandbox = sandbox_for(cfg)
+    try:
+        overridden = prompts.overrides()  # a stray file in the user's prompts folder: say so now
+    except prompts.PromptError as e:
+        raise UsageError(str(e)) from None
     record = RunRecord.create(home)
     record.listeners.extend(listeners)
     for m in {id(model): model, id(coder_model): coder_model}.values():
@@ -99,6 +102,9 @@ def run_task(
             setattr(m, "on_progress", activity.call_progress)  # noqa: B010
     run = _Run(record, task, root, dirty, model, coder_model or model, cfg, spec, test_cmd, qa,
                tools_factory or default_tools(cfg, sandbox), sandbox, home)
+    if overridden:
+        record.emit("note", text=f"prompts from {prompts.user_dir()} replace the built-in ones: "
+                    + ", ".join(overridden))
     try:
         with activity.reporting(lambda e: _on_activity(record, e)):
             run.go()
@@ -180,7 +186,7 @@ class _Run:
         for round_no in range(1, self.cfg.loop.max_rounds + 1):
             last_round = round_no
             brief = prompts.render(
-                "brief", task=self.task, files=files[:MAX_FILES_LISTED],
+                "loop/brief", task=self.task, files=files[:MAX_FILES_LISTED],
                 files_more=len(files) if len(files) > MAX_FILES_LISTED else 0,
                 test_cmd=test_cmd, asks_for_change=kind["asks_for_change"], spec=spec or [],
                 page=page, failures=failures, round=round_no)
@@ -188,7 +194,7 @@ class _Run:
             self.emit("round_started", round=round_no, brief_file=f"round-{round_no}/brief.md")
             with activity.stage("coder", round=round_no):
                 coder = run_coder(
-                    self.coder_model, prompts.render("coder_system"), brief,
+                    self.coder_model, prompts.render("loop/coder_system"), brief,
                     self.tools_factory(work),
                     CoderLimits(self.cfg.loop.coder_max_turns, self.cfg.loop.coder_max_tokens,
                                 self.cfg.loop.coder_wall_s,
@@ -240,7 +246,8 @@ class _Run:
         if self.spec is not None:
             kind = {"ui": True, "asks_for_change": True, "page": "", "reason": "a spec was given"}
         else:
-            prompt = prompts.render("classify", task=self.task, files=files[:MAX_FILES_LISTED])
+            prompt = prompts.render("loop/classify", task=self.task,
+                                    files=files[:MAX_FILES_LISTED])
             try:
                 kind = self.ask("classify", prompt, classify_schema(files))
             except StructuredOutputError as e:
@@ -254,7 +261,7 @@ class _Run:
     def write_spec(self) -> list[str]:
         source = "model"
         try:
-            statements = list(self.ask("spec", prompts.render("spec", task=self.task),
+            statements = list(self.ask("spec", prompts.render("loop/spec", task=self.task),
                                        SPEC)["statements"])
         except StructuredOutputError as e:
             statements = ["no horizontal overflow at desktop or phone width", "no console errors"]
@@ -301,7 +308,7 @@ class _Run:
             return False, gate.failures + gate.flags, gate.failures
         t = gate.tests
         prompt = prompts.render(
-            "review", task=self.task, spec=spec or [], files=[p for _, p in gate.diff.files],
+            "loop/review", task=self.task, spec=spec or [], files=[p for _, p in gate.diff.files],
             flags=gate.flags, test_cmd=test_cmd, report=report,
             test_result=("not run" if t is None else f"exit {t.exit_code} in {t.seconds:.1f} s"),
             diff=gate.diff.patch[: self.cfg.loop.output_limit * 2])
