@@ -81,10 +81,15 @@ def limits(quick: bool) -> dict[str, Any]:
     return base
 
 
-def configure(lim: dict[str, Any], quick: bool) -> Any:
-    from agent_node.config import AgentConfig
+def configure(lim: dict[str, Any], quick: bool, config: Path | None = None) -> Any:
+    """The loop's configuration: `config` (an agent-node.toml; None: the defaults) with the
+    bench's limits over it."""
+    from agent_node.config import AgentConfig, ConfigError, load_config
 
-    cfg = AgentConfig()
+    try:
+        cfg = load_config(config) if config is not None else AgentConfig()
+    except (ConfigError, OSError) as e:
+        raise TaskError(f"--config {config}: {e}") from None
     cfg.loop.max_rounds = lim["rounds"]
     cfg.loop.coder_max_turns = lim["turns"]
     cfg.loop.json_retries = 0 if quick or smoke() else cfg.loop.json_retries
@@ -270,7 +275,8 @@ def store_model(name: str) -> Path:
 
 def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
         model_name: str = "", tasks_dir: Path = TASKS, vision: str = "",
-        keep: Path | None = None, parallel: int = 1) -> dict[str, Any]:
+        keep: Path | None = None, parallel: int = 1, config: Path | None = None
+        ) -> dict[str, Any]:
     """The whole bench; `python -m bench` calls run(quick) and records what it returns.
 
     `keep`: an empty (or new) folder where each task's checkout, run record and grading copies
@@ -291,7 +297,7 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
     if Path(tasks_dir).resolve() != TASKS and "names" not in (overrides or {}):
         names = None  # the quick and smoke picks are bundled tasks; a user's folder runs whole
     tasks = load_tasks(tasks_dir, names)
-    cfg = configure(lim, quick)
+    cfg = configure(lim, quick, config)
     scripted = smoke() and not target
     t_start = time.monotonic()
     with _work_dir(keep) as tmp:
@@ -326,6 +332,7 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
         "model": model_info,
         "tasks_dir": str(Path(tasks_dir).resolve()),
         "limits": {**lim, "tasks": len(rows), "parallel": parallel},
+        "loop": loop_settings(cfg, config),
         "visual_qa": {"describer": describer_name or None, "judge": "the model under test",
                       "capture": "Chromium, desktop 1280x800 and phone 390x844, console, "
                                  "page errors, failed requests, overflow"},
@@ -333,6 +340,13 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
         **totals(rows),
         "wall_s": round(time.monotonic() - t_start, 1),
     }
+
+
+def loop_settings(cfg: Any, config: Path | None) -> dict[str, Any]:
+    """The loop's configuration the run used (`[loop]`), and where it came from."""
+    from dataclasses import asdict
+
+    return {"config": str(config) if config else "defaults", **asdict(cfg.loop)}
 
 
 def pytest_config_above(path: Path) -> Path | None:
@@ -457,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="run N tasks at once against the one inference node, which batches "
                         "their decoding (default: 1); per-task wall times then include the "
                         "sharing")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="an agent-node.toml whose [loop] settings the run uses (the bench's "
+                        "--rounds and --turns still apply); default: the built-in defaults")
     p.add_argument("--vision", default="", metavar="NAME",
                    help="with --target: a vision model it serves, to describe the screenshots")
     a = p.parse_args(argv)
@@ -479,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         if names:
             over["names"] = names
         result = run(a.quick, over, a.target, a.model, a.tasks_dir, a.vision, a.keep,
-                     a.parallel)
+                     a.parallel, a.config)
     except TaskError as e:
         log(str(e))
         return 2

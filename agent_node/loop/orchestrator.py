@@ -23,9 +23,18 @@ from typing import Any
 from agent_node import activity, prompts
 from agent_node.config import AgentConfig
 from agent_node.loop.checkout import Checkout, checkouts_root
-from agent_node.loop.coder import CoderLimits, reply_fields, run_coder
+from agent_node.loop.coder import CoderChecks, CoderLimits, reply_fields, run_coder
+from agent_node.loop.context import repo_context
 from agent_node.loop.errors import StructuredOutputError, UnfinishedJSON, UsageError
-from agent_node.loop.gate import GateResult, QACheck, detect_test_cmd, gate_event, run_gate
+from agent_node.loop.gate import (
+    GateResult,
+    QACheck,
+    detect_test_cmd,
+    gate_event,
+    run_gate,
+    run_tests,
+    tail,
+)
 from agent_node.loop.repo import current_branch, dirty_paths, head_commit, repo_root
 from agent_node.loop.structured import REVIEW, SPEC, ask_json
 from agent_node.loop.visual import serve_directory
@@ -34,9 +43,11 @@ from agent_node.report import write_report
 from agent_node.runs import Listener, RunRecord, make_private, summarize
 from agent_node.sandbox import Sandbox, SandboxUnavailable
 from agent_node.schemas import classify_schema
+from agent_node.tools.bash import checkout_git
 
 ToolsFactory = Callable[[Path], dict[str, Any]]
 MAX_FILES_LISTED = 200
+TESTS_SHOWN_CHARS = 2_500  # the end of a test run's output, as the coder is shown it
 
 
 def default_tools(cfg: AgentConfig, sandbox: Sandbox) -> ToolsFactory:
@@ -182,12 +193,19 @@ class _Run:
                   asks_for_change=kind["asks_for_change"])
 
         failures: list[str] = []
+        start_tests = ""
+        if test_cmd and self.cfg.loop.tests_first:
+            with activity.stage("tests", when="start"):
+                start_tests = self.tests_now(test_cmd, "before any change")
         verdict, reasons, last_round = "fail", ["no round ran"], 0
         for round_no in range(1, self.cfg.loop.max_rounds + 1):
             last_round = round_no
+            shown = repo_context(work, files, self.task, self.cfg.loop.brief_chars)
             brief = prompts.render(
                 "loop/brief", task=self.task, files=files[:MAX_FILES_LISTED],
                 files_more=len(files) if len(files) > MAX_FILES_LISTED else 0,
+                shown=shown.whole, outlines=shown.outlines,
+                start_tests=start_tests if round_no == 1 else "",
                 test_cmd=test_cmd, asks_for_change=kind["asks_for_change"], spec=spec or [],
                 page=page, failures=failures, round=round_no)
             self.record.write_text(f"round-{round_no}/brief.md", brief)
@@ -200,7 +218,8 @@ class _Run:
                                 self.cfg.loop.coder_wall_s,
                                 self.cfg.loop.coder_reply_tokens or None,
                                 self.cfg.inference.timeout_s),
-                    emit=self.emit, round_no=round_no)
+                    emit=self.emit, round_no=round_no,
+                    checks=self.coder_checks(base, test_cmd, kind["asks_for_change"]))
             self.record.write_text(f"round-{round_no}/coder.json",
                                    json.dumps(coder.messages, indent=1, default=str))
             self.emit("coder_done", round=round_no, report=coder.report, turns=coder.turns,
@@ -224,6 +243,25 @@ class _Run:
                   commit=self.tested, run_branch=self.run_branch if self.tested else "")
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def tests_now(self, test_cmd: str, when: str = "after this change") -> str:
+        """The test command on the coder's checkout as it stands (in the sandbox, its git
+        read-only), as the coder is shown it: passed or not, and the end of the output."""
+        work = self.checkout.work
+        t = run_tests(test_cmd, work, self.cfg.loop.tool_timeout_s, sandbox=self.sandbox,
+                      output_limit=self.cfg.loop.output_limit, read_only=checkout_git(work))
+        return prompts.render(
+            "loop/tests_run", when=when, passed=t.passed, cmd=test_cmd,
+            exit="timed out" if t.timed_out else f"exit {t.exit_code}",
+            output=tail(t.output.strip(), TESTS_SHOWN_CHARS))
+
+    def coder_checks(self, base: str, test_cmd: str, asks_for_change: bool) -> CoderChecks:
+        loop = self.cfg.loop
+        return CoderChecks(
+            changed=(lambda: self.checkout.changed(base)) if asks_for_change
+            and loop.finish_needs_change else None,
+            tests=(lambda: self.tests_now(test_cmd)) if test_cmd and loop.test_after_edit
+            else None)
 
     def ask(self, role: str, prompt: str, schema: dict[str, Any], round_no: int = 0) -> Any:
         def log(reply: Reply) -> None:
