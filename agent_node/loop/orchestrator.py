@@ -248,7 +248,9 @@ class _Run:
         """The test command on the coder's checkout as it stands (in the sandbox, its git
         read-only), as the coder is shown it: passed or not, and the end of the output."""
         work = self.checkout.work
-        t = run_tests(test_cmd, work, self.cfg.loop.tool_timeout_s, sandbox=self.sandbox,
+        loop = self.cfg.loop  # bounded as the gate bounds it, and as any coder command is
+        t = run_tests(test_cmd, work, min(loop.test_timeout_s, loop.tool_timeout_s),
+                      sandbox=self.sandbox,
                       output_limit=self.cfg.loop.output_limit, read_only=checkout_git(work))
         return prompts.render(
             "loop/tests_run", when=when, passed=t.passed, cmd=test_cmd,
