@@ -48,7 +48,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy inference_node agent_node
+	$(VENV)/bin/mypy inference_node agent_node studio_common
 
 proto: setup
 	$(PY) inference_node/api/generate.py

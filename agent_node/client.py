@@ -48,26 +48,10 @@ from agent_node.wire import (
     to_pb_tool_choice,
 )
 from inference_node.api import pb, rpc
+from studio_common.channel import client_options
 
 log = logging.getLogger(__name__)
 
-# Mirrors inference_node/config.py and inference_node/server.py:channel_options (agent_node
-# imports only inference_node.api); both sides must agree or pings and big messages are refused.
-MAX_MESSAGE_BYTES = 32 * 1024 * 1024
-KEEPALIVE_TIME_MS = 20_000
-KEEPALIVE_TIMEOUT_MS = 10_000
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    # Reconnect quickly once the tunnel's listener is back (the default backs off to 120 s).
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
 FALLBACK_ON = (ModelNotFound, ModelLoadFailed, WouldNotFit)
 
 T = TypeVar("T")
@@ -91,7 +75,7 @@ class Client:
         self.cfg = cfg
         self.tunnel = tunnel
         self.target = tunnel.target if tunnel is not None else cfg.inference.target
-        self.channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        self.channel = grpc.insecure_channel(self.target, options=client_options())
         self.stub = rpc.InferenceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self.channel_state = grpc.ChannelConnectivity.IDLE
@@ -227,14 +211,6 @@ class Client:
 
     def memory(self, timeout: float | None = None) -> pb.MemoryStatus:
         return self.unary(self.stub.GetMemory, pb.GetMemoryRequest(), "GetMemory", timeout)
-
-    def load_model(self, name: str) -> pb.ModelStatus:
-        return self.unary(self.stub.LoadModel, pb.LoadModelRequest(name=name),
-                          f"LoadModel {name}")
-
-    def unload_model(self, name: str) -> pb.ModelStatus:
-        return self.unary(self.stub.UnloadModel, pb.UnloadModelRequest(name=name),
-                          f"UnloadModel {name}")
 
     def catalog(self) -> list[pb.ModelInfo]:
         return self._catalog if self._catalog is not None else self.list_models()

@@ -25,14 +25,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference_node.api.tomlconf import ConfigError, load_dataclass, read_toml
+from studio_common.paths import studio_home
+from studio_common.tomlconf import ConfigError, load_file
 
 __all__ = ["DEFAULT_CONFIG", "AgentConfig", "ConfigError", "load_config", "load_default_config",
            "record_key_path", "studio_home"]
-
-
-def studio_home() -> Path:
-    return Path(os.environ.get("STUDIO_CODER_HOME", "~/.local/share/studio-coder")).expanduser()
 
 
 def record_key_path() -> Path:
@@ -117,6 +114,11 @@ class LoopSection:
     # generous default. The answer itself is bounded by its schema (agent_node/schemas.py).
     json_max_tokens: int = 0
     json_retries: int = 2  # re-asks when a classification or verdict is not valid JSON
+    # What the coder is shown and told as it works (agent_node/loop/context.py, coder.py):
+    brief_chars: int = 12_000  # files shown whole in the brief up to this many chars; 0: a list
+    tests_first: bool = True  # run the test command before round 1; its output in the brief
+    test_after_edit: bool = True  # after each edit/write, run it and append the result
+    finish_needs_change: bool = True  # refuse finish while nothing changed (a change task)
     ui_page: str = ""  # page the gate serves and checks for UI work; empty: the classifier's
 
 
@@ -177,8 +179,4 @@ def load_config(path: Path | None) -> AgentConfig:
     """Read `path` (or the built-in defaults when None)."""
     if path is None:
         return AgentConfig()
-    data = read_toml(path)
-    data.pop("source", None)
-    cfg = load_dataclass(AgentConfig, data, str(path), "agent-node")
-    cfg.source = str(path)
-    return cfg
+    return load_file(AgentConfig, path, "agent-node")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from agent_node.config import DEFAULT_CONFIG, AgentConfig, load_default_config, studio_home
 from agent_node.sandbox import runner
+from studio_common.net import free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 STARTUP_TIMEOUT_S = 600.0  # the first start imports SmolLM2 from its GGUF
@@ -36,12 +36,6 @@ TEST_CMD = f"{sys.executable} -m pytest -q -p no:cacheprovider"
 
 def _say(message: str) -> None:
     print(f"demo: {message}", file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _healthy(target: str, timeout: float = 2.0) -> bool:
@@ -64,7 +58,7 @@ def inference_node(cfg: AgentConfig, node_config: Path | None = None) -> Iterato
     if node_config is None and (cfg.tunnel.enabled or _healthy(cfg.inference.target)):
         yield cfg.inference.target
         return
-    port = _free_port()
+    port = free_port()
     target = f"127.0.0.1:{port}"
     log = studio_home() / "demo" / "inference-node.log"
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,7 @@ from agent_node.ssh_policy import (
     load_identity,
     load_known_hosts,
 )
+from studio_common.net import free_port
 
 log = logging.getLogger(__name__)
 # sshtunnel narrates every step at INFO and warns about stopping a dead transport; keep errors.
@@ -194,7 +195,7 @@ class Tunnel:
         self._forwarder: _Forwarder | None = None
         self._channel: grpc.Channel | None = None
         self._thread: threading.Thread | None = None
-        self.local_port = cfg.local_port or _free_port()
+        self.local_port = cfg.local_port or free_port(LOCAL_HOST)
         self.attempts = 0  # SSH connection attempts made, all told
         self._status = TunnelStatus(
             state=STARTING,
@@ -458,8 +459,3 @@ class Tunnel:
 
     _rebuild_started: float = 0.0
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOCAL_HOST, 0))
-        return int(s.getsockname()[1])

@@ -81,10 +81,15 @@ def limits(quick: bool) -> dict[str, Any]:
     return base
 
 
-def configure(lim: dict[str, Any], quick: bool) -> Any:
-    from agent_node.config import AgentConfig
+def configure(lim: dict[str, Any], quick: bool, config: Path | None = None) -> Any:
+    """The loop's configuration: `config` (an agent-node.toml; None: the defaults) with the
+    bench's limits over it."""
+    from agent_node.config import AgentConfig, ConfigError, load_config
 
-    cfg = AgentConfig()
+    try:
+        cfg = load_config(config) if config is not None else AgentConfig()
+    except (ConfigError, OSError) as e:
+        raise TaskError(f"--config {config}: {e}") from None
     cfg.loop.max_rounds = lim["rounds"]
     cfg.loop.coder_max_turns = lim["turns"]
     cfg.loop.json_retries = 0 if quick or smoke() else cfg.loop.json_retries
@@ -270,11 +275,16 @@ def store_model(name: str) -> Path:
 
 def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
         model_name: str = "", tasks_dir: Path = TASKS, vision: str = "",
-        keep: Path | None = None) -> dict[str, Any]:
+        keep: Path | None = None, parallel: int = 1, config: Path | None = None
+        ) -> dict[str, Any]:
     """The whole bench; `python -m bench` calls run(quick) and records what it returns.
 
     `keep`: an empty (or new) folder where each task's checkout, run record and grading copies
-    stay; by default they go in a temp folder that is removed at the end."""
+    stay; by default they go in a temp folder that is removed at the end. `parallel`: tasks run
+    at once against the one node (it batches their decoding); each task's `wall_s` is then
+    inflated by the others sharing the machine, the run's `wall_s` is what it took."""
+    if parallel < 1:
+        raise TaskError(f"--parallel {parallel}: give 1 or more tasks to run at once")
     if keep is not None and keep.exists() and any(keep.iterdir()):
         raise TaskError(f"--keep {keep} is not empty; give a new or empty folder")
     outer = pytest_config_above(keep) if keep is not None else None
@@ -287,7 +297,7 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
     if Path(tasks_dir).resolve() != TASKS and "names" not in (overrides or {}):
         names = None  # the quick and smoke picks are bundled tasks; a user's folder runs whole
     tasks = load_tasks(tasks_dir, names)
-    cfg = configure(lim, quick)
+    cfg = configure(lim, quick, config)
     scripted = smoke() and not target
     t_start = time.monotonic()
     with _work_dir(keep) as tmp:
@@ -308,18 +318,21 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
                     client.health()  # InferenceUnavailable: exit 3, before any task starts
                     describer = client.describer()
                     describer_name = describer.name if describer is not None else ""
-                    rows = []
-                    for t in _announce(tasks, lim):
-                        rows.append(run_one(t, GrpcModel(client, [served] if served else []),
-                                            cfg, tmp, qa_for=_qa_factory(cfg, describer),
-                                            max_tokens=lim["max_tokens"]))
-                        r = rows[-1]
+
+                    def one(t: Task) -> dict[str, Any]:
+                        r = run_one(t, GrpcModel(client, [served] if served else []), cfg, tmp,
+                                    qa_for=_qa_factory(cfg, describer),
+                                    max_tokens=lim["max_tokens"])
                         log(f"{t.name}: {'pass' if r['pass_final'] else r['failure']} "
                             f"({r['rounds']} round(s), {r['wall_s']} s)")
+                        return r
+
+                    rows = _run_all(tasks, lim, one, parallel)
     return {
         "model": model_info,
         "tasks_dir": str(Path(tasks_dir).resolve()),
-        "limits": {**lim, "tasks": len(rows)},
+        "limits": {**lim, "tasks": len(rows), "parallel": parallel},
+        "loop": loop_settings(cfg, config),
         "visual_qa": {"describer": describer_name or None, "judge": "the model under test",
                       "capture": "Chromium, desktop 1280x800 and phone 390x844, console, "
                                  "page errors, failed requests, overflow"},
@@ -327,6 +340,13 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
         **totals(rows),
         "wall_s": round(time.monotonic() - t_start, 1),
     }
+
+
+def loop_settings(cfg: Any, config: Path | None) -> dict[str, Any]:
+    """The loop's configuration the run used (`[loop]`), and where it came from."""
+    from dataclasses import asdict
+
+    return {"config": str(config) if config else "defaults", **asdict(cfg.loop)}
 
 
 def pytest_config_above(path: Path) -> Path | None:
@@ -351,11 +371,32 @@ def _work_dir(keep: Path | None) -> Iterator[Path]:
         yield Path(d)
 
 
+def _run_all(tasks: list[Task], lim: dict[str, Any], one: Callable[[Task], dict[str, Any]],
+             parallel: int) -> list[dict[str, Any]]:
+    """`one(task)` for every task, `parallel` at a time; the rows in the tasks' order."""
+    if parallel <= 1:
+        return [one(t) for t in _announce(tasks, lim)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    numbered = {t.name: i for i, t in enumerate(tasks, 1)}
+
+    def started(t: Task) -> dict[str, Any]:  # said when it starts, not when it is queued
+        _say(numbered[t.name], len(tasks), t, lim)
+        return one(t)
+
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="task") as pool:
+        return list(pool.map(started, tasks))
+
+
 def _announce(tasks: list[Task], lim: dict[str, Any]) -> Iterator[Task]:
     for i, t in enumerate(tasks, 1):
-        log(f"[{i}/{len(tasks)}] {t.name}: rounds<={lim['rounds']} turns<={lim['turns']} "
-            f"max_tokens/reply={lim['max_tokens']}")
+        _say(i, len(tasks), t, lim)
         yield t
+
+
+def _say(i: int, n: int, t: Task, lim: dict[str, Any]) -> None:
+    log(f"[{i}/{n}] {t.name}: rounds<={lim['rounds']} turns<={lim['turns']} "
+        f"max_tokens/reply={lim['max_tokens']}")
 
 
 def _qa_factory(cfg: Any, describer: Any) -> QAFactory:
@@ -426,6 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="keep each task's checkout, run record (report.html) and grading "
                         "copies in DIR (default: a temp folder, removed at the end)")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="run N tasks at once against the one inference node, which batches "
+                        "their decoding (default: 1); per-task wall times then include the "
+                        "sharing")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="an agent-node.toml whose [loop] settings the run uses (the bench's "
+                        "--rounds and --turns still apply); default: the built-in defaults")
     p.add_argument("--vision", default="", metavar="NAME",
                    help="with --target: a vision model it serves, to describe the screenshots")
     a = p.parse_args(argv)
@@ -447,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   ("max_tokens", a.max_tokens)) if v is not None}
         if names:
             over["names"] = names
-        result = run(a.quick, over, a.target, a.model, a.tasks_dir, a.vision, a.keep)
+        result = run(a.quick, over, a.target, a.model, a.tasks_dir, a.vision, a.keep,
+                     a.parallel, a.config)
     except TaskError as e:
         log(str(e))
         return 2

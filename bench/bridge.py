@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from agent_node.config import AgentConfig
 from bench.engine import dequantizes, engine_toml, mlx_server_folder
 from bench.stats import smoke
 from inference_node import blas
+from studio_common.net import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 STORE = REPO / ".home" / "test-models"
@@ -51,12 +51,6 @@ TOKEN = "bench-bridge"  # the bridge requires one; mlx_lm.server ignores it
 # otherwise reuse the shared prefix (the template's default system prompt) and time less prefill.
 SYSTEM = "Session {i}: you are a helpful assistant who writes vivid, plain prose."
 PROMPT = "Write a short story, about {n} sentences, about a lighthouse keeper and a message."
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -99,7 +93,7 @@ def _process(args: list[str], log: Path, ready_url: str = "", *, mlx: bool = Fal
 @contextmanager
 def _sides(model_dir: Path, tmp: Path) -> Iterator[dict[str, str]]:
     """Base URLs of the bridge (in front of inference-node serve) and of mlx_lm.server."""
-    grpc_port, bridge_port, mlx_port = _free_port(), _free_port(), _free_port()
+    grpc_port, bridge_port, mlx_port = free_port(), free_port(), free_port()
     node_cfg = tmp / "inference-node.toml"
     node_cfg.write_text(
         f'{engine_toml()}[server]\nhost = "127.0.0.1"\nport = {grpc_port}\n\n'

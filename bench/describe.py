@@ -112,13 +112,9 @@ def _end_to_end(path: Path, shots: dict[str, bytes], repeats: int,
     import grpc
 
     from inference_node.api import pb, rpc
-    from inference_node.config import (
-        MAX_MESSAGE_BYTES,
-        InferenceConfig,
-        MemoryConfig,
-        ModelEntry,
-    )
-    from inference_node.server import channel_options, create_server
+    from inference_node.config import InferenceConfig, MemoryConfig, ModelEntry
+    from inference_node.server import create_server
+    from studio_common.channel import MAX_MESSAGE_BYTES, channel_options
 
     cfg = InferenceConfig(models=[ModelEntry(name="eyes", path=str(path), role="vision")])
     cfg.memory = MemoryConfig(budget_gb=4.0, floor_gb=0.0)

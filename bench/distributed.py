@@ -47,7 +47,7 @@ def _model(tmp: Path, size: str) -> tuple[Path, str]:
     from tiny_models import write_random_chat_model
 
     if size == "full":
-        from inference_node.config import studio_home
+        from studio_common.paths import studio_home
 
         for base in (studio_home() / "models",
                      Path("~/.local/share/studio-coder/models").expanduser()):

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.stats import interleave, percentile, ratio, smoke, summary
+from studio_common.net import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".home" / "test-models"
@@ -196,12 +196,6 @@ def prompts(tokenizer: Any, p: Params) -> dict[str, list[dict[str, str]]]:
 
 
 # ------------------------------------------------------------------ the three paths
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env() -> dict[str, str]:

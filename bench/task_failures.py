@@ -19,6 +19,8 @@ what most invalidates the rest to what is most specific:
                        or its last reply was cut off by the per-reply token cap before it
                        called a tool, and the change was empty or its tests failed
     no_change          the final diff is empty: the coder finished without changing a file
+                       (or kept trying to finish, refused by the loop, until a limit stopped it;
+                       that is checked before limit)
     visible_tests_fail the gate's run of the repository's tests failed in the final round
     visual_qa_failed   UI task: the visual gate (two viewports, logs, judge) did not pass in
                        the final round
@@ -51,7 +53,8 @@ class Round:
     number: int
     stopped: str = ""  # why the coder stopped (coder_done)
     tool_calls: int = 0
-    tool_failures: int = 0  # calls whose tool reported ok=False
+    tool_failures: int = 0  # calls whose tool reported ok=False (the loop's refusals aside)
+    refused: int = 0  # finish calls the loop refused: nothing had changed yet
     malformed: int = 0  # unknown tool / bad arguments / unreadable tool-call markup
     unparsed_markup: int = 0  # replies with tool-call markup but no parsed call
     replies_without_tool_call: int = 0
@@ -96,6 +99,9 @@ def read_rounds(run_dir: Path, events: list[dict[str, Any]]) -> list[Round]:
             at(e).stopped = str(e.get("stopped", ""))
         elif kind == "tool_call":
             r = at(e)
+            if e.get("refused"):
+                r.refused += 1
+                continue
             r.tool_calls += 1
             r.tool_failures += not e.get("ok", False)
         elif kind == "gate":
@@ -175,6 +181,10 @@ def classify(
         failed = last.tool_failures + last.unparsed_markup
         return "tool_errors", (f"{failed} of {last.tool_calls + last.unparsed_markup} tool "
                                f"call(s) failed in round {last.number}; {what}")
+    if empty and last.refused:
+        return "no_change", (f"the coder tried to finish {last.refused} time(s) in round "
+                             f"{last.number} without changing a file, and was refused each time "
+                             f"(it stopped: {last.stopped or 'unknown'})")
     if stuck and last.stopped in LIMIT_STOPS:
         return "limit", f"the coder was stopped at {last.stopped} in round {last.number}; {what}"
     if stuck and last.stopped == "answer" and last.last_reply_cut_off:

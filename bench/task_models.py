@@ -60,7 +60,9 @@ class SmokeModel:
         from agent_node.model import Reply, ToolCall, Usage
 
         usage = Usage(prompt_tokens=10, completion_tokens=5, cached_prompt_tokens=4)
-        props = (response_format or {}).get("properties", {})
+        schema = response_format or {}
+        props = {k for branch in [schema, *schema.get("anyOf", [])]  # the judge's is an anyOf
+                 for k in branch.get("properties", {})}
         answer: dict[str, Any] | None = None
         if "verdict" in props:  # the loop's review
             answer = {"verdict": "pass", "reasons": ["tests pass"], "fixes": [],

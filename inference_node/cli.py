@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     if name == "serve":
         blas.reexec_with_openblas(argv)
     blas.drop_from_environ()
-    from inference_node.api.tomlconf import ConfigError
     from inference_node.errors import InferenceError
+    from studio_common.tomlconf import ConfigError
 
     try:
         return int(getattr(importlib.import_module(module), func)(rest) or 0)

@@ -22,18 +22,14 @@ Paths: `$STUDIO_CODER_HOME` (default `~/.local/share/studio-coder`) holds `model
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference_node.api.tomlconf import ConfigError, load_dataclass, read_toml
+from studio_common.channel import MAX_MESSAGE_BYTES
+from studio_common.tomlconf import ConfigError, load_file
 
 DEFAULT_PORT = 50051
 DEFAULT_MAX_TOKENS = 32768
-# Both sides set these explicitly and to the same values (agent_node/client.py mirrors them).
-MAX_MESSAGE_BYTES = 32 * 1024 * 1024
-KEEPALIVE_TIME_MS = 20_000
-KEEPALIVE_TIMEOUT_MS = 10_000
 
 DESCRIBE_PROMPT = (
     "You describe screenshots of web pages for someone who cannot see them. Describe only what "
@@ -43,10 +39,6 @@ DESCRIBE_PROMPT = (
     "Do not judge the page. Do not say whether it passes, fails, is correct or meets any "
     "requirement; another reviewer decides that from your description."
 )
-
-
-def studio_home() -> Path:
-    return Path(os.environ.get("STUDIO_CODER_HOME", "~/.local/share/studio-coder")).expanduser()
 
 
 @dataclass
@@ -185,10 +177,7 @@ def load_config(path: Path | None) -> InferenceConfig:
     """Read `path` (or the built-in defaults when None) and check it."""
     if path is None:
         return InferenceConfig()
-    data = read_toml(path)
-    data.pop("source", None)
-    cfg = load_dataclass(InferenceConfig, data, str(path), "inference-node")
-    cfg.source = str(path)
+    cfg = load_file(InferenceConfig, path, "inference-node")
     hostfile = Path(cfg.distributed.hostfile).expanduser()
     if cfg.distributed.hostfile and not hostfile.is_absolute():
         cfg.distributed.hostfile = str(path.parent / hostfile)

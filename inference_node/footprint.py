@@ -54,9 +54,6 @@ class KVCost:
     fixed_bytes: int  # bytes per request that do not grow: sliding windows, recurrent state
     note: str  # how it was worked out, and any estimate made
 
-    def bytes_for(self, tokens: int) -> int:
-        return self.per_token * tokens + self.fixed_bytes
-
 
 @dataclass(frozen=True)
 class Footprint:
@@ -70,10 +67,6 @@ class Footprint:
     def resident_bytes(self) -> int:
         """What the model holds once loaded and idle: weights + overhead."""
         return self.weights_bytes + self.overhead_bytes
-
-    def at_context(self, tokens: int) -> int:
-        """Resident bytes plus one request's KV at `tokens` of context."""
-        return self.resident_bytes + self.kv_per_token * tokens + self.kv_fixed_bytes
 
 
 # ---------------------------------------------------------------- weights

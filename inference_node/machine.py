@@ -12,8 +12,8 @@ import sys
 import threading
 from collections.abc import Callable
 
-from inference_node.api.tomlconf import ConfigError
 from inference_node.config import MemoryConfig
+from studio_common.tomlconf import ConfigError
 
 log = logging.getLogger("inference_node.admission")
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inference_node.api.reasons import truncate
-from inference_node.config import InferenceConfig, ModelEntry, studio_home
+from inference_node.config import InferenceConfig, ModelEntry
 from inference_node.errors import BadRequest, LoadFailed, UnknownModel
+from studio_common.paths import studio_home
 
 
 @dataclass
@@ -58,11 +59,28 @@ def read_model_config(path: Path) -> dict:
 
 
 def context_of(config: dict) -> int:
-    text = config.get("text_config", config)
+    """The model's own context length (a vision model's text_config first), else 4096."""
+    text = {**config, **config.get("text_config", {})}
     for key in ("max_position_embeddings", "max_seq_len", "n_positions", "seq_length"):
         if isinstance(text.get(key), int):
             return int(text[key])
     return 4096
+
+
+def model_folder(entry: ModelEntry, source: str) -> Path:
+    """The entry's MLX folder; BadRequest naming the model and what to do when there is none."""
+    path = resolve_path(entry)
+    if not path.is_dir():
+        hint = (f"run `inference-node pull {entry.hub} --name {entry.name}`" if entry.hub
+                else f"fix its path in {source}")
+        raise BadRequest(f"model {entry.name!r}: no model folder at {path}; {hint}")
+    return path
+
+
+def served_context(entry: ModelEntry, config: dict) -> int:
+    """The context a model is served at: its configured `context`, at most its own."""
+    own = context_of(config)
+    return min(entry.context, own) if entry.context else own
 
 
 class Catalog:
@@ -83,16 +101,11 @@ class Catalog:
             entries = [ModelEntry(name=DEFAULT_MODEL_NAME, path=str(path), role="coder")]
         out = []
         for e in entries:
-            path = resolve_path(e)
-            if not path.is_dir():
-                hint = (f"run `inference-node pull {e.hub} --name {e.name}`" if e.hub
-                        else "fix its path in " + cfg.source)
-                raise BadRequest(f"model {e.name!r}: no model folder at {path}; {hint}")
+            path = model_folder(e, cfg.source)
             mcfg = read_model_config(path)
-            own = context_of(mcfg)
             out.append(CatalogModel(
                 name=e.name, role=e.role, path=path, source=e.hub or str(path),
-                pinned=e.pinned, context=min(e.context, own) if e.context else own, config=mcfg,
+                pinned=e.pinned, context=served_context(e, mcfg), config=mcfg,
                 draft=e.draft,
             ))
         return cls(out)

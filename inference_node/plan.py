@@ -16,11 +16,12 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from inference_node.api.tomlconf import ConfigError
-from inference_node.config import ModelEntry, load_config, studio_home
+from inference_node.config import ModelEntry, load_config
 from inference_node.errors import InferenceError
 from inference_node.footprint import Footprint, dequantizes_on_load, estimate
 from inference_node.machine import default_budget, gib
+from inference_node.models import model_folder, read_model_config, served_context
+from studio_common.tomlconf import ConfigError
 
 MAX_COMBINATION_MODELS = 12  # 2**12 subsets is still instant
 
@@ -52,13 +53,6 @@ class PlanResult:
     pinned_bytes: int
     combinations: list[tuple[tuple[str, ...], int, bool]] = field(default_factory=list)
 
-    def fits_together(self, *names: str) -> bool:
-        want = tuple(sorted(names))
-        for combo, _, ok in self.combinations:
-            if tuple(sorted(combo)) == want:
-                return ok
-        raise KeyError(f"no combination {names!r} in this plan")
-
     def largest_fitting(self) -> list[tuple[str, ...]]:
         """Fitting sets that no other fitting set contains."""
         ok = [set(c) for c, _, fits in self.combinations if fits and c]
@@ -84,36 +78,15 @@ def plan(entries: list[PlannedModel], budget: int) -> PlanResult:
 # ---------------------------------------------------------------- the command
 
 
-def _model_dir(entry: ModelEntry) -> Path:
-    if entry.path:
-        p = Path(entry.path).expanduser()
-        return p if p.is_absolute() else studio_home() / "models" / p
-    return studio_home() / "models" / entry.name
-
-
-def _own_context(model_dir: Path) -> int:
-    config = json.loads((model_dir / "config.json").read_text())
-    text = {**config, **config.get("text_config", {})}
-    for key in ("max_position_embeddings", "max_seq_len", "n_positions", "seq_length"):
-        if isinstance(text.get(key), int):
-            return int(text[key])
-    return 4096
-
-
 def planned_models(entries: list[ModelEntry], overhead_bytes: int, source: str,
                    dequantize: bool = False) -> list[PlannedModel]:
     """The entries' footprints; `dequantize`: coder models as the engine holds them when it
     expands quantized weights at load (`dequantizes_on_load`)."""
     out = []
     for e in entries:
-        model_dir = _model_dir(e)
-        if not model_dir.is_dir():
-            hint = (f"run `inference-node pull {e.hub} --name {e.name}`" if e.hub
-                    else f"fix its path in {source}")
-            raise ConfigError(f"model {e.name!r}: no model folder at {model_dir}; {hint}")
+        model_dir = model_folder(e, source)
         fp = estimate(model_dir, overhead_bytes, dequantize=dequantize and e.role != "vision")
-        own = _own_context(model_dir)
-        context = min(e.context, own) if e.context else own
+        context = served_context(e, read_model_config(model_dir))
         out.append(PlannedModel(e.name, fp, context, e.pinned, e.role))
     return out
 

@@ -7,7 +7,6 @@ with reasons, reflection) is `wire.py`. The thread pool holds `server.max_stream
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import logging.handlers
 import signal
@@ -20,46 +19,24 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from inference_node import wire
-from inference_node.api.tomlconf import ConfigError
-from inference_node.config import (
-    KEEPALIVE_TIME_MS,
-    KEEPALIVE_TIMEOUT_MS,
-    InferenceConfig,
-    load_config,
-)
+from inference_node.config import InferenceConfig, load_config
 from inference_node.engine import Engine
 from inference_node.machine import gib
 from inference_node.models import Catalog
 from inference_node.service import InferenceServicer
+from studio_common.channel import server_options
+from studio_common.net import require_loopback
+from studio_common.tomlconf import ConfigError
 
 log = logging.getLogger("inference_node.server")
 SERVICE_NAME = wire.SERVICE_NAME
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    """Message limits and keepalive, the same on both sides (agent_node/client.py mirrors)."""
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
-
-
 def check_host(host: str, allow_remote: bool) -> None:
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not allow_remote:
-        raise ConfigError(
-            f"refusing to listen on {host}: the inference node binds loopback only. Reach it "
-            "from the workstation through the SSH tunnel (agent-node.toml [tunnel]); pass "
-            "--allow-remote only if you really mean to expose it"
-        )
+    require_loopback(host, allow_remote, (
+        "the inference node binds loopback only. Reach it from the workstation through the SSH "
+        "tunnel (agent-node.toml [tunnel]); pass --allow-remote only if you really mean to "
+        "expose it"))
 
 
 class InferenceServer:
@@ -120,7 +97,7 @@ def create_server(addr: str = "127.0.0.1:0", cfg: InferenceConfig | None = None,
     servicer = InferenceServicer(cfg, catalog, admission, engine)
 
     max_bytes = cfg.server.max_message_mb * 1024 * 1024
-    options = [*channel_options(max_bytes), ("grpc.so_reuseport", 0)]
+    options = [*server_options(max_bytes), ("grpc.so_reuseport", 0)]
     workers = cfg.server.max_streams + cfg.server.control_workers  # see StreamSlots
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),

@@ -55,8 +55,7 @@ def stub_for() -> Iterator[Callable[[str], object]]:
     import grpc
 
     from inference_node.api import rpc
-    from inference_node.config import MAX_MESSAGE_BYTES
-    from inference_node.server import channel_options
+    from studio_common.channel import MAX_MESSAGE_BYTES, channel_options
 
     channels: list[grpc.Channel] = []
 

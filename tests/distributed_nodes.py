@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from studio_common.net import free_port
+
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 300.0  # two or three ranks importing mlx-lm on a shared 2-core machine
 
@@ -46,12 +48,6 @@ def write_config(path: Path, tables: dict[str, dict[str, Any]],
         lines += [f"{k} = {_toml_value(v)}" for k, v in m.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def free_port_block(n: int) -> int:

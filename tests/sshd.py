@@ -20,6 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from studio_common.net import free_port
+
 SSHD = "/usr/sbin/sshd"
 
 
@@ -32,12 +34,6 @@ def available() -> str:
     if os.geteuid() != 0:
         return "sshd's privilege separation needs root"
     return ""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def keygen(path: Path, kind: str = "ed25519") -> Path:

@@ -348,7 +348,7 @@ def test_a_task_folder_without_hidden_tests_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_target_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
-    from bench.engine import free_port
+    from studio_common.net import free_port
 
     assert agent_tasks.main(["--target", f"127.0.0.1:{free_port()}", "--tasks", "fizzbuzz"]) == 3
     assert "unreachable" in capsys.readouterr().err

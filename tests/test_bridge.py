@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
-import socket
 import threading
 import time
 import urllib.request
@@ -21,6 +20,7 @@ from agent_node.bridge.request import parse_chat_body
 from agent_node.client import connect
 from agent_node.config import AgentConfig
 from inference_node.api import pb
+from studio_common.net import free_port
 
 WEATHER = {
     "type": "function",
@@ -219,9 +219,7 @@ def test_admission_refusal_is_503_with_retry_after(chain_models):
 
 
 def test_unreachable_node_is_503_not_a_hang():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    dead = f"127.0.0.1:{free_port()}"
     with bridge(config(dead, connect_timeout_s=0.5)) as client:
         with pytest.raises(openai.APIStatusError) as e:
             client.chat.completions.create(model="hello", messages=HI)

@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import REPO, running_server
-from sshd import free_port
 
 from agent_node.bridge import BridgeServer, create_app
 from agent_node.config import AgentConfig
+from studio_common.net import free_port
 
 
 @pytest.fixture(scope="module")

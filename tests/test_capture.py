@@ -6,7 +6,6 @@ import functools
 import http.server
 import json
 import shutil
-import socket
 import struct
 import sys
 import threading
@@ -18,9 +17,12 @@ from typing import Any
 import pytest
 
 from agent_node.qa import cli
-from agent_node.qa.capture import Capturer, PageServer, find_browser
+from agent_node.qa.browser import find_browser
+from agent_node.qa.capture import Capturer
 from agent_node.qa.errors import BrowserNotFound
 from agent_node.qa.facts import facts_of
+from agent_node.qa.page_server import PageServer
+from studio_common.net import free_port
 
 PAGES = Path(__file__).parent / "fixtures" / "pages"
 
@@ -64,12 +66,6 @@ def kinds(facts: list, viewport: str) -> list[str]:
 
 def png_size(png: bytes) -> tuple[int, int]:
     return struct.unpack(">II", png[16:24])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_clean_page_yields_no_facts(site: str, capturer: Capturer) -> None:

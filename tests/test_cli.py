@@ -9,6 +9,8 @@ from pathlib import Path
 
 from conftest import REPO
 
+from studio_common.net import free_port
+
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import os
@@ -76,14 +78,6 @@ def test_unknown_subcommands_are_usage_errors():
         out = run(module, "frobnicate")
         assert out.returncode == 2
         assert "unknown command 'frobnicate'" in out.stderr
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_serve_on_a_public_address_is_a_usage_error_without_a_traceback():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import grpc
 import pytest
@@ -24,6 +23,7 @@ from agent_node.exceptions import (
     WouldNotFit,
 )
 from inference_node.api import pb, reasons
+from studio_common.net import free_port
 
 WEATHER = {
     "name": "get_weather",
@@ -161,9 +161,7 @@ def test_health_models_and_memory(server):
 
 
 def dead_target() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 def test_unreachable_target_is_inference_unavailable_not_a_hang():

@@ -29,8 +29,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inference_node.api import pb, reasons, rpc
-from inference_node.config import MAX_MESSAGE_BYTES
-from inference_node.server import channel_options
+from studio_common.channel import MAX_MESSAGE_BYTES, channel_options
 
 BOUND_S = 0.100  # the issue's requirement
 STARVED_S = 1.0  # no control call may wait this long, whatever the machine's load
@@ -43,15 +42,14 @@ def target(chain_models, tmp_path_factory):
     their streams here do not share the server's interpreter."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
 
     from conftest import REPO
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from studio_common.net import free_port
+
+    port = free_port()
     cfg = tmp_path_factory.mktemp("control-plane") / "inference-node.toml"
     cfg.write_text("[memory]\nbudget_gb = 8.0\nfloor_gb = 0.0\n\n" + "".join(
         f'[[models]]\nname = "{name}"\npath = "{chain_models[name]}"\n\n'

@@ -14,12 +14,14 @@ import mlx.core as mx
 import pytest
 from conftest import running_server
 from images import png_declaring
+from test_plan import fits_together
 
 from inference_node.admission import GB, kv_tokens
 from inference_node.api import pb
-from inference_node.config import DESCRIBE_PROMPT, MAX_MESSAGE_BYTES
+from inference_node.config import DESCRIBE_PROMPT
 from inference_node.footprint import Footprint
 from inference_node.plan import PlannedModel, plan
+from studio_common.channel import MAX_MESSAGE_BYTES
 
 MB = 1 << 20
 
@@ -383,10 +385,10 @@ def test_plan_an_81_gb_coder_with_a_3_gb_vision_model_on_96_gb():
     second = planned("second-coder", 30.0, 96, 16384)
     full = planned("coder@64k", 81.0, 128, 65536)  # the same coder at its full context: 8 GB
     r = plan([coder, vision, second, full], budget)
-    assert r.fits_together("coder", "qwen3-vl")  # 81 + 2 + 3 + 1.1 + overheads ≈ 87.2
-    assert not r.fits_together("coder", "qwen3-vl", "second-coder")
-    assert r.fits_together("coder@64k")  # alone at full context: 89.1
-    assert not r.fits_together("coder@64k", "qwen3-vl")  # 93.3: only the KV tips it over
+    assert fits_together(r, "coder", "qwen3-vl")  # 81 + 2 + 3 + 1.1 + overheads ≈ 87.2
+    assert not fits_together(r, "coder", "qwen3-vl", "second-coder")
+    assert fits_together(r, "coder@64k")  # alone at full context: 89.1
+    assert not fits_together(r, "coder@64k", "qwen3-vl")  # 93.3: only the KV tips it over
     weights_only = (full.footprint.resident_bytes + vision.footprint.resident_bytes)
     assert weights_only < budget
     assert r.too_big_alone == []

@@ -58,7 +58,7 @@ def one_rank(models: list[dict[str, Any]], prompts: list[tuple[str, str, int]]
 
 
 def installed_qwen() -> Path | None:
-    from inference_node.config import studio_home
+    from studio_common.paths import studio_home
 
     candidates = [studio_home() / "models" / QWEN,
                   Path("~/.local/share/studio-coder/models").expanduser() / QWEN,

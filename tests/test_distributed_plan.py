@@ -12,12 +12,12 @@ import pytest
 from tiny_models import write_random_chat_model
 
 from inference_node.admission import GB
-from inference_node.api.tomlconf import ConfigError
 from inference_node.config import DistributedConfig, MemoryConfig, load_config
 from inference_node.distributed import cluster
 from inference_node.distributed.ranked import HostBudget, RankedAdmission
 from inference_node.distributed.sharding import plan_model
 from inference_node.errors import LoadFailed, WouldNotFit
+from studio_common.tomlconf import ConfigError
 
 MB = 1 << 20
 BIN = Path(sys.executable).parent
@@ -219,12 +219,12 @@ def test_each_host_admits_its_part_and_a_request_reserves_on_every_host(
 def test_a_refusal_on_one_host_undoes_the_others_and_names_every_host(tmp_path: Path) -> None:
     m = write_random_chat_model(tmp_path / "m", "llama")
     plan = plan_model("m", m, 2)
-    adm = ledger([10, 5])  # the model needs ~6.5 MB per host
+    adm = ledger([10, 5])  # the model needs ~6.5 MiB per host
     adm.set_plan(plan)
     with pytest.raises(WouldNotFit) as e:
         adm.admit_load("m", sum(plan.weights), pinned=False)
     assert "does not fit on rank 1 on h1" in str(e.value)
-    assert f"rank 0 on h0 needs {plan.weights[0] / MB:.1f} MB" in str(e.value)
+    assert f"rank 0 on h0 needs {plan.weights[0] / MB:.1f} MiB" in str(e.value)
     assert [h["committed_bytes"] for h in adm.snapshot()["hosts"]] == [0, 0]
 
 

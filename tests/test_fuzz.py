@@ -55,8 +55,7 @@ def server(chain_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def channel(server):
-    from inference_node.config import MAX_MESSAGE_BYTES
-    from inference_node.server import channel_options
+    from studio_common.channel import MAX_MESSAGE_BYTES, channel_options
 
     with grpc.insecure_channel(server[1], options=channel_options(MAX_MESSAGE_BYTES)) as ch:
         yield ch

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import io
 import json
-import socket
 import zipfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from test_gguf import Q8_0, write_quantized_llama
 from inference_node import install as inst
 from inference_node.install import InstallError, KnownModel, RegistryUnreachable, install
 from inference_node.progress import Progress
+from studio_common.net import free_port
 
 VERSION = "1.0.0"
 
@@ -186,9 +186,7 @@ def test_a_part_that_disagrees_with_its_own_record_is_dropped_from_the_cache(reg
 
 def test_an_unreachable_registry_says_so_with_exit_code_3(registry, monkeypatch, capsys):
     model, _, _, cache, store = registry
-    with socket.socket() as s:  # a loopback port with nothing listening
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a loopback port with nothing listening
     monkeypatch.delenv("PIP_NO_INDEX")
     monkeypatch.setenv("PIP_FIND_LINKS", "")
     monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{port}/simple")

@@ -18,6 +18,6 @@ def test_ruff_is_clean():
 
 
 def test_mypy_is_clean():
-    out = subprocess.run([str(BIN / "mypy"), "inference_node", "agent_node"], cwd=REPO,
-                         capture_output=True, text=True)
+    out = subprocess.run([str(BIN / "mypy"), "inference_node", "agent_node", "studio_common"],
+                         cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout

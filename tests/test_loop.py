@@ -32,6 +32,7 @@ from agent_node.config import AgentConfig
 from agent_node.loop import cli
 from agent_node.loop.gate import QAFailure, QAOutcome
 from agent_node.runs import find_run, read_events, summarize
+from studio_common.net import free_port
 
 TESTS = Path(__file__).resolve().parent
 
@@ -305,12 +306,9 @@ def test_killed_run_leaves_a_readable_record_and_the_branch_untouched(
 
 def test_unreachable_inference_node_exits_3(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    import socket
 
     repo = make_repo(tmp_path)
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     config = tmp_path / "agent-node.toml"
     config.write_text(f'[inference]\ntarget = "127.0.0.1:{port}"\nconnect_timeout_s = 1.0\n')
     assert cli.run_main(["fix it", "--repo", str(repo), "--config", str(config)]) == 3

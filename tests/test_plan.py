@@ -10,7 +10,7 @@ from tiny_models import write_random_llama
 
 from inference_node.admission import GB
 from inference_node.footprint import Footprint
-from inference_node.plan import PlannedModel, main, plan
+from inference_node.plan import PlannedModel, PlanResult, main, plan
 
 MB = 1 << 20
 
@@ -22,15 +22,24 @@ def synthetic(name: str, weights_gb: float, kv_gb_at_context: float, pinned: boo
     return PlannedModel(name, fp, context, pinned, role)
 
 
+def fits_together(result: PlanResult, *names: str) -> bool:
+    """Whether the plan found `names` to fit together (KeyError: not a combination it tried)."""
+    want = tuple(sorted(names))
+    for combo, _, ok in result.combinations:
+        if tuple(sorted(combo)) == want:
+            return ok
+    raise KeyError(f"no combination {names!r} in this plan")
+
+
 def test_81_gb_coder_and_3_gb_vision_model_on_a_96_gb_machine() -> None:
     budget = 96 * GB - 4 * GB  # recommended working set less the default reserve
     coder = synthetic("coder", 81.0, 6.0, pinned=True)
     vision = synthetic("vision", 3.0, 0.5, role="vision")
     big_vision = synthetic("big-vision", 8.0, 1.0, role="vision")
     result = plan([coder, vision, big_vision], budget)
-    assert result.fits_together("coder", "vision")  # 81 + 6 + 3 + 0.5 + overhead < 92
-    assert not result.fits_together("coder", "big-vision")
-    assert result.fits_together("vision", "big-vision")
+    assert fits_together(result, "coder", "vision")  # 81 + 6 + 3 + 0.5 + overhead < 92
+    assert not fits_together(result, "coder", "big-vision")
+    assert fits_together(result, "vision", "big-vision")
     assert not result.fits
     assert ("coder", "vision") in result.largest_fitting()
     assert result.too_big_alone == []

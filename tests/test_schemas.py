@@ -164,7 +164,7 @@ def test_without_a_bound_the_same_rambler_never_closes(tokenizer: Any) -> None:
 def test_bounded_classify_ends_on_smollm2_where_the_unbounded_one_rambles(smol_server) -> None:
     from agent_node.client import Client
     from agent_node.config import AgentConfig
-    from agent_node.loop import prompts
+    from agent_node import prompts
 
     cfg = AgentConfig()
     cfg.inference.target = smol_server[1]
@@ -175,7 +175,7 @@ def test_bounded_classify_ends_on_smollm2_where_the_unbounded_one_rambles(smol_s
     # SmolLM2 answers this classification with `"reason": "1.1.1.1...` and never closes it
     # (the full CLASSIFY, as before a repository without web files ruled UI out).
     messages = [{"role": "user", "content": prompts.render(
-        "classify", task="Fix add() in calc.py so it returns the sum.",
+        "loop/classify", task="Fix add() in calc.py so it returns the sum.",
         files=["calc.py", "test_calc.py"])}]
     with Client(cfg) as client:
         model = client.model()

@@ -278,8 +278,8 @@ def test_batch_peak_counts_every_live_sequence_at_the_longest_ones_length() -> N
 def test_the_log_file_follows_newsyslog_rotation(tmp_path) -> None:
     import logging
 
-    from inference_node.api.tomlconf import ConfigError
     from inference_node.server import log_to_file
+    from studio_common.tomlconf import ConfigError
 
     root = logging.getLogger()
     saved = root.handlers[:]

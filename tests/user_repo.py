@@ -30,13 +30,15 @@ PASS = {"verdict": "pass", "reasons": ["add is fixed"], "fixes": [], "tests_chan
 
 
 def isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A git identity, no global git config, and a studio-coder home and key under tmp_path."""
+    """A git identity, no global git config, and a studio-coder home, key and prompts folder
+    under tmp_path."""
     for who in ("AUTHOR", "COMMITTER"):
         monkeypatch.setenv(f"GIT_{who}_NAME", "Test User")
         monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.com")
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))
     monkeypatch.setenv("STUDIO_CODER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("STUDIO_CODER_KEY", str(tmp_path / "config" / "record.key"))
+    monkeypatch.setenv("STUDIO_CODER_PROMPTS", str(tmp_path / "prompts"))  # none of the user's
 
 
 def git(repo: Path, *args: str) -> str:

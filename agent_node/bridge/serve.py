@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import socket
 import sys
 import threading
@@ -18,19 +17,15 @@ from agent_node.bridge.guard import TokenError, bridge_token, token_path
 from agent_node.client import connect
 from agent_node.config import DEFAULT_CONFIG, ConfigError, load_default_config
 from agent_node.exceptions import TunnelFailed
+from studio_common.net import require_loopback
 
 
 def check_host(host: str, allow_remote: bool) -> None:
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not allow_remote:
-        raise ValueError(
-            f"refusing to listen on {host}: the bridge speaks plain HTTP and anyone who reaches "
-            "it can send prompts to the appliance (with the token, which travels in clear). "
-            "Keep it on 127.0.0.1 and reach it over SSH (ssh -L 8080:127.0.0.1:8080); pass "
-            "--allow-remote only if you mean to expose it on your network")
+    require_loopback(host, allow_remote, (
+        "the bridge speaks plain HTTP and anyone who reaches it can send prompts to the "
+        "appliance (with the token, which travels in clear). Keep it on 127.0.0.1 and reach it "
+        "over SSH (ssh -L 8080:127.0.0.1:8080); pass --allow-remote only if you mean to expose "
+        "it on your network"))
 
 
 class BridgeServer:

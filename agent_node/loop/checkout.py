@@ -2,6 +2,7 @@
 
     co = Checkout.create(user_repo, checkouts_root() / run_id, base)
     co.work                                  # the working tree the coder edits
+    co.changed(base)                         # would a snapshot now differ from base
     commit = co.snapshot(base, "message")    # the working tree, as one commit on base
     co.diff(base, commit)                    # the real change: patch and (status, path) pairs
     co.export(commit, gate_dir)              # exactly that commit's files, for the gate's tests
@@ -101,6 +102,16 @@ class Checkout:
 
     def files(self) -> list[str]:
         return self._git(["ls-files"]).splitlines()
+
+    def changed(self, base: str) -> bool:
+        """Would `snapshot(base, ...)` now differ from `base` (the gate's "no diff")?"""
+        index = {"GIT_INDEX_FILE": str(self.dir / "changed.index")}
+        try:
+            self._git(["read-tree", base], env=index)
+            self._git(["add", "-A", "--", ".", *_NOISE_SPECS], env=index)
+            return bool(self._git(["diff", "--cached", "--name-only", base], env=index).strip())
+        finally:
+            (self.dir / "changed.index").unlink(missing_ok=True)
 
     def snapshot(self, base: str, message: str) -> str:
         """Commit the working tree as it stands (untracked files too, ignored ones and build

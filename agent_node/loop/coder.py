@@ -3,6 +3,11 @@
 The loop is pi's: ask the model → run its tool calls → append the results → repeat, until it
 calls `finish`, answers without a tool call, or hits a bound (turns, generated tokens, wall time).
 A failing tool's error becomes that tool's result; it never ends the loop.
+
+`CoderChecks` are what the loop checks for the coder as it goes, so a small model learns at
+once what the gate would tell it a round later: after each `edit` or `write` the test command
+runs and its result is appended to that tool's result, and `finish` is refused while the
+checkout is unchanged for a task that asks for a change.
 """
 
 from __future__ import annotations
@@ -13,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent_node import activity
+from agent_node import activity, prompts
 from agent_node.exceptions import DeadlineExceeded
 from agent_node.model import Model, Reply
 from agent_node.schemas import bounded_tool
-from agent_node.tools import run_tool
+from agent_node.tools import FINISH, run_tool
 from agent_node.unfinished import TIME, explain
 
 Emit = Callable[..., Any]  # emit(type, **fields)
@@ -30,6 +35,17 @@ class CoderLimits:
     wall_s: float = 900.0
     reply_tokens: int | None = None  # per reply; None: the server's generous default
     timeout_s: float = 0.0  # the stream's deadline ([inference] timeout_s), for messages
+
+
+@dataclass
+class CoderChecks:
+    """What the loop checks for the coder during its round (each None: not checked)."""
+
+    changed: Callable[[], bool] | None = None  # finish is refused while this says False
+    tests: Callable[[], str] | None = None  # after each edit/write: the tests' result, as text
+
+
+EDITS = ("edit", "write")
 
 
 @dataclass
@@ -64,6 +80,7 @@ def run_coder(
     *,
     emit: Emit,
     round_no: int,
+    checks: CoderChecks | None = None,
 ) -> CoderResult:
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": system_prompt},
@@ -113,19 +130,33 @@ def run_coder(
         })
         if not reply.tool_calls:
             if reply.cut_off_while_reasoning:
-                messages.append({"role": "user", "content": "Your reply was cut off while you "
-                                 "were still reasoning. Continue, and call a tool."})
+                messages.append({"role": "user",
+                                 "content": prompts.render("loop/coder_cut_off")})
                 continue
             return result(reply.text, "answer")
         for call in reply.tool_calls:
             t0 = time.monotonic()
-            ok, output, finished = call_tool(tools, call.name, call.arguments)
+            ok, output, finished, refused = _checked_call(tools, call.name, call.arguments,
+                                                          checks or CoderChecks())
             emit("tool_call", round=round_no, name=call.name, arguments=_short(call.arguments),
-                 ok=ok, output_chars=len(output), seconds=round(time.monotonic() - t0, 3))
+                 ok=ok, output_chars=len(output), seconds=round(time.monotonic() - t0, 3),
+                 **({"refused": True} if refused else {}))
             messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name,
                              "content": output})
             if finished:  # the tool's output is the report as text
                 return result(output, "finish")
+
+
+def _checked_call(tools: dict[str, Any], name: str, arguments: dict[str, Any],
+                  checks: CoderChecks) -> tuple[bool, str, bool, bool]:
+    """call_tool with the loop's checks around it (see the module docstring): (ok, output,
+    finished, refused by the loop)."""
+    if name == FINISH and checks.changed is not None and not checks.changed():
+        return False, "error: " + prompts.render("loop/finish_refused"), False, True
+    ok, output, finished = call_tool(tools, name, arguments)
+    if ok and name in EDITS and checks.tests is not None:
+        output += "\n\n" + checks.tests()
+    return ok, output, finished, False
 
 
 def reply_fields(reply: Reply) -> dict[str, Any]:

@@ -101,13 +101,15 @@ def detect_test_cmd(root: Path) -> str:
 
 
 def run_tests(cmd: str, tree: Path, timeout_s: float, *, sandbox: Sandbox | None = None,
-              output_limit: int = 12_000) -> TestRun:
+              output_limit: int = 12_000, read_only: list[Path] | None = None) -> TestRun:
     """Run `cmd` in a shell in `tree`, in the sandbox (None: the default one), writing only
-    there; its whole process tree dies at the end or the timeout. The output kept is bounded:
-    `output_limit` characters from its start and as many from its end."""
+    there (but not to `read_only` inside it); its whole process tree dies at the end or the
+    timeout. The output kept is bounded: `output_limit` characters from its start and as many
+    from its end."""
     confine = sandbox or Sandbox.from_config()
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "CI": "1"}
-    done = confine.run(["/bin/sh", "-c", cmd], cwd=tree, writable=[tree], timeout_s=timeout_s,
+    done = confine.run(["/bin/sh", "-c", cmd], cwd=tree, writable=[tree],
+                       read_only=read_only or [], timeout_s=timeout_s,
                        output_limit=2 * output_limit, env=env)
     text = done.output
     if done.timed_out:

@@ -20,13 +20,21 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from agent_node import activity
+from agent_node import activity, prompts
 from agent_node.config import AgentConfig
-from agent_node.loop import prompts
 from agent_node.loop.checkout import Checkout, checkouts_root
-from agent_node.loop.coder import CoderLimits, reply_fields, run_coder
+from agent_node.loop.coder import CoderChecks, CoderLimits, reply_fields, run_coder
+from agent_node.loop.context import repo_context
 from agent_node.loop.errors import StructuredOutputError, UnfinishedJSON, UsageError
-from agent_node.loop.gate import GateResult, QACheck, detect_test_cmd, gate_event, run_gate
+from agent_node.loop.gate import (
+    GateResult,
+    QACheck,
+    detect_test_cmd,
+    gate_event,
+    run_gate,
+    run_tests,
+    tail,
+)
 from agent_node.loop.repo import current_branch, dirty_paths, head_commit, repo_root
 from agent_node.loop.structured import REVIEW, SPEC, ask_json
 from agent_node.loop.visual import serve_directory
@@ -35,9 +43,11 @@ from agent_node.report import write_report
 from agent_node.runs import Listener, RunRecord, make_private, summarize
 from agent_node.sandbox import Sandbox, SandboxUnavailable
 from agent_node.schemas import classify_schema
+from agent_node.tools.bash import checkout_git
 
 ToolsFactory = Callable[[Path], dict[str, Any]]
 MAX_FILES_LISTED = 200
+TESTS_SHOWN_CHARS = 2_500  # the end of a test run's output, as the coder is shown it
 
 
 def default_tools(cfg: AgentConfig, sandbox: Sandbox) -> ToolsFactory:
@@ -92,6 +102,10 @@ def run_task(
         raise UsageError(f"{root} has {len(dirty)} uncommitted file(s) ({', '.join(dirty[:5])}); "
                          "commit or stash them, or run without --refuse-dirty to base on HEAD")
     sandbox = sandbox_for(cfg)
+    try:
+        overridden = prompts.overrides()  # a stray file in the user's prompts folder: say so now
+    except prompts.PromptError as e:
+        raise UsageError(str(e)) from None
     record = RunRecord.create(home)
     record.listeners.extend(listeners)
     for m in {id(model): model, id(coder_model): coder_model}.values():
@@ -99,6 +113,9 @@ def run_task(
             setattr(m, "on_progress", activity.call_progress)  # noqa: B010
     run = _Run(record, task, root, dirty, model, coder_model or model, cfg, spec, test_cmd, qa,
                tools_factory or default_tools(cfg, sandbox), sandbox, home)
+    if overridden:
+        record.emit("note", text=f"prompts from {prompts.user_dir()} replace the built-in ones: "
+                    + ", ".join(overridden))
     try:
         with activity.reporting(lambda e: _on_activity(record, e)):
             run.go()
@@ -176,25 +193,33 @@ class _Run:
                   asks_for_change=kind["asks_for_change"])
 
         failures: list[str] = []
+        start_tests = ""
+        if test_cmd and self.cfg.loop.tests_first:
+            with activity.stage("tests", when="start"):
+                start_tests = self.tests_now(test_cmd, "before any change")
         verdict, reasons, last_round = "fail", ["no round ran"], 0
         for round_no in range(1, self.cfg.loop.max_rounds + 1):
             last_round = round_no
+            shown = repo_context(work, files, self.task, self.cfg.loop.brief_chars)
             brief = prompts.render(
-                "brief", task=self.task, files=files[:MAX_FILES_LISTED],
+                "loop/brief", task=self.task, files=files[:MAX_FILES_LISTED],
                 files_more=len(files) if len(files) > MAX_FILES_LISTED else 0,
+                shown=shown.whole, outlines=shown.outlines,
+                start_tests=start_tests if round_no == 1 else "",
                 test_cmd=test_cmd, asks_for_change=kind["asks_for_change"], spec=spec or [],
                 page=page, failures=failures, round=round_no)
             self.record.write_text(f"round-{round_no}/brief.md", brief)
             self.emit("round_started", round=round_no, brief_file=f"round-{round_no}/brief.md")
             with activity.stage("coder", round=round_no):
                 coder = run_coder(
-                    self.coder_model, prompts.render("coder_system"), brief,
+                    self.coder_model, prompts.render("loop/coder_system"), brief,
                     self.tools_factory(work),
                     CoderLimits(self.cfg.loop.coder_max_turns, self.cfg.loop.coder_max_tokens,
                                 self.cfg.loop.coder_wall_s,
                                 self.cfg.loop.coder_reply_tokens or None,
                                 self.cfg.inference.timeout_s),
-                    emit=self.emit, round_no=round_no)
+                    emit=self.emit, round_no=round_no,
+                    checks=self.coder_checks(base, test_cmd, kind["asks_for_change"]))
             self.record.write_text(f"round-{round_no}/coder.json",
                                    json.dumps(coder.messages, indent=1, default=str))
             self.emit("coder_done", round=round_no, report=coder.report, turns=coder.turns,
@@ -219,6 +244,25 @@ class _Run:
 
     # -- steps ---------------------------------------------------------------------------------
 
+    def tests_now(self, test_cmd: str, when: str = "after this change") -> str:
+        """The test command on the coder's checkout as it stands (in the sandbox, its git
+        read-only), as the coder is shown it: passed or not, and the end of the output."""
+        work = self.checkout.work
+        t = run_tests(test_cmd, work, self.cfg.loop.tool_timeout_s, sandbox=self.sandbox,
+                      output_limit=self.cfg.loop.output_limit, read_only=checkout_git(work))
+        return prompts.render(
+            "loop/tests_run", when=when, passed=t.passed, cmd=test_cmd,
+            exit="timed out" if t.timed_out else f"exit {t.exit_code}",
+            output=tail(t.output.strip(), TESTS_SHOWN_CHARS))
+
+    def coder_checks(self, base: str, test_cmd: str, asks_for_change: bool) -> CoderChecks:
+        loop = self.cfg.loop
+        return CoderChecks(
+            changed=(lambda: self.checkout.changed(base)) if asks_for_change
+            and loop.finish_needs_change else None,
+            tests=(lambda: self.tests_now(test_cmd)) if test_cmd and loop.test_after_edit
+            else None)
+
     def ask(self, role: str, prompt: str, schema: dict[str, Any], round_no: int = 0) -> Any:
         def log(reply: Reply) -> None:
             self.emit("model_call", role=role, round=round_no, **reply_fields(reply))
@@ -240,7 +284,8 @@ class _Run:
         if self.spec is not None:
             kind = {"ui": True, "asks_for_change": True, "page": "", "reason": "a spec was given"}
         else:
-            prompt = prompts.render("classify", task=self.task, files=files[:MAX_FILES_LISTED])
+            prompt = prompts.render("loop/classify", task=self.task,
+                                    files=files[:MAX_FILES_LISTED])
             try:
                 kind = self.ask("classify", prompt, classify_schema(files))
             except StructuredOutputError as e:
@@ -254,7 +299,7 @@ class _Run:
     def write_spec(self) -> list[str]:
         source = "model"
         try:
-            statements = list(self.ask("spec", prompts.render("spec", task=self.task),
+            statements = list(self.ask("spec", prompts.render("loop/spec", task=self.task),
                                        SPEC)["statements"])
         except StructuredOutputError as e:
             statements = ["no horizontal overflow at desktop or phone width", "no console errors"]
@@ -301,7 +346,7 @@ class _Run:
             return False, gate.failures + gate.flags, gate.failures
         t = gate.tests
         prompt = prompts.render(
-            "review", task=self.task, spec=spec or [], files=[p for _, p in gate.diff.files],
+            "loop/review", task=self.task, spec=spec or [], files=[p for _, p in gate.diff.files],
             flags=gate.flags, test_cmd=test_cmd, report=report,
             test_result=("not run" if t is None else f"exit {t.exit_code} in {t.seconds:.1f} s"),
             diff=gate.diff.patch[: self.cfg.loop.output_limit * 2])

@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonschema
 
-from agent_node import activity
+from agent_node import activity, prompts
 from agent_node.exceptions import DeadlineExceeded
 from agent_node.loop.errors import StructuredOutputError, UnfinishedJSON
 from agent_node.model import Model, Reply
@@ -88,8 +88,8 @@ def ask_json(
                 text, step=step, model=reply.model or name, tokens=tokens, why=why)
         messages += [
             {"role": "assistant", "content": text},
-            {"role": "user", "content": f"That reply cannot be used: {problem}. Reply again with "
-             f"only a JSON object matching this schema:\n{json.dumps(schema)}"},
+            {"role": "user", "content": prompts.render("structured/retry", problem=problem,
+                                                       schema=json.dumps(schema))},
         ]
     raise StructuredOutputError(
         f"{step}: {name} gave no valid JSON in {retries + 1} tries; last problem: {problem}",

@@ -3,8 +3,9 @@
 `check_page()` is the entry the agent loop calls; `agent-node check-ui` is the command.
 """
 
-from agent_node.qa.capture import Capturer, PageServer
+from agent_node.qa.capture import Capturer
 from agent_node.qa.check import QAResult, check_page
+from agent_node.qa.page_server import PageServer
 from agent_node.qa.spec import Spec, load_spec, parse_spec
 
 __all__ = ["Capturer", "PageServer", "QAResult", "Spec", "check_page", "load_spec", "parse_spec"]

@@ -15,144 +15,38 @@ A page is measured once it has loaded, no request has been in flight for `idle_m
 at most `settle_max_ms` after load. Waiting on the page's own short timers is what catches an
 error thrown a second after load without making every capture wait seconds.
 
-The browser is found in this order: `qa.browser`, `$STUDIO_CODER_BROWSER`, the system's
-Chromium or Chrome, Playwright's own download. Playwright's sync API is used, so a Capturer
-belongs to the thread that started it.
+The browser is found and launched by `browser.py`; the page scripts are package data in
+`page_scripts/`. Playwright's sync API is used, so a Capturer belongs to the thread that
+started it.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent_node.config import QASection
-from agent_node.qa.errors import BrowserFailed, BrowserNotFound, PageUnreachable, ServerFailed
-from agent_node.sandbox import runner
+from agent_node.qa.browser import acquire_playwright, find_browser, launch, release_playwright
+from agent_node.qa.errors import BrowserNotFound, PageUnreachable
 
-BROWSER_ENV = "STUDIO_CODER_BROWSER"
-SYSTEM_BROWSERS = (
-    "chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"
-)
-MAC_BROWSERS = (
-    "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome",
-    "/Applications/Chromium.app/Contents/MacOS/Chromium",
-)
-# A closed network: nothing phones home, nothing updates, no GPU process to fail.
-LAUNCH_ARGS = [
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-gpu",
-    "--disable-default-apps",
-    "--disable-extensions",
-    "--disable-domain-reliability",
-    "--disable-client-side-phishing-detection",
-    "--disable-features=Translate,OptimizationHints,MediaRouter,InterestFeedContentSuggestions",
-    "--metrics-recording-only",
-]
 POLL_MS = 50
 MAX_OFFENDERS = 5
 MAX_EXAMPLES = 5
 
-# Tracks the page's own short setTimeouts, so the settle wait can end as soon as they have run.
-TIMERS_SCRIPT = """(() => {
-  const LIMIT = %d, pending = new Set();
-  const setT = window.setTimeout.bind(window), clearT = window.clearTimeout.bind(window);
-  window.setTimeout = function (fn, delay, ...args) {
-    if (typeof fn !== 'function' || (Number(delay) || 0) > LIMIT) return setT(fn, delay, ...args);
-    const id = setT(function () { pending.delete(id); return fn.apply(window, args); }, delay);
-    pending.add(id);
-    return id;
-  };
-  window.clearTimeout = function (id) { pending.delete(id); return clearT(id); };
-  Object.defineProperty(window, '__studioCoderPendingTimers', { value: () => pending.size });
-})();"""
 
-LAYOUT_SCRIPT = """([maxOffenders, maxExamples, minFontPx]) => {
-  const root = document.scrollingElement || document.documentElement;
-  const vw = document.documentElement.clientWidth;
-  const scale = (window.visualViewport && window.visualViewport.scale) || 1;
-  const selectorOf = (el) => {
-    const parts = [];
-    for (let e = el; e && e.nodeType === 1 && parts.length < 4; e = e.parentElement) {
-      if (e.id) { parts.unshift('#' + CSS.escape(e.id)); break; }
-      let part = e.tagName.toLowerCase();
-      const cls = [...e.classList].slice(0, 2).map((c) => '.' + CSS.escape(c)).join('');
-      part += cls;
-      const parent = e.parentElement;
-      if (parent) {
-        const same = [...parent.children].filter((c) => c.tagName === e.tagName);
-        if (same.length > 1) part += ':nth-of-type(' + (same.indexOf(e) + 1) + ')';
-      }
-      parts.unshift(part);
-      if (e.tagName === 'BODY') break;
-    }
-    return parts.join(' > ');
-  };
-  const visible = (el, r) => {
-    if (r.width <= 0 || r.height <= 0) return false;
-    const s = getComputedStyle(el);
-    return s.visibility !== 'hidden' && s.display !== 'none' && s.opacity !== '0';
-  };
-  // Clipped or scrollable inside an ancestor that stays in view: not page overflow.
-  const clippedInside = (el) => {
-    for (let a = el.parentElement; a && a !== document.body && a !== document.documentElement;
-         a = a.parentElement) {
-      const ox = getComputedStyle(a).overflowX;
-      if (ox !== 'visible') return a.getBoundingClientRect().right <= vw + 1;
-    }
-    return false;
-  };
-  const all = [...document.body ? document.body.querySelectorAll('*') : []].slice(0, 5000);
-  const crossing = new Set();
-  const offenders = [];
-  for (const el of all) {
-    const r = el.getBoundingClientRect();
-    if (r.right > vw + 1 && visible(el, r) && !clippedInside(el)) crossing.add(el);
-  }
-  for (const el of crossing) {
-    if (crossing.has(el.parentElement)) continue;  // report where the overflow starts
-    const r = el.getBoundingClientRect();
-    offenders.push({ selector: selectorOf(el), left: Math.round(r.left), top: Math.round(r.top),
-      width: Math.round(r.width), height: Math.round(r.height),
-      overshoot: Math.round(r.right - vw) });
-  }
-  offenders.sort((a, b) => b.overshoot - a.overshoot);
-  const small = [];
-  let smallCount = 0;
-  for (const el of all) {
-    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
-    if (!own) continue;
-    const r = el.getBoundingClientRect();
-    if (!visible(el, r)) continue;
-    const px = parseFloat(getComputedStyle(el).fontSize) * scale;
-    if (px < minFontPx) {
-      smallCount += 1;
-      if (small.length < maxExamples) small.push({ selector: selectorOf(el),
-        px: Math.round(px * 10) / 10, text: el.textContent.trim().slice(0, 60) });
-    }
-  }
-  const broken = [...document.images]
-    .filter((img) => img.complete && img.naturalWidth === 0 && (img.currentSrc || img.src))
-    .slice(0, maxExamples)
-    .map((img) => ({ selector: selectorOf(img), src: img.currentSrc || img.src }));
-  return {
-    viewport_width: vw, document_width: root.scrollWidth, scale: Math.round(scale * 1000) / 1000,
-    viewport_meta: !!document.querySelector('meta[name="viewport"]'),
-    offenders: offenders.slice(0, maxOffenders), offender_count: offenders.length,
-    small_text: { count: smallCount, examples: small }, broken_images: broken,
-  };
-}"""
+def _page_script(name: str) -> str:
+    """A script from `page_scripts/` (package data), without the comment lines that head it
+    (Playwright takes an expression, which a leading comment would hide)."""
+    lines = (Path(__file__).with_name("page_scripts") / name).read_text("utf-8").splitlines()
+    while lines and lines[0].startswith("//"):
+        lines.pop(0)
+    return "\n".join(lines).strip()
+
+
+TIMERS_SCRIPT = _page_script("timers.js")  # TIMER_WINDOW_MS is filled in per browser context
+LAYOUT_SCRIPT = _page_script("layout.js")
 
 
 @dataclass
@@ -234,75 +128,6 @@ class Capture:
     seconds: float = 0.0
 
 
-def find_browser(configured: str = "") -> tuple[str | None, str]:
-    """(executable path, where it came from); a None path means Playwright's own download.
-
-    Raises BrowserNotFound when a configured path is missing or nothing at all is found.
-    """
-    named = ((configured, "qa.browser"), (os.environ.get(BROWSER_ENV, ""), BROWSER_ENV))
-    for value, source in named:
-        if value:
-            path = shutil.which(value) or (value if os.access(value, os.X_OK) else None)
-            if not path:
-                raise BrowserNotFound(
-                    f"{source} = {value!r}: no such executable. Point it at Chromium or Chrome "
-                    f"(e.g. /usr/bin/chromium) or unset it to search the system."
-                )
-            return path, source
-    for name in SYSTEM_BROWSERS:
-        if path := shutil.which(name):
-            return path, "PATH"
-    if sys.platform == "darwin":
-        for path in MAC_BROWSERS:
-            if os.access(path, os.X_OK):
-                return path, "Applications"
-    bundled = _playwright_chromium()
-    if bundled and os.access(bundled, os.X_OK):
-        return None, f"Playwright's download ({bundled})"
-    raise BrowserNotFound(
-        "no Chromium or Chrome found: qa.browser and $STUDIO_CODER_BROWSER are unset, none of "
-        f"{', '.join(SYSTEM_BROWSERS)} is on PATH, and Playwright has no download"
-        f"{f' at {bundled}' if bundled else ''}. Install one (Debian/Ubuntu: apt install "
-        "chromium; macOS: brew install --cask chromium; with network: playwright install "
-        "chromium) or set STUDIO_CODER_BROWSER=/path/to/chrome."
-    )
-
-
-def _playwright_chromium() -> str:
-    try:
-        pw = _acquire_playwright()
-    except Exception:  # no playwright, or no driver: there is no bundled browser to offer
-        return ""
-    try:
-        return str(pw.chromium.executable_path)
-    finally:
-        _release_playwright()
-
-
-# Playwright's sync driver allows one instance per thread, so Capturers in a thread share it.
-_drivers: dict[int, list[Any]] = {}  # thread id -> [driver, users]
-
-
-def _acquire_playwright() -> Any:
-    from playwright.sync_api import sync_playwright
-
-    entry = _drivers.get(threading.get_ident())
-    if entry is None:
-        entry = _drivers[threading.get_ident()] = [sync_playwright().start(), 0]
-    entry[1] += 1
-    return entry[0]
-
-
-def _release_playwright() -> None:
-    entry = _drivers.get(threading.get_ident())
-    if entry is None:
-        return
-    entry[1] -= 1
-    if entry[1] <= 0:
-        del _drivers[threading.get_ident()]
-        entry[0].stop()
-
-
 class _Watch:
     """Everything one page says while it loads and settles; `reset()` between captures."""
 
@@ -381,7 +206,7 @@ class _Slot:
     def __init__(self, browser: Any, vp: Viewport, timer_window_ms: int) -> None:
         self.vp = vp
         self.ctx = browser.new_context(**vp.context_options())
-        self.ctx.add_init_script(TIMERS_SCRIPT % timer_window_ms)
+        self.ctx.add_init_script(TIMERS_SCRIPT.replace("TIMER_WINDOW_MS", str(timer_window_ms)))
         self.page = self.ctx.new_page()
         self.cdp = self.ctx.new_cdp_session(self.page)
         self.cdp.send("Network.enable")
@@ -401,17 +226,6 @@ class _Slot:
             self.ctx.close()
         except Exception:  # the browser went away; nothing left to close
             pass
-
-
-# For pages the coder wrote: nothing but loopback. Every request goes to a proxy that is not
-# there (loopback addresses bypass proxies, so the page server still answers), no hostname
-# resolves (no DNS lookup carries data out), and WebRTC may not send UDP around the proxy.
-LOOPBACK_ONLY_ARGS = [
-    "--proxy-server=http://127.0.0.1:9",
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
-    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
-    "--dns-prefetch-disable",
-]
 
 
 class Capturer:
@@ -445,24 +259,13 @@ class Capturer:
         path, source = find_browser(self._browser_override or self.cfg.browser)
         if self._pw is None:
             try:
-                self._pw = _acquire_playwright()
+                self._pw = acquire_playwright()
             except ImportError:
                 raise BrowserNotFound(
                     "Playwright is not installed: pip install 'studio-coder[agent]' (or playwright)"
                 ) from None
-        root = hasattr(os, "geteuid") and os.geteuid() == 0
-        args = (LAUNCH_ARGS + (["--no-sandbox"] if root else [])
-                + (LOOPBACK_ONLY_ARGS if self.loopback_only else []))
-        try:
-            self._browser = self._pw.chromium.launch(
-                executable_path=path, args=args, headless=True, timeout=self.cfg.timeout_s * 1000
-            )
-        except Exception as e:
-            raise BrowserFailed(
-                f"the browser from {source} ({path or 'Playwright download'}) would not start: "
-                f"{str(e).splitlines()[0]}. Set qa.browser or {BROWSER_ENV} to a working "
-                "Chromium or Chrome."
-            ) from None
+        self._browser = launch(self._pw, path, source, loopback_only=self.loopback_only,
+                               timeout_s=self.cfg.timeout_s)
         self.browser_path, self.browser_source = path, source
 
     def _drop_slots(self) -> None:
@@ -480,7 +283,7 @@ class Capturer:
             self._browser = None
         if self._pw is not None:
             self._pw = None
-            _release_playwright()
+            release_playwright()
 
     def capture(self, url: str) -> Capture:
         """Load `url` in both viewports, let it settle, measure, screenshot."""
@@ -553,66 +356,3 @@ class Capturer:
             slots[0].page.wait_for_timeout(POLL_MS)
 
 
-class PageServer:
-    """Start a page's server (`python -m http.server 8000`), wait for its URL, stop it after.
-
-    The command runs through the agent node's process runner: a session of its own, and the
-    whole group is ended on stop (SIGTERM, then SIGKILL). It is the user's own command
-    (`check-ui --start`), so it runs outside the coder's sandbox.
-    """
-
-    def __init__(
-        self,
-        command: str,
-        wait_url: str,
-        *,
-        cwd: Path | None = None,
-        timeout_s: float = 20.0,
-        log_path: Path | None = None,
-    ) -> None:
-        self.command, self.wait_url, self.cwd = command, wait_url, cwd
-        self.timeout_s, self.log_path = timeout_s, log_path
-        self.proc: runner.Process | None = None
-
-    def __enter__(self) -> PageServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        if self.log_path:
-            self.log_path.write_bytes(b"")  # this server's output only
-        self.proc = runner.start(["/bin/sh", "-c", self.command], cwd=self.cwd,
-                                 log_path=self.log_path)
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ServerFailed(
-                    f"start command {self.command!r} exited with code {self.proc.returncode} "
-                    f"before {self.wait_url} answered{self._tail()}"
-                )
-            try:
-                opener.open(self.wait_url, timeout=1).close()
-                return
-            except urllib.error.HTTPError:
-                return  # it answered; what it answered is the check's business
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.1)
-        self.stop()
-        raise ServerFailed(
-            f"start command {self.command!r} did not answer at {self.wait_url} within "
-            f"{self.timeout_s:g} s (qa.server_timeout_s){self._tail()}"
-        )
-
-    def _tail(self) -> str:
-        if not self.log_path or not self.log_path.exists():
-            return ""
-        lines = self.log_path.read_text(errors="replace").strip().splitlines()[-5:]
-        return ("; its last output:\n  " + "\n  ".join(lines)) if lines else ""
-
-    def stop(self) -> None:
-        if self.proc is not None:  # the group, even when its leader (a shell) is gone
-            self.proc.stop(grace_s=3.0)

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from agent_node.config import DEFAULT_CONFIG, ConfigError, load_default_config, studio_home
-from agent_node.qa.capture import Capturer, PageServer
+from agent_node.qa.capture import Capturer
 from agent_node.qa.check import QAResult, check_page
 from agent_node.qa.errors import QAError
+from agent_node.qa.page_server import PageServer
 from agent_node.qa.spec import load_spec
 
 try:

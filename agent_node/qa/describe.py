@@ -11,9 +11,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from agent_node import prompts
 from agent_node.model import Describer
 from agent_node.qa.capture import Capture
-from agent_node.qa.prompts import load_prompt
 
 NO_VISION = (
     "not described: no vision model is available (none in [inference] vision of "
@@ -42,7 +42,7 @@ def describe_capture(
             out[name] = ViewportDescription(name, None, note=NO_VISION)
             continue
         vp = vc.viewport
-        instruction = load_prompt("qa_describe", viewport=name, width=vp.width, height=vp.height)
+        instruction = prompts.render("qa/describe", viewport=name, width=vp.width, height=vp.height)
         started = time.monotonic()
         d = describer.describe(vc.screenshot, instruction)
         seconds = d.seconds or time.monotonic() - started

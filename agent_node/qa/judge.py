@@ -19,7 +19,7 @@ a call whose deadline passes, is not retried: it is status "error" at once, with
 that names the model, the tokens it produced and what to change. Hard facts (console error,
 uncaught exception, failed request, horizontal overflow) fail the page on their own whatever
 the model says, unless the spec allows them. With no model the verdict comes from the facts
-alone and says so. Prompts live in `agent_node/prompts/qa_judge*.md`.
+alone and says so. Prompts live in `agent_node/prompts/qa/judge*.md.j2`.
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ from typing import Any
 
 import jsonschema
 
-from agent_node import activity
+from agent_node import activity, prompts
 from agent_node.exceptions import DeadlineExceeded
 from agent_node.model import Model
 from agent_node.qa.describe import ViewportDescription
 from agent_node.qa.facts import Fact
-from agent_node.qa.prompts import load_prompt
 from agent_node.qa.spec import Spec
 from agent_node.schemas import VERDICT, answer_chars
 from agent_node.unfinished import TIME, cut_off, explain
@@ -103,9 +102,9 @@ def judge(
             allowed=allowed,
         )
     messages: list[dict[str, Any]] = [
-        {"role": "system", "content": load_prompt("qa_judge_system")},
-        {"role": "user", "content": load_prompt(
-            "qa_judge", url=url or "(not given)", spec_source=spec.source,
+        {"role": "system", "content": prompts.render("qa/judge_system")},
+        {"role": "user", "content": prompts.render(
+            "qa/judge", url=url or "(not given)", spec_source=spec.source,
             statements="\n".join(f"{i}. {s}" for i, s in enumerate(spec.statements, 1)),
             facts=facts_text(facts), descriptions=descriptions_text(descriptions),
         )},
@@ -141,8 +140,8 @@ def judge(
                                + ". The page is not passed.")
             messages += [
                 {"role": "assistant", "content": reply.text},
-                {"role": "user", "content": f"That reply cannot be used: {why}. Reply with only "
-                 "the JSON object, matching the schema exactly."},
+                {"role": "user", "content": prompts.render("structured/retry", problem=why,
+                                                           schema="")},
             ]
             continue
         failures = fact_failures + model_failures

@@ -19,8 +19,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference_node.api.tomlconf import ConfigError
 from inference_node.config import DistributedConfig
+from studio_common.tomlconf import ConfigError
 
 LOOPBACK = "127.0.0.1"
 MAKE_ONE = ("write one with `mlx.distributed_config --hosts HOST1,HOST2 --backend ring "

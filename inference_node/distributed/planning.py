@@ -19,7 +19,7 @@ from inference_node.distributed.cluster import Cluster
 from inference_node.distributed.sharding import ShardPlan, plan_model, rank0_plan
 from inference_node.footprint import estimate
 from inference_node.machine import gib
-from inference_node.plan import _model_dir, _own_context
+from inference_node.models import model_folder, read_model_config, served_context
 
 
 @dataclass
@@ -50,7 +50,7 @@ def host_budgets(cfg: InferenceConfig, cluster: Cluster) -> list[HostRow]:
     d = cfg.distributed
     cache = int(cfg.engine.prompt_cache_mb * 2**20)
     if d.budgets_gb and len(d.budgets_gb) != cluster.size:
-        from inference_node.api.tomlconf import ConfigError
+        from studio_common.tomlconf import ConfigError
 
         raise ConfigError(f"{cfg.source}: distributed.budgets_gb has {len(d.budgets_gb)} "
                           f"entries for {cluster.size} hosts; give one per rank")
@@ -77,14 +77,8 @@ def plan_split(cfg: InferenceConfig, cluster: Cluster) -> tuple[list[PlannedSpli
     dequantize = cfg.engine.dequantize_on_cpu and not mx.metal.is_available()
     out = []
     for e in cfg.models:
-        model_dir = _model_dir(e)
-        if not model_dir.is_dir():
-            from inference_node.api.tomlconf import ConfigError
-
-            raise ConfigError(f"model {e.name!r}: no model folder at {model_dir}; fix its path "
-                              f"in {cfg.source}")
-        own = _own_context(model_dir)
-        context = min(e.context, own) if e.context else own
+        model_dir = model_folder(e, cfg.source)
+        context = served_context(e, read_model_config(model_dir))
         if e.role == "vision":
             fp = estimate(model_dir, overhead)
             plan = rank0_plan(e.name, fp.weights_bytes, fp.kv_per_token, fp.kv_fixed_bytes,

@@ -34,11 +34,11 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-from inference_node.api.tomlconf import ConfigError
 from inference_node.config import InferenceConfig
 from inference_node.distributed import cluster as clusters
 from inference_node.distributed.leader import alive
 from inference_node.distributed.rank import read_status
+from studio_common.tomlconf import ConfigError
 
 log = logging.getLogger("inference_node.distributed.supervisor")
 RANK_EXIT = re.compile(r"Node with rank (\d+) (?:exited with code (-?\d+)|was killed)")

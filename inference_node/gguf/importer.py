@@ -284,7 +284,7 @@ def is_current(folder: Path) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from inference_node.config import studio_home
+    from studio_common.paths import studio_home
 
     parser = argparse.ArgumentParser(
         prog="inference-node import-gguf",

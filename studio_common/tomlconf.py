@@ -1,8 +1,8 @@
 """Strict TOML → dataclass loading, shared by both nodes' config files.
 
-Configuration is part of the contract, so this lives beside the wire stubs and imports nothing
-heavy. Every key has a default in its dataclass; a key the dataclass does not know is an error
-that names the key, the table and the file:
+Both nodes read their files through it (`inference_node/config.py`, `agent_node/config.py`).
+Every key has a default in its dataclass; a key the dataclass does not know is an error that
+names the key, the table and the file:
 
     >>> @dataclass
     ... class Server:
@@ -19,9 +19,16 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+class _FromFile(Protocol):
+    source: str  # the file it was read from, or "built-in defaults"
+
+
+F = TypeVar("F", bound=_FromFile)
 
 
 class ConfigError(ValueError):
@@ -36,6 +43,16 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def load_file(cls: type[F], path: Path, name: str) -> F:
+    """`cls` from the TOML file at `path`, its `source` set to the path; `name` stands for the
+    file's top level in messages (e.g. "inference-node")."""
+    data = read_toml(path)
+    data.pop("source", None)  # set here, never read from the file
+    cfg = load_dataclass(cls, data, str(path), name)
+    cfg.source = str(path)
+    return cfg
 
 
 def load_dataclass(cls: type[T], data: Any, file: str, table: str) -> T:

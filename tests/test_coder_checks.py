@@ -1,0 +1,103 @@
+"""What the loop shows and checks for the coder as it works: the repository's files and the
+tests' output in the brief, the tests' result after each change, no finish before a change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from scripted_model import ScriptedModel, as_json, call
+from user_repo import BAD_CALC, GOOD_CALC, NOT_UI, PASS, isolate, make_repo, run
+
+from agent_node.config import AgentConfig
+from agent_node.loop.context import repo_context
+from agent_node.runs import read_events
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    isolate(monkeypatch, tmp_path)
+
+
+def _tool_results(coder: ScriptedModel) -> list[str]:
+    return [m["content"] for m in coder.calls[-1]["messages"] if m["role"] == "tool"]
+
+
+def test_the_brief_shows_the_files_and_the_tests_run_before_any_change(tmp_path: Path) -> None:
+    coder = ScriptedModel([call("write", path="calc.py", content=GOOD_CALC),
+                           call("finish", summary="fixed")], name="coder")
+    run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder)
+    brief = coder.calls[0]["messages"][1]["content"]
+    assert "calc.py\n```\n" + BAD_CALC.rstrip("\n") + "\n```" in brief
+    assert "The tests, run before any change" in brief and "fail (exit 1)" in brief
+    assert "add(2, 3) = -1" in brief  # the failing assertion itself
+
+
+def test_each_edit_shows_the_coder_the_tests_result(tmp_path: Path) -> None:
+    coder = ScriptedModel([call("write", path="calc.py",
+                                content="def add(a, b):\n    return a * b\n"),
+                           call("write", path="calc.py", content=GOOD_CALC),
+                           call("finish", summary="fixed")], name="coder")
+    summary = run(tmp_path, make_repo(tmp_path),
+                  ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder)
+    wrong, right, _ = _tool_results(coder) + [""]
+    assert wrong.startswith("replaced calc.py") and "fail (exit 1)" in wrong
+    assert "add(2, 3) = 6" in wrong
+    assert right.startswith("replaced calc.py") and right.endswith("pass.")
+    assert summary["verdict"] == "pass"
+
+
+def test_finish_is_refused_while_nothing_changed_and_the_coder_goes_on(tmp_path: Path) -> None:
+    coder = ScriptedModel([call("finish", summary="nothing to do"),
+                           call("write", path="calc.py", content=GOOD_CALC),
+                           call("finish", summary="fixed")], name="coder")
+    summary = run(tmp_path, make_repo(tmp_path),
+                  ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder)
+    assert summary["verdict"] == "pass" and summary["rounds"] == 1
+    refusal = _tool_results(coder)[0]
+    assert refusal.startswith("error: finish refused") and "no file" in refusal
+    calls = [e for e in read_events(Path(summary["run_dir"])) if e["type"] == "tool_call"]
+    assert [(c["name"], c["ok"], c.get("refused", False)) for c in calls] == [
+        ("finish", False, True), ("write", True, False), ("finish", True, False)]
+
+
+def test_a_change_undone_is_no_change_again(tmp_path: Path) -> None:
+    """The check is the gate's own: a diff against the start, not "was anything written"."""
+    coder = ScriptedModel([call("write", path="calc.py", content=GOOD_CALC),
+                           call("write", path="calc.py", content=BAD_CALC),
+                           call("finish", summary="done")], name="coder")
+    cfg = AgentConfig()
+    cfg.loop.max_rounds, cfg.loop.coder_max_turns = 1, 3
+    summary = run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI)]), coder,
+                  cfg=cfg)
+    calls = [e for e in read_events(Path(summary["run_dir"])) if e["type"] == "tool_call"]
+    assert (calls[-1]["name"], calls[-1].get("refused")) == ("finish", True)
+    assert summary["verdict"] == "fail"
+
+
+def test_with_the_checks_off_the_coder_sees_a_file_list_and_may_finish_at_once(
+        tmp_path: Path) -> None:
+    cfg = AgentConfig()
+    cfg.loop.max_rounds = 1
+    cfg.loop.brief_chars, cfg.loop.tests_first = 0, False
+    cfg.loop.test_after_edit, cfg.loop.finish_needs_change = False, False
+    coder = ScriptedModel([call("write", path="calc.py", content=GOOD_CALC),
+                           call("finish", summary="fixed")], name="coder")
+    run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+        cfg=cfg)
+    brief = coder.calls[0]["messages"][1]["content"]
+    assert "- calc.py" in brief and "return a - b" not in brief and "run before" not in brief
+    assert _tool_results(coder)[0].startswith("replaced calc.py") and "tests" not in \
+        _tool_results(coder)[0]
+
+
+def test_files_the_task_names_come_first_and_what_does_not_fit_is_outlined(
+        tmp_path: Path) -> None:
+    (tmp_path / "big.py").write_text("import os\n\n\nclass Big:\n    def one(self):\n"
+                                     + "        x = 1\n" * 400 + "\n\ndef two():\n    pass\n")
+    (tmp_path / "small.py").write_text("def small():\n    return 1\n")
+    (tmp_path / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0")
+    shown = repo_context(tmp_path, ["big.py", "logo.png", "small.py"], "fix small()", 600)
+    assert [p for p, _ in shown.whole] == ["small.py"]
+    assert shown.outlines == [("big.py", ["class Big:", "    def one(self):", "def two():"])]
+    assert repo_context(tmp_path, ["small.py"], "x", 0).whole == []
