@@ -162,9 +162,9 @@ def test_without_a_bound_the_same_rambler_never_closes(tokenizer: Any) -> None:
 
 
 def test_bounded_classify_ends_on_smollm2_where_the_unbounded_one_rambles(smol_server) -> None:
+    from agent_node import prompts
     from agent_node.client import Client
     from agent_node.config import AgentConfig
-    from agent_node import prompts
 
     cfg = AgentConfig()
     cfg.inference.target = smol_server[1]
