@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from inference_node.api import reasons as R
 from inference_node.config import MemoryConfig
@@ -53,25 +53,6 @@ CANCEL_POLL_S = 0.05  # how often a queued request checks whether its client wen
 def kv_tokens(tokens: int) -> int:
     """The tokens a KV cache holding `tokens` has allocated: whole steps of KV_STEP."""
     return -(-tokens // KV_STEP) * KV_STEP
-
-
-class Held(Protocol):
-    """A reservation as the engine sees it (Reservation, or a distributed group's)."""
-
-    model: str
-    bytes: int
-    released: bool
-
-
-class Ledger(Protocol):
-    """What the engine asks of admission (Admission, or a distributed group's RankedAdmission)."""
-
-    def admit_load(self, name: str, footprint_bytes: int, *, pinned: bool) -> list[str]: ...
-    def loaded(self, name: str, estimated_bytes: int, measured_bytes: int) -> None: ...
-    def load_failed(self, name: str) -> None: ...
-    def unloaded(self, name: str) -> None: ...
-    def touch(self, name: str) -> None: ...
-    def try_grow(self, reservation: Any, extra_bytes: int) -> bool: ...
 
 
 # ---------------------------------------------------------------- the ledger

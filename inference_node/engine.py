@@ -24,12 +24,11 @@ from typing import Any
 import mlx.core as mx
 
 from inference_node import batching, mlx_compat, speculative, vision
-from inference_node.admission import Ledger
 from inference_node.config import InferenceConfig
 from inference_node.errors import Cancelled, InferenceError, LoadFailed, ModelBusy, ModelUnloaded
 from inference_node.footprint import Footprint
 from inference_node.isolation import StepFailed, generation_failed, reset_random_state
-from inference_node.jobs import DONE, Job, LoadedModel
+from inference_node.jobs import DONE, Job, Ledger, LoadedModel
 from inference_node.models import CatalogModel
 from inference_node.prompt_cache import PromptCache
 

@@ -13,17 +13,35 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from inference_node.chat import TextRouter
 from inference_node.mlx_compat import Batch, LogitsProcessor, Sampler
 from inference_node.models import CatalogModel
 
 if TYPE_CHECKING:
-    from inference_node.admission import Held
     from inference_node.speculative import Speculation
 
 DONE = object()  # sentinel closing a job's event queue
+
+
+class Held(Protocol):
+    """A reservation as the engine sees it (Reservation, or a distributed group's)."""
+
+    model: str
+    bytes: int
+    released: bool
+
+
+class Ledger(Protocol):
+    """What the engine asks of admission (Admission, or a distributed group's RankedAdmission)."""
+
+    def admit_load(self, name: str, footprint_bytes: int, *, pinned: bool) -> list[str]: ...
+    def loaded(self, name: str, estimated_bytes: int, measured_bytes: int) -> None: ...
+    def load_failed(self, name: str) -> None: ...
+    def unloaded(self, name: str) -> None: ...
+    def touch(self, name: str) -> None: ...
+    def try_grow(self, reservation: Any, extra_bytes: int) -> bool: ...
 
 
 @dataclass

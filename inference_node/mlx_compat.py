@@ -413,6 +413,3 @@ class Batch:
                          list(r.prompt_cache) if r.prompt_cache is not None else None,
                          list(r.all_tokens) if r.all_tokens is not None else None)
                  for r in generated])
-
-    def close(self) -> None:
-        self.generator.close()

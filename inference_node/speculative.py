@@ -29,10 +29,10 @@ from typing import Any
 import mlx.core as mx
 
 from inference_node import batching, mlx_compat
-from inference_node.admission import Ledger, kv_tokens
+from inference_node.admission import kv_tokens
 from inference_node.errors import LoadFailed
 from inference_node.isolation import guarded
-from inference_node.jobs import Job, LoadedModel
+from inference_node.jobs import Job, Ledger, LoadedModel
 from inference_node.mlx_compat import Cache, LogitsProcessor
 from inference_node.prompt_cache import PromptCache
 

@@ -95,9 +95,6 @@ class MirroredBatch(Batch):
             self.leader.queue(["finish", self.model, finished])
         return prefilled, emitted
 
-    def close(self) -> None:
-        self.batch.close()
-
 
 class MirroredPromptCache:
     """mlx-lm's LRUPromptCache on rank 0; inserts and trims are sent to every rank.
