@@ -209,6 +209,10 @@ class Engine:
             log.warning("%s decodes without speculative decoding: its draft %s cannot be "
                         "used: %s", lm.name, draft_entry.name, e)
             return []
+        if lm.name not in self.loaded:  # admission made room for the draft with lm itself
+            log.warning("%s was evicted to load its draft %s; it loads again without one",
+                        lm.name, draft.name)
+            return victims
         lm.draft = draft
         log.info("%s: speculative decoding with %s drafting %d tokens a step while it runs "
                  "one request alone", lm.name, draft.name, self.cfg.engine.draft_tokens)
