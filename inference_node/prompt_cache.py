@@ -238,6 +238,8 @@ class PromptCache:
                                                                             served))
         if best_n >= len(best.tokens) or best_n >= len(arr) - 1:
             return None  # the prompt carries on from all of it: nothing lost
+        if best_n < best.prompt and (len(arr) <= len(best.tokens) or best_n < best.prompt // 2):
+            return None  # parts early in that prompt and is no longer: another conversation
         # The prompt parts from what was seen at best_n: say how.
         lost = len(best.tokens) - best_n
         seen_text, now_text = self._windows(model, best, arr, best_n)

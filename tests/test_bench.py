@@ -107,6 +107,8 @@ NUMBERS: dict[str, list[str]] = {
     "coder_models": [f"models.*.{side}.{k}" for side in ("grpc", "in_process")
                      for k in ("ttft_s.median", "prefill_tps.median", "decode_tps.median",
                                "peak_rss_mb", "load_s")] + ["wall_s"],
+    "speculative": ["decode_tps.*.median", "speedup", "acceptance_rate",
+                    "tokens_per_target_pass", "wall_s"],
     "tunnel": ["ttft_s.direct", "ttft_s.tunnel", "decode_tps.direct", "decode_tps.tunnel",
                "recovery_s.tunnel_up_after_sshd_restart",
                "recovery_s.first_call_done_after_sshd_restart", "decode_ratio",
@@ -124,6 +126,7 @@ SMOKE_FIELDS: dict[str, dict[str, Any]] = {
     "tunnel": {"repeats": 1, "max_tokens": 4},
     "distributed": {"repeats": 1, "max_tokens": 4},
     "coder_models": {"params.repeats": 1, "params.max_tokens": 4},
+    "speculative": {"params.repeats": 1, "params.max_tokens": 8, "greedy_identical": True},
 }
 
 

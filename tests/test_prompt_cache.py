@@ -138,3 +138,37 @@ def test_pins_beyond_their_share_evict_the_least_recently_used(model_dir: Path) 
     found = pc.fetch("m", [5] * 10 + [1, 2, 3])
     assert (found.cached, len(found.rest)) == (10, 3)
     assert mlx_compat.cache_tokens(found.cache) == 10  # a copy, trimmed to what is served
+
+
+def test_misses_name_their_cause_and_another_conversation_is_not_one() -> None:
+    from inference_node import mlx_compat
+    from inference_node.prompt_cache import PromptCache
+
+    pc = PromptCache(mlx_compat.lru_prompt_cache(8, 2**20), 2**24, 0)
+    system, turn1, reply = [1, 2, 3, 4, 5, 6], [7, 8, 9, 10], [11, 12, 13, 14]
+    pc.remember("m", system + turn1 + reply, len(system + turn1))
+    # the next turn carries the reply on, but it was evicted: every shared token is a miss
+    nxt = system + turn1 + reply + [15, 16, 17]
+    miss = pc.fetch("m", nxt).miss
+    assert miss is not None and (miss.cause, miss.tokens) == ("evicted", len(nxt) - 3)
+    # the next turn repeats the reply differently (its reasoning dropped, re-rendered)
+    edited = system + turn1 + [11, 99, 98, 97, 96, 15, 16, 17]
+    miss = pc.fetch("m", edited).miss
+    assert miss is not None and miss.cause == "evicted"  # what it shared is gone
+    pc.lru.insert_cache("m", system + turn1 + [11], _kv(len(system + turn1) + 1))
+    miss = pc.fetch("m", edited).miss
+    assert miss is not None and (miss.cause, miss.at) == ("rerendered", len(system + turn1) + 1)
+    assert miss.tokens == len(reply) - 1
+    # a different user message after the same system part is another conversation
+    assert pc.fetch("m", system + [20, 21]).miss is None
+    assert pc.stats["m"].misses["evicted"] > 0
+
+
+def _kv(n: int) -> list[Any]:
+    """A llama-shaped KV cache holding n positions (values do not matter to the trie)."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import KVCache
+
+    c = KVCache()
+    c.update_and_fetch(mx.zeros((1, 2, n, 8)), mx.zeros((1, 2, n, 8)))
+    return [c]
