@@ -146,3 +146,26 @@ def test_grammar_constrained_output_with_a_draft_equals_without(smollm2_dir: Pat
     assert plain.startswith("{"), plain
     assert drafted == plain
     assert done.usage.accepted_draft_tokens > 0
+
+
+def test_a_draft_whose_kv_does_not_fit_leaves_the_request_to_the_batch(
+        dirs: dict[str, Path], stub_for: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from inference_node.admission import kv_tokens
+
+    models = [{"name": "drafted", "path": str(dirs["target"]), "draft": "other"},
+              {"name": "other", "path": str(dirs["other"])}]
+    with running_server(models, engine={"prompt_cache_mb": 0.0}) as (srv, target):
+        stub = stub_for(target)
+        first, warm = ask(stub, "drafted", PROMPTS[2], max_tokens=64)  # loads both
+        assert warm.usage.draft_tokens > 0
+        lm = srv.engine.loaded["drafted"]
+        one_kv = (kv_tokens(warm.usage.prompt_tokens + 64) * lm.kv_per_token
+                  + lm.kv_fixed_bytes)
+        # room beside the weights for the request's own KV, not for its draft's as well
+        srv.admission.budget_bytes = srv.admission._committed() + one_kv + one_kv // 2
+        with caplog.at_level(logging.INFO, logger="inference_node.engine"):
+            again, done = ask(stub, "drafted", PROMPTS[2], max_tokens=64)
+    assert done.usage.draft_tokens == 0
+    assert any("the draft's KV" in r.getMessage() and "does not fit" in r.getMessage()
+               for r in caplog.records)
+    assert again == first
