@@ -512,6 +512,8 @@ def run(quick: bool) -> dict:
             "grpc_decode_ratio_ge_0.97": short["decode_ratio_vs_in_process"] >= 0.97,
             # measured where it can be resolved: on the tiny model (see overhead())
             "grpc_ttft_added_lt_5ms": added["ttft_added_ms"] < 5.0,
+            **{f"concurrency_ratio_ge_1.0_at_{n}": conc[n]["aggregate_ratio_grpc_vs_mlx_server"]
+               >= 1.0 for n in conc if int(n) > 1},
         },
         "wall_s": round(time.monotonic() - t_start, 1),
     }

@@ -42,11 +42,11 @@ from inference_node.machine import (  # noqa: F401 - machine readings, re-export
     mlx_readings,
     system_available_bytes,
 )
+from inference_node.mlx_compat import KV_STEP
 
 log = logging.getLogger(__name__)
 
 GB = GiB  # the config's *_gb keys count GiB
-KV_STEP = 256  # mlx-lm's KV caches grow in steps of this many tokens (KVCache.step)
 CANCEL_POLL_S = 0.05  # how often a queued request checks whether its client went away
 
 

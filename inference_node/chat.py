@@ -15,6 +15,7 @@ from typing import Any
 from inference_node.api import pb
 from inference_node.api import reasons as R
 from inference_node.errors import BadRequest, ContextTooLong, invalid
+from inference_node.mlx_compat import TextStates
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -91,19 +92,50 @@ def build_prompt(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dic
     to templates that have a tool format; otherwise they are described in the system message,
     unless `note_lists_tools` says the note already does.
     """
+    messages, hf_tools = _prepared(tokenizer, messages, tools, note, note_lists_tools)
+    return _render(tokenizer, messages, hf_tools, generation_prompt=True)
+
+
+def system_prefix(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+                  prompt: list[int], note: str = "", note_lists_tools: bool = False) -> int:
+    """How many of `prompt`'s tokens (from `build_prompt` with the same arguments) are its
+    system part: the template's opening, the system messages and tool schemas, up to where the
+    first other message's content starts. Every prompt that starts the same way shares them,
+    whatever follows (the prompt cache pins their KV); 0 if the template cannot say."""
+    messages, hf_tools = _prepared(tokenizer, messages, tools, note, note_lists_tools)
+    n_system = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    probe = [*messages[:n_system], {"role": "user", "content": ""}]
+    try:
+        opening = _render(tokenizer, probe, hf_tools, generation_prompt=False)
+    except BadRequest:
+        return 0
+    n = 0
+    for a, b in zip(opening, prompt, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def _prepared(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+              note: str, note_lists_tools: bool) -> tuple[list[dict[str, Any]], list | None]:
     if tools and not tokenizer.has_tool_calling:
         if not note_lists_tools:
             note = "\n\n".join(x for x in (tools_as_text(tools), note) if x)
         tools = []
     if note:
         messages = _with_system_note(messages, note)
-    hf_tools = [{"type": "function", "function": t} for t in tools] or None
+    return messages, [{"type": "function", "function": t} for t in tools] or None
+
+
+def _render(tokenizer: Any, messages: list[dict[str, Any]], hf_tools: list | None,
+            generation_prompt: bool) -> list[int]:
     if tokenizer.chat_template is None:
-        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-        return list(tokenizer.encode(text))
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+        return list(tokenizer.encode(text + "\nassistant:" if generation_prompt else text))
     try:
         tokens = tokenizer.apply_chat_template(
-            messages, tools=hf_tools, add_generation_prompt=True, tokenize=True
+            messages, tools=hf_tools, add_generation_prompt=generation_prompt, tokenize=True
         )
     except Exception as e:  # jinja errors: the template rejected this conversation's shape
         raise BadRequest(f"the model's chat template rejected these messages: "
@@ -134,7 +166,7 @@ class TextRouter:
     marker split across tokens still matches) and mlx-lm's tool parser for the model.
     """
 
-    text_sm: Any
+    text_sm: TextStates
     initial_state: str
     tool_parser: Any
     tools: list[dict[str, Any]]
@@ -152,19 +184,18 @@ class TextRouter:
         self.current = self.initial_state
 
     def feed(self, text: str, finish_reason: str | None) -> list[pb.ChatEvent]:
-        from mlx_lm.generate import TextStateMachine
-
+        states = self.text_sm
         if self.current == "reasoning":
             self.reasoning_tokens += 1
         if finish_reason == "stop":
-            self.state, self.current = TextStateMachine.discard(self.state)
+            self.state, self.current = states.discard(self.state)
             segments = [(self.current, "")]
         elif finish_reason == "length":
-            self.state, segments = TextStateMachine.split(self.state, text)
-            self.state, flushed, self.current = TextStateMachine.flush(self.state)
+            self.state, segments = states.split(self.state, text)
+            self.state, flushed, self.current = states.flush(self.state)
             segments.append((self.current, flushed))
         else:
-            self.state, segments = TextStateMachine.split(self.state, text)
+            self.state, segments = states.split(self.state, text)
         out: list[pb.ChatEvent] = []
         for state, piece in segments:
             if state == "tool":
@@ -234,6 +265,8 @@ def done_event(job: Any, finish_reason: str) -> pb.ChatEvent:
             completion_tokens=job.completion_tokens,
             reasoning_tokens=router.reasoning_tokens,
             cached_prompt_tokens=job.cached_tokens,
+            draft_tokens=job.drafted,
+            accepted_draft_tokens=job.accepted,
         ),
         timings=pb.Timings(
             queue_seconds=job.queue_seconds,

@@ -88,6 +88,12 @@ class EngineConfig:
     # Metal device, quantized coder models are expanded to float32 at load (admission counts it).
     dequantize_on_cpu: bool = True
     prompt_cache_mb: float = 512.0  # KV kept for prefix reuse; set aside from the budget; 0: off
+    # Of prompt_cache_mb, what pinned prefixes may hold: the KV of prompts' system parts (system
+    # messages and tool schemas), kept while the model is loaded; 0: none pinned.
+    pinned_prefix_mb: float = 128.0
+    # Speculative decoding (a model with `draft` in [[models]]): tokens the draft proposes per
+    # step of the served model.
+    draft_tokens: int = 3
 
 
 @dataclass
@@ -110,6 +116,9 @@ class ModelEntry:
     pinned: bool = False
     context: int = 0  # 0: the model's own max_position_embeddings
     sharding: str = ""  # across ranks: auto | tensor | pipeline; "": [distributed] sharding
+    # Another coder model of [[models]], with the same tokenizer, that drafts tokens for this
+    # one (speculative decoding) while it serves one request alone; "": none.
+    draft: str = ""
 
 
 @dataclass
@@ -204,6 +213,7 @@ def validate(cfg: InferenceConfig) -> None:
         if m.sharding and m.sharding not in SHARDINGS:
             raise ConfigError(f"{where}: models.{m.name}.sharding must be one of {SHARDINGS}, "
                               f"not {m.sharding!r}")
+    _check_drafts(cfg)
     d = cfg.distributed
     if d.sharding not in SHARDINGS:
         raise ConfigError(f"{where}: distributed.sharding must be one of {SHARDINGS}, "
@@ -222,3 +232,33 @@ def validate(cfg: InferenceConfig) -> None:
     for key in ("step_timeout_s", "load_timeout_s", "heartbeat_s"):
         if getattr(d, key) <= 0:
             raise ConfigError(f"{where}: distributed.{key} must be positive")
+
+
+def _check_drafts(cfg: InferenceConfig) -> None:
+    where = cfg.source
+    e = cfg.engine
+    if e.draft_tokens < 1 or e.draft_tokens > 16:
+        raise ConfigError(f"{where}: engine.draft_tokens must be 1 to 16, not {e.draft_tokens}")
+    if e.pinned_prefix_mb < 0:
+        raise ConfigError(f"{where}: engine.pinned_prefix_mb must be 0 (off) or more, not "
+                          f"{e.pinned_prefix_mb}")
+    by_name = {m.name: m for m in cfg.models}
+    for m in cfg.models:
+        if not m.draft:
+            continue
+        draft = by_name.get(m.draft)
+        if draft is None:
+            raise ConfigError(f"{where}: models.{m.name}.draft names {m.draft!r}, which is not "
+                              f"in [[models]]; add it there (role = \"coder\") or remove draft")
+        if m.draft == m.name:
+            raise ConfigError(f"{where}: models.{m.name}.draft names the model itself; a draft "
+                              "is a smaller model with the same tokenizer")
+        if m.role != "coder" or draft.role != "coder":
+            raise ConfigError(f"{where}: models.{m.name}.draft: speculative decoding is for "
+                              "coder models, and the draft must be one too")
+        if cfg.distributed.enabled:
+            raise ConfigError(
+                f"{where}: models.{m.name}.draft: speculative decoding is not available for a "
+                "model split across ranks ([distributed]): every rank would have to run the "
+                "draft's steps in lockstep, which the group does not do; remove draft, or "
+                "serve the model on one host")

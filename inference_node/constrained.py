@@ -182,6 +182,8 @@ class GrammarProcessor:
         self._seen: int | None = reply_starts_at  # context length at the previous call
         self._matcher: llguidance.LLMatcher | None = None
         self.error = ""
+        # (context length after a call, tokens the matcher consumed in it), for `rewind`
+        self._calls: list[tuple[int, int]] = []
         if thinking is None:
             self._start(grammar)
 
@@ -210,11 +212,29 @@ class GrammarProcessor:
         # one step before it ends the sequence; the matcher would call that an error.
         matcher = self._matcher
         assert matcher is not None
+        consumed = 0
         if new and not self.error and not matcher.is_stopped():
-            if not matcher.consume_tokens(new):
+            if matcher.consume_tokens(new):
+                consumed = len(new)
+            else:
                 self.error = matcher.get_error() or f"tokens {new} rejected by the grammar"
+        self._calls.append((n, consumed))
         self._seen = n
         return mx.where(self._allowed(logits.shape[-1]), logits, -mx.inf)
+
+    def rewind(self, length: int) -> None:
+        """Forget the context past its first `length` tokens: the matcher goes back to where it
+        was after the call that saw that much, and the next call consumes from there.
+
+        Speculative decoding calls this after the draft model's proposals moved the grammar
+        on, and after the ones the model did not keep. Calls at or before `length` stay.
+        """
+        while self._calls and self._calls[-1][0] > length and len(self._calls) > 1:
+            _, consumed = self._calls.pop()
+            if consumed and self._matcher is not None:
+                self._matcher.rollback(consumed)
+        if self._calls:
+            self._seen = self._calls[-1][0]
 
     def _allowed(self, vocab: int) -> mx.array:
         if self.error:
@@ -444,9 +464,9 @@ def _native_markers(tokenizer: Any) -> tuple[tuple[str, str] | None, str]:
     """(start, end) when the model's own tool-call format can be constrained, else a reason."""
     if not getattr(tokenizer, "has_tool_calling", False):
         return None, ""
-    from mlx_lm.tool_parsers import json_tools
+    from inference_node.mlx_compat import native_json_tool_calls
 
-    if tokenizer.tool_parser is json_tools.parse_tool_call:
+    if native_json_tool_calls(tokenizer):
         return (tokenizer.tool_call_start, tokenizer.tool_call_end), ""
     return None, (
         f"the model's tool-call format ({tokenizer.tool_call_start!r}...) cannot be expressed "

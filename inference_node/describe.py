@@ -21,8 +21,8 @@ from inference_node import chat, validate
 from inference_node.api import pb
 from inference_node.api import reasons as R
 from inference_node.config import DescribeConfig
-from inference_node.engine import Job, LoadedModel
 from inference_node.errors import BadRequest, invalid
+from inference_node.jobs import Job, LoadedModel
 from inference_node.models import CatalogModel
 
 MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
@@ -305,7 +305,7 @@ def sampling_kwargs(s: pb.Sampling) -> dict[str, Any]:
 
 
 def _plain_router() -> chat.TextRouter:
-    from mlx_lm.generate import TextStateMachine
+    from inference_node.mlx_compat import plain_text_states
 
-    return chat.TextRouter(text_sm=TextStateMachine(), initial_state="normal",
+    return chat.TextRouter(text_sm=plain_text_states(), initial_state="normal",
                            tool_parser=None, tools=[])

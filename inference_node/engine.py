@@ -3,9 +3,11 @@
 Shaped like mlx-lm's server: request handlers (gRPC threads) validate, tokenize and reserve
 memory, then put a `Job` on the engine's inbox and read `pb.ChatEvent`s from the job's queue.
 Coder models generate through mlx-lm's `BatchGenerator` (continuous batching: requests join and
-leave a running batch between steps); vision models through mlx-vlm, stepped one token per loop
-turn so they interleave with the batch. A cancelled job leaves its batch before the next step;
-a step that fails fails its own request, and the batch is rebuilt for the rest (isolation.py).
+leave a running batch between steps; batching.py); vision models through mlx-vlm, stepped one
+token per loop turn so they interleave with the batch. A coder model configured with a draft
+model decodes a request speculatively while it is the only one running, and batches again as
+soon as another joins (speculative.py). A cancelled job leaves before the next step; a step
+that fails fails its own request, and the batch is rebuilt for the rest (isolation.py).
 """
 
 from __future__ import annotations
@@ -15,105 +17,43 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
 
-from inference_node import vision
-from inference_node.admission import kv_tokens
-from inference_node.chat import TextRouter, done_event
+from inference_node import batching, mlx_compat, speculative, vision
 from inference_node.config import InferenceConfig
 from inference_node.errors import Cancelled, InferenceError, LoadFailed, ModelBusy, ModelUnloaded
-from inference_node.isolation import StepFailed, generation_failed, guarded, reset_random_state
+from inference_node.footprint import Footprint
+from inference_node.isolation import StepFailed, generation_failed, reset_random_state
+from inference_node.jobs import DONE, Job, Ledger, LoadedModel
 from inference_node.models import CatalogModel
+from inference_node.prompt_cache import PromptCache
 
+__all__ = ["DONE", "Engine", "Job", "LoadedModel", "batch_peak_tokens"]
+batch_peak_tokens = batching.batch_peak_tokens
 log = logging.getLogger("inference_node.engine")
 
 
-@dataclass
-class LoadedModel:
-    entry: CatalogModel
-    model: Any
-    tokenizer: Any  # mlx-lm TokenizerWrapper (coder) or the processor's tokenizer (vision)
-    processor: Any = None  # vision models: the mlx-vlm processor
-    batch: Any = None  # coder models: mlx-lm BatchGenerator
-    estimated_bytes: int = 0
-    measured_bytes: int = 0
-    kv_per_token: int = 0
-    kv_fixed_bytes: int = 0  # per request: sliding windows, linear-attention state
-    active: dict[int, Job] = field(default_factory=dict)  # batch uid -> job
-    # Jobs whose padding into the running batch does not fit yet, in arrival order.
-    waiting: deque[Job] = field(default_factory=deque)
-
-    @property
-    def name(self) -> str:
-        return self.entry.name
-
-
-@dataclass
-class Job:
-    """One request in flight: what to generate, and where its events go."""
-
-    request_id: str
-    model: str
-    prompt: list[int]
-    max_tokens: int
-    router: TextRouter
-    sampler: Any = None
-    logits_processors: list[Any] = field(default_factory=list)
-    stop_sequences: Any = None
-    vision_inputs: dict[str, Any] | None = None  # vision jobs: prompt text, image, processor
-    events: queue.Queue = field(default_factory=queue.Queue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    queue_seconds: float = 0.0
-    t_start: float = 0.0
-    t_first: float = 0.0
-    completion_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens whose KV came from the prompt cache
-    detokenizer: Any = None
-    stream: Any = None  # vision jobs: the mlx-vlm generator
-    reservation: Any = None  # the admission Reservation this job holds (grown for padding)
-    padding_bytes: int = 0  # what joining the running batch adds beyond the reservations
-    seed: int | None = None  # seeds MLX's random state when the job joins the batch
-    generated: list[int] = field(default_factory=list)  # tokens emitted so far
-    # Fresh logits processors resuming after `generated` (a grammar's matcher has state), for
-    # when the batch is rebuilt after another request's step failed; None: reuse them.
-    rebuild_processors: Callable[[], list[Any]] | None = None
-
-
-DONE = object()  # sentinel closing a job's event queue
-
-
-def batch_peak_tokens(seqs: list[tuple[int, int]]) -> int:
-    """The most KV token-slots a batch holds at once; `seqs`: (length now, tokens to come).
-
-    Every live sequence is stored at the longest live one's length, in whole cache steps, and
-    a finished one leaves (BatchKVCache.filter trims the padding it no longer needs). So the
-    peak falls just before one of them finishes, or now.
-    """
-    peak = 0
-    for t in sorted({0, *(r for _, r in seqs)}):
-        alive = [length for length, r in seqs if r >= t]
-        if alive:
-            peak = max(peak, len(alive) * kv_tokens(max(alive) + t))
-    return peak
-
-
 class Engine:
-    def __init__(self, cfg: InferenceConfig, admission: Any) -> None:
+    # Pinned prefixes live outside the LRU; ranks that mirror rank 0's LRU have no such store
+    # (distributed/sharded_engine.py turns this off).
+    pins_prefixes = True
+
+    def __init__(self, cfg: InferenceConfig, admission: Ledger,
+                 drafts: Callable[[str], CatalogModel | None] | None = None) -> None:
         self.cfg = cfg
         self.admission = admission
+        self.drafts = drafts or (lambda name: None)  # a model's draft, from the catalog
         self.loaded: dict[str, LoadedModel] = {}
         self._inbox: queue.Queue[Callable[[], None]] = queue.Queue()
         self._vision_jobs: list[Job] = []
         # KV of finished requests, reused by the next request sharing their prefix (an agent's
         # next turn repeats the whole conversation). Its cap is set aside from the budget.
-        self.prompt_cache: Any = None
         self.prompt_cache_bytes = int(cfg.engine.prompt_cache_mb * 1024 * 1024)
+        self.prompt_cache: PromptCache = self._prompt_cache()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
         self.dequantize = cfg.engine.dequantize_on_cpu and not mx.metal.is_available()
@@ -146,13 +86,13 @@ class Engine:
         lm = self.loaded.get(entry.name)
         if lm is not None:
             return lm
-        return self.call(lambda: self._load(entry))
+        return self.call(lambda: self._load(entry))  # type: ignore[no-any-return]
 
     def load(self, entry: CatalogModel) -> tuple[LoadedModel, list[str]]:
-        return self.call(lambda: self._load_reporting(entry))
+        return self.call(lambda: self._load_reporting(entry))  # type: ignore[no-any-return]
 
     def unload(self, name: str) -> bool:
-        return self.call(lambda: self._unload(name))
+        return bool(self.call(lambda: self._unload(name)))
 
     def submit(self, job: Job) -> None:
         self._inbox.put(lambda: self._start_job(job))
@@ -160,14 +100,33 @@ class Engine:
     # ------------------------------------------------------------ the engine thread
 
     def _new_prompt_cache(self) -> Any:  # a seam: distributed/ mirrors it to every rank
-        from mlx_lm.models.cache import LRUPromptCache
-        return LRUPromptCache(max_size=64, max_bytes=self.prompt_cache_bytes)
+        pinned = self._pinned_bytes()
+        return mlx_compat.lru_prompt_cache(64, max(0, self.prompt_cache_bytes - pinned))
+
+    def _pinned_bytes(self) -> int:
+        if not self.pins_prefixes or self.prompt_cache_bytes <= 0:
+            return 0
+        return min(self.prompt_cache_bytes // 2, int(self.cfg.engine.pinned_prefix_mb * 2**20))
+
+    def _prompt_cache(self) -> PromptCache:
+        def decode(model: str, tokens: list[int]) -> str:
+            lm = self.loaded.get(model)
+            return str(lm.tokenizer.decode(tokens)) if lm is not None else ""
+
+        def think(model: str) -> tuple[int, int] | None:
+            lm = self.loaded.get(model)
+            tok = lm.tokenizer if lm is not None else None
+            if tok is None or not getattr(tok, "has_thinking", False):
+                return None
+            starts, ends = list(tok.think_start_tokens or ()), list(tok.think_end_tokens or ())
+            return (starts[0], ends[0]) if len(starts) == 1 and len(ends) == 1 else None
+
+        return PromptCache(self._new_prompt_cache(), self.prompt_cache_bytes,
+                           self._pinned_bytes(), decode, think)
 
     def _run(self) -> None:
-        self.prompt_cache = self._new_prompt_cache()
         while not self._stop.is_set():
-            busy = self._vision_jobs or any(lm.active or lm.waiting
-                                            for lm in self.loaded.values())
+            busy = self._vision_jobs or any(lm.busy for lm in self.loaded.values())
             try:
                 task = self._inbox.get(timeout=0.05) if not busy else self._inbox.get_nowait()
             except queue.Empty:
@@ -182,6 +141,8 @@ class Engine:
                 try:
                     if lm.waiting:
                         self._start_waiting(lm)
+                    if lm.spec is not None:
+                        self._step_spec(lm)
                     if lm.active:
                         self._step_batch(lm)
                 except Exception as e:  # a failed step fails its own request, or its batch
@@ -194,8 +155,11 @@ class Engine:
                 reset_random_state()
                 self._fail_all(InferenceError(f"describing failed: {e}"))
 
+    # ------------------------------------------------------------ loading
+
     def _load_reporting(self, entry: CatalogModel) -> tuple[LoadedModel, list[str]]:
-        """Admit, evict what admission names, load, then correct the estimate by measurement."""
+        """Admit, evict what admission names, load, then correct the estimate by measurement;
+        then the model's draft, if it has one and it fits."""
         if entry.name in self.loaded:
             return self.loaded[entry.name], []
         fp = self.footprint(entry)
@@ -208,6 +172,8 @@ class Engine:
         before = mx.get_active_memory()
         t0 = time.perf_counter()
         try:
+            if not entry.is_vision:
+                mlx_compat.require()
             lm = self._load_vision(entry) if entry.is_vision else self._load_coder(entry)
         except InferenceError:
             self.admission.load_failed(entry.name)
@@ -227,9 +193,32 @@ class Engine:
             "loaded %s in %.1fs: estimated %.1f MiB (weights + overhead), measured %.1f MiB",
             entry.name, time.perf_counter() - t0, estimated / 2**20, lm.measured_bytes / 2**20,
         )
+        victims += self._attach_draft(lm)
         return lm, victims
 
-    def footprint(self, entry: CatalogModel) -> Any:
+    def _attach_draft(self, lm: LoadedModel) -> list[str]:
+        """Load `lm`'s draft model (admitted like any load) and pair them; a draft that
+        cannot load leaves `lm` decoding without one, and the log says why."""
+        draft_entry = self.drafts(lm.name) if not lm.entry.is_vision else None
+        if draft_entry is None:
+            return []
+        try:
+            draft, victims = self._load_reporting(draft_entry)
+            speculative.check_pair(lm, draft)
+        except InferenceError as e:
+            log.warning("%s decodes without speculative decoding: its draft %s cannot be "
+                        "used: %s", lm.name, draft_entry.name, e)
+            return []
+        if lm.name not in self.loaded:  # admission made room for the draft with lm itself
+            log.warning("%s was evicted to load its draft %s; it loads again without one",
+                        lm.name, draft.name)
+            return victims
+        lm.draft = draft
+        log.info("%s: speculative decoding with %s drafting %d tokens a step while it runs "
+                 "one request alone", lm.name, draft.name, self.cfg.engine.draft_tokens)
+        return victims
+
+    def footprint(self, entry: CatalogModel) -> Footprint:
         from inference_node.footprint import estimate
 
         return estimate(entry.path, int(self.cfg.memory.overhead_mb * 1024 * 1024),
@@ -240,31 +229,16 @@ class Engine:
         return self._load_reporting(entry)[0]
 
     def _load_coder(self, entry: CatalogModel) -> LoadedModel:
-        from mlx_lm import load
-
-        loaded = load(str(entry.path))
-        model, tokenizer = loaded[0], loaded[1]
-        if self.dequantize and entry.config.get("quantization"):
-            from mlx_lm.utils import dequantize_model
-
-            model = dequantize_model(model)
-        mx.eval(model.parameters())
+        dequantize = self.dequantize and bool(entry.config.get("quantization"))
+        model, tokenizer = mlx_compat.load(entry.path, dequantize=dequantize)
         return LoadedModel(entry=entry, model=model, tokenizer=tokenizer,
                            batch=self._new_batch(model))
 
-    def _new_batch(self, model: Any) -> Any:
-        from mlx_lm.generate import BatchGenerator
-
-        batch = BatchGenerator(
-            model,
-            completion_batch_size=self.cfg.engine.max_concurrent,
-            prefill_batch_size=self.cfg.engine.max_concurrent,
-            prefill_step_size=self.cfg.engine.prefill_step_size,
-        )
-        # BatchGenerator raises the wired limit to the recommended working set on Metal;
-        # ours is an explicit option (memory.wired_limit_mb), so put the old one back.
-        batch.close()
-        return batch
+    def _new_batch(self, model: Any) -> mlx_compat.Batch:
+        e = self.cfg.engine
+        return mlx_compat.Batch.new(model, completion_batch_size=e.max_concurrent,
+                                    prefill_batch_size=e.max_concurrent,
+                                    prefill_step_size=e.prefill_step_size)
 
     def _load_vision(self, entry: CatalogModel) -> LoadedModel:
         model, processor, tokenizer = vision.load(str(entry.path))
@@ -274,20 +248,27 @@ class Engine:
         lm = self.loaded.get(name)
         if lm is None:
             return False
-        busy = len(lm.active) + len(lm.waiting)
-        busy += sum(1 for j in self._vision_jobs if j.model == name)
+        busy = lm.busy + sum(1 for j in self._vision_jobs if j.model == name)
         if busy:
             raise ModelBusy(f"{name} has {busy} requests in flight; unload it when they finish",
                             model=name, in_flight=busy)
+        for other in self.loaded.values():  # models it drafts for decode without it from now
+            if other.draft is lm:
+                if other.spec is not None:
+                    self._spec_to_batch(other)
+                other.draft = None
+                log.info("%s decodes without speculative decoding: its draft %s is unloaded",
+                         other.name, name)
         del self.loaded[name]
-        if self.prompt_cache is not None:
-            self.prompt_cache.trim_to(n_sequences=0)  # entries are per model; start clean
+        self.prompt_cache.drop(name)
         del lm
         gc.collect()
         mx.clear_cache()  # memory freed is memory returned
         self.admission.unloaded(name)
         log.info("unloaded %s", name)
         return True
+
+    # ------------------------------------------------------------ jobs
 
     def _start_job(self, job: Job) -> None:
         lm = self.loaded.get(job.model)
@@ -304,10 +285,14 @@ class Engine:
             vision.start(lm, job)
             self._vision_jobs.append(job)
             return
+        if lm.spec is not None:  # a second stream: both decode in the batch from now on
+            self._spec_to_batch(lm)
         if lm.waiting:
             log.info("%s: request %s waits behind %d others to join the batch", lm.name,
                      job.request_id, len(lm.waiting))
             lm.waiting.append(job)
+            return
+        if not lm.active and self._speculate(lm, job):
             return
         if not self._fits_in_batch(lm, job):
             log.info("%s: request %s waits to join the batch of %d: padded to the longest "
@@ -319,22 +304,11 @@ class Engine:
 
     def _fits_in_batch(self, lm: LoadedModel, job: Job) -> bool:
         """Grow `job`'s reservation by what joining the running batch adds; False: not now.
-
-        mlx-lm stores every sequence of a batch at the longest one's length, left-padded (see
-        BatchKVCache), so a short request beside a long one holds as much KV as the long one
-        while both run. Reservations count each request alone; the difference is asked for
-        here, before the join. A request that does not fit waits for the batch to shrink; an
-        empty batch always takes it, as its own reservation covers it.
-        """
+        An empty batch always takes it, as its own reservation covers it."""
         if not lm.active or job.reservation is None:
             return True
-        jobs = [*lm.active.values(), job]
-        seqs = [(len(j.prompt) + j.completion_tokens, j.max_tokens - j.completion_tokens)
-                for j in jobs]
-        peak = batch_peak_tokens(seqs) * lm.kv_per_token + len(jobs) * lm.kv_fixed_bytes
-        held = sum(j.reservation.bytes for j in jobs if j.reservation is not None)
-        job.padding_bytes = peak - held
-        return bool(self.admission.try_grow(job.reservation, peak - held))
+        job.padding_bytes = batching.padding_needed(lm, job)
+        return bool(self.admission.try_grow(job.reservation, job.padding_bytes))
 
     def _start_waiting(self, lm: LoadedModel) -> None:
         """Start waiting jobs, oldest first, while they fit; drop those whose client left."""
@@ -350,59 +324,30 @@ class Engine:
             self._insert(lm, job)
 
     def _insert(self, lm: LoadedModel, job: Job) -> None:
-        """Add `job` to the batch: its prompt, or after a rebuild its prompt + what it emitted.
-
-        Its sampler and processors go in wrapped (`guarded`), so a step they fail names it.
-        """
-        from mlx_lm.sample_utils import greedy_sampler
-
-        resumed = bool(job.generated)
-        tokens = job.prompt + job.generated
-        cache, rest = self._cached_prefix(job.model, tokens)
-        if not resumed:
-            job.cached_tokens = len(tokens) - len(rest)
-            if job.seed is not None:
-                mx.random.seed(job.seed)
-        processors = job.logits_processors
-        if resumed and job.rebuild_processors is not None:
-            processors = job.logits_processors = job.rebuild_processors()
-        sampler = job.sampler
-        if sampler is not None and sampler is not greedy_sampler:  # argmax cannot fail
-            sampler = guarded(job, sampler)
+        if not job.generated and job.seed is not None:
+            mx.random.seed(job.seed)
         try:
-            (uid,) = lm.batch.insert(
-                [rest],
-                max_tokens=[job.max_tokens - job.completion_tokens],
-                caches=[cache] if cache is not None else None,
-                all_tokens=[tokens[: len(tokens) - len(rest)]],
-                samplers=[sampler],
-                logits_processors=[[guarded(job, p) for p in processors]],
-                stop_sequences=[job.stop_sequences],
-            )
+            uid = batching.insert(lm, self.prompt_cache, job)
         except Exception as e:  # refused before it touched the batch: this job alone
             log.exception("could not add request %s to %s's batch", job.request_id, lm.name)
             self._finish(job, generation_failed(job, e, alone=True))
             return
         lm.active[uid] = job
 
-    def _cached_prefix(self, model: str, tokens: list[int]) -> tuple[Any, list[int]]:
-        """A copy of the longest cached KV prefix of `tokens`, and the tokens still to run."""
-        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
-
-        if self.prompt_cache_bytes <= 0:
-            return None, tokens
-        cache, rest = self.prompt_cache.fetch_nearest_cache(model, tokens)
-        if cache is not None and not rest:  # the whole prompt is cached: rerun its last token
-            if not can_trim_prompt_cache(cache):
-                return None, tokens
-            trim_prompt_cache(cache, 1)
-            rest = tokens[-1:]
-        return cache, rest if cache is not None else tokens
-
     def _recover(self, lm: LoadedModel, error: Exception) -> None:
         """After a failed step: fail the request that caused it (every request of the batch
         when no single one did), rebuild MLX's random state and the batch, and put the other
         requests back in it, each resuming from the tokens it already emitted."""
+        if lm.spec is not None and (not isinstance(error, StepFailed)
+                                    or error.job is lm.spec.job):
+            job = lm.spec.job
+            lm.spec = None  # it ran alone: only it fails
+            cause = error.error if isinstance(error, StepFailed) else error
+            log.error("%s: a speculative step failed (%s: %s); failing request %s", lm.name,
+                      type(cause).__name__, cause, job.request_id, exc_info=True)
+            reset_random_state()
+            self._finish(job, generation_failed(job, cause, alone=True))
+            return
         culprit = error.job if isinstance(error, StepFailed) else None
         cause = error.error if isinstance(error, StepFailed) else error
         log.error("%s: a generation step failed (%s: %s); %s", lm.name, type(cause).__name__,
@@ -422,6 +367,7 @@ class Engine:
                 self._insert(lm, job)
 
     def _step_batch(self, lm: LoadedModel) -> None:
+        assert lm.batch is not None
         gone = [uid for uid, job in lm.active.items() if job.cancelled.is_set()]
         if gone:
             lm.batch.remove(gone)
@@ -429,28 +375,73 @@ class Engine:
                 self._finish(lm.active.pop(uid), Cancelled("the client went away"))
             if not lm.active:
                 return
-        _, responses = lm.batch.next()
+        prefilled, emitted = lm.batch.step()
+        for p in prefilled:
+            if p.end_of_segment and not p.end_of_prompt:
+                batching.pin_reached(lm, self.prompt_cache, p.uid)
         now = time.perf_counter()
-        for r in responses:
+        for r in emitted:
             job = lm.active.get(r.uid)
             if job is None:
                 continue
-            if not job.t_first:
-                job.t_first = now
-            job.completion_tokens += 1
-            job.generated.append(r.token)
-            detok = job.detokenizer
-            if r.finish_reason != "stop":
-                detok.add_token(r.token)
-            if r.finish_reason is not None:
-                detok.finalize()
-            for event in job.router.feed(detok.last_segment, r.finish_reason):
-                job.events.put(event)
+            job.t_first = job.t_first or now
+            batching.emit(job, r.token, r.finish_reason)
             if r.finish_reason is not None:
                 del lm.active[r.uid]
-                if self.prompt_cache_bytes > 0 and r.prompt_cache is not None:
-                    self.prompt_cache.insert_cache(job.model, list(r.all_tokens), r.prompt_cache)
+                if r.cache is not None and r.tokens is not None:
+                    self.prompt_cache.insert(job.model, r.tokens, r.cache, len(job.prompt))
                 self._finish(job, None, r.finish_reason)
+
+    # ------------------------------------------------------------ speculative decoding
+
+    def _speculate(self, lm: LoadedModel, job: Job) -> bool:
+        """Start `job` decoding speculatively, if `lm` has a draft and its KV fits."""
+        if lm.draft is None or lm.draft.name not in self.loaded:
+            return False
+        spec = speculative.start(lm, job, self.prompt_cache, self.admission,
+                                 self.cfg.engine.draft_tokens,
+                                 self.cfg.engine.prefill_step_size)
+        if spec is None:
+            return False
+        if job.seed is not None:
+            mx.random.seed(job.seed)
+        lm.spec = spec
+        self.admission.touch(lm.draft.name)
+        return True
+
+    def _step_spec(self, lm: LoadedModel) -> None:
+        spec = lm.spec
+        assert spec is not None
+        if spec.job.cancelled.is_set():
+            lm.spec = None
+            self._finish(spec.job, Cancelled("the client went away"))
+            return
+        finish = spec.step(self.prompt_cache)
+        if finish is not None:
+            lm.spec = None
+            self._finish(spec.job, None, finish)
+
+    def _spec_to_batch(self, lm: LoadedModel) -> None:
+        """The job decoding speculatively goes on in the batch, from the KV it has."""
+        spec = lm.spec
+        assert spec is not None and lm.batch is not None
+        lm.spec = None
+        job = spec.job
+        if job.cancelled.is_set():
+            self._finish(job, Cancelled("the client went away"))
+            return
+        try:
+            uid = spec.to_batch(lm.batch, self.prompt_cache)
+        except Exception as e:
+            log.exception("could not move request %s into %s's batch", job.request_id, lm.name)
+            self._finish(job, generation_failed(job, e, alone=True))
+            return
+        lm.active[uid] = job
+        log.info("%s: request %s decodes in the batch from now on (another request joined); "
+                 "the draft model had %d of %d proposed tokens accepted", lm.name,
+                 job.request_id, job.accepted, job.drafted)
+
+    # ------------------------------------------------------------ vision and endings
 
     def _step_vision(self) -> None:
         for job in list(self._vision_jobs):
@@ -472,17 +463,17 @@ class Engine:
                 self._finish(job, None, finish)
 
     def _finish(self, job: Job, error: Exception | None, finish_reason: str = "stop") -> None:
-        if error is not None:
-            job.events.put(error)
-            job.events.put(DONE)
-            return
-        done = done_event(job, finish_reason)
-        job.events.put(done)
+        from inference_node.chat import done_event
+
+        job.events.put(error if error is not None else done_event(job, finish_reason))
         job.events.put(DONE)
 
     def _fail_all(self, error: Exception) -> None:
         for lm in self.loaded.values():
-            if lm.active:
+            if lm.spec is not None:
+                self._finish(lm.spec.job, error)
+                lm.spec = None
+            if lm.active and lm.batch is not None:
                 lm.batch.remove(list(lm.active))
                 for job in lm.active.values():
                     self._finish(job, error)

@@ -27,6 +27,7 @@ class CatalogModel:
     pinned: bool
     context: int  # configured, else the model's own
     config: dict
+    draft: str = ""  # the model that drafts for this one (speculative decoding), if any
 
     @property
     def is_vision(self) -> bool:
@@ -105,8 +106,14 @@ class Catalog:
             out.append(CatalogModel(
                 name=e.name, role=e.role, path=path, source=e.hub or str(path),
                 pinned=e.pinned, context=served_context(e, mcfg), config=mcfg,
+                draft=e.draft,
             ))
         return cls(out)
+
+    def draft_of(self, name: str) -> CatalogModel | None:
+        """The model that drafts for `name` (speculative decoding), or None."""
+        m = self.models.get(name)
+        return self.models.get(m.draft) if m is not None and m.draft else None
 
     def get(self, name: str, role: str) -> CatalogModel:
         """The named model, or the first of `role` when `name` is empty."""

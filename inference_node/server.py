@@ -93,7 +93,7 @@ def create_server(addr: str = "127.0.0.1:0", cfg: InferenceConfig | None = None,
         if cache:  # the prompt cache's cap is memory admission must not promise to anyone
             admission.budget_bytes -= cache
             admission.budget_source += f" − prompt cache {cfg.engine.prompt_cache_mb:.0f} MiB"
-    engine = engine or Engine(cfg, admission)
+    engine = engine or Engine(cfg, admission, catalog.draft_of)
     servicer = InferenceServicer(cfg, catalog, admission, engine)
 
     max_bytes = cfg.server.max_message_mb * 1024 * 1024

@@ -17,18 +17,23 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from inference_node import chat, validate
+from inference_node import chat, mlx_compat, validate
 from inference_node.api import pb
 from inference_node.api import reasons as R
 from inference_node.config import InferenceConfig
-from inference_node.engine import DONE, Engine, Job
+from inference_node.engine import Engine
 from inference_node.errors import BadRequest, ModelBusy, QueueFull, Unavailable
+from inference_node.footprint import Footprint
+from inference_node.jobs import DONE, Job, LoadedModel
 from inference_node.machine import gib
 from inference_node.models import Catalog, CatalogModel
+
+if TYPE_CHECKING:
+    from inference_node.constrained import Constraint
 
 
 class StreamSlots:
@@ -67,7 +72,7 @@ class InferenceServicer:
         self.draining = False
         self.down_reason = ""  # set when the ranks of a distributed group are lost
         self.streams = StreamSlots(cfg.server.max_streams)
-        self._footprints: dict[str, Any] = {}
+        self._footprints: dict[str, Footprint] = {}
 
     # ------------------------------------------------------------ Chat
 
@@ -85,13 +90,17 @@ class InferenceServicer:
         tok = lm.tokenizer
         constraint, json_tools = self._constraint(request, tok, tools, schema)
         note = constraint.instruction if constraint is not None else ""
-        prompt = chat.build_prompt(tok, chat.template_messages(request.messages), tools, note,
+        messages = chat.template_messages(request.messages)
+        prompt = chat.build_prompt(tok, messages, tools, note,
                                    note_lists_tools=json_tools is not None)
         max_tokens = chat.resolve_max_tokens(
             request.max_tokens if request.HasField("max_tokens") else None,
             len(prompt), entry.context, self.cfg.engine.default_max_tokens, entry.name,
         )
         job = self._job(request, entry, lm, prompt, max_tokens, constraint, json_tools, tools)
+        if self.engine.prompt_cache.pinned_bytes:
+            job.system_prefix = chat.system_prefix(tok, messages, tools, prompt, note,
+                                                   note_lists_tools=json_tools is not None)
         yield from self._run(job, entry, context)
 
     def _entry(self, name: str, role: str) -> CatalogModel:
@@ -110,7 +119,7 @@ class InferenceServicer:
         return entry
 
     def _constraint(self, request: pb.ChatRequest, tokenizer: Any, tools: list[dict],
-                    schema: dict | None) -> tuple[Any, Any]:
+                    schema: dict | None) -> tuple[Constraint | None, Constraint | None]:
         """Grammar constraints for response_format and forced tool calls (or none)."""
         rf = request.response_format
         choice = request.tool_choice
@@ -129,21 +138,20 @@ class InferenceServicer:
         )
         return c, None
 
-    def _job(self, request: pb.ChatRequest, entry: CatalogModel, lm: Any, prompt: list[int],
-             max_tokens: int, constraint: Any, json_tools: Any, tools: list[dict]) -> Job:
-        from mlx_lm.generate import make_stop_sequences, make_text_state_machine
-        from mlx_lm.sample_utils import make_logits_processors, make_sampler
-
+    def _job(self, request: pb.ChatRequest, entry: CatalogModel, lm: LoadedModel,
+             prompt: list[int], max_tokens: int, constraint: Constraint | None,
+             json_tools: Constraint | None,
+             tools: list[dict]) -> Job:
         tok = lm.tokenizer
         s = request.sampling  # every field checked by validate.check_sampling
         stop = list(s.stop)
-        sampler = make_sampler(
+        sampler = mlx_compat.make_sampler(
             temp=s.temperature if s.HasField("temperature") else 0.0,
             top_p=s.top_p if s.HasField("top_p") else 0.0,
             min_p=s.min_p if s.HasField("min_p") else 0.0,
             top_k=s.top_k if s.HasField("top_k") else 0,
         )
-        base = make_logits_processors(
+        base = mlx_compat.make_logits_processors(
             repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else None
         )
         processors = list(base)
@@ -151,14 +159,14 @@ class InferenceServicer:
         if constraint is not None:
             processors.append(constraint.logits_processor())
 
-            def rebuild() -> list[Any]:  # the grammar resumes after what was already emitted
+            def rebuild() -> list[mlx_compat.LogitsProcessor]:  # resumes after what was emitted
                 return [*base, constraint.logits_processor(reply_starts_at=len(prompt))]
 
         initial = "normal"
         if tok.has_thinking and tok.rfind_think_start(prompt) > tok.rfind_think_end(prompt):
             initial = "reasoning"  # the template opened <think> for the model
         router = chat.TextRouter(
-            text_sm=make_text_state_machine(tok, stop),
+            text_sm=mlx_compat.text_states(tok, stop),
             initial_state=initial,
             tool_parser=tok.tool_parser,
             tools=tools,
@@ -172,7 +180,7 @@ class InferenceServicer:
             router=router,
             sampler=sampler,
             logits_processors=processors,
-            stop_sequences=make_stop_sequences(tok, stop),
+            stop_sequences=mlx_compat.stop_sequences(tok, stop),
             seed=s.seed if s.HasField("seed") else None,
             rebuild_processors=rebuild,
         )
@@ -306,7 +314,7 @@ class InferenceServicer:
         return pb.MemoryStatus(models=rows, hosts=hosts, open_streams=self.streams.open,
                                stream_limit=self.streams.limit, **fields)
 
-    def _footprint(self, entry: CatalogModel) -> Any:
+    def _footprint(self, entry: CatalogModel) -> Footprint:
         fp = self._footprints.get(entry.name)
         if fp is None:  # the headers are read once, not on every status poll
             fp = self._footprints[entry.name] = self.engine.footprint(entry)

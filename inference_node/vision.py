@@ -22,7 +22,7 @@ def keep_our_wired_limit() -> None:
     Metal sets the wired limit to max_recommended_working_set_size for the duration. Ours is
     memory.wired_limit_mb, applied once at start and 0 (left alone) by default; see
     machine.apply_mlx_limits for why. The coder side undoes mlx-lm's the same way
-    (BatchGenerator.close() in Engine._new_batch).
+    (mlx_compat.Batch.new closes the BatchGenerator it makes).
     """
     import contextlib
     import importlib

@@ -51,9 +51,9 @@ class Traffic:
 
 class Channel:
     def __init__(self, group: Any) -> None:
-        from mlx_lm.generate import generation_stream
+        from inference_node.mlx_compat import generation_stream
 
-        self.stream = generation_stream
+        self.stream = generation_stream()
         self.group = group
         self.rank = group.rank()
         self.size = group.size()

@@ -23,6 +23,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from inference_node import mlx_compat
 from inference_node.distributed.control import Channel, RankLost, follow_rank0, memory_readings
 from inference_node.distributed.mirror import NEVER, digest
 from inference_node.distributed.sharding import ShardPlan, config_digest, load_shard
@@ -39,7 +40,7 @@ class OutOfStep(RuntimeError):
 class FollowedModel:
     name: str
     model: Any
-    batch: Any
+    batch: mlx_compat.Batch
     # Caches of sequences rank 0 says finished, until it says (in the same message) which it
     # keeps in its prompt cache.
     finished: dict[int, tuple[Any, list[int]]] = field(default_factory=dict)
@@ -65,10 +66,8 @@ class Follower:
     # ------------------------------------------------------------ the loop
 
     def run(self) -> int:
-        from mlx_lm.models.cache import LRUPromptCache
-
         # Unbounded: rank 0's cap decides, through cache_trim / cache_insert lengths.
-        self.prompt_cache = LRUPromptCache(max_size=1 << 30)
+        self.prompt_cache = mlx_compat.lru_prompt_cache(max_size=1 << 30, max_bytes=1 << 62)
         while True:
             try:
                 message = self.channel.receive()
@@ -116,9 +115,8 @@ class Follower:
         elif kind == "remove":
             fm.batch.remove(queued[2])
         elif kind == "finish":
-            caches = fm.batch.remove(queued[2], return_prompt_caches=True)
-            for uid, (cache, tokens) in caches.items():
-                fm.finished[int(uid)] = (cache, list(tokens))
+            for uid, (cache, tokens) in fm.batch.finish(queued[2]).items():
+                fm.finished[uid] = (cache, tokens)
         elif kind == "cache_insert":
             _, model, n, fingerprint, length, cache_type = queued
             match = [uid for uid, (_, t) in fm.finished.items()
@@ -132,34 +130,28 @@ class Follower:
             raise OutOfStep(f"unknown queued op {kind!r}")
 
     def _insert(self, fm: FollowedModel, spec: dict[str, Any]) -> None:
-        from mlx_lm.generate import StopSequences
-        from mlx_lm.models.cache import trim_prompt_cache
-
         for uid, prompt, rest_len, cached in zip(spec["uids"], spec["prompts"], spec["rest"],
                                                  spec["cached"], strict=True):
             cache, rest = None, prompt
             if cached:
                 cache, rest = self.prompt_cache.fetch_nearest_cache(fm.name, prompt)
                 if cache is not None and not rest:  # rank 0 reruns the last token
-                    trim_prompt_cache(cache, 1)
+                    mlx_compat.trim(cache, 1)
                     rest = prompt[-1:]
                 if cache is None or len(rest) != rest_len:
                     raise OutOfStep(f"rank 0 ran {rest_len} of {len(prompt)} prompt tokens "
                                     f"after its cached prefix; this rank's cache gives "
                                     f"{len(rest)}")
-            (got,) = fm.batch.insert(
-                [rest], max_tokens=[NEVER], caches=[cache] if cache is not None else None,
-                all_tokens=[prompt[:len(prompt) - len(rest)]], samplers=[self._sampler()],
-                stop_sequences=[StopSequences()])
+            got = fm.batch.insert(
+                [rest], max_tokens=NEVER, cache=cache, cached=prompt[:len(prompt) - len(rest)],
+                sampler=self._sampler(), stop=mlx_compat.no_stop_sequences())
             if got != uid:
                 raise OutOfStep(f"sequence uid {got} here, {uid} on rank 0")
 
     def _step(self, name: str) -> None:
-        self.models[name].batch.next()
+        self.models[name].batch.step()
 
     def _load(self, message: dict[str, Any]) -> None:
-        from mlx_lm.generate import BatchGenerator
-
         name = message["name"]
         error, measured = "", 0
         try:
@@ -173,10 +165,9 @@ class Follower:
             before = mx.get_active_memory()
             model = load_shard(entry.path, plan, self.group, bool(message["dequantize"]))
             b = message["batch"]
-            batch = BatchGenerator(model, completion_batch_size=b["completion_batch_size"],
-                                   prefill_batch_size=b["prefill_batch_size"],
-                                   prefill_step_size=b["prefill_step_size"])
-            batch.close()  # keep this host's wired limit (see engine._load_coder)
+            batch = mlx_compat.Batch.new(model, completion_batch_size=b["completion_batch_size"],
+                                         prefill_batch_size=b["prefill_batch_size"],
+                                         prefill_step_size=b["prefill_step_size"])
             mx.synchronize()
             measured = max(0, mx.get_active_memory() - before)
             self.models[name] = FollowedModel(name, model, batch)

@@ -1,8 +1,8 @@
 """Rank 0's side of the lockstep: the engine's batch and prompt cache, mirrored to every rank.
 
-The engine drives an mlx-lm `BatchGenerator` and an `LRUPromptCache` as it always does; on
-rank 0 of a group they are wrapped so that every call that changes what the model will run is
-also recorded as an op for the other ranks:
+The engine drives its batch (`mlx_compat.Batch`) and mlx-lm's `LRUPromptCache` as it always
+does; on rank 0 of a group they are wrapped so that every call that changes what the model
+will run is also recorded as an op for the other ranks:
 
     insert        the full prompt, how much of it came from the prompt cache, its uid
     remove        cancelled (or failed) sequences
@@ -11,7 +11,7 @@ also recorded as an op for the other ranks:
     cache_insert  a finished sequence's KV kept for prefix reuse, and the cache's new length
     cache_trim    the cache trimmed to a length
 
-Ops are queued and go out with the next message; `next()` sends them with a `step` and then
+Ops are queued and go out with the next message; `step()` sends them with a `step` and then
 runs the step, whose collectives (the model's own, and the sampled token taken from rank 0)
 the other ranks run at the same time. Every rank sees the same ops in the same order, so its
 batch and prompt cache hold the same sequences, each rank its own part of them.
@@ -20,12 +20,21 @@ batch and prompt cache hold the same sequences, each rank its own part of them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from inference_node.distributed.control import follow_rank0
+from inference_node.mlx_compat import (
+    Batch,
+    Cache,
+    Emitted,
+    LogitsProcessor,
+    Prefilled,
+    Sampler,
+    greedy_sampler,
+)
 
 NEVER = 1 << 30  # max_tokens on the other ranks: they stop when rank 0 says so
 
@@ -35,18 +44,16 @@ def digest(tokens: list[int]) -> str:
     return hashlib.sha1(np.asarray(tokens, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
-class MirroredBatch:
-    """An mlx-lm BatchGenerator whose changes are sent to every rank before each step."""
+class MirroredBatch(Batch):
+    """A batch whose changes are sent to every rank before each step."""
 
-    def __init__(self, batch: Any, leader: Any, model: str) -> None:
+    def __init__(self, batch: Batch, leader: Any, model: str) -> None:
+        super().__init__(batch.generator)
         self.batch = batch
         self.leader = leader
         self.model = model
 
-    def __getattr__(self, name: str) -> Any:  # read-only attributes pass through
-        return getattr(self.batch, name)
-
-    def _leading(self, sampler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def _leading(self, sampler: Sampler) -> Sampler:
         group = self.leader.group
 
         def sample(logprobs: Any) -> Any:
@@ -54,43 +61,39 @@ class MirroredBatch:
 
         return sample
 
-    def insert(self, prompts: list[list[int]], max_tokens: list[int] | None = None,
-               caches: list[Any] | None = None, all_tokens: list[list[int]] | None = None,
-               samplers: list[Any] | None = None, logits_processors: Any = None,
-               stop_sequences: Any = None) -> list[int]:
-        n = len(prompts)
-        caches = caches or [None] * n
-        all_tokens = all_tokens or [[] for _ in prompts]
-        samplers = [self._leading(s or self.batch.sampler) for s in (samplers or [None] * n)]
-        uids = self.batch.insert(prompts, max_tokens=max_tokens, caches=caches,
-                                 all_tokens=all_tokens, samplers=samplers,
-                                 logits_processors=logits_processors,
-                                 stop_sequences=stop_sequences)
+    def insert(self, segments: list[list[int]], *, max_tokens: int, cache: Cache | None = None,
+               cached: Sequence[int] = (), sampler: Sampler | None = None,
+               processors: Sequence[LogitsProcessor] = (), stop: Any = None) -> int:
+        if len(segments) != 1:  # a prefix pin splits the prompt; ranks mirror no pins
+            raise ValueError("a distributed batch takes each prompt whole")
+        uid = self.batch.insert(segments, max_tokens=max_tokens, cache=cache, cached=cached,
+                                sampler=self._leading(sampler or greedy_sampler()),
+                                processors=processors, stop=stop)
         self.leader.queue(["insert", self.model, {
-            "uids": list(uids),
-            "prompts": [list(map(int, a)) + list(map(int, p))
-                        for a, p in zip(all_tokens, prompts, strict=True)],
-            "rest": [len(p) for p in prompts],
-            "cached": [c is not None for c in caches],
+            "uids": [uid],
+            "prompts": [list(map(int, cached)) + list(map(int, segments[0]))],
+            "rest": [len(segments[0])],
+            "cached": [cache is not None],
         }])
-        return list(uids)
+        return uid
 
-    def remove(self, uids: list[int], return_prompt_caches: bool = False) -> Any:
-        out = self.batch.remove(uids, return_prompt_caches=return_prompt_caches)
+    def remove(self, uids: list[int]) -> None:
+        self.batch.remove(uids)
+        self.leader.queue(["remove", self.model, list(map(int, uids))])
+
+    def finish(self, uids: list[int]) -> dict[int, tuple[Cache, list[int]]]:
+        out = self.batch.finish(uids)
         self.leader.queue(["remove", self.model, list(map(int, uids))])
         return out
 
-    def next(self) -> Any:
+    def step(self) -> tuple[list[Prefilled], list[Emitted]]:
         with self.leader.guard("a generation step", self.leader.step_timeout_s):
             self.leader.send({"op": "step", "model": self.model})
-            prompt_responses, responses = self.batch.next()
-        finished = [int(r.uid) for r in responses if r.finish_reason is not None]
+            prefilled, emitted = self.batch.step()
+        finished = [r.uid for r in emitted if r.finish_reason is not None]
         if finished:
             self.leader.queue(["finish", self.model, finished])
-        return prompt_responses, responses
-
-    def close(self) -> None:
-        self.batch.close()
+        return prefilled, emitted
 
 
 class MirroredPromptCache:

@@ -6,13 +6,16 @@
   the per-host admission, and the totals are returned;
 - `_load_coder`: every rank loads its part (rank 0 sends the plan), and the batch is wrapped
   so its inserts, removals and steps reach every rank (mirror.py);
-- `_new_prompt_cache`: the prompt cache is mirrored the same way;
+- `_new_prompt_cache`: the prompt cache is mirrored the same way; its pinned prefixes are off
+  (`pins_prefixes`): they live outside the LRU the other ranks mirror;
 - `_unload`: every rank drops its part;
 - `call` and `submit`: once the group has failed, they answer UNAVAILABLE at once instead of
   waiting on an engine thread that may be stuck in a collective; and every stream in flight is
   failed with UNAVAILABLE naming the host.
 
 Vision models (mlx-vlm has no sharding) are served by rank 0 alone, as on one host.
+Speculative decoding (a model's `draft`) is refused by config.validate for a distributed group:
+the other ranks would have to run the draft's steps in lockstep.
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ from inference_node.distributed.sharding import (
     plan_model,
     rank0_plan,
 )
-from inference_node.engine import DONE, Engine, Job, LoadedModel
+from inference_node.engine import Engine
 from inference_node.errors import InferenceError, LoadFailed, Unavailable
 from inference_node.footprint import Footprint
+from inference_node.jobs import DONE, Job, LoadedModel
+from inference_node.mlx_compat import Batch, load_tokenizer
 from inference_node.models import CatalogModel
 
 log = logging.getLogger("inference_node.distributed.engine")
@@ -47,9 +52,11 @@ POLL_S = 0.2
 
 
 class DistributedEngine(Engine):
+    pins_prefixes = False  # the other ranks mirror the LRU only
+
     def __init__(self, cfg: InferenceConfig, admission: RankedAdmission, leader: Leader) -> None:
+        self.leader = leader  # before Engine's __init__ makes the (mirrored) prompt cache
         super().__init__(cfg, admission)
-        self.leader = leader
         self.ranked = admission
         self._plans: dict[str, tuple[float, ShardPlan | None, str]] = {}
         self._live: dict[int, weakref.ref[Job]] = {}
@@ -82,7 +89,7 @@ class DistributedEngine(Engine):
             raise LoadFailed(cached[2])
         return cached[1]
 
-    def footprint(self, entry: CatalogModel) -> Any:
+    def footprint(self, entry: CatalogModel) -> Footprint:
         try:
             plan = self.plan(entry)
         except LoadFailed:  # listed as one host would hold it; loading it says why not
@@ -98,9 +105,6 @@ class DistributedEngine(Engine):
         return MirroredPromptCache(super()._new_prompt_cache(), self.leader)
 
     def _load_coder(self, entry: CatalogModel) -> LoadedModel:
-        from mlx_lm.generate import BatchGenerator
-        from mlx_lm.utils import load_tokenizer
-
         plan = self.plan(entry)
         e = self.cfg.engine
         batch_cfg = {"completion_batch_size": e.max_concurrent,
@@ -118,8 +122,7 @@ class DistributedEngine(Engine):
             before = mx.get_active_memory()
             try:
                 model = load_shard(entry.path, plan, leader.group, self.dequantize)
-                tokenizer = load_tokenizer(entry.path, None,
-                                           eos_token_ids=entry.config.get("eos_token_id"))
+                tokenizer = load_tokenizer(entry.path, entry.config.get("eos_token_id"))
             except Exception as ex:  # still answer the gather: the others wait for it
                 log.exception("rank 0 could not load %s", entry.name)
                 error = f"{type(ex).__name__}: {ex}"
@@ -134,21 +137,20 @@ class DistributedEngine(Engine):
             raise LoadFailed(f"{entry.name} did not load on every rank: {'; '.join(errors)}")
         self.ranked.measured[entry.name] = [int(res["measured"]) for res in results]
         self._cap_prompt_cache(plan)
-        batch = BatchGenerator(model, completion_batch_size=e.max_concurrent,
-                               prefill_batch_size=e.max_concurrent,
-                               prefill_step_size=e.prefill_step_size)
-        batch.close()  # keep our wired limit (see Engine._load_coder)
+        batch = Batch.new(model, completion_batch_size=e.max_concurrent,
+                          prefill_batch_size=e.max_concurrent,
+                          prefill_step_size=e.prefill_step_size)
         return LoadedModel(entry=entry, model=model, tokenizer=tokenizer,
                            batch=MirroredBatch(batch, leader, entry.name))
 
     def _cap_prompt_cache(self, plan: ShardPlan) -> None:
         """Each host sets prompt_cache_mb aside; rank 0's cap is in its own bytes, so with a
         pipeline split where another rank holds more of the KV, scale rank 0's cap down."""
-        if self.prompt_cache is None or not plan.kv_per_token[0]:
+        if not plan.kv_per_token[0]:
             return
         ratio = min([1.0] + [plan.kv_per_token[0] / kv for kv in plan.kv_per_token if kv])
-        cache = getattr(self.prompt_cache, "cache", self.prompt_cache)
-        cache.max_bytes = min(cache.max_bytes, int(self.prompt_cache_bytes * ratio))
+        lru = self.prompt_cache.lru.cache  # the LRUPromptCache inside the mirror
+        lru.max_bytes = min(lru.max_bytes, int(self.prompt_cache_bytes * ratio))
 
     def _unload(self, name: str) -> bool:
         lm = self.loaded.get(name)

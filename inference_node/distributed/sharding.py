@@ -104,7 +104,7 @@ def _nbytes(model: Any) -> int:
 
 def lazy_model(model_dir: Path, dequantize: bool) -> tuple[Any, dict]:
     """The model built from its config with lazily mapped weights: nothing is read yet."""
-    from mlx_lm.utils import dequantize_model, load_model
+    from inference_node.mlx_compat import dequantize_model, load_model
 
     try:
         model, config = load_model(Path(model_dir), lazy=True)

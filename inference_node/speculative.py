@@ -1,0 +1,271 @@
+"""Speculative decoding: a small draft model proposes tokens, the served model checks them at once.
+
+On a machine where decoding is bound by memory bandwidth (every token reads all the weights),
+the served model checks k + 1 positions in about the time it decodes one. Each round the draft
+proposes k tokens one by one (it is several times cheaper), the model runs once over them, and
+keeps the proposals up to the first one it would not have chosen, plus its own token there:
+1 to k + 1 tokens per pass of the big model.
+
+    spec = start(lm, job, prompt_cache, admission, draft_tokens=3, prefill_step=512)
+    while (finish := spec.step(prompt_cache)) is None: ...       # or spec.to_batch(batch)
+
+Output is the model's own: each kept token is the one the model's sampler chose at that
+position, given everything before it, so greedy decoding gives exactly the tokens decoding
+without a draft gives, and sampling keeps the model's distribution (with a seed, the random
+draws fall differently than in the batch). Logits processors see the same contexts as in the
+batch; a grammar's matcher is rewound past proposals that were not kept (`rewind`).
+
+It runs while the request is the model's only one (the engine hands it to the batch when
+another joins: `to_batch`); a draft model must share the served model's vocabulary. It is
+not available across the ranks of a distributed group (config.validate refuses it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import mlx.core as mx
+
+from inference_node import batching, mlx_compat
+from inference_node.admission import kv_tokens
+from inference_node.errors import LoadFailed
+from inference_node.isolation import guarded
+from inference_node.jobs import Job, Ledger, LoadedModel
+from inference_node.mlx_compat import Cache, LogitsProcessor
+from inference_node.prompt_cache import PromptCache
+
+log = logging.getLogger("inference_node.engine")
+
+
+def check_pair(target: LoadedModel, draft: LoadedModel) -> None:
+    """LoadFailed unless `draft` can draft for `target`: same vocabulary, trimmable caches."""
+    if draft.entry.is_vision or draft.batch is None:
+        raise LoadFailed(f"{draft.name} is not a coder model; a draft must be one")
+    if draft is target:
+        raise LoadFailed(f"{target.name} cannot draft for itself")
+    tv, dv = _vocab(target.tokenizer), _vocab(draft.tokenizer)
+    if tv != dv:
+        raise LoadFailed(f"{draft.name}'s vocabulary is not {target.name}'s ({len(dv)} and "
+                         f"{len(tv)} tokens, or the same ids for other text); a draft must "
+                         "use the same tokenizer")
+    for lm in (target, draft):
+        if not mlx_compat.can_trim(mlx_compat.make_cache(lm.model)):
+            raise LoadFailed(f"{lm.name}'s KV cache cannot be rolled back (sliding windows or "
+                             "recurrent state), which speculative decoding needs")
+
+
+def _vocab(tokenizer: Any) -> dict[str, int]:
+    inner = getattr(tokenizer, "_tokenizer", tokenizer)
+    return dict(inner.get_vocab())
+
+
+def start(lm: LoadedModel, job: Job, cache: PromptCache, admission: Ledger, draft_tokens: int,
+          prefill_step: int) -> Speculation | None:
+    """`job` decoding speculatively on `lm` with its draft; None when the draft's KV for it
+    does not fit in memory now (the job then goes to the batch)."""
+    draft = lm.draft
+    assert draft is not None
+    need = (kv_tokens(len(job.prompt) + job.max_tokens) * draft.kv_per_token
+            + draft.kv_fixed_bytes)
+    if job.reservation is not None and not admission.try_grow(job.reservation, need):
+        log.info("%s: request %s decodes in the batch: the draft's KV (%.1f MiB) does not fit "
+                 "now", lm.name, job.request_id, need / 2**20)
+        return None
+    found = batching.lookup(cache, job, job.prompt, account=True)
+    job.cached_tokens = found.cached
+    batching.segments(cache, job, job.prompt, found)  # sets job.pin_at when a pin is due
+    drafted = cache.fetch(draft.name, job.prompt, account=False)
+    return Speculation(lm, draft, job, found.cache, found.cached, drafted.cache, drafted.cached,
+                       max(0, draft_tokens), prefill_step)
+
+
+class Speculation:
+    """One job decoding speculatively: its two caches and how far each has run."""
+
+    def __init__(self, lm: LoadedModel, draft: LoadedModel, job: Job, target_kv: Cache | None,
+                 target_len: int, draft_kv: Cache | None, draft_len: int, k: int,
+                 prefill_step: int) -> None:
+        self.lm, self.draft, self.job = lm, draft, job
+        self.target_kv = target_kv if target_kv is not None else mlx_compat.make_cache(lm.model)
+        self.draft_kv = draft_kv if draft_kv is not None else mlx_compat.make_cache(draft.model)
+        self.target_len = target_len if target_kv is not None else 0  # tokens each KV holds
+        self.draft_len = draft_len if draft_kv is not None else 0
+        self.k = k
+        self.prefill_step = max(1, prefill_step)
+        self.stop = mlx_compat.stop_matcher(job.stop_sequences or mlx_compat.no_stop_sequences())
+        self.sampler = job.sampler or mlx_compat.greedy_sampler()
+        self.processors: list[LogitsProcessor] = [guarded(job, p) for p in job.logits_processors]
+        self.eos = set(getattr(lm.tokenizer, "eos_token_ids", ()) or ())
+        self.stream = mlx_compat.generation_stream()
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.job.prompt + self.job.generated
+
+    @property
+    def prefilling(self) -> bool:
+        end = len(self.job.prompt) - 1
+        return self.target_len < end or self.draft_len < end
+
+    # ------------------------------------------------------------ one engine turn
+
+    def step(self, cache: PromptCache) -> str | None:
+        """One prefill chunk (of each model), or one round of draft and check; the job's
+        finish reason once it is done (its KV then goes to the prompt cache)."""
+        with mx.stream(self.stream):
+            if self.prefilling:
+                self._prefill(cache)
+                return None
+            finish = self._round()
+        if finish is not None:
+            self._keep(cache)
+        return finish
+
+    def _prefill(self, cache: PromptCache) -> None:
+        prompt, end = self.job.prompt, len(self.job.prompt) - 1
+        if self.target_len < end:
+            stop = min(end, self.target_len + self.prefill_step)
+            if self.target_len < self.job.pin_at < stop:
+                stop = self.job.pin_at  # the system part ends here: its KV is pinned
+            _feed(self.lm.model, self.target_kv, prompt[self.target_len:stop])
+            self.target_len = stop
+            if self.job.pin_at and stop == self.job.pin_at:
+                cache.pin(self.job.model, prompt[:stop], _copy(self.target_kv))
+                self.job.pin_at = 0
+        if self.draft_len < end:
+            stop = min(end, self.draft_len + self.prefill_step)
+            _feed(self.draft.model, self.draft_kv, prompt[self.draft_len:stop])
+            self.draft_len = stop
+        mx.clear_cache()
+
+    def _round(self) -> str | None:
+        job = self.job
+        left = job.max_tokens - job.completion_tokens
+        k = min(self.k, left - 1)
+        base = self.tokens
+        drafts = self._draft(base, k)
+        for p in job.logits_processors:  # the draft moved the grammar on; back to `base`
+            rewind = getattr(p, "rewind", None)
+            if rewind is not None:
+                rewind(len(base))
+        # The model over its last token and the proposals: logits for k + 1 positions.
+        fed = base[self.target_len:] + drafts
+        logits = self.lm.model(mx.array(fed)[None], cache=self.target_kv)
+        self.target_len += len(fed)
+        chosen = self._choose(logits[0, -(len(drafts) + 1):, :], base, drafts)
+        kept = len(chosen) - 1
+        job.drafted += len(drafts)
+        job.accepted += kept
+        finish = None
+        job.t_first = job.t_first or time.perf_counter()
+        for token in chosen:
+            finish = "length" if job.completion_tokens + 1 >= job.max_tokens else None
+            if self.stop.advance(token):
+                finish = "stop"
+            batching.emit(job, token, finish)
+            if finish is not None:
+                break
+        now = len(self.tokens)
+        # Each KV keeps only what the kept tokens agree with (the last token is fed next).
+        mlx_compat.trim(self.target_kv, self.target_len - (now - 1))
+        self.target_len = now - 1
+        valid = min(self.draft_len, len(base) + min(kept, max(0, len(drafts) - 1)), now - 1)
+        mlx_compat.trim(self.draft_kv, self.draft_len - valid)
+        self.draft_len = valid
+        return finish
+
+    def _draft(self, base: list[int], k: int) -> list[int]:
+        """Up to k tokens proposed greedily by the draft, under the job's logits processors."""
+        drafts: list[int] = []
+        while len(drafts) < k:
+            fed = (base + drafts)[self.draft_len:]
+            logits = self.draft.model(mx.array(fed)[None], cache=self.draft_kv)[:, -1, :]
+            self.draft_len += len(fed)
+            logits = self._process(base + drafts, logits)
+            token = _token(mx.argmax(logits, axis=-1))
+            drafts.append(token)
+            if token in self.eos:
+                break
+        return drafts
+
+    def _choose(self, logits: mx.array, base: list[int], drafts: list[int]) -> list[int]:
+        """The model's own tokens at each position, up to and including the first that is not
+        the draft's; logits: (len(drafts) + 1, vocab)."""
+        if not self.processors:  # every position at once
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            picked: list[int] = self.sampler(logprobs).tolist()  # type: ignore[assignment]
+            out = []
+            for i, token in enumerate(picked):
+                out.append(int(token))
+                if i >= len(drafts) or token != drafts[i]:
+                    break
+            return out
+        out = []
+        for i in range(len(drafts) + 1):
+            row = self._process(base + drafts[:i], logits[i:i + 1])
+            logprobs = row - mx.logsumexp(row, axis=-1, keepdims=True)
+            token = _token(self.sampler(logprobs))
+            out.append(token)
+            if i >= len(drafts) or token != drafts[i]:
+                break
+        return out
+
+    def _process(self, context: list[int], logits: mx.array) -> mx.array:
+        if not self.processors:
+            return logits
+        ctx = mx.array(context)
+        for p in self.processors:
+            logits = p(ctx, logits)
+        return logits
+
+    # ------------------------------------------------------------ handing over
+
+    def _keep(self, cache: PromptCache) -> None:
+        """The finished job's KV (the model's and the draft's) for later prefixes."""
+        tokens = self.tokens
+        cache.insert(self.job.model, tokens[:self.target_len], self.target_kv,
+                     len(self.job.prompt))
+        if self.draft_len:
+            cache.insert(self.draft.name, tokens[:self.draft_len], self.draft_kv,
+                         len(self.job.prompt))
+
+    def to_batch(self, batch: mlx_compat.Batch, cache: PromptCache) -> int:
+        """Go on in `batch` from the model's KV; the draft's KV is kept in the prompt cache.
+        Returns the job's uid in the batch."""
+        job = self.job
+        if self.draft_len:
+            cache.insert(self.draft.name, self.tokens[:self.draft_len], self.draft_kv,
+                         len(job.prompt))
+        tokens = self.tokens
+        pieces = [tokens[self.target_len:]]
+        if job.pin_at > self.target_len:
+            split = job.pin_at - self.target_len
+            pieces = [pieces[0][:split], pieces[0][split:]]
+        sampler = job.sampler
+        if sampler is not None and sampler is not mlx_compat.greedy_sampler():
+            sampler = guarded(job, sampler)
+        return batch.insert(pieces, max_tokens=job.max_tokens - job.completion_tokens,
+                            cache=self.target_kv if self.target_len else None,
+                            cached=tokens[:self.target_len], sampler=sampler,
+                            processors=self.processors, stop=job.stop_sequences)
+
+
+def _feed(model: Any, kv: Cache, tokens: list[int]) -> None:
+    """Run `tokens` through `model` into its KV (prefill: the logits are never computed)."""
+    if not tokens:
+        return
+    model(mx.array(tokens)[None], cache=kv)
+    mx.eval([c.state for c in kv])
+
+
+def _token(a: mx.array) -> int:
+    value: Any = a.item()
+    return int(value)
+
+
+def _copy(kv: Cache) -> Cache:
+    import copy
+
+    return copy.deepcopy(kv)

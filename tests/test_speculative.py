@@ -1,0 +1,171 @@
+"""Speculative decoding with the real MLX engine: the draft changes the speed, never the tokens.
+
+Random-weight llamas with one word-level tokenizer (tiny_models.py): every word is one token, so
+equal replies are equal token sequences. A draft with the served model's own weights has every
+proposal kept; one with other weights has most of them refused, which exercises the rollback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import running_server
+from tiny_models import write_random_chat_model
+
+from inference_node.api import pb
+
+PROMPTS = ["hello w1 w2", "what is the weather in Paris", "w9 w8 w7 w6 w5 w4 w3 w2 w1 a b c"]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("spec")
+    return {"target": write_random_chat_model(root / "target", "llama", seed=4),
+            "other": write_random_chat_model(root / "other", "llama", seed=5)}
+
+
+@pytest.fixture(scope="module")
+def server(dirs: dict[str, Path]) -> Iterator[tuple[Any, str]]:
+    target, other = str(dirs["target"]), str(dirs["other"])
+    models = [
+        {"name": "plain", "path": target},
+        {"name": "self-drafted", "path": target, "draft": "twin"},
+        {"name": "other-drafted", "path": target, "draft": "other"},
+        {"name": "twin", "path": target},
+        {"name": "other", "path": other},
+    ]
+    with running_server(models, engine={"draft_tokens": 3}) as s:
+        yield s
+
+
+def ask(stub: Any, model: str, text: str, max_tokens: int = 24,
+        **request: Any) -> tuple[str, pb.Done]:
+    out, done = "", None
+    for ev in stub.Chat(pb.ChatRequest(model=model, messages=[pb.Message(role="user", text=text)],
+                                       max_tokens=max_tokens, **request), timeout=180):
+        kind = ev.WhichOneof("event")
+        if kind == "delta":
+            out += ev.delta.text
+        elif kind == "done":
+            done = ev.done
+    assert done is not None
+    return out, done
+
+
+def test_greedy_output_with_a_draft_is_token_for_token_the_output_without(
+        server: tuple[Any, str], stub_for: Any) -> None:
+    stub = stub_for(server[1])
+    for text in PROMPTS:
+        plain, plain_done = ask(stub, "plain", text)
+        assert len(plain.split()) >= 5, plain
+        assert plain_done.usage.draft_tokens == plain_done.usage.accepted_draft_tokens == 0
+        for model in ("self-drafted", "other-drafted"):
+            reply, done = ask(stub, model, text)
+            assert reply == plain, (model, text)
+            assert done.usage.completion_tokens == plain_done.usage.completion_tokens
+            assert done.usage.draft_tokens > 0, model
+            assert 0 <= done.usage.accepted_draft_tokens <= done.usage.draft_tokens
+
+
+def test_a_draft_with_the_models_own_weights_has_its_proposals_kept(
+        server: tuple[Any, str], stub_for: Any) -> None:
+    _, done = ask(stub_for(server[1]), "self-drafted", PROMPTS[0], max_tokens=32)
+    u = done.usage
+    # the last round may be cut short by max_tokens; every other proposal is the model's own
+    assert u.accepted_draft_tokens >= u.draft_tokens - 3 > 0
+    # each pass of the model emits its kept proposals plus one token of its own
+    assert u.completion_tokens >= u.accepted_draft_tokens
+
+
+def test_a_second_stream_moves_the_first_into_the_batch_with_the_same_tokens(
+        server: tuple[Any, str], stub_for: Any, caplog: pytest.LogCaptureFixture) -> None:
+    stub = stub_for(server[1])
+    long = 400  # the first is still decoding when the second joins
+    expected = [ask(stub, "plain", PROMPTS[0], max_tokens=long)[0],
+                ask(stub, "plain", PROMPTS[1], max_tokens=48)[0]]
+    results: dict[int, tuple[str, pb.Done]] = {}
+    first_token = threading.Event()
+
+    def long_one() -> None:
+        out, done = "", None
+        request = pb.ChatRequest(model="other-drafted", max_tokens=long,
+                                 messages=[pb.Message(role="user", text=PROMPTS[0])])
+        for ev in stub.Chat(request, timeout=180):
+            kind = ev.WhichOneof("event")
+            if kind == "delta":
+                out += ev.delta.text
+                first_token.set()
+            elif kind == "done":
+                done = ev.done
+        first_token.set()
+        assert done is not None
+        results[0] = (out, done)
+
+    t = threading.Thread(target=long_one)
+    with caplog.at_level(logging.INFO, logger="inference_node.engine"):
+        t.start()
+        assert first_token.wait(120)
+        results[1] = ask(stub, "other-drafted", PROMPTS[1], max_tokens=48)
+        t.join(180)
+    assert [results[0][0], results[1][0]] == expected
+    assert results[0][1].usage.draft_tokens > 0  # it began speculatively
+    assert results[0][1].usage.completion_tokens == long
+    assert any("decodes in the batch from now on" in r.getMessage() for r in caplog.records)
+
+
+def test_a_model_that_drafts_for_itself_is_refused_at_config() -> None:
+    from inference_node.config import ConfigError, InferenceConfig, ModelEntry, validate
+
+    cfg = InferenceConfig(models=[ModelEntry(name="a", path="/x", draft="a")])
+    with pytest.raises(ConfigError, match="draft names the model itself"):
+        validate(cfg)
+    cfg = InferenceConfig(models=[ModelEntry(name="a", path="/x", draft="b")])
+    with pytest.raises(ConfigError, match="not in \\[\\[models\\]\\]"):
+        validate(cfg)
+
+
+def test_grammar_constrained_output_with_a_draft_equals_without(smollm2_dir: Path,
+                                                                 stub_for: Any) -> None:
+    path = str(smollm2_dir)
+    models = [{"name": "plain", "path": path},
+              {"name": "drafted", "path": path, "draft": "twin"},
+              {"name": "twin", "path": path}]
+    schema = ('{"type": "object", "properties": {"name": {"type": "string"}, '
+              '"age": {"type": "integer"}}, "required": ["name", "age"]}')
+    fmt = pb.ResponseFormat(type=pb.ResponseFormat.JSON_SCHEMA, schema_json=schema, name="p")
+    with running_server(models) as (_, target):
+        stub = stub_for(target)
+        text = "Give me a person as JSON."
+        plain, _ = ask(stub, "plain", text, max_tokens=40, response_format=fmt)
+        drafted, done = ask(stub, "drafted", text, max_tokens=40, response_format=fmt)
+    assert plain.startswith("{"), plain
+    assert drafted == plain
+    assert done.usage.accepted_draft_tokens > 0
+
+
+def test_a_draft_whose_kv_does_not_fit_leaves_the_request_to_the_batch(
+        dirs: dict[str, Path], stub_for: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from inference_node.admission import kv_tokens
+
+    models = [{"name": "drafted", "path": str(dirs["target"]), "draft": "other"},
+              {"name": "other", "path": str(dirs["other"])}]
+    with running_server(models, engine={"prompt_cache_mb": 0.0}) as (srv, target):
+        stub = stub_for(target)
+        first, warm = ask(stub, "drafted", PROMPTS[2], max_tokens=64)  # loads both
+        assert warm.usage.draft_tokens > 0
+        lm = srv.engine.loaded["drafted"]
+        one_kv = (kv_tokens(warm.usage.prompt_tokens + 64) * lm.kv_per_token
+                  + lm.kv_fixed_bytes)
+        # room beside the weights for the request's own KV, not for its draft's as well
+        srv.admission.budget_bytes = srv.admission._committed() + one_kv + one_kv // 2
+        with caplog.at_level(logging.INFO, logger="inference_node.engine"):
+            again, done = ask(stub, "drafted", PROMPTS[2], max_tokens=64)
+    assert done.usage.draft_tokens == 0
+    assert any("the draft's KV" in r.getMessage() and "does not fit" in r.getMessage()
+               for r in caplog.records)
+    assert again == first
