@@ -43,8 +43,11 @@ else
 	$(VENV)/bin/agent-node demo --node-config "$(DEMO_DIR)/inference-node-$(MODEL).toml"
 endif
 
+# Two workers: much of the suite waits on processes (sshd, Chromium, ranks, ansible); a test
+# file stays on one worker, so its module fixtures are built once. TEST_JOBS=0 runs serially.
+TEST_JOBS ?= 2
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
 
 lint: setup
 	$(VENV)/bin/ruff check .
