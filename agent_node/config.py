@@ -114,11 +114,13 @@ class LoopSection:
     # generous default. The answer itself is bounded by its schema (agent_node/schemas.py).
     json_max_tokens: int = 0
     json_retries: int = 2  # re-asks when a classification or verdict is not valid JSON
-    # What the coder is shown and told as it works (agent_node/loop/context.py, coder.py):
-    brief_chars: int = 12_000  # files shown whole in the brief up to this many chars; 0: a list
-    tests_first: bool = True  # run the test command before round 1; its output in the brief
-    test_after_edit: bool = True  # after each edit/write, run it and append the result
-    finish_needs_change: bool = True  # refuse finish while nothing changed (a change task)
+    # What the coder is shown and told as it works (agent_node/loop/context.py, coder.py).
+    # Off by default until the task bench shows they raise the pass rate: on Qwen2.5-Coder 0.5B
+    # (5 tasks) they solved none either way and took 5-8x the time (README, "Task bench").
+    brief_chars: int = 0  # files shown whole in the brief up to this many chars; 0: a list
+    tests_first: bool = False  # run the test command before round 1; its output in the brief
+    test_after_edit: bool = False  # after each edit/write, run it and append the result
+    finish_needs_change: bool = False  # refuse finish while nothing changed (a change task)
     ui_page: str = ""  # page the gate serves and checks for UI work; empty: the classifier's
 
 

@@ -19,6 +19,16 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     isolate(monkeypatch, tmp_path)
 
 
+def checks_on(**loop: int) -> AgentConfig:
+    """The [loop] keys this file is about, on (they are off by default until the bench says)."""
+    cfg = AgentConfig()
+    cfg.loop.brief_chars, cfg.loop.tests_first = 12_000, True
+    cfg.loop.test_after_edit, cfg.loop.finish_needs_change = True, True
+    for key, value in loop.items():
+        setattr(cfg.loop, key, value)
+    return cfg
+
+
 def _tool_results(coder: ScriptedModel) -> list[str]:
     return [m["content"] for m in coder.calls[-1]["messages"] if m["role"] == "tool"]
 
@@ -26,7 +36,8 @@ def _tool_results(coder: ScriptedModel) -> list[str]:
 def test_the_brief_shows_the_files_and_the_tests_run_before_any_change(tmp_path: Path) -> None:
     coder = ScriptedModel([call("write", path="calc.py", content=GOOD_CALC),
                            call("finish", summary="fixed")], name="coder")
-    run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder)
+    run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+        cfg=checks_on())
     brief = coder.calls[0]["messages"][1]["content"]
     assert "calc.py\n```\n" + BAD_CALC.rstrip("\n") + "\n```" in brief
     assert "The tests, run before any change" in brief and "fail (exit 1)" in brief
@@ -39,7 +50,7 @@ def test_each_edit_shows_the_coder_the_tests_result(tmp_path: Path) -> None:
                            call("write", path="calc.py", content=GOOD_CALC),
                            call("finish", summary="fixed")], name="coder")
     summary = run(tmp_path, make_repo(tmp_path),
-                  ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder)
+                  ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder, cfg=checks_on())
     wrong, right, _ = _tool_results(coder) + [""]
     assert wrong.startswith("replaced calc.py") and "fail (exit 1)" in wrong
     assert "add(2, 3) = 6" in wrong
@@ -52,7 +63,7 @@ def test_finish_is_refused_while_nothing_changed_and_the_coder_goes_on(tmp_path:
                            call("write", path="calc.py", content=GOOD_CALC),
                            call("finish", summary="fixed")], name="coder")
     summary = run(tmp_path, make_repo(tmp_path),
-                  ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder)
+                  ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder, cfg=checks_on())
     assert summary["verdict"] == "pass" and summary["rounds"] == 1
     refusal = _tool_results(coder)[0]
     assert refusal.startswith("error: finish refused") and "no file" in refusal
@@ -66,8 +77,7 @@ def test_a_change_undone_is_no_change_again(tmp_path: Path) -> None:
     coder = ScriptedModel([call("write", path="calc.py", content=GOOD_CALC),
                            call("write", path="calc.py", content=BAD_CALC),
                            call("finish", summary="done")], name="coder")
-    cfg = AgentConfig()
-    cfg.loop.max_rounds, cfg.loop.coder_max_turns = 1, 3
+    cfg = checks_on(max_rounds=1, coder_max_turns=3)
     summary = run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI)]), coder,
                   cfg=cfg)
     calls = [e for e in read_events(Path(summary["run_dir"])) if e["type"] == "tool_call"]
@@ -75,12 +85,10 @@ def test_a_change_undone_is_no_change_again(tmp_path: Path) -> None:
     assert summary["verdict"] == "fail"
 
 
-def test_with_the_checks_off_the_coder_sees_a_file_list_and_may_finish_at_once(
+def test_by_default_the_checks_are_off_the_coder_sees_a_file_list_and_may_finish_at_once(
         tmp_path: Path) -> None:
     cfg = AgentConfig()
     cfg.loop.max_rounds = 1
-    cfg.loop.brief_chars, cfg.loop.tests_first = 0, False
-    cfg.loop.test_after_edit, cfg.loop.finish_needs_change = False, False
     coder = ScriptedModel([call("write", path="calc.py", content=GOOD_CALC),
                            call("finish", summary="fixed")], name="coder")
     run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
