@@ -43,16 +43,16 @@ else
 	$(VENV)/bin/agent-node demo --node-config "$(DEMO_DIR)/inference-node-$(MODEL).toml"
 endif
 
-# Two workers: much of the suite waits on processes (sshd, Chromium, ranks, ansible); a test
-# file stays on one worker, so its module fixtures are built once. Each process then gets one
-# OpenBLAS thread: OpenBLAS's threads spin while they wait, and two workers' MLX with two
-# threads each on two cores ran a 50 s test for 15 minutes. TEST_JOBS=0 runs serially.
+# Two workers: much of the suite waits on processes (sshd, Chromium, ranks, ansible). A test
+# file stays on one worker, and the files that drive a real model hard take turns on one
+# (tests/conftest.py groups them); each process gets one OpenBLAS thread, whose threads spin
+# while they wait. Two such files at once ran a 50 s test for 15 minutes. TEST_JOBS=0: serial.
 TEST_JOBS ?= 2
 test: setup
 ifeq ($(TEST_JOBS),0)
 	$(PY) -m pytest -q -p no:cacheprovider
 else
-	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) --dist loadfile
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) --dist loadgroup
 endif
 
 lint: setup
