@@ -116,7 +116,7 @@ class LoopSection:
     json_retries: int = 2  # re-asks when a classification or verdict is not valid JSON
     # What the coder is shown and told as it works (agent_node/loop/context.py, coder.py).
     # Off by default until the task bench shows they raise the pass rate: on Qwen2.5-Coder 0.5B
-    # (5 tasks) they solved none either way and took 5-8x the time (README, "Task bench").
+    # (8 tasks) they solved none either way and took 3.5x the time (README, Benchmarks).
     brief_chars: int = 0  # files shown whole in the brief up to this many chars; 0: a list
     tests_first: bool = False  # run the test command before round 1; its output in the brief
     test_after_edit: bool = False  # after each edit/write, run it and append the result
