@@ -43,17 +43,11 @@ else
 	$(VENV)/bin/agent-node demo --node-config "$(DEMO_DIR)/inference-node-$(MODEL).toml"
 endif
 
-# Two workers: much of the suite waits on processes (sshd, Chromium, ranks, ansible). A test
-# file stays on one worker, and the files that drive a real model hard take turns on one
-# (tests/conftest.py groups them); each process gets one OpenBLAS thread, whose threads spin
-# while they wait. Two such files at once ran a 50 s test for 15 minutes. TEST_JOBS=0: serial.
+# Two serial pytest runs side by side (scripts/run-tests.sh): the files that drive a real model
+# hard, and the rest. TEST_JOBS=1 runs the whole suite in one process.
 TEST_JOBS ?= 2
 test: setup
-ifeq ($(TEST_JOBS),0)
-	$(PY) -m pytest -q -p no:cacheprovider
-else
-	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) --dist loadgroup
-endif
+	TEST_JOBS=$(TEST_JOBS) PY=$(PY) scripts/run-tests.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -147,18 +147,3 @@ def qwen15_dir() -> Path:
     with cache_lock():
         return install(KNOWN_MODELS["qwen2.5-coder-1.5b"], CACHE)[0]
 
-
-# Under `pytest -n` (make test): a test file stays on one worker, so module fixtures are built
-# once, and the files that run a real model hard share one worker: two of them at once on two
-# cores ran a 50 s SmolLM2 batch for 15 minutes, far past the cost of taking turns.
-MODEL_HEAVY = {"test_qwen.py", "test_constrained.py", "test_distributed.py", "test_demo.py",
-               "test_run_on_defaults.py", "test_schemas.py", "test_smollm2.py",
-               "test_speculative.py"}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not getattr(config.option, "numprocesses", None):
-        return
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("model-heavy" if name in MODEL_HEAVY else name))
