@@ -183,7 +183,10 @@ class Engine:
             raise LoadFailed(f"could not load {entry.name} from {entry.path}: {e}",
                              model=entry.name) from e
         mx.synchronize()
-        lm.measured_bytes = max(0, mx.get_active_memory() - before)
+        # What MLX gained over the load, but never less than the weights the model holds: an
+        # array freed meanwhile (a finished request's KV, garbage from an earlier model) would
+        # otherwise be subtracted from this one's measurement.
+        lm.measured_bytes = max(held_bytes(lm.model), mx.get_active_memory() - before)
         lm.estimated_bytes = estimated
         lm.kv_per_token = fp.kv_per_token
         lm.kv_fixed_bytes = fp.kv_fixed_bytes
@@ -483,3 +486,11 @@ class Engine:
         for job in self._vision_jobs:
             self._finish(job, error)
         self._vision_jobs.clear()
+
+
+def held_bytes(model: Any) -> int:
+    """Bytes of the arrays a loaded model holds (its parameters)."""
+    from mlx.utils import tree_flatten
+
+    leaves: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
+    return sum(int(v.nbytes) for _, v in leaves)
