@@ -71,6 +71,10 @@ class Engine:
 
     def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
         """Run `fn` on the engine thread and return its result (or raise its error)."""
+        return self._post(fn).result(timeout=timeout)
+
+    def _post(self, fn: Callable[[], Any]) -> Future:
+        """Queue `fn` for the engine thread; its result or error arrives in the future."""
         future: Future = Future()
 
         def task() -> None:
@@ -80,7 +84,7 @@ class Engine:
                 future.set_exception(e)
 
         self._inbox.put(task)
-        return future.result(timeout=timeout)
+        return future
 
     def ensure_loaded(self, entry: CatalogModel) -> LoadedModel:
         lm = self.loaded.get(entry.name)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,21 +63,16 @@ class Channel:
     # ------------------------------------------------------------ collectives
 
     def _all_sum(self, data: mx.array) -> mx.array:
-        t0 = time.perf_counter()
-        try:
-            out = mx.distributed.all_sum(data, group=self.group, stream=self.stream)
-            mx.eval(out)
-        except RuntimeError as e:
-            raise RankLost(str(e)) from e
-        self.traffic.collectives += 1
-        self.traffic.bytes += data.nbytes
-        self.traffic.seconds += time.perf_counter() - t0
-        return out
+        return self._collective(mx.distributed.all_sum, data)
 
     def _all_gather(self, data: mx.array) -> mx.array:
+        return self._collective(mx.distributed.all_gather, data)
+
+    def _collective(self, op: Callable[..., mx.array], data: mx.array) -> mx.array:
+        """One collective over the group, evaluated now and counted; a lost rank is RankLost."""
         t0 = time.perf_counter()
         try:
-            out = mx.distributed.all_gather(data, group=self.group, stream=self.stream)
+            out = op(data, group=self.group, stream=self.stream)
             mx.eval(out)
         except RuntimeError as e:
             raise RankLost(str(e)) from e

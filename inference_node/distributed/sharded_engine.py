@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -180,15 +179,7 @@ class DistributedEngine(Engine):
     def call(self, fn: Any, timeout: float | None = None) -> Any:
         if self.leader.failed:
             raise Unavailable(self.leader.failed)
-        future: Future = Future()
-
-        def task() -> None:
-            try:
-                future.set_result(fn())
-            except BaseException as e:  # noqa: BLE001 - handed back to the caller
-                future.set_exception(e)
-
-        self._inbox.put(task)
+        future = self._post(fn)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
