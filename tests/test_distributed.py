@@ -302,7 +302,8 @@ def test_a_hung_rank_is_unavailable_after_the_step_timeout_and_a_restart_restore
             victim = rank_pids(node.port)[1]
             error, after = _stream_until(stub, 10, lambda: os.kill(victim, signal.SIGSTOP))
             assert error.code() == grpc.StatusCode.UNAVAILABLE
-            assert 3.0 <= after < 10.0
+            # the timeout runs from the step rank 1 stopped in, which began just before SIGSTOP
+            assert 2.5 <= after < 10.0
             assert "rank 1 on 127.0.0.1 did not answer within 3 s" in error.details()
             wait_for_health(node.target, "NOT_SERVING", 30)
             assert node.stop() == 1  # it was down when stopped
