@@ -399,7 +399,7 @@ class GrpcModel(_FallbackChain):
         messages: list[dict[str, Any]],
         *,
         tools: list[dict[str, Any]] | None = None,
-        tool_choice: str = "auto",
+        tool_choice: str | dict[str, Any] = "auto",
         response_format: dict[str, Any] | None = None,
         max_tokens: int | None = None,
     ) -> Reply:

@@ -74,7 +74,8 @@ class Model(Protocol):
         messages: list[dict[str, Any]],
         *,
         tools: list[dict[str, Any]] | None = None,
-        tool_choice: str = "auto",  # auto | none | required | <tool name>
+        # auto | none | required | <tool name> | wire.allowed_tools(names) (required, among names)
+        tool_choice: str | dict[str, Any] = "auto",
         response_format: dict[str, Any] | None = None,  # a JSON Schema the reply must match
         max_tokens: int | None = None,
     ) -> Reply: ...

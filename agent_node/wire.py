@@ -56,7 +56,23 @@ def to_pb_tool(t: dict[str, Any]) -> pb.Tool:
     )
 
 
+def allowed_tools(names: list[str]) -> dict[str, Any]:
+    """A tool choice (OpenAI's shape) forcing a call to one of `names`, while the prompt keeps
+    listing every tool the request sends."""
+    return {"type": "allowed_tools",
+            "allowed_tools": {"mode": "required",
+                              "tools": [{"type": "function", "function": {"name": n}}
+                                        for n in names]}}
+
+
 def to_pb_tool_choice(choice: Any) -> pb.ToolChoice:
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":  # see allowed_tools
+        spec = choice["allowed_tools"]
+        if spec.get("mode", "required") != "required":
+            raise ValueError(f"allowed_tools mode {spec.get('mode')!r} is not supported; "
+                             "use \"required\" (the node constrains the call to those tools)")
+        return pb.ToolChoice(mode=pb.ToolChoice.REQUIRED,
+                             allowed=[t.get("function", t)["name"] for t in spec["tools"]])
     if isinstance(choice, dict):  # {"type": "function", "function": {"name": ...}}
         return pb.ToolChoice(mode=pb.ToolChoice.NAMED, name=choice.get("function", {})["name"])
     modes = {"auto": pb.ToolChoice.AUTO, "none": pb.ToolChoice.NONE,

@@ -277,13 +277,15 @@ def compile_response_format(
 
 
 def compile_tool_choice(
-    tokenizer: Any, tools: list[dict], mode: str, name: str = ""
+    tokenizer: Any, tools: list[dict], mode: str, name: str = "",
+    allowed: list[str] | None = None,
 ) -> Constraint | None:
     """A constraint forcing a tool call for `required` / `named`; None for `auto` and `none`.
 
     `tools` are {"name", "description", "parameters"} dicts. The call's arguments validate
-    against the chosen tool's `parameters`. Raises BadRequest for an unknown mode or tool name,
-    or a parameters schema that is not JSON Schema or cannot be compiled.
+    against the chosen tool's `parameters`. `allowed` (required only) narrows the tools the call
+    may pick to those names; the prompt still lists them all. Raises BadRequest for an unknown
+    mode or tool name, or a parameters schema that is not JSON Schema or cannot be compiled.
     """
     mode = mode.lower()
     if mode not in TOOL_MODES:
@@ -309,6 +311,14 @@ def compile_tool_choice(
                 f"({', '.join(by_name)}); name one of them"
             )
         by_name = {name: by_name[name]}
+    elif allowed:
+        unknown = [n for n in allowed if n not in by_name]
+        if unknown:
+            raise BadRequest(
+                f"tool_choice allows {', '.join(map(repr, unknown))}, not among the request's "
+                f"tools ({', '.join(by_name)}); allow only tools the request lists"
+            )
+        by_name = {n: p for n, p in by_name.items() if n in allowed}
     schema = tool_call_schema(by_name)
     lltok = ll_tokenizer(tokenizer)
     body = _json_grammar(schema, lltok, "tool parameters", "tools")

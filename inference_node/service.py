@@ -130,7 +130,8 @@ class InferenceServicer:
 
         if forced:
             mode = "required" if choice.mode == pb.ToolChoice.REQUIRED else "named"
-            c = constrained.compile_tool_choice(tokenizer, tools, mode, choice.name)
+            c = constrained.compile_tool_choice(tokenizer, tools, mode, choice.name,
+                                                allowed=list(choice.allowed))
             native = tokenizer.has_tool_calling and getattr(c, "native", False)
             return c, (None if native else c)
         c = constrained.compile_response_format(

@@ -168,6 +168,19 @@ def check_tool_choice(choice: pb.ToolChoice, tool_names: list[str]) -> None:
     if choice.name and choice.mode != pb.ToolChoice.NAMED:
         raise invalid("tool_choice.name", choice.name, f"empty when the mode is {mode}",
                       "set mode NAMED to force that tool, or drop the name")
+    allowed = list(choice.allowed)
+    if allowed and choice.mode != pb.ToolChoice.REQUIRED:
+        raise invalid("tool_choice.allowed", ", ".join(allowed), f"empty when the mode is {mode}",
+                      "set mode REQUIRED to narrow the choice, or drop `allowed`")
+    unknown = [n for n in allowed if n not in tool_names]
+    if unknown:
+        raise invalid("tool_choice.allowed", ", ".join(unknown),
+                      f"names among the request's tools ({', '.join(tool_names)})",
+                      "list only tools the request sends")
+    if len(set(allowed)) != len(allowed):
+        twice = sorted({n for n in allowed if allowed.count(n) > 1})
+        raise invalid("tool_choice.allowed", ", ".join(twice), "each tool named once",
+                      "drop the repeated names")
 
 
 def check_response_format(rf: pb.ResponseFormat) -> dict[str, Any] | None:

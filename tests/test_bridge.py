@@ -159,6 +159,19 @@ def test_chat_completions_fields_map_to_the_wire():
     assert parse_chat_body(json.dumps({"messages": HI}).encode()).request.model == ""
 
 
+def test_allowed_tools_narrow_the_call_and_keep_every_tool_in_the_prompt():
+    other = {"type": "function", "function": {"name": "get_time", "parameters": {}}}
+    body = parse_chat_body(json.dumps(dict(
+        messages=HI, tools=[WEATHER, other],
+        tool_choice={"type": "allowed_tools", "allowed_tools": {
+            "mode": "required", "tools": [{"type": "function",
+                                           "function": {"name": "get_time"}}]}})).encode())
+    req = body.request
+    assert req.tool_choice.mode == pb.ToolChoice.REQUIRED
+    assert list(req.tool_choice.allowed) == ["get_time"]
+    assert [t.name for t in req.tools] == ["get_weather", "get_time"]
+
+
 def test_models_and_health(sdk, node):
     names = {m.id for m in sdk.models.list()}
     assert {"hello", "tool", "think", "loop"} <= names

@@ -17,6 +17,7 @@ from agent_node.config import AgentConfig
 
 TOKEN = "input-token"
 HI = [{"role": "user", "content": "hi"}]
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
 DEEP = 100_000
 
 
@@ -109,6 +110,13 @@ def test_values_that_gave_plain_text_500s_are_json_400s_naming_the_field(http, b
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tool_choice": "sometimes"}, "tool_choice"),
     ({"tool_choice": {"type": "function", "function": {"name": "absent"}}}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "allowed_tools": {
+        "mode": "auto", "tools": [WEATHER]}}}, "tool_choice.allowed_tools.mode"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "allowed_tools": {
+        "tools": [{"type": "function", "function": {"name": "absent"}}]}}},
+     "tool_choice.allowed_tools.tools[0]"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "allowed_tools": {
+        "tools": []}}}, "tool_choice.allowed_tools.tools"),
     ({"response_format": {"type": 7}}, "response_format.type"),
     ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
 ])

@@ -72,6 +72,36 @@ def test_finish_is_refused_while_nothing_changed_and_the_coder_goes_on(tmp_path:
         ("finish", False, True), ("write", True, False), ("finish", True, False)]
 
 
+def _allowed(options: dict) -> list[str] | None:
+    """The tools a call may pick from, as the coder asked the node (None: any tool)."""
+    choice = options["tool_choice"]
+    if choice == "required":
+        return None
+    return [t["function"]["name"] for t in choice["allowed_tools"]["tools"]]
+
+
+def test_finish_is_withheld_from_the_call_until_the_checkout_changes_while_the_prompt_keeps_it(
+        tmp_path: Path) -> None:
+    coder = ScriptedModel([call("read", path="calc.py"),
+                           call("write", path="calc.py", content=GOOD_CALC),
+                           call("finish", summary="fixed")], name="coder")
+    run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+        cfg=checks_on())
+    allowed = [_allowed(c) for c in coder.calls]
+    assert allowed[0] is not None and allowed[1] is not None and allowed[2] is None
+    assert "finish" not in allowed[0] and {"read", "edit", "write"} <= set(allowed[0])
+    assert allowed[0] == allowed[1]
+    listed = [[t["name"] for t in c["tools"]] for c in coder.calls]
+    assert all("finish" in names for names in listed) and listed[0] == listed[2]
+
+
+def test_with_the_check_off_every_call_may_finish(tmp_path: Path) -> None:
+    coder = ScriptedModel([call("finish", summary="nothing to do")], name="coder")
+    run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+        cfg=checks_on(finish_needs_change=False, max_rounds=1))
+    assert [_allowed(c) for c in coder.calls] == [None]
+
+
 def test_a_change_undone_is_no_change_again(tmp_path: Path) -> None:
     """The check is the gate's own: a diff against the start, not "was anything written"."""
     coder = ScriptedModel([call("write", path="calc.py", content=GOOD_CALC),

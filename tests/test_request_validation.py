@@ -110,6 +110,14 @@ def test_top_k_must_be_below_the_models_vocabulary(stub, chain_models):
      "tool_choice.name", "one of the request's tools (t)"),
     (chat(tools=[pb.Tool(name="t")], tool_choice=pb.ToolChoice(name="t")), "tool_choice.name",
      "empty when the mode is AUTO"),
+    (chat(tools=[pb.Tool(name="t")], tool_choice=pb.ToolChoice(mode=pb.ToolChoice.REQUIRED,
+                                                                allowed=["nope"])),
+     "tool_choice.allowed", "names among the request's tools (t)"),
+    (chat(tools=[pb.Tool(name="t")], tool_choice=pb.ToolChoice(mode=pb.ToolChoice.REQUIRED,
+                                                                allowed=["t", "t"])),
+     "tool_choice.allowed", "each tool named once"),
+    (chat(tools=[pb.Tool(name="t")], tool_choice=pb.ToolChoice(allowed=["t"])),
+     "tool_choice.allowed", "empty when the mode is AUTO"),
     (chat(response_format=pb.ResponseFormat(type=7)), "response_format.type", "one of TEXT (0)"),
     (chat(response_format=pb.ResponseFormat(type=pb.ResponseFormat.JSON_SCHEMA)),
      "response_format.schema_json", "a JSON Schema object"),
@@ -122,7 +130,7 @@ def test_top_k_must_be_below_the_models_vocabulary(stub, chain_models):
     (chat(sampling=pb.Sampling(stop=["s"] * 17)), "sampling.stop", "at most 16"),
     (chat(max_tokens=0), "max_tokens", "a positive number"),
 ], ids=["required-without-tools", "mode-99", "named-unknown", "name-without-named",
-        "format-type-7", "schema-missing", "schema-with-text", "tool-name", "tool-twice",
+        "allowed-unknown", "allowed-twice", "allowed-without-required", "format-type-7", "schema-missing", "schema-with-text", "tool-name", "tool-twice",
         "request-id", "empty-stop", "too-many-stops", "max-tokens-0"])
 def test_a_request_field_that_was_silently_accepted_is_refused(server, stub, request_, field,
                                                                 words):

@@ -66,6 +66,16 @@ def test_named_tool_choice_forces_that_tool(stub):
     assert [c.name for c in r["tool_calls"]] == ["run_tests"]
 
 
+def test_allowed_tools_narrow_a_required_call_to_those_tools(stub):
+    # Asked to write a file, the call may only be run_tests; both tools stay in the prompt.
+    r = collect(stub.Chat(pb.ChatRequest(
+        model="smollm2", messages=[user("Create hello.py that prints hello.")], tools=TOOLS,
+        max_tokens=60,
+        tool_choice=pb.ToolChoice(mode=pb.ToolChoice.REQUIRED, allowed=["run_tests"]),
+    ), timeout=300))
+    assert [c.name for c in r["tool_calls"]] == ["run_tests"], r
+
+
 def test_response_format_reply_validates(stub):
     r = collect(stub.Chat(pb.ChatRequest(
         model="smollm2", messages=[user("Is 2 + 2 = 4? Answer as JSON.")], max_tokens=60,

@@ -272,12 +272,44 @@ def _tool_choice(value: Any, tools: list[dict[str, Any]]) -> pb.ToolChoice:
                            param="tool_choice")
         return to_pb_tool_choice(value)
     choice = _object(value, "tool_choice")
+    if choice.get("type") == "allowed_tools":
+        return _allowed_tools(choice, names)
     fn = _object(choice.get("function"), "tool_choice.function")
     name = _string(fn.get("name"), "tool_choice.function.name", empty=False)
     if name not in names:
         raise ApiError(f"tool_choice names {name!r}, which is not in tools "
                        f"({', '.join(names) or 'none given'})", param="tool_choice")
     return to_pb_tool_choice({"type": "function", "function": {"name": name}})
+
+
+def _allowed_tools(choice: dict[str, Any], names: list[str]) -> pb.ToolChoice:
+    """OpenAI's {"type": "allowed_tools", "allowed_tools": {"mode", "tools"}}: the call is
+    constrained to those tools while the prompt lists them all. Only mode "required" is
+    constrained by the node."""
+    spec = _object(choice.get("allowed_tools"), "tool_choice.allowed_tools")
+    mode = spec.get("mode", "required")
+    if mode != "required":
+        raise ApiError(f"tool_choice.allowed_tools.mode {json.dumps(mode)} is not supported; use "
+                       "\"required\", or send only those tools with tool_choice \"auto\"",
+                       param="tool_choice.allowed_tools.mode")
+    listed = spec.get("tools")
+    if not isinstance(listed, list) or not listed:
+        raise _bad("tool_choice.allowed_tools.tools", "a non-empty array of tools", listed)
+    allowed: list[str] = []
+    for i, t in enumerate(listed):
+        where = f"tool_choice.allowed_tools.tools[{i}]"
+        fn = _object(_object(t, where).get("function"), f"{where}.function")
+        name = _string(fn.get("name"), f"{where}.function.name", empty=False)
+        if name not in names:
+            raise ApiError(f"{where} names {name!r}, which is not in tools "
+                           f"({', '.join(names) or 'none given'})", param=where)
+        if name in allowed:
+            raise ApiError(f"{where} names {name!r} twice; list each tool once", param=where)
+        allowed.append(name)
+    return to_pb_tool_choice({"type": "allowed_tools",
+                              "allowed_tools": {"mode": "required",
+                                                "tools": [{"function": {"name": n}}
+                                                          for n in allowed]}})
 
 
 def _response_format(value: Any) -> pb.ResponseFormat:

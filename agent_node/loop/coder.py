@@ -6,8 +6,11 @@ A failing tool's error becomes that tool's result; it never ends the loop.
 
 `CoderChecks` are what the loop checks for the coder as it goes, so a small model learns at
 once what the gate would tell it a round later: after each `edit` or `write` the test command
-runs and its result is appended to that tool's result, and `finish` is refused while the
-checkout is unchanged for a task that asks for a change.
+runs and its result is appended to that tool's result, and `finish` is withheld while the
+checkout is unchanged for a task that asks for a change. Withheld, not refused: the prompt still
+lists every tool (so its prefix, and the node's cache of it, stays the same from turn to turn),
+and the node's grammar lets the call pick only among the others. A model that sends `finish`
+anyway (one not constrained by the node) has it refused.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from agent_node.model import Model, Reply
 from agent_node.schemas import bounded_tool
 from agent_node.tools import FINISH, run_tool
 from agent_node.unfinished import TIME, explain
+from agent_node.wire import allowed_tools
 
 Emit = Callable[..., Any]  # emit(type, **fields)
 
@@ -106,7 +110,8 @@ def run_coder(
         # Every turn is a tool call (finishing is the `finish` tool), so the server can constrain
         # the call to the tools' schemas even for models with no tool format of their own.
         try:
-            reply = model.chat(messages, tools=specs, tool_choice="required",
+            reply = model.chat(messages, tools=specs,
+                               tool_choice=_tool_choice(tools, checks or CoderChecks()),
                                max_tokens=limits.reply_tokens)
         except DeadlineExceeded as e:  # one reply ran past the stream's deadline: end the round
             last = activity.last_call()  # a forced tool call streams no tokens until it ends
@@ -145,6 +150,13 @@ def run_coder(
                              "content": output})
             if finished:  # the tool's output is the report as text
                 return result(output, "finish")
+
+
+def _tool_choice(tools: dict[str, Any], checks: CoderChecks) -> str | dict[str, Any]:
+    """Any tool, or every tool but `finish` while finishing would be refused."""
+    if FINISH in tools and checks.changed is not None and not checks.changed():
+        return allowed_tools([name for name in tools if name != FINISH])
+    return "required"
 
 
 def _checked_call(tools: dict[str, Any], name: str, arguments: dict[str, Any],
