@@ -19,7 +19,8 @@ class MeteredModel:
         self.usage = {"calls": 0, "prompt": 0, "cached": 0, "generated": 0}
 
     def chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
-             tool_choice: str | dict[str, Any] = "auto", response_format: dict[str, Any] | None = None,
+             tool_choice: str | dict[str, Any] = "auto",
+             response_format: dict[str, Any] | None = None,
              max_tokens: int | None = None) -> Any:
         cap = max_tokens
         if self.max_tokens:
@@ -55,7 +56,8 @@ class SmokeModel:
         self.calls = list(calls)
 
     def chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
-             tool_choice: str | dict[str, Any] = "auto", response_format: dict[str, Any] | None = None,
+             tool_choice: str | dict[str, Any] = "auto",
+             response_format: dict[str, Any] | None = None,
              max_tokens: int | None = None) -> Any:
         from agent_node.model import Reply, ToolCall, Usage
 

@@ -130,7 +130,8 @@ def test_top_k_must_be_below_the_models_vocabulary(stub, chain_models):
     (chat(sampling=pb.Sampling(stop=["s"] * 17)), "sampling.stop", "at most 16"),
     (chat(max_tokens=0), "max_tokens", "a positive number"),
 ], ids=["required-without-tools", "mode-99", "named-unknown", "name-without-named",
-        "allowed-unknown", "allowed-twice", "allowed-without-required", "format-type-7", "schema-missing", "schema-with-text", "tool-name", "tool-twice",
+        "allowed-unknown", "allowed-twice", "allowed-without-required", "format-type-7",
+        "schema-missing", "schema-with-text", "tool-name", "tool-twice",
         "request-id", "empty-stop", "too-many-stops", "max-tokens-0"])
 def test_a_request_field_that_was_silently_accepted_is_refused(server, stub, request_, field,
                                                                 words):
