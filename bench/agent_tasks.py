@@ -148,6 +148,9 @@ def run_one(task: Task, model: Any, cfg: Any, work: Path, *, qa_for: QAFactory |
     tokens = _tokens(events)
     for k, v in judge.usage.items():  # the judge's calls are not in the run record
         tokens[k] = tokens.get(k, 0) + v
+    if judge.usage["calls"]:
+        _add_stage(tokens["stages"], "visual_judge", judge.usage["calls"], judge.usage["prompt"],
+                   judge.usage["cached"])
     return {
         "name": task.name,
         "ui": bool(spec),
@@ -158,6 +161,7 @@ def run_one(task: Task, model: Any, cfg: Any, work: Path, *, qa_for: QAFactory |
         "prompt_tokens": tokens["prompt"],
         "cached_prompt_tokens": tokens["cached"],
         "model_calls": tokens["calls"],
+        "cache_by_stage": tokens["stages"],
         "wall_s": round(wall, 1),
         "tool_calls": sum(r.tool_calls for r in rounds),
         "malformed_tool_calls": sum(r.malformed for r in rounds),
@@ -189,17 +193,39 @@ def _last_verdict(events: list[dict[str, Any]]) -> str:
     return str(verdicts[-1].get("verdict", "")) if verdicts else ""
 
 
-def _tokens(events: list[dict[str, Any]]) -> dict[str, int]:
-    """Usage of the loop's model calls, as the run record has them (Done.usage of each)."""
-    out = {"calls": 0, "prompt": 0, "cached": 0, "generated": 0}
+def _tokens(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Usage of the loop's model calls, as the run record has them (Done.usage of each), in all
+    and per stage (the call's role: classify, spec, coder, review, ...)."""
+    out: dict[str, Any] = {"calls": 0, "prompt": 0, "cached": 0, "generated": 0, "stages": {}}
     for e in events:
         if e.get("type") == "model_call":
+            prompt, cached = int(e.get("prompt_tokens") or 0), int(e.get("cached_prompt_tokens")
+                                                                   or 0)
             out["calls"] += 1
-            out["prompt"] += int(e.get("prompt_tokens") or 0)
-            out["cached"] += int(e.get("cached_prompt_tokens") or 0)
+            out["prompt"] += prompt
+            out["cached"] += cached
             out["generated"] += (int(e.get("completion_tokens") or 0)
                                  + int(e.get("reasoning_tokens") or 0))
+            _add_stage(out["stages"], str(e.get("role") or "other"), 1, prompt, cached)
     return out
+
+
+def _add_stage(stages: dict[str, dict[str, int]], stage: str, calls: int, prompt: int,
+               cached: int) -> None:
+    s = stages.setdefault(stage, {"calls": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0})
+    s["calls"] += calls
+    s["prompt_tokens"] += prompt
+    s["cached_prompt_tokens"] += cached
+
+
+def cache_by_stage(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The prompt tokens each stage sent and the share the node served from its cache."""
+    stages: dict[str, dict[str, int]] = {}
+    for r in rows:
+        for stage, s in r.get("cache_by_stage", {}).items():
+            _add_stage(stages, stage, s["calls"], s["prompt_tokens"], s["cached_prompt_tokens"])
+    return {k: {**v, "cache_share": round(v["cached_prompt_tokens"] / v["prompt_tokens"], 3)
+                if v["prompt_tokens"] else 0.0} for k, v in sorted(stages.items())}
 
 
 # ------------------------------------------------------------------------------ a bench run
@@ -221,6 +247,7 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "prompt_tokens": prompt,
         "cached_prompt_tokens": cached,
         "cache_share": round(cached / prompt, 3) if prompt else 0.0,
+        "cache_by_stage": cache_by_stage(rows),
         "tool_calls": sum(r["tool_calls"] for r in rows),
         "malformed_tool_calls": sum(r["malformed_tool_calls"] for r in rows),
     }
@@ -438,9 +465,16 @@ def table(result: dict[str, Any]) -> str:
               f"{100 * result['pass_rate_round1']:.0f}% after round 1, "
               f"{100 * result['pass_rate_final']:.0f}% after all rounds; prompt tokens served "
               f"from the cache: {100 * result['cache_share']:.0f}%"]
+    if result.get("cache_by_stage"):
+        lines.append("cached, by stage: " + stage_shares(result["cache_by_stage"]))
     if result["failures"]:
         lines.append("failures: " + ", ".join(f"{k} {v}" for k, v in result["failures"].items()))
     return "\n".join(lines)
+
+
+def stage_shares(by_stage: dict[str, dict[str, Any]]) -> str:
+    return ", ".join(f"{k} {100 * v['cache_share']:.0f}% of {v['prompt_tokens']:,}"
+                     for k, v in by_stage.items())
 
 
 def _yes(b: bool) -> str:

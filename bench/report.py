@@ -167,6 +167,11 @@ def agent_tasks(res: dict[str, Any]) -> list[str]:
             f"{res['malformed_tool_calls']} malformed tool call(s)"
             + (f"; {100 * res['cache_share']:.0f}% of prompt tokens served from the prompt "
                "cache" if "cache_share" in res else "") + ".", ""]
+    if res.get("cache_by_stage"):
+        from bench.agent_tasks import stage_shares
+
+        out += ["Prompt tokens served from the cache, by stage: "
+                + stage_shares(res["cache_by_stage"]) + ".", ""]
     if res.get("failures"):
         out += ["Why tasks failed (`bench/task_failures.py`): " + ", ".join(
             f"{k} {v}" for k, v in res["failures"].items()) + ".", ""]

@@ -247,6 +247,13 @@ def test_a_right_change_passes_and_its_tokens_come_from_the_run_record(tmp_path:
     assert row["tokens_generated"] == 7 * calls
     events = read_events(Path(row["run_dir"]))
     assert [e["cached_prompt_tokens"] for e in events if e["type"] == "model_call"] == [60] * 4
+    assert row["cache_by_stage"] == {
+        "classify": {"calls": 1, "prompt_tokens": 100, "cached_prompt_tokens": 60},
+        "coder": {"calls": 2, "prompt_tokens": 200, "cached_prompt_tokens": 120},
+        "review": {"calls": 1, "prompt_tokens": 100, "cached_prompt_tokens": 60}}
+    by_stage = agent_tasks.totals([row, row])["cache_by_stage"]
+    assert by_stage["coder"] == {"calls": 4, "prompt_tokens": 400, "cached_prompt_tokens": 240,
+                                 "cache_share": 0.6}
 
 
 def test_a_second_round_that_fixes_it_passes_finally_but_not_in_round_one(
@@ -299,7 +306,7 @@ def test_tasks_dir_outside_the_repo_prints_one_json_object(tmp_path: Path) -> No
     assert out["tasks_dir"] == str(tasks_dir.resolve())
     assert {"model", "limits", "tasks", "pass_rate_round1", "pass_rate_final", "failures",
             "tokens_generated", "prompt_tokens", "cached_prompt_tokens", "cache_share",
-            "wall_s"} <= set(out)
+            "cache_by_stage", "wall_s"} <= set(out)
     rows = {r["name"]: r for r in out["tasks"]}
     assert set(rows) == {"fizzbuzz", "shout"}
     for r in rows.values():
