@@ -341,7 +341,7 @@ def compile_tool_choice(
     answer = (
         f"answer: {_literal(start, tokenizer, lltok)} \"\\n\" body \"\\n\" "
         f"{_literal(end, tokenizer, lltok)}\n"
-        f"body: %json {json.dumps(closed_objects(schema))}\n"
+        f"body: %json {json.dumps(_json_for_lark(schema))}\n"  # compact, as templates render it
     )
     grammar = llguidance.LLMatcher.grammar_from_lark("start: answer\n" + answer)
     _validate(grammar, lltok, "tool parameters", "tools")
