@@ -121,6 +121,7 @@ class LoopSection:
     tests_first: bool = False  # run the test command before round 1; its output in the brief
     test_after_edit: bool = False  # after each edit/write, run it and append the result
     finish_needs_change: bool = False  # refuse finish while nothing changed (a change task)
+    refuse_repeats: bool = False  # a call identical to the one before it is not run again
     ui_page: str = ""  # page the gate serves and checks for UI work; empty: the classifier's
 
 

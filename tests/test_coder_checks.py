@@ -102,6 +102,39 @@ def test_with_the_check_off_every_call_may_finish(tmp_path: Path) -> None:
     assert [_allowed(c) for c in coder.calls] == [None]
 
 
+def test_a_repeated_call_is_not_run_again_and_its_tool_is_withheld_for_one_turn(
+        tmp_path: Path) -> None:
+    coder = ScriptedModel([call("read", path="calc.py"), call("read", path="calc.py"),
+                           call("write", path="calc.py", content=GOOD_CALC),
+                           call("read", path="calc.py"), call("finish", summary="fixed")],
+                          name="coder")
+    summary = run(tmp_path, make_repo(tmp_path),
+                  ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=checks_on(refuse_repeats=True, test_after_edit=False))
+    assert summary["verdict"] == "pass"
+    results = _tool_results(coder)
+    assert "return a - b" in results[0]
+    assert results[1].startswith("error: not run: this read call is the same as your last one")
+    calls = [e for e in read_events(Path(summary["run_dir"])) if e["type"] == "tool_call"]
+    assert [(c["name"], c["ok"], c.get("refused", False)) for c in calls] == [
+        ("read", True, False), ("read", False, True), ("write", True, False),
+        ("read", True, False), ("finish", True, False)]
+    allowed = [_allowed(c) for c in coder.calls]
+    assert "read" in allowed[1] and "finish" not in allowed[1]  # nothing repeated yet
+    assert "read" not in allowed[2] and "finish" not in allowed[2]  # after the repeat
+    assert allowed[3] is None  # changed: any tool, read included, for the call after the write
+
+
+def test_a_repeat_is_run_when_the_guard_is_off(tmp_path: Path) -> None:
+    coder = ScriptedModel([call("read", path="calc.py"), call("read", path="calc.py"),
+                           call("write", path="calc.py", content=GOOD_CALC),
+                           call("finish", summary="fixed")], name="coder")
+    run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+        cfg=checks_on(test_after_edit=False))
+    first, second = _tool_results(coder)[:2]
+    assert first == second and "return a - b" in second
+
+
 def test_a_change_undone_is_no_change_again(tmp_path: Path) -> None:
     """The check is the gate's own: a diff against the start, not "was anything written"."""
     coder = ScriptedModel([call("write", path="calc.py", content=GOOD_CALC),

@@ -11,6 +11,10 @@ checkout is unchanged for a task that asks for a change. Withheld, not refused: 
 lists every tool (so its prefix, and the node's cache of it, stays the same from turn to turn),
 and the node's grammar lets the call pick only among the others. A model that sends `finish`
 anyway (one not constrained by the node) has it refused.
+
+A greedy small model that gets the same context twice makes the same call twice, and then
+forever. With `repeats` on, a call identical to the one just before it is not run again: its
+result says so, and that tool is withheld for the next turn, so the next call differs.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class CoderChecks:
 
     changed: Callable[[], bool] | None = None  # finish is refused while this says False
     tests: Callable[[], str] | None = None  # after each edit/write: the tests' result, as text
+    repeats: bool = False  # refuse a call identical to the one before it (see the docstring)
 
 
 EDITS = ("edit", "write")
@@ -94,6 +99,9 @@ def run_coder(
     start = time.monotonic()
     turns = tokens = 0
     last_text = ""
+    checks = checks or CoderChecks()
+    previous: tuple[str, str] | None = None  # the last call run: (name, its arguments as JSON)
+    withheld: set[str] = set()  # tools the next turn may not call
 
     def result(report: str, stopped: str) -> CoderResult:
         return CoderResult(report, turns, tokens, stopped, messages)
@@ -111,7 +119,7 @@ def run_coder(
         # the call to the tools' schemas even for models with no tool format of their own.
         try:
             reply = model.chat(messages, tools=specs,
-                               tool_choice=_tool_choice(tools, checks or CoderChecks()),
+                               tool_choice=_tool_choice(tools, checks, withheld),
                                max_tokens=limits.reply_tokens)
         except DeadlineExceeded as e:  # one reply ran past the stream's deadline: end the round
             last = activity.last_call()  # a forced tool call streams no tokens until it ends
@@ -139,10 +147,18 @@ def run_coder(
                                  "content": prompts.render("loop/coder_cut_off")})
                 continue
             return result(reply.text, "answer")
+        withheld = set()
         for call in reply.tool_calls:
             t0 = time.monotonic()
-            ok, output, finished, refused = _checked_call(tools, call.name, call.arguments,
-                                                          checks or CoderChecks())
+            key = (call.name, json.dumps(call.arguments, sort_keys=True, default=str))
+            if checks.repeats and key == previous:
+                ok, finished, refused = False, False, True
+                output = "error: " + prompts.render("loop/repeat_refused", tool=call.name)
+                withheld.add(call.name)
+            else:
+                ok, output, finished, refused = _checked_call(tools, call.name, call.arguments,
+                                                              checks)
+            previous = key
             emit("tool_call", round=round_no, name=call.name, arguments=_short(call.arguments),
                  ok=ok, output_chars=len(output), seconds=round(time.monotonic() - t0, 3),
                  **({"refused": True} if refused else {}))
@@ -152,11 +168,15 @@ def run_coder(
                 return result(output, "finish")
 
 
-def _tool_choice(tools: dict[str, Any], checks: CoderChecks) -> str | dict[str, Any]:
-    """Any tool, or every tool but `finish` while finishing would be refused."""
+def _tool_choice(tools: dict[str, Any], checks: CoderChecks,
+                 withheld: set[str]) -> str | dict[str, Any]:
+    """Any tool, or all but those withheld: `finish` while finishing would be refused, and a
+    tool whose last call was a refused repeat."""
+    out = set(withheld)
     if FINISH in tools and checks.changed is not None and not checks.changed():
-        return allowed_tools([name for name in tools if name != FINISH])
-    return "required"
+        out.add(FINISH)
+    allowed = [name for name in tools if name not in out]
+    return allowed_tools(allowed) if out & set(tools) and allowed else "required"
 
 
 def _checked_call(tools: dict[str, Any], name: str, arguments: dict[str, Any],

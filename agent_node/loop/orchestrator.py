@@ -263,7 +263,8 @@ class _Run:
             changed=(lambda: self.checkout.changed(base)) if asks_for_change
             and loop.finish_needs_change else None,
             tests=(lambda: self.tests_now(test_cmd)) if test_cmd and loop.test_after_edit
-            else None)
+            else None,
+            repeats=loop.refuse_repeats)
 
     def ask(self, role: str, prompt: str, schema: dict[str, Any], round_no: int = 0) -> Any:
         def log(reply: Reply) -> None:
