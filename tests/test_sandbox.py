@@ -296,3 +296,37 @@ def test_macos_sandbox_confines_writes_hides_paths_and_cuts_the_network(place: P
     assert not (beside / "outside").exists() and "00000000" not in out
     assert got == []
     assert json.dumps(sandbox.describe())
+
+
+@needs_bwrap
+def test_a_tool_chain_under_the_hosts_tmp_is_shown_read_only_and_nothing_else_there(
+        place: Path) -> None:
+    """The sandbox's /tmp is its own; a virtualenv on the PATH that lives in the host's /tmp (a
+    clone in /tmp, say) is still found, read-only. The rest of the host's /tmp stays hidden,
+    even when the command names it."""
+    work = place / "work"
+    work.mkdir()
+    host = Path("/tmp") / f"studio-coder-tools-{uuid.uuid4().hex}"
+    venv, other = host / "venv", host / "other"
+    (venv / "bin").mkdir(parents=True)
+    other.mkdir()
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (venv / "lib").mkdir()
+    (venv / "lib" / "data.txt").write_text("from the venv\n")
+    tool = venv / "bin" / "tool"
+    tool.write_text(f"#!/bin/sh\ncat {venv}/lib/data.txt\n")
+    tool.chmod(0o755)
+    (venv / "bin" / "python").symlink_to(sys.executable)  # a link out of the venv, as in one
+    (other / "secret.txt").write_text("not for the coder\n")
+    env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
+    try:
+        sandbox = Sandbox.from_config()
+        code, out = sh(sandbox, f"tool && {venv}/bin/python -c 'print(40 + 2)'", work, env=env)
+        assert (code, out.split("\n")[:2]) == (0, ["from the venv", "42"]), out
+        code, out = sh(sandbox, f"touch {venv}/bin/new; cat {other}/secret.txt", work, env=env)
+        assert "Read-only file system" in out and "not for the coder" not in out, out
+        assert not (venv / "bin" / "new").exists()
+        code, out = sh(sandbox, "tool", work)  # not on this command's PATH: not there
+        assert code != 0 and "from the venv" not in out
+    finally:
+        shutil.rmtree(host, ignore_errors=True)

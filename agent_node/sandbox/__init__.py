@@ -116,9 +116,11 @@ class Sandbox:
             read_only: Sequence[Path] = (), timeout_s: float, output_limit: int,
             env: Mapping[str, str] | None = None) -> Completed:
         """Run `argv` with `cwd` as its working folder, writing only to `writable`."""
-        view = View(cwd.resolve(), tuple(p.resolve() for p in writable),
-                    tuple(p.resolve() for p in read_only), self.hidden)
         base = dict(os.environ if env is None else env)
+        shown = tuple(p.resolve() for p in read_only)
+        if self.backend == "bubblewrap":  # it gives the command a /tmp of its own
+            shown += tools_under_tmp(base, self.hidden)
+        view = View(cwd.resolve(), tuple(p.resolve() for p in writable), shown, self.hidden)
         with self.memory.command() as bound:
             if self.backend == "bubblewrap":
                 done = self._run_bwrap(argv, view, bound.wrap, base, timeout_s, output_limit)
@@ -156,6 +158,28 @@ class Sandbox:
             return runner.run(wrap(full), cwd=view.cwd,
                               env={**sandbox_env(env), "HOME": str(home), "TMPDIR": tmp},
                               timeout_s=timeout_s, output_limit=output_limit)
+
+
+def tools_under_tmp(env: Mapping[str, str], hidden: Sequence[Path] = ()) -> tuple[Path, ...]:
+    """The tool chains under the host's /tmp, which the sandbox replaces with its own: this
+    interpreter's environment and the folders on the command's PATH (a clone or a virtualenv in
+    /tmp, say). Each is shown read-only, a virtualenv whole (from the folder holding its
+    pyvenv.cfg). Only the agent's own environment decides: a path the coder's command names is
+    not shown, so nothing else of the host's /tmp is visible, nor anything under a hidden path."""
+    tmp = Path("/tmp").resolve()
+    found: set[Path] = set()
+    for name in [sys.prefix, *env.get("PATH", "").split(os.pathsep)]:
+        if not name.startswith("/"):
+            continue
+        path = Path(name).resolve()
+        if path == tmp or not path.is_relative_to(tmp) or not path.is_dir():
+            continue
+        root = next((d for d in [path, *path.parents] if d != tmp and d.is_relative_to(tmp)
+                     and (d / "pyvenv.cfg").is_file()), path)
+        if not any(root.is_relative_to(h.resolve()) for h in hidden):
+            found.add(root)
+    return tuple(sorted(p for p in found
+                        if not any(p != q and p.is_relative_to(q) for q in found)))
 
 
 def default_hidden(extra: Sequence[str] = ()) -> tuple[Path, ...]:

@@ -5,7 +5,8 @@
 
 What the command sees:
 - `/` read-only (so the user's repository, its `.git` and the venv are readable, never written);
-- a fresh tmpfs at `/tmp` (HOME and TMPDIR live there) and a fresh `/dev`, `/proc`;
+- a fresh tmpfs at `/tmp` (HOME and TMPDIR live there) and a fresh `/dev`, `/proc`; of the
+  host's /tmp, only the tool chains `sandbox.tools_under_tmp` finds, read-only;
 - the hidden paths as empty folders or empty files: `$STUDIO_CODER_HOME` (the run records),
   the studio-coder config folder and the record key, `/run` (system sockets: docker, systemd,
   D-Bus), the runtime dir, and `sandbox.hide`;
