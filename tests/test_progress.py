@@ -16,9 +16,9 @@ from user_repo import NOT_UI, PASS, fix_calc, isolate, make_repo, run
 from agent_node import activity
 from agent_node.client import collect_reply
 from agent_node.config import AgentConfig
-from agent_node.loop.gate import QAOutcome
 from agent_node.loop.progress import Progress
 from agent_node.model import CallProgress
+from agent_node.qa.result import QAResult, VisualVerdict
 from agent_node.runs import read_events
 from inference_node.api import pb
 
@@ -38,10 +38,10 @@ def test_gate_stages_are_shown_as_they_start_and_end_with_their_time(tmp_path: P
     repo = make_repo(tmp_path, {"index.html": "<h1>Prices</h1>\n", "calc.py": "x = 1\n"})
     ui = {"ui": True, "asks_for_change": True, "page": "index.html", "reason": "a page"}
 
-    def qa(url: str, spec: list[str], out_dir: Path) -> QAOutcome:
+    def qa(url: str, spec: list[str], out_dir: Path) -> QAResult:
         with activity.stage("capture"):
             pass
-        return QAOutcome(True)
+        return QAResult(url, out_dir, VisualVerdict("pass"))
 
     show, out = progress()
     orch = ScriptedModel([as_json(ui), as_json({"statements": ["the title reads Prices"]}),

@@ -17,12 +17,13 @@ import re
 import shlex
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent_node import activity
 from agent_node.loop.checkout import Diff
+from agent_node.qa.result import QAResult
 from agent_node.sandbox import Sandbox
 
 TEST_PATH = re.compile(
@@ -30,24 +31,8 @@ TEST_PATH = re.compile(
 )
 
 
-@dataclass
-class QAFailure:
-    statement: str
-    evidence: str = ""
-    viewport: str = ""
-    fix: str = ""
-
-
-@dataclass
-class QAOutcome:
-    passed: bool
-    failures: list[QAFailure] = field(default_factory=list)
-    screenshots: list[str] = field(default_factory=list)  # paths
-    note: str = ""  # e.g. "visual QA skipped: ..."
-
-
-# (url, spec statements, out_dir) -> outcome; the orchestrator binds the models.
-QACheck = Callable[[str, list[str], Path], QAOutcome]
+# (url, spec statements, out_dir) -> result; the orchestrator binds the models.
+QACheck = Callable[[str, list[str], Path], QAResult]
 
 
 @dataclass
@@ -68,7 +53,7 @@ class GateResult:
     diff: Diff
     tests: TestRun | None
     test_files_touched: list[str]
-    qa: QAOutcome | None
+    qa: QAResult | None
     failures: list[str]  # each a specific thing to fix, with the evidence
     flags: list[str]  # for the judge: not failures by themselves
 

@@ -12,6 +12,7 @@ again in `finally`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -337,8 +338,9 @@ class _Run:
         self.emit("gate", round=round_no, **fields)
         if gate.qa:
             self.emit("qa", round=round_no, passed=gate.qa.passed, note=gate.qa.note,
-                      failures=[vars(f) for f in gate.qa.failures],
-                      screenshots=[_relative(p, self.record.dir) for p in gate.qa.screenshots])
+                      failures=[dataclasses.asdict(f) for f in gate.qa.failures],
+                      screenshots=[_relative(str(p), self.record.dir)
+                                   for p in gate.qa.screenshots.values()])
         return gate
 
     def judge(self, round_no: int, gate: GateResult, report: str, spec: list[str] | None,
