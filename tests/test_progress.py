@@ -16,6 +16,7 @@ from user_repo import NOT_UI, PASS, fix_calc, isolate, make_repo, run
 from agent_node import activity
 from agent_node.client import collect_reply
 from agent_node.config import AgentConfig
+from agent_node.events import InFlight, ModelCall, Stage
 from agent_node.loop.progress import Progress
 from agent_node.model import CallProgress
 from agent_node.qa.result import QAResult, VisualVerdict
@@ -88,13 +89,13 @@ def test_a_long_call_in_flight_is_shown_with_its_step_tokens_and_time() -> None:
 
 def test_on_a_terminal_the_call_is_one_status_line_that_keeps_ticking() -> None:
     show, out = progress(terminal=True)
-    show({"type": "in_flight", "step": "judge", "model": "smollm2", "tokens": 0,
-          "reasoning_tokens": 0, "seconds": 0.0, "done": False})
+    show(InFlight(step="judge", model="smollm2", tokens=0, reasoning_tokens=0, seconds=0.0,
+                  done=False))
     assert show._live is not None  # rich redraws it four times a second, elapsed time and all
-    show({"type": "in_flight", "step": "judge", "model": "smollm2", "tokens": 42,
-          "reasoning_tokens": 0, "seconds": 3.0, "done": False})
+    show(InFlight(step="judge", model="smollm2", tokens=42, reasoning_tokens=0, seconds=3.0,
+                  done=False))
     assert "judge     smollm2: 42 tok so far, 3s" in show.call_text(show._call_seen)
-    show({"type": "stage", "stage": "judge", "state": "done", "seconds": 3.1})
+    show(Stage(stage="judge", state="done", seconds=3.1))
     assert show._live is None
     assert "judge" in out.getvalue() and "done in 3.1s" in out.getvalue()
 
@@ -159,6 +160,7 @@ def test_visual_qa_shows_capture_and_judge_as_stages(tmp_path: Path) -> None:
 def test_totals_count_reasoning_tokens_once() -> None:
     """completion_tokens already includes the reasoning tokens; totals must not add them again."""
     show, out = progress()
-    show({"type": "model_call", "role": "spec", "model": "m", "completion_tokens": 10,
-          "reasoning_tokens": 6, "decode_tps": 5.0, "seconds": 2.0})
+    show(ModelCall(role="spec", round=0, model="m", prompt_tokens=0, cached_prompt_tokens=0,
+                   completion_tokens=10, reasoning_tokens=6, seconds=2.0, decode_tps=5.0,
+                   finish_reason="stop", cut_off_while_reasoning=False))
     assert "total 10 tok" in out.getvalue()
