@@ -1,15 +1,15 @@
 """What is in flight: named stages, and the model call running now, for progress on stderr.
 
-    with activity.reporting(on_event):          # the orchestrator, for the length of a run
-        with activity.stage("tests", round=1):   # anyone below it: the gate, visual QA, ...
+    with activity.reporting(on_event):             # the orchestrator, for the length of a run
+        with activity.stage("tests", round_no=1):   # anyone below it: the gate, visual QA, ...
             ...
         model.on_progress = activity.call_progress   # a GrpcModel's hook
 
-`on_event` receives plain dicts:
-    {"type": "stage", "stage": "tests", "state": "started", "round": 1}
-    {"type": "stage", "stage": "tests", "state": "done" | "failed", "seconds": 12.3, ...}
-    {"type": "in_flight", "step": "classify", "model": "smollm2", "tokens": 120,
-     "reasoning_tokens": 0, "seconds": 14.2, "done": false}
+`on_event` receives `agent_node.events` events:
+    Stage(stage="tests", state="started", round=1)
+    Stage(stage="tests", state="done" | "failed", seconds=12.3, round=1)
+    InFlight(step="classify", model="smollm2", tokens=120, reasoning_tokens=0, seconds=14.2,
+             done=False)
 Stage events are worth keeping in the run record; in-flight ones are only for the screen and
 come at most once a second per call (and once when it ends).
 
@@ -25,11 +25,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
+from agent_node.events import InFlight, Stage
 from agent_node.model import CallProgress
 
-OnEvent = Callable[[dict[str, Any]], None]
+OnEvent = Callable[[Stage | InFlight], None]
 IN_FLIGHT_EVERY_S = 1.0
 
 
@@ -55,24 +56,25 @@ def reporting(on_event: OnEvent) -> Iterator[None]:
 
 
 @contextmanager
-def stage(name: str, **fields: Any) -> Iterator[None]:
-    """Report `name` as started, then done (or failed, if the block raises) with its seconds."""
+def stage(name: str, *, round_no: int = 0, when: str = "") -> Iterator[None]:
+    """Report `name` as started, then done (or failed, if the block raises) with its seconds;
+    `round_no` and `when` say where in the run it is (0, "": not in a round, not special)."""
     st = _state.get()
     if st is None:
         yield
         return
     st.stages.append(name)
     st.last = None
-    st.on_event({"type": "stage", "stage": name, "state": "started", **fields})
+    st.on_event(Stage(stage=name, state="started", round=round_no, when=when))
     t0 = time.monotonic()
-    state = "failed"
+    state: Literal["done", "failed"] = "failed"
     try:
         yield
         state = "done"
     finally:
         st.stages.pop()
-        st.on_event({"type": "stage", "stage": name, "state": state,
-                     "seconds": round(time.monotonic() - t0, 2), **fields})
+        st.on_event(Stage(stage=name, state=state, seconds=round(time.monotonic() - t0, 2),
+                          round=round_no, when=when))
 
 
 def call_progress(progress: CallProgress) -> None:
@@ -86,9 +88,9 @@ def call_progress(progress: CallProgress) -> None:
     if not (first or progress.done or now - st.shown_at >= IN_FLIGHT_EVERY_S):
         return
     st.shown_at = now
-    st.on_event({"type": "in_flight", "step": current_step(), "model": progress.model,
-                 "tokens": progress.tokens, "reasoning_tokens": progress.reasoning_tokens,
-                 "seconds": round(progress.seconds, 1), "done": progress.done})
+    st.on_event(InFlight(step=current_step(), model=progress.model, tokens=progress.tokens,
+                         reasoning_tokens=progress.reasoning_tokens,
+                         seconds=round(progress.seconds, 1), done=progress.done))
 
 
 def current_step() -> str:

@@ -6,11 +6,26 @@ report reads in a browser straight from the run directory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from agent_node.events import (
+    Approved,
+    Classified,
+    CoderDone,
+    Error,
+    GateChecked,
+    Note,
+    Rejected,
+    RoundStarted,
+    RoundVerdict,
+    SpecWritten,
+    VisualQAChecked,
+    parse_events,
+)
 from agent_node.runs import load_record, summarize, write_private
 
 CSS = """
@@ -47,7 +62,7 @@ def _verdict(v: str) -> str:
 
 
 def _sandbox(info: Any) -> str:
-    if not isinstance(info, dict):
+    if not info or not isinstance(info, dict):  # a record from before sandboxes
         return ""
     if info.get("backend") == "none":
         return f"NONE ({info.get('reason', '')}); memory: {info.get('memory', '')}"
@@ -87,34 +102,33 @@ def render_report(run_dir: Path) -> str:
         out.append("<p class='incomplete'>No verdict was recorded: the run is still going, or "
                    "it was killed. Everything below was done before that.</p>")
 
-    for e in events:
-        kind = e.get("type")
-        if kind == "note":
-            out.append(f"<p><b>Note:</b> {escape(str(e.get('text', '')))}</p>")
-        elif kind == "classified":
-            out.append(f"<p><b>Classified:</b> {'UI' if e.get('ui') else 'not UI'}; "
-                       f"{escape(str(e.get('reason', '')))}</p>")
-        elif kind == "spec":
-            out.append("<h2>Design spec</h2>" + _list(e.get("statements", [])))
-        elif kind == "round_started":
-            out.append(f"<h2>Round {int(e.get('round', 0))}</h2><details><summary>brief"
-                       f"</summary><pre>{escape(_read(run_dir, e.get('brief_file')))}</pre>"
-                       "</details>")
-        elif kind == "coder_done":
-            out.append(f"<p><b>Coder</b> ({escape(str(e.get('turns')))} turns, "
-                       f"{escape(str(e.get('tokens')))} tokens, stopped by "
-                       f"{escape(str(e.get('stopped')))}) reported (a claim, not evidence):</p>"
-                       f"<pre>{escape(str(e.get('report', '')))}</pre>")
-        elif kind == "gate":
-            out.append(_gate(run_dir, e))
-        elif kind == "qa":
-            out.append(_qa(e))
-        elif kind == "round_verdict":
-            out.append(f"<p><b>Round {int(e.get('round', 0))} verdict:</b> "
-                       f"{_verdict(str(e.get('verdict')))}</p>" + _list(e.get("reasons", [])))
-        elif kind in ("error", "approved", "rejected"):
-            detail = {k: v for k, v in e.items() if k not in ("type", "t")}
-            out.append(f"<p><b>{escape(kind)}:</b> {escape(json.dumps(detail, default=str))}</p>")
+    for e in parse_events(events):
+        match e:
+            case Note():
+                out.append(f"<p><b>Note:</b> {escape(e.text)}</p>")
+            case Classified():
+                out.append(f"<p><b>Classified:</b> {'UI' if e.ui else 'not UI'}; "
+                           f"{escape(e.reason)}</p>")
+            case SpecWritten():
+                out.append("<h2>Design spec</h2>" + _list(e.statements))
+            case RoundStarted():
+                out.append(f"<h2>Round {e.round}</h2><details><summary>brief</summary><pre>"
+                           f"{escape(_read(run_dir, e.brief_file))}</pre></details>")
+            case CoderDone():
+                out.append(f"<p><b>Coder</b> ({e.turns} turns, {e.tokens} tokens, stopped by "
+                           f"{escape(e.stopped)}) reported (a claim, not evidence):</p>"
+                           f"<pre>{escape(e.report)}</pre>")
+            case GateChecked():
+                out.append(_gate(run_dir, e))
+            case VisualQAChecked():
+                out.append(_qa(e))
+            case RoundVerdict():
+                out.append(f"<p><b>Round {e.round} verdict:</b> {_verdict(e.verdict)}</p>"
+                           + _list(e.reasons))
+            case Error() | Approved() | Rejected():
+                detail = {k: v for k, v in dataclasses.asdict(e).items() if k != "t"}
+                out.append(f"<p><b>{escape(e.type)}:</b> "
+                           f"{escape(json.dumps(detail, default=str))}</p>")
 
     out.append("<h2>Events</h2><details><summary>events.jsonl</summary><pre>")
     out += [escape(json.dumps(e, default=str, ensure_ascii=False)) + "\n" for e in events]
@@ -122,32 +136,30 @@ def render_report(run_dir: Path) -> str:
     return "".join(out)
 
 
-def _gate(run_dir: Path, e: dict[str, Any]) -> str:
-    files = e.get("files", [])
-    exit_code = e.get("test_exit")
-    parts = [f"<p><b>Gate:</b> {_verdict('pass' if e.get('passed') else 'fail')}; "
-             f"{len(files)} file(s) changed; test command "
-             f"<code>{escape(str(e.get('test_cmd') or '(none)'))}</code> exited "
-             f"{escape(str(exit_code))}</p>"]
-    parts.append(_list(e.get("flags", [])))
+def _gate(run_dir: Path, e: GateChecked) -> str:
+    parts = [f"<p><b>Gate:</b> {_verdict('pass' if e.passed else 'fail')}; "
+             f"{len(e.files)} file(s) changed; test command "
+             f"<code>{escape(e.test_cmd or '(none)')}</code> exited "
+             f"{escape(str(e.test_exit))}</p>"]
+    parts.append(_list(e.flags))
     parts.append(f"<details open><summary>diff</summary><pre>"
-                 f"{escape(_read(run_dir, e.get('diff_file')) or '(empty diff)')}</pre></details>")
-    if e.get("test_log"):
+                 f"{escape(_read(run_dir, e.diff_file) or '(empty diff)')}</pre></details>")
+    if e.test_log:
         parts.append(f"<details><summary>test output</summary><pre>"
-                     f"{escape(_read(run_dir, e.get('test_log')))}</pre></details>")
+                     f"{escape(_read(run_dir, e.test_log))}</pre></details>")
     return "".join(parts)
 
 
-def _qa(e: dict[str, Any]) -> str:
-    parts = [f"<p><b>Visual QA:</b> {_verdict('pass' if e.get('passed') else 'fail')}"
-             f"{' — ' + escape(str(e['note'])) if e.get('note') else ''}</p><div class='shots'>"]
-    for shot in e.get("screenshots", []):
-        parts.append(f"<figure><img src='{escape(str(shot), quote=True)}' alt=''>"
-                     f"<figcaption>{escape(str(shot))}</figcaption></figure>")
+def _qa(e: VisualQAChecked) -> str:
+    parts = [f"<p><b>Visual QA:</b> {_verdict('pass' if e.passed else 'fail')}"
+             f"{' — ' + escape(e.note) if e.note else ''}</p><div class='shots'>"]
+    for shot in e.screenshots:
+        parts.append(f"<figure><img src='{escape(shot, quote=True)}' alt=''>"
+                     f"<figcaption>{escape(shot)}</figcaption></figure>")
     parts.append("</div>")
-    rows = [f"<tr><td>{escape(str(f.get('viewport', '')))}</td><td>"
-            f"{escape(str(f.get('statement', '')))}</td><td>{escape(str(f.get('evidence', '')))}"
-            f"</td><td>{escape(str(f.get('fix', '')))}</td></tr>" for f in e.get("failures", [])]
+    rows = [f"<tr><td>{escape(f.get('viewport', ''))}</td><td>"
+            f"{escape(f.get('statement', ''))}</td><td>{escape(f.get('evidence', ''))}"
+            f"</td><td>{escape(f.get('fix', ''))}</td></tr>" for f in e.failures]
     if rows:
         parts.append("<table><tr><th>viewport</th><th>statement</th><th>evidence</th><th>fix"
                      "</th></tr>" + "".join(rows) + "</table>")

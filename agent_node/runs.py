@@ -10,25 +10,13 @@ sandbox cannot see), and a record is only as good as its signed prefix: `load_re
 the first line that does not verify and says which, `summarize` then calls the run "tampered",
 and approve refuses it. Records are private: folders 0700, files 0600.
 
-Event types the loop writes (each has `type` and `t`, seconds since the epoch):
-    run_started     task, repo, base, branch, run_branch, checkout, dirty, pid, sandbox
-    classified      ui, asks_for_change, page, reason
-    spec            statements, source
-    round_started   round, brief_file
-    model_call      role, round, model, prompt_tokens, completion_tokens, reasoning_tokens,
-                    seconds, decode_tps, finish_reason
-    tool_call       round, name, arguments, ok, output_chars, seconds
-    coder_done      round, report, turns, tokens, stopped
-    gate            round, commit (the one tested), diff_file, files, test_cmd, test_exit,
-                    test_log, test_files_touched, ...
-    qa              round, passed, failures, screenshots
-    round_verdict   round, verdict, reasons, fixes
-    verdict         verdict, rounds, reasons, commit (the last one tested), run_branch
-    approved / rejected / note / error
+Each line is one event of `agent_node/events.py` (its table: docs/run-record.md); `emit` takes
+only those, checked, and `summarize` and the report read them back through the same types.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -38,9 +26,21 @@ from pathlib import Path
 from typing import Any
 
 from agent_node.config import record_key_path, studio_home
+from agent_node.events import (
+    Approved,
+    Event,
+    ModelCall,
+    Rejected,
+    RoundStarted,
+    RunStarted,
+    RunVerdict,
+    ScreenEvent,
+    parse_events,
+    to_record,
+)
 from agent_node.record_key import RecordKeyError, event_mac, load_key, verify
 
-Listener = Callable[[dict[str, Any]], None]
+Listener = Callable[[ScreenEvent], None]  # told each event as it is written (and in-flight calls)
 
 
 def runs_root(home: Path | None = None) -> Path:
@@ -115,22 +115,26 @@ class RunRecord:
             if not run_dir.exists():
                 return cls(run_dir)
 
-    def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
+    def emit(self, event: Event) -> dict[str, Any]:
+        """Write `event` (stamped with the time) as one signed line; the line as written.
+        `events.MalformedEvent` when it is not a recorded event or a value is not its type."""
+        line_obj = to_record(event)  # checked before anything is written
+        event = dataclasses.replace(event, t=round(time.time(), 3))
+        line_obj["t"] = event.t
         # Through JSON and back first, so what is signed is exactly what a reader will parse.
-        event = json.loads(json.dumps({"type": type_, "t": round(time.time(), 3), **fields},
-                                      default=str, ensure_ascii=False))
+        line_obj = json.loads(json.dumps(line_obj, ensure_ascii=False))
         assert self._key is not None
         size = os.fstat(self._fd).st_size
         if size != self._size:  # a Ctrl-C landed between a write and its bookkeeping
             self._previous, self._size = _last_mac(self.dir / "events.jsonl"), size
-        event["mac"] = event_mac(self._key, self.run_id, self._previous, event)
-        line = (json.dumps(event, ensure_ascii=False) + "\n").encode()
+        line_obj["mac"] = event_mac(self._key, self.run_id, self._previous, line_obj)
+        line = (json.dumps(line_obj, ensure_ascii=False) + "\n").encode()
         os.write(self._fd, line)  # one write per event: a kill cannot interleave two lines
         os.fsync(self._fd)
-        self._previous, self._size = event["mac"], size + len(line)
+        self._previous, self._size = line_obj["mac"], size + len(line)
         for listener in self.listeners:
             listener(event)
-        return event
+        return line_obj
 
     def write_text(self, name: str, text: str) -> Path:
         path = self.dir / name
@@ -213,28 +217,28 @@ def summarize(run_dir: Path, events: list[dict[str, Any]] | None = None,
         "integrity": problem,
     }
     models: list[str] = []
-    for e in events:
-        kind = e.get("type")
-        if kind == "run_started" and "started" not in out:
-            for key in ("task", "repo", "base", "branch", "run_branch", "checkout", "dirty",
-                        "sandbox"):
-                out[key] = e.get(key)
-            out["started"] = e.get("t")
-        elif kind == "round_started":
-            out["rounds"] = max(out["rounds"], int(e.get("round", 0)))
-        elif kind == "model_call":
-            if e.get("model") and e["model"] not in models:
-                models.append(e["model"])
-            out["tokens"]["prompt"] += int(e.get("prompt_tokens", 0))
-            out["tokens"]["completion"] += int(e.get("completion_tokens", 0))
-            out["tokens"]["reasoning"] += int(e.get("reasoning_tokens", 0))
-        elif kind == "verdict":
-            out["verdict"] = e.get("verdict", "fail")
-            out["reasons"] = e.get("reasons", [])
-            out["commit"] = e.get("commit", "")
-            out["ended"] = e.get("t")
-        elif kind in ("approved", "rejected"):
-            out["state"] = kind
+    for e in parse_events(events):
+        match e:
+            case RunStarted() if "started" not in out:
+                for key in ("task", "repo", "base", "branch", "run_branch", "checkout", "dirty",
+                            "sandbox"):
+                    out[key] = getattr(e, key)
+                out["started"] = e.t
+            case RoundStarted():
+                out["rounds"] = max(out["rounds"], e.round)
+            case ModelCall():
+                if e.model and e.model not in models:
+                    models.append(e.model)
+                out["tokens"]["prompt"] += e.prompt_tokens
+                out["tokens"]["completion"] += e.completion_tokens
+                out["tokens"]["reasoning"] += e.reasoning_tokens
+            case RunVerdict():
+                out["verdict"] = e.verdict
+                out["reasons"] = e.reasons
+                out["commit"] = e.commit
+                out["ended"] = e.t
+            case Approved() | Rejected():
+                out["state"] = e.type
     out["models"] = models
     if problem:  # what the lines say counts for nothing
         out["verdict"] = "tampered" if NOT_OURS in problem else "unverified"

@@ -189,24 +189,27 @@ def _read_spec(task: Task) -> tuple[list[str] | None, list[Any]]:
 
 
 def _last_verdict(events: list[dict[str, Any]]) -> str:
-    verdicts = [e for e in events if e.get("type") == "verdict"]
-    return str(verdicts[-1].get("verdict", "")) if verdicts else ""
+    from agent_node.events import RunVerdict, parse_events
+
+    verdicts = [e for e in parse_events(events) if isinstance(e, RunVerdict)]
+    return verdicts[-1].verdict if verdicts else ""
 
 
 def _tokens(events: list[dict[str, Any]]) -> dict[str, Any]:
     """Usage of the loop's model calls, as the run record has them (Done.usage of each), in all
-    and per stage (the call's role: classify, spec, coder, review, ...)."""
+    and per stage (the call's role: classify, spec, coder, review, ...). Generated tokens are
+    completion tokens: the node counts reasoning among them."""
+    from agent_node.events import ModelCall, parse_events
+
     out: dict[str, Any] = {"calls": 0, "prompt": 0, "cached": 0, "generated": 0, "stages": {}}
-    for e in events:
-        if e.get("type") == "model_call":
-            prompt, cached = int(e.get("prompt_tokens") or 0), int(e.get("cached_prompt_tokens")
-                                                                   or 0)
+    for e in parse_events(events):
+        if isinstance(e, ModelCall):
             out["calls"] += 1
-            out["prompt"] += prompt
-            out["cached"] += cached
-            out["generated"] += (int(e.get("completion_tokens") or 0)
-                                 + int(e.get("reasoning_tokens") or 0))
-            _add_stage(out["stages"], str(e.get("role") or "other"), 1, prompt, cached)
+            out["prompt"] += e.prompt_tokens
+            out["cached"] += e.cached_prompt_tokens
+            out["generated"] += e.completion_tokens
+            _add_stage(out["stages"], e.role or "other", 1, e.prompt_tokens,
+                       e.cached_prompt_tokens)
     return out
 
 

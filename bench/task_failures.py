@@ -37,6 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent_node.events import (
+    CoderDone,
+    GateChecked,
+    ModelCall,
+    RoundStarted,
+    RoundVerdict,
+    ToolCall,
+    VisualQAChecked,
+    parse_events,
+)
 from bench.task_grading import Grade
 
 FAILURES = ("run_error", "tests_edited", "tool_errors", "limit", "no_change",
@@ -85,42 +95,40 @@ class Round:
 def read_rounds(run_dir: Path, events: list[dict[str, Any]]) -> list[Round]:
     rounds: dict[int, Round] = {}
 
-    def at(e: dict[str, Any]) -> Round:
-        n = int(e.get("round") or 0)
+    def at(n: int) -> Round:
         return rounds.setdefault(n, Round(n))
 
-    for e in events:
-        kind = e.get("type")
-        if kind == "round_started":
-            at(e)
-        elif kind == "model_call" and e.get("role") == "coder":
-            at(e).finish_reasons.append(str(e.get("finish_reason") or ""))
-        elif kind == "coder_done":
-            at(e).stopped = str(e.get("stopped", ""))
-        elif kind == "tool_call":
-            r = at(e)
-            if e.get("refused"):
-                r.refused += 1
-                continue
-            r.tool_calls += 1
-            r.tool_failures += not e.get("ok", False)
-        elif kind == "gate":
-            r = at(e)
-            r.gate_ran, r.gate_passed = True, bool(e.get("passed"))
-            r.diff_file = str(e.get("diff_file") or f"round-{r.number}/diff.patch")
-            r.files = list(e.get("files") or [])
-            r.tests_ran = bool(e.get("test_cmd"))
-            r.tests_passed = e.get("test_exit") == 0
-            r.test_files_touched = list(e.get("test_files_touched") or [])
-            r.gate_failures = [str(f) for f in e.get("failures") or []]
-        elif kind == "qa":
-            r = at(e)
-            r.qa_ran, r.qa_passed = True, bool(e.get("passed"))
-            r.qa_note = str(e.get("note") or "")
-        elif kind == "round_verdict":
-            r = at(e)
-            r.accepted = e.get("verdict") == "pass"
-            r.reasons = [str(x) for x in e.get("reasons") or []]
+    for e in parse_events(events):
+        match e:
+            case RoundStarted():
+                at(e.round)
+            case ModelCall(role="coder"):
+                at(e.round).finish_reasons.append(e.finish_reason)
+            case CoderDone():
+                at(e.round).stopped = e.stopped
+            case ToolCall():
+                r = at(e.round)
+                if e.refused:
+                    r.refused += 1
+                    continue
+                r.tool_calls += 1
+                r.tool_failures += not e.ok
+            case GateChecked():
+                r = at(e.round)
+                r.gate_ran, r.gate_passed = True, e.passed
+                r.diff_file = e.diff_file or f"round-{r.number}/diff.patch"
+                r.files = list(e.files)
+                r.tests_ran = bool(e.test_cmd)
+                r.tests_passed = e.test_exit == 0
+                r.test_files_touched = list(e.test_files_touched)
+                r.gate_failures = list(e.failures)
+            case VisualQAChecked():
+                r = at(e.round)
+                r.qa_ran, r.qa_passed, r.qa_note = True, e.passed, e.note
+            case RoundVerdict():
+                r = at(e.round)
+                r.accepted = e.verdict == "pass"
+                r.reasons = list(e.reasons)
     for r in rounds.values():
         _count_replies(run_dir / f"round-{r.number}" / "coder.json", r)
     return [rounds[n] for n in sorted(rounds) if n > 0]

@@ -31,7 +31,7 @@ class MeteredModel:
         self.usage["calls"] += 1
         self.usage["prompt"] += u.prompt_tokens
         self.usage["cached"] += u.cached_prompt_tokens
-        self.usage["generated"] += u.completion_tokens + u.reasoning_tokens
+        self.usage["generated"] += u.completion_tokens  # reasoning is counted among them
         return reply
 
     @property

@@ -43,7 +43,7 @@ from user_repo import (
 
 from agent_node.config import AgentConfig
 from agent_node.loop import cli
-from agent_node.loop.gate import QAOutcome
+from agent_node.qa.result import QAResult, VisualVerdict
 from agent_node.runs import list_runs, read_events, summarize
 
 TESTS = Path(__file__).resolve().parent
@@ -395,10 +395,10 @@ def test_yes_as_the_test_command_is_bounded(place: Path) -> None:
 def test_run_records_are_private(place: Path) -> None:
     repo = make_repo(place, {"index.html": "<h1>hi</h1>\n"})
 
-    def qa(url: str, spec: list[str], out_dir: Path) -> QAOutcome:
+    def qa(url: str, spec: list[str], out_dir: Path) -> QAResult:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "phone.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-        return QAOutcome(True, [], [str(out_dir / "phone.png")])
+        return QAResult(url, out_dir, VisualVerdict("pass"), {"phone": out_dir / "phone.png"})
 
     ui = {"ui": True, "asks_for_change": True, "page": "index.html", "reason": "page"}
     coder = ScriptedModel([call("write", path="index.html", content="<h1>hello</h1>\n"),

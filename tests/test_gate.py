@@ -13,12 +13,11 @@ import pytest
 from agent_node.loop.checkout import Checkout
 from agent_node.loop.gate import (
     GateResult,
-    QAFailure,
-    QAOutcome,
     detect_test_cmd,
     run_gate,
     run_tests,
 )
+from agent_node.qa.result import Failure, QAResult, VisualVerdict
 
 
 @pytest.fixture(autouse=True)
@@ -118,8 +117,9 @@ def test_qa_failures_carry_viewport_and_fix(checkout: tuple[Checkout, str]) -> N
     co, base = checkout
     (co.work / "app.py").write_text("X = 2\n")
 
-    def qa(url: str, spec: list[str], out_dir: Path) -> QAOutcome:
-        return QAOutcome(False, [QAFailure(spec[0], "656 px wide", "phone", "wrap the row")])
+    def qa(url: str, spec: list[str], out_dir: Path) -> QAResult:
+        return QAResult(url, out_dir, VisualVerdict(
+            "fail", [Failure(spec[0], "656 px wide", "phone", "wrap the row")]))
 
     result = gate(co, base, ui_url="http://x/", spec=["fits a phone"], qa=qa)
     assert result.failures == ["visual QA at the phone viewport: 'fits a phone' does not hold. "

@@ -30,7 +30,7 @@ from user_repo import (
 
 from agent_node.config import AgentConfig
 from agent_node.loop import cli
-from agent_node.loop.gate import QAFailure, QAOutcome
+from agent_node.qa.result import Failure, QAResult, VisualVerdict
 from agent_node.runs import find_run, read_events, summarize
 from studio_common.net import free_port
 
@@ -163,7 +163,7 @@ def phone_overflow_qa(calls: list[tuple[str, list[str]]]) -> Any:
     The same task against real Chromium is `test_ui_overflow_on_the_phone_found_by_chromium`.
     """
 
-    def check(url: str, spec: list[str], out_dir: Path) -> QAOutcome:
+    def check(url: str, spec: list[str], out_dir: Path) -> QAResult:
         calls.append((url, spec))
         out_dir.mkdir(parents=True, exist_ok=True)
         shot = out_dir / "phone.png"
@@ -172,11 +172,11 @@ def phone_overflow_qa(calls: list[tuple[str, list[str]]]) -> Any:
 
         served = urllib.request.urlopen(url, timeout=5).read().decode()
         assert "pricing-table" in served  # the worktree's page really is served
-        return QAOutcome(False, [QAFailure(
+        return QAResult(url, out_dir, VisualVerdict("fail", [Failure(
             statement=spec[1], viewport="phone 390x844",
             evidence="document is 656 px wide in a 390 px viewport; .pricing-table overflows",
-            fix="let .pricing-table wrap on narrow screens: max-width: 100%; flex-wrap: wrap")],
-            [str(shot)])
+            fix="let .pricing-table wrap on narrow screens: max-width: 100%; flex-wrap: wrap")]),
+            {"phone": shot})
 
     return check
 

@@ -16,9 +16,10 @@ from user_repo import NOT_UI, PASS, fix_calc, isolate, make_repo, run
 from agent_node import activity
 from agent_node.client import collect_reply
 from agent_node.config import AgentConfig
-from agent_node.loop.gate import QAOutcome
+from agent_node.events import InFlight, ModelCall, Stage
 from agent_node.loop.progress import Progress
 from agent_node.model import CallProgress
+from agent_node.qa.result import QAResult, VisualVerdict
 from agent_node.runs import read_events
 from inference_node.api import pb
 
@@ -38,10 +39,10 @@ def test_gate_stages_are_shown_as_they_start_and_end_with_their_time(tmp_path: P
     repo = make_repo(tmp_path, {"index.html": "<h1>Prices</h1>\n", "calc.py": "x = 1\n"})
     ui = {"ui": True, "asks_for_change": True, "page": "index.html", "reason": "a page"}
 
-    def qa(url: str, spec: list[str], out_dir: Path) -> QAOutcome:
+    def qa(url: str, spec: list[str], out_dir: Path) -> QAResult:
         with activity.stage("capture"):
             pass
-        return QAOutcome(True)
+        return QAResult(url, out_dir, VisualVerdict("pass"))
 
     show, out = progress()
     orch = ScriptedModel([as_json(ui), as_json({"statements": ["the title reads Prices"]}),
@@ -88,13 +89,13 @@ def test_a_long_call_in_flight_is_shown_with_its_step_tokens_and_time() -> None:
 
 def test_on_a_terminal_the_call_is_one_status_line_that_keeps_ticking() -> None:
     show, out = progress(terminal=True)
-    show({"type": "in_flight", "step": "judge", "model": "smollm2", "tokens": 0,
-          "reasoning_tokens": 0, "seconds": 0.0, "done": False})
+    show(InFlight(step="judge", model="smollm2", tokens=0, reasoning_tokens=0, seconds=0.0,
+                  done=False))
     assert show._live is not None  # rich redraws it four times a second, elapsed time and all
-    show({"type": "in_flight", "step": "judge", "model": "smollm2", "tokens": 42,
-          "reasoning_tokens": 0, "seconds": 3.0, "done": False})
+    show(InFlight(step="judge", model="smollm2", tokens=42, reasoning_tokens=0, seconds=3.0,
+                  done=False))
     assert "judge     smollm2: 42 tok so far, 3s" in show.call_text(show._call_seen)
-    show({"type": "stage", "stage": "judge", "state": "done", "seconds": 3.1})
+    show(Stage(stage="judge", state="done", seconds=3.1))
     assert show._live is None
     assert "judge" in out.getvalue() and "done in 3.1s" in out.getvalue()
 
@@ -159,6 +160,7 @@ def test_visual_qa_shows_capture_and_judge_as_stages(tmp_path: Path) -> None:
 def test_totals_count_reasoning_tokens_once() -> None:
     """completion_tokens already includes the reasoning tokens; totals must not add them again."""
     show, out = progress()
-    show({"type": "model_call", "role": "spec", "model": "m", "completion_tokens": 10,
-          "reasoning_tokens": 6, "decode_tps": 5.0, "seconds": 2.0})
+    show(ModelCall(role="spec", round=0, model="m", prompt_tokens=0, cached_prompt_tokens=0,
+                   completion_tokens=10, reasoning_tokens=6, seconds=2.0, decode_tps=5.0,
+                   finish_reason="stop", cut_off_while_reasoning=False))
     assert "total 10 tok" in out.getvalue()

@@ -20,6 +20,7 @@ from agent_node.config import (
     load_default_config,
     studio_home,
 )
+from agent_node.events import Approved, Event, Rejected
 from agent_node.loop.approve import drop_run_branch, land
 from agent_node.loop.checkout import checkouts_root
 from agent_node.loop.errors import RefusedError, UsageError
@@ -233,8 +234,8 @@ def approve_main(argv: list[str]) -> int:
         head = head_commit(repo)
         commit, kept = land(repo, str(s["base"]), tested, _commit_message(s), force=args.force)
         removed = [r for r in [drop_run_branch(repo, branch, tested)] if r]
-        _record(run_dir, "approved", commit=commit, tested=tested, branch=now_on,
-                kept_local=kept, removed=removed)
+        _record(run_dir, Approved(commit=commit, tested=tested, branch=now_on, kept_local=kept,
+                                  removed=removed))
     except UsageError as e:
         _say(f"agent-node approve: {e}")
         return EXIT_USAGE
@@ -273,7 +274,7 @@ def reject_main(argv: list[str]) -> int:
         if leftover.exists():
             shutil.rmtree(leftover)
             removed.append(f"checkout {leftover}")
-        _record(run_dir, "rejected", removed=removed)
+        _record(run_dir, Rejected(removed=removed))
     except UsageError as e:
         _say(f"agent-node reject: {e}")
         return EXIT_USAGE
@@ -284,10 +285,10 @@ def reject_main(argv: list[str]) -> int:
     return EXIT_PASS
 
 
-def _record(run_dir: Path, kind: str, **fields: Any) -> None:
+def _record(run_dir: Path, event: Event) -> None:
     record = RunRecord(run_dir)
     try:
-        record.emit(kind, **fields)
+        record.emit(event)
     finally:
         record.close()
         write_report(run_dir)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent_node import activity, prompts
+from agent_node.events import Event, ModelCall, Note, ToolCall
 from agent_node.exceptions import DeadlineExceeded
 from agent_node.model import Model, Reply
 from agent_node.schemas import bounded_tool
@@ -33,7 +34,7 @@ from agent_node.tools import FINISH, run_tool
 from agent_node.unfinished import TIME, explain
 from agent_node.wire import allowed_tools
 
-Emit = Callable[..., Any]  # emit(type, **fields)
+Emit = Callable[[Event], object]  # RunRecord.emit
 
 
 @dataclass
@@ -128,12 +129,12 @@ def run_coder(
                           seconds=last.seconds if last else 0.0,
                           budget_key="[loop] coder_reply_tokens", timeout_s=limits.timeout_s,
                           unknown_because="a tool call is not streamed: it arrives whole")
-            emit("note", text=f"{why}; the round goes on to the gate with what is in the checkout",
-                 round=round_no)
+            emit(Note(text=f"{why}; the round goes on to the gate with what is in the checkout",
+                      round=round_no))
             return result(_cut_report("deadline", "the stream's deadline", last_text), "deadline")
         turns += 1
         tokens += reply.usage.completion_tokens  # reasoning tokens are among them
-        emit("model_call", role="coder", round=round_no, **reply_fields(reply))
+        emit(model_call(reply, role="coder", round_no=round_no))
         last_text = reply.text or last_text
         messages.append({
             "role": "assistant",
@@ -159,9 +160,9 @@ def run_coder(
                 ok, output, finished, refused = _checked_call(tools, call.name, call.arguments,
                                                               checks)
             previous = key
-            emit("tool_call", round=round_no, name=call.name, arguments=_short(call.arguments),
-                 ok=ok, output_chars=len(output), seconds=round(time.monotonic() - t0, 3),
-                 **({"refused": True} if refused else {}))
+            emit(ToolCall(round=round_no, name=call.name, arguments=_short(call.arguments),
+                          ok=ok, output_chars=len(output),
+                          seconds=round(time.monotonic() - t0, 3), refused=refused))
             messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name,
                              "content": output})
             if finished:  # the tool's output is the report as text
@@ -191,18 +192,19 @@ def _checked_call(tools: dict[str, Any], name: str, arguments: dict[str, Any],
     return ok, output, finished, False
 
 
-def reply_fields(reply: Reply) -> dict[str, Any]:
-    return {
-        "model": reply.model,
-        "prompt_tokens": reply.usage.prompt_tokens,
-        "cached_prompt_tokens": reply.usage.cached_prompt_tokens,
-        "completion_tokens": reply.usage.completion_tokens,
-        "reasoning_tokens": reply.usage.reasoning_tokens,
-        "seconds": round(reply.seconds, 3),
-        "decode_tps": round(reply.decode_tps, 1),
-        "finish_reason": reply.finish_reason,
-        "cut_off_while_reasoning": reply.cut_off_while_reasoning,
-    }
+def model_call(reply: Reply, *, role: str, round_no: int) -> ModelCall:
+    """The record's event for one reply of a model."""
+    return ModelCall(
+        role=role, round=round_no, model=reply.model,
+        prompt_tokens=reply.usage.prompt_tokens,
+        cached_prompt_tokens=reply.usage.cached_prompt_tokens,
+        completion_tokens=reply.usage.completion_tokens,
+        reasoning_tokens=reply.usage.reasoning_tokens,
+        seconds=round(reply.seconds, 3),
+        decode_tps=round(reply.decode_tps, 1),
+        finish_reason=reply.finish_reason,
+        cut_off_while_reasoning=reply.cut_off_while_reasoning,
+    )
 
 
 def _cut_report(reason: str, amount: str, last_text: str) -> str:

@@ -17,12 +17,13 @@ import re
 import shlex
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from agent_node import activity
+from agent_node.events import GateChecked
 from agent_node.loop.checkout import Diff
+from agent_node.qa.result import QAResult
 from agent_node.sandbox import Sandbox
 
 TEST_PATH = re.compile(
@@ -30,24 +31,8 @@ TEST_PATH = re.compile(
 )
 
 
-@dataclass
-class QAFailure:
-    statement: str
-    evidence: str = ""
-    viewport: str = ""
-    fix: str = ""
-
-
-@dataclass
-class QAOutcome:
-    passed: bool
-    failures: list[QAFailure] = field(default_factory=list)
-    screenshots: list[str] = field(default_factory=list)  # paths
-    note: str = ""  # e.g. "visual QA skipped: ..."
-
-
-# (url, spec statements, out_dir) -> outcome; the orchestrator binds the models.
-QACheck = Callable[[str, list[str], Path], QAOutcome]
+# (url, spec statements, out_dir) -> result; the orchestrator binds the models.
+QACheck = Callable[[str, list[str], Path], QAResult]
 
 
 @dataclass
@@ -68,9 +53,9 @@ class GateResult:
     diff: Diff
     tests: TestRun | None
     test_files_touched: list[str]
-    qa: QAOutcome | None
+    qa: QAResult | None
     failures: list[str]  # each a specific thing to fix, with the evidence
-    flags: list[str]  # for the judge: not failures by themselves
+    flags: list[str]  # for the code review: not failures by themselves
 
     @property
     def passed(self) -> bool:
@@ -186,16 +171,15 @@ def run_gate(
     return GateResult(diff, tests, touched, outcome, failures, flags)
 
 
-def gate_event(gate: GateResult) -> dict[str, Any]:
-    """The gate's result as event fields (files are written by the caller)."""
+def gate_event(gate: GateResult, *, round_no: int, commit: str, diff_file: str,
+               test_log: str) -> GateChecked:
+    """The gate's result as the record's event (the files it names are written by the caller)."""
     t = gate.tests
-    return {
-        "passed": gate.passed,
-        "files": [f"{s} {p}" for s, p in gate.diff.files],
-        "test_cmd": t.cmd if t else "",
-        "test_exit": t.exit_code if t else None,
-        "test_seconds": round(t.seconds, 2) if t else 0.0,
-        "test_files_touched": gate.test_files_touched,
-        "failures": gate.failures,
-        "flags": gate.flags,
-    }
+    return GateChecked(
+        round=round_no, commit=commit, passed=gate.passed,
+        files=[f"{s} {p}" for s, p in gate.diff.files],
+        test_cmd=t.cmd if t else "",
+        test_exit=t.exit_code if t else None,
+        test_seconds=round(t.seconds, 2) if t else 0.0,
+        test_files_touched=gate.test_files_touched,
+        failures=gate.failures, flags=gate.flags, diff_file=diff_file, test_log=test_log)

@@ -12,18 +12,34 @@ again in `finally`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from agent_node import activity, prompts
 from agent_node.config import AgentConfig
+from agent_node.events import (
+    Classified,
+    CoderDone,
+    Error,
+    Note,
+    RoundStarted,
+    RoundVerdict,
+    RunStarted,
+    RunVerdict,
+    ScreenEvent,
+    Setup,
+    SpecWritten,
+    Stage,
+    VisualQAChecked,
+)
 from agent_node.loop.checkout import Checkout, checkouts_root
-from agent_node.loop.coder import CoderChecks, CoderLimits, reply_fields, run_coder
+from agent_node.loop.coder import CoderChecks, CoderLimits, model_call, run_coder
 from agent_node.loop.context import repo_context
 from agent_node.loop.errors import StructuredOutputError, UnfinishedJSON, UsageError
 from agent_node.loop.gate import (
@@ -114,17 +130,19 @@ def run_task(
     run = _Run(record, task, root, dirty, model, coder_model or model, cfg, spec, test_cmd, qa,
                tools_factory or default_tools(cfg, sandbox), sandbox, home)
     if overridden:
-        record.emit("note", text=f"prompts from {prompts.user_dir()} replace the built-in ones: "
-                    + ", ".join(overridden))
+        record.emit(Note(text=f"prompts from {prompts.user_dir()} replace the built-in ones: "
+                         + ", ".join(overridden)))
     try:
         with activity.reporting(lambda e: _on_activity(record, e)):
             run.go()
     except KeyboardInterrupt:
-        record.emit("verdict", verdict="interrupted", reasons=["interrupted (Ctrl-C)"])
+        record.emit(RunVerdict(verdict="interrupted", rounds=run.round,
+                               reasons=["interrupted (Ctrl-C)"], commit="", run_branch=""))
         raise
     except BaseException as e:
-        record.emit("error", error=f"{type(e).__name__}: {e}")
-        record.emit("verdict", verdict="error", reasons=[f"{type(e).__name__}: {e}"])
+        record.emit(Error(error=f"{type(e).__name__}: {e}"))
+        record.emit(RunVerdict(verdict="error", rounds=run.round,
+                               reasons=[f"{type(e).__name__}: {e}"], commit="", run_branch=""))
         raise
     finally:
         shutil.rmtree(run.checkout.dir, ignore_errors=True)  # the run's branch holds its commit
@@ -133,11 +151,10 @@ def run_task(
     return summarize(record.dir)
 
 
-def _on_activity(record: RunRecord, event: dict[str, Any]) -> None:
+def _on_activity(record: RunRecord, event: ScreenEvent) -> None:
     """Stages go into the record; a call's in-flight progress only to the listeners."""
-    if event["type"] == "stage":
-        fields = {k: v for k, v in event.items() if k != "type"}
-        record.emit("stage", **fields)
+    if isinstance(event, Stage):
+        record.emit(event)
         return
     for listener in record.listeners:
         listener(event)
@@ -157,22 +174,24 @@ class _Run:
         self.checkout = Checkout(checkouts_root(home) / record.run_id, "run")
         self.run_branch = f"studio-coder/{record.run_id}"
         self.tested = ""  # the last commit the gate tested; the one approve can bring over
+        self.round = 0  # the round running now (or the last one)
 
     def go(self) -> None:
         base = head_commit(self.root)
-        self.emit("run_started", task=self.task, repo=str(self.root), base=base,
-                  branch=current_branch(self.root), run_branch=self.run_branch,
-                  checkout=str(self.checkout.work), dirty=self.dirty, pid=os.getpid(),
-                  models={"orchestrator": self.model.name, "coder": self.coder_model.name},
-                  sandbox=self.sandbox.describe())
+        self.emit(RunStarted(
+            task=self.task, repo=str(self.root), base=base, branch=current_branch(self.root),
+            run_branch=self.run_branch, checkout=str(self.checkout.work), dirty=self.dirty,
+            pid=os.getpid(),
+            models={"orchestrator": self.model.name, "coder": self.coder_model.name},
+            sandbox=self.sandbox.describe()))
         if not self.sandbox.confined:
-            self.emit("note", text=f"the coder's commands run WITHOUT a sandbox "
-                      f"({self.sandbox.unconfined_reason}): they can reach your repository, "
-                      "your files, the network and this record")
+            self.emit(Note(text=f"the coder's commands run WITHOUT a sandbox "
+                           f"({self.sandbox.unconfined_reason}): they can reach your "
+                           "repository, your files, the network and this record"))
         if self.dirty:
-            self.emit("note", text=f"{len(self.dirty)} uncommitted file(s) in {self.root} are not "
-                      f"part of this run (it is based on HEAD {base[:12]}); they are left as they "
-                      "are")
+            self.emit(Note(text=f"{len(self.dirty)} uncommitted file(s) in {self.root} are not "
+                           f"part of this run (it is based on HEAD {base[:12]}); they are left "
+                           "as they are"))
         self.checkout = Checkout.create(self.root, self.checkout.dir, base)
         work = self.checkout.work
         files = self.checkout.files()
@@ -180,37 +199,38 @@ class _Run:
         with activity.stage("classify"):
             kind = self.classify(files)
         spec = self.spec
-        if spec is None and kind["ui"]:
+        if spec is None and kind.ui:
             with activity.stage("spec"):
                 spec = self.write_spec()
         elif spec is not None:
-            self.emit("spec", statements=spec, source="file")
-        page = self.cfg.loop.ui_page or kind.get("page") or ""
+            self.emit(SpecWritten(statements=spec, source="file"))
+        page = self.cfg.loop.ui_page or kind.page
         if spec and not page and (work / "index.html").exists():
             page = "index.html"
         test_cmd = self.test_cmd or self.cfg.loop.test_cmd or detect_test_cmd(work)
-        self.emit("setup", test_cmd=test_cmd, page=page, ui=bool(spec),
-                  asks_for_change=kind["asks_for_change"])
+        self.emit(Setup(test_cmd=test_cmd, page=page, ui=bool(spec),
+                        asks_for_change=kind.asks_for_change))
 
         failures: list[str] = []
         start_tests = ""
         if test_cmd and self.cfg.loop.tests_first:
             with activity.stage("tests", when="start"):
                 start_tests = self.tests_now(test_cmd, "before any change")
-        verdict, reasons, last_round = "fail", ["no round ran"], 0
+        verdict: Literal["fail", "pass"] = "fail"
+        reasons, last_round = ["no round ran"], 0
         for round_no in range(1, self.cfg.loop.max_rounds + 1):
-            last_round = round_no
+            last_round = self.round = round_no
             shown = repo_context(work, files, self.task, self.cfg.loop.brief_chars)
             brief = prompts.render(
                 "loop/brief", task=self.task, files=files[:MAX_FILES_LISTED],
                 files_more=len(files) if len(files) > MAX_FILES_LISTED else 0,
                 shown=shown.whole, outlines=shown.outlines,
                 start_tests=start_tests if round_no == 1 else "",
-                test_cmd=test_cmd, asks_for_change=kind["asks_for_change"], spec=spec or [],
+                test_cmd=test_cmd, asks_for_change=kind.asks_for_change, spec=spec or [],
                 page=page, failures=failures, round=round_no)
             self.record.write_text(f"round-{round_no}/brief.md", brief)
-            self.emit("round_started", round=round_no, brief_file=f"round-{round_no}/brief.md")
-            with activity.stage("coder", round=round_no):
+            self.emit(RoundStarted(round=round_no, brief_file=f"round-{round_no}/brief.md"))
+            with activity.stage("coder", round_no=round_no):
                 coder = run_coder(
                     self.coder_model, prompts.render("loop/coder_system"), brief,
                     self.tools_factory(work),
@@ -219,18 +239,19 @@ class _Run:
                                 self.cfg.loop.coder_reply_tokens or None,
                                 self.cfg.inference.timeout_s),
                     emit=self.emit, round_no=round_no,
-                    checks=self.coder_checks(base, test_cmd, kind["asks_for_change"]))
+                    checks=self.coder_checks(base, test_cmd, kind.asks_for_change))
             self.record.write_text(f"round-{round_no}/coder.json",
                                    json.dumps(coder.messages, indent=1, default=str))
-            self.emit("coder_done", round=round_no, report=coder.report, turns=coder.turns,
-                      tokens=coder.tokens, stopped=coder.stopped)
+            self.emit(CoderDone(round=round_no, report=coder.report, turns=coder.turns,
+                                tokens=coder.tokens, stopped=coder.stopped))
 
-            with activity.stage("gate", round=round_no):
-                gate = self.gate(round_no, base, test_cmd, kind["asks_for_change"], spec, page)
-            passed, reasons, fixes = self.judge(round_no, gate, coder.report, spec, test_cmd)
+            with activity.stage("gate", round_no=round_no):
+                gate = self.gate(round_no, base, test_cmd, kind.asks_for_change, spec, page)
+            passed, reasons, fixes = self.decide_round(round_no, gate, coder.report, spec,
+                                                       test_cmd)
             verdict = "pass" if passed else "fail"
-            self.emit("round_verdict", round=round_no, verdict=verdict, reasons=reasons,
-                      fixes=fixes)
+            self.emit(RoundVerdict(round=round_no, verdict=verdict, reasons=reasons,
+                                   fixes=fixes))
             if passed:
                 break
             failures = fixes
@@ -239,8 +260,9 @@ class _Run:
                        f"{self.cfg.loop.max_rounds})", *reasons]
         if self.tested:  # the only commit that leaves the checkout, as the run's own branch
             self.checkout.publish(self.root, self.tested, self.run_branch)
-        self.emit("verdict", verdict=verdict, rounds=last_round, reasons=reasons,
-                  commit=self.tested, run_branch=self.run_branch if self.tested else "")
+        self.emit(RunVerdict(verdict=verdict, rounds=last_round, reasons=reasons,
+                             commit=self.tested,
+                             run_branch=self.run_branch if self.tested else ""))
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -268,7 +290,7 @@ class _Run:
 
     def ask(self, role: str, prompt: str, schema: dict[str, Any], round_no: int = 0) -> Any:
         def log(reply: Reply) -> None:
-            self.emit("model_call", role=role, round=round_no, **reply_fields(reply))
+            self.emit(model_call(reply, role=role, round_no=round_no))
 
         return ask_json(self.model, [{"role": "user", "content": prompt}], schema,
                         retries=self.cfg.loop.json_retries, on_reply=log,
@@ -278,25 +300,26 @@ class _Run:
 
     def unfinished(self, e: StructuredOutputError, fallback: str) -> None:
         """Say plainly that a structured call gave nothing usable, and what the run does now."""
-        fields: dict[str, Any] = {}
+        note = Note(text=f"{e}; {fallback}")
         if isinstance(e, UnfinishedJSON):
-            fields = {"step": e.step, "model": e.model, "tokens": e.tokens, "ran_out": e.why}
-        self.emit("note", text=f"{e}; {fallback}", **fields)
+            note = dataclasses.replace(note, step=e.step, model=e.model, tokens=e.tokens,
+                                       ran_out=e.why)
+        self.emit(note)
 
-    def classify(self, files: list[str]) -> dict[str, Any]:
+    def classify(self, files: list[str]) -> Classified:
         if self.spec is not None:
-            kind = {"ui": True, "asks_for_change": True, "page": "", "reason": "a spec was given"}
+            kind = Classified(ui=True, asks_for_change=True, page="", reason="a spec was given")
         else:
             prompt = prompts.render("loop/classify", task=self.task,
                                     files=files[:MAX_FILES_LISTED])
             try:
-                kind = self.ask("classify", prompt, classify_schema(files))
+                kind = Classified(**self.ask("classify", prompt, classify_schema(files)))
             except StructuredOutputError as e:
                 fallback = "assuming a non-UI change"
                 self.unfinished(e, fallback)
-                kind = {"ui": False, "asks_for_change": True, "page": "",
-                        "reason": f"classification failed, {fallback}: {e}"}
-        self.emit("classified", **kind)
+                kind = Classified(ui=False, asks_for_change=True, page="",
+                                  reason=f"classification failed, {fallback}: {e}")
+        self.emit(kind)
         return kind
 
     def write_spec(self) -> list[str]:
@@ -308,7 +331,7 @@ class _Run:
             statements = ["no horizontal overflow at desktop or phone width", "no console errors"]
             self.unfinished(e, "the spec could not be written; using a minimal one")
             source = "minimal (the model's spec was unusable)"
-        self.emit("spec", statements=statements, source=source)
+        self.emit(SpecWritten(statements=statements, source=source))
         return statements
 
     def gate(self, round_no: int, base: str, test_cmd: str, asks_for_change: bool,
@@ -330,21 +353,24 @@ class _Run:
             make_private(qa_dir)  # screenshots the browser wrote
         self.tested = commit
         diff_file = self.record.write_text(f"round-{round_no}/diff.patch", gate.diff.patch)
-        fields = {"commit": commit, **gate_event(gate)}
-        fields["diff_file"] = str(diff_file.relative_to(self.record.dir))
+        test_log = ""
         if gate.tests:
             log = self.record.write_text(f"round-{round_no}/tests.log", gate.tests.output)
-            fields["test_log"] = str(log.relative_to(self.record.dir))
-        self.emit("gate", round=round_no, **fields)
+            test_log = str(log.relative_to(self.record.dir))
+        self.emit(gate_event(gate, round_no=round_no, commit=commit, test_log=test_log,
+                             diff_file=str(diff_file.relative_to(self.record.dir))))
         if gate.qa:
-            self.emit("qa", round=round_no, passed=gate.qa.passed, note=gate.qa.note,
-                      failures=[vars(f) for f in gate.qa.failures],
-                      screenshots=[_relative(p, self.record.dir) for p in gate.qa.screenshots])
+            self.emit(VisualQAChecked(
+                round=round_no, passed=gate.qa.passed, note=gate.qa.note,
+                failures=[dataclasses.asdict(f) for f in gate.qa.failures],
+                screenshots=[_relative(str(p), self.record.dir)
+                             for p in gate.qa.screenshots.values()]))
         return gate
 
-    def judge(self, round_no: int, gate: GateResult, report: str, spec: list[str] | None,
-              test_cmd: str) -> tuple[bool, list[str], list[str]]:
-        """(passed, reasons, fixes for the next round)."""
+    def decide_round(self, round_no: int, gate: GateResult, report: str,
+                     spec: list[str] | None, test_cmd: str) -> tuple[bool, list[str], list[str]]:
+        """The round's verdict, from the gate's failures or else the code review (the visual
+        judge's verdict is among the gate's): (passed, reasons, fixes for the next round)."""
         if not gate.passed:
             return False, gate.failures + gate.flags, gate.failures
         t = gate.tests
@@ -354,7 +380,7 @@ class _Run:
             test_result=("not run" if t is None else f"exit {t.exit_code} in {t.seconds:.1f} s"),
             diff=gate.diff.patch[: self.cfg.loop.output_limit * 2])
         try:
-            with activity.stage("review", round=round_no):
+            with activity.stage("review", round_no=round_no):
                 review = self.ask("review", prompt, REVIEW, round_no)
         except StructuredOutputError as e:
             self.unfinished(e, "the round fails: an unreviewed change is never passed")

@@ -11,12 +11,28 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.text import Text
+
+from agent_node.events import (
+    Classified,
+    GateChecked,
+    InFlight,
+    ModelCall,
+    Note,
+    RoundStarted,
+    RoundVerdict,
+    RunStarted,
+    RunVerdict,
+    ScreenEvent,
+    SpecWritten,
+    Stage,
+    ToolCall,
+    VisualQAChecked,
+)
 
 QUIET_STAGES = ("classify", "spec", "coder", "review")  # their own events already say the result
 
@@ -31,7 +47,7 @@ class Progress:
         self.round = 0
         self.tokens = 0
         self.every_s = every_s
-        self._call: dict[str, Any] | None = None  # the latest in_flight event of the call
+        self._call: InFlight | None = None  # the latest in_flight event of the call
         self._call_seen = 0.0  # monotonic time it arrived
         self._printed_at = 0.0
         self._live: Live | None = None
@@ -44,65 +60,60 @@ class Progress:
         self.console.print(f"[dim]{elapsed:6.1f}s[/dim] [bold]{stage:<9}[/bold] {where}{detail}",
                            markup=True, emoji=False)
 
-    def __call__(self, e: dict[str, Any]) -> None:
-        kind = e.get("type")
-        if kind == "in_flight":
-            self.in_flight(e)
-            return
+    def __call__(self, e: ScreenEvent) -> None:
         esc = escape
-        if kind == "run_started":
-            self.line("run", esc(f"{e.get('task', '')[:80]} (run {e.get('run_branch')})"))
-        elif kind == "stage":
-            self.stage(e)
-        elif kind == "note":
-            self.line("note", f"[yellow]{esc(e.get('text', ''))}[/yellow]")
-        elif kind == "classified":
-            self.line("classify", "UI" if e.get("ui") else "not UI")
-        elif kind == "spec":
-            self.line("spec", f"{len(e.get('statements', []))} statements")
-        elif kind == "round_started":
-            self.round = int(e.get("round", 0))
-            self.line("coder", "fresh coder started")
-        elif kind == "model_call":
-            self.tokens += int(e.get("completion_tokens", 0))  # reasoning included
-            self.line(str(e.get("role", "model")),
-                      esc(f"{e.get('model', '')} {e.get('completion_tokens', 0)} tok "
-                          f"{e.get('decode_tps', 0.0):.1f} tok/s {e.get('seconds', 0.0):.1f}s  "
-                          f"total {self.tokens:,} tok"))
-        elif kind == "tool_call":
-            mark = "" if e.get("ok") else " [red]error[/red]"
-            self.line("tool", esc(str(e.get("name"))) + mark)
-        elif kind == "gate":
-            exit_code = e.get("test_exit")
-            tests = "no tests" if not e.get("test_cmd") else f"tests exit {exit_code}"
-            self.line("gate", f"{len(e.get('files', []))} file(s) changed, {tests}, "
-                      + ("[green]pass[/green]" if e.get("passed") else "[red]fail[/red]"))
-        elif kind == "qa":
-            self.line("qa", f"{len(e.get('failures', []))} failure(s)")
-        elif kind == "round_verdict":
-            colour = "green" if e.get("verdict") == "pass" else "red"
-            self.line("verdict", f"[{colour}]{esc(str(e.get('verdict')))}[/{colour}]")
-        elif kind == "verdict":
-            self.round = 0
-            self.line("done", esc(f"{e.get('verdict')} after {e.get('rounds', 0)} round(s)"))
+        match e:
+            case InFlight():
+                self.in_flight(e)
+            case RunStarted():
+                self.line("run", esc(f"{e.task[:80]} (run {e.run_branch})"))
+            case Stage():
+                self.stage(e)
+            case Note():
+                self.line("note", f"[yellow]{esc(e.text)}[/yellow]")
+            case Classified():
+                self.line("classify", "UI" if e.ui else "not UI")
+            case SpecWritten():
+                self.line("spec", f"{len(e.statements)} statements")
+            case RoundStarted():
+                self.round = e.round
+                self.line("coder", "fresh coder started")
+            case ModelCall():
+                self.tokens += e.completion_tokens  # reasoning included
+                self.line(e.role or "model",
+                          esc(f"{e.model} {e.completion_tokens} tok {e.decode_tps:.1f} tok/s "
+                              f"{e.seconds:.1f}s  total {self.tokens:,} tok"))
+            case ToolCall():
+                self.line("tool", esc(e.name) + ("" if e.ok else " [red]error[/red]"))
+            case GateChecked():
+                tests = "no tests" if not e.test_cmd else f"tests exit {e.test_exit}"
+                self.line("gate", f"{len(e.files)} file(s) changed, {tests}, "
+                          + ("[green]pass[/green]" if e.passed else "[red]fail[/red]"))
+            case VisualQAChecked():
+                self.line("qa", f"{len(e.failures)} failure(s)")
+            case RoundVerdict():
+                colour = "green" if e.verdict == "pass" else "red"
+                self.line("verdict", f"[{colour}]{esc(e.verdict)}[/{colour}]")
+            case RunVerdict():
+                self.round = 0
+                self.line("done", esc(f"{e.verdict} after {e.rounds} round(s)"))
 
-    def stage(self, e: dict[str, Any]) -> None:
-        name, state = str(e.get("stage", "")), e.get("state")
-        if state == "started":
-            if name not in QUIET_STAGES:
-                self.line(name, "started")
-        elif state == "failed":
-            self.line(name, f"[red]stopped by an error[/red] after {e.get('seconds', 0):.1f}s")
+    def stage(self, e: Stage) -> None:
+        if e.state == "started":
+            if e.stage not in QUIET_STAGES:
+                self.line(e.stage, "started")
+        elif e.state == "failed":
+            self.line(e.stage, f"[red]stopped by an error[/red] after {e.seconds or 0:.1f}s")
         else:
-            self.line(name, f"done in {e.get('seconds', 0):.1f}s")
+            self.line(e.stage, f"done in {e.seconds or 0:.1f}s")
 
     # -- the call in flight ----------------------------------------------------------------
 
-    def in_flight(self, e: dict[str, Any]) -> None:
+    def in_flight(self, e: InFlight) -> None:
         now = time.monotonic()
-        new_call = self._call is None or e.get("seconds", 0) < self._call.get("seconds", 0)
+        new_call = self._call is None or e.seconds < self._call.seconds
         self._call, self._call_seen = e, now
-        if e.get("done"):
+        if e.done:
             self._stop_live()
             self._call = None
             return
@@ -118,16 +129,16 @@ class Progress:
             self.console.print(self.call_text(now), markup=False, emoji=False, highlight=False)
 
     def call_text(self, now: float) -> str:
-        e = self._call or {}
-        seconds = float(e.get("seconds", 0.0)) + (now - self._call_seen)
-        tokens = int(e.get("tokens", 0))
-        reasoning = int(e.get("reasoning_tokens", 0))
+        e = self._call
+        seconds = (e.seconds if e else 0.0) + (now - self._call_seen)
+        tokens, reasoning = (e.tokens, e.reasoning_tokens) if e else (0, 0)
         made = f"{tokens:,} tok so far" if tokens else "no tokens streamed yet"
         if reasoning:
             made += f" ({reasoning:,} reasoning)"
         elapsed = now - self.start
-        step = str(e.get("step") or "model")
-        return f"{elapsed:6.1f}s {step:<9} {e.get('model') or 'model'}: {made}, {seconds:.0f}s"
+        step = (e.step if e else "") or "model"
+        return f"{elapsed:6.1f}s {step:<9} {(e.model if e else '') or 'model'}: {made}, " \
+               f"{seconds:.0f}s"
 
     def _stop_live(self) -> None:
         if self._live is not None:

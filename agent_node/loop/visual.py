@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_node.config import AgentConfig
-from agent_node.loop.gate import QAFailure, QAOutcome
+from agent_node.qa.result import QAResult
 
 
 class _ConfinedHandler(http.server.SimpleHTTPRequestHandler):
@@ -47,18 +47,6 @@ def serve_directory(root: Path) -> Iterator[str]:
         server.server_close()
 
 
-def outcome_from_qa(result: Any) -> QAOutcome:
-    """Normalise an `agent_node.qa.QAResult` into the gate's `QAOutcome`."""
-    verdict = result.verdict
-    failures = [QAFailure(str(f.statement), str(f.evidence), str(f.viewport), str(f.fix))
-                for f in verdict.failures]
-    notes = [*(getattr(result, "notes", None) or []), *(getattr(verdict, "notes", None) or [])]
-    if getattr(verdict, "error", ""):
-        notes.insert(0, str(verdict.error))
-    shots = [str(p) for p in result.screenshots.values()]
-    return QAOutcome(bool(verdict.passed), failures, shots, "; ".join(notes))
-
-
 class ChromiumQA:
     """The gate's QACheck backed by `agent_node.qa`: one browser for the whole run.
 
@@ -71,7 +59,7 @@ class ChromiumQA:
         self.cfg, self.model, self.describer, self.allow = cfg, model, describer, allow or []
         self._capturer: Any = None
 
-    def __call__(self, url: str, spec: list[str], out_dir: Path) -> QAOutcome:
+    def __call__(self, url: str, spec: list[str], out_dir: Path) -> QAResult:
         from agent_node.qa import Capturer, Spec, check_page
         from agent_node.qa.errors import QAError
 
@@ -79,12 +67,11 @@ class ChromiumQA:
             if self._capturer is None:  # the coder's page: it reaches nothing but loopback
                 self._capturer = Capturer(self.cfg.qa, loopback_only=True)
                 self._capturer.start()
-            result = check_page(url, Spec(list(spec), list(self.allow), "design spec"),
-                                model=self.model, describer=self.describer,
-                                capturer=self._capturer, out_dir=out_dir)
+            return check_page(url, Spec(list(spec), list(self.allow), "design spec"),
+                              model=self.model, describer=self.describer,
+                              capturer=self._capturer, out_dir=out_dir)
         except QAError as e:  # no browser, page unreachable: a failed check, said plainly
-            return QAOutcome(False, [], [], f"visual QA could not run: {e}")
-        return outcome_from_qa(result)
+            return QAResult.could_not_run(url, out_dir, f"visual QA could not run: {e}")
 
     def close(self) -> None:
         if self._capturer is not None:

@@ -4,8 +4,10 @@
 """
 
 from agent_node.qa.capture import Capturer
-from agent_node.qa.check import QAResult, check_page
+from agent_node.qa.check import check_page
 from agent_node.qa.page_server import PageServer
+from agent_node.qa.result import Failure, QAResult, VisualVerdict
 from agent_node.qa.spec import Spec, load_spec, parse_spec
 
-__all__ = ["Capturer", "PageServer", "QAResult", "Spec", "check_page", "load_spec", "parse_spec"]
+__all__ = ["Capturer", "Failure", "PageServer", "QAResult", "Spec", "VisualVerdict", "check_page",
+           "load_spec", "parse_spec"]

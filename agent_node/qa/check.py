@@ -3,7 +3,7 @@
     with Capturer(cfg.qa) as capturer:
         result = check_page(url, spec, model=model, describer=describer,
                             capturer=capturer, out_dir=run_dir / "qa-1")
-        if not result.verdict.passed: ...result.verdict.failures...
+        if not result.passed: ...result.failures...
 
 Each artefact is written to `out_dir` as soon as it exists (desktop.png, phone.png, logs.json,
 facts.json, descriptions.json, verdict.json, result.json), so a crash loses nothing done.
@@ -13,43 +13,17 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent_node import activity
 from agent_node.model import Describer, Model
 from agent_node.qa.capture import Capturer
-from agent_node.qa.describe import ViewportDescription, describe_capture
-from agent_node.qa.facts import Fact, facts_of
-from agent_node.qa.judge import Verdict, judge
+from agent_node.qa.describe import describe_capture
+from agent_node.qa.facts import facts_of
+from agent_node.qa.judge import judge
+from agent_node.qa.result import QAResult
 from agent_node.qa.spec import Spec, load_spec
-
-
-@dataclass
-class QAResult:
-    url: str
-    out_dir: Path
-    screenshots: dict[str, Path]
-    facts: list[Fact]
-    descriptions: dict[str, ViewportDescription]
-    verdict: Verdict
-    capture_seconds: float = 0.0
-    notes: list[str] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "pass": self.verdict.passed,
-            "status": self.verdict.status,
-            "out_dir": str(self.out_dir),
-            "screenshots": {k: str(v) for k, v in self.screenshots.items()},
-            "facts": [f.to_dict() for f in self.facts],
-            "descriptions": {k: d.to_dict() for k, d in self.descriptions.items()},
-            "verdict": self.verdict.to_dict(),
-            "capture_seconds": round(self.capture_seconds, 3),
-            "notes": self.notes or [],
-        }
 
 
 def check_page(
@@ -88,7 +62,7 @@ def check_page(
                         attempts=capturer.cfg.judge_attempts,
                         max_tokens=capturer.cfg.judge_max_tokens or None)
     _write(out_dir / "verdict.json", verdict.to_dict())
-    result = QAResult(url, out_dir, shots, facts, descriptions, verdict, capture.seconds, notes)
+    result = QAResult(url, out_dir, verdict, shots, facts, descriptions, capture.seconds, notes)
     _write(out_dir / "result.json", result.to_dict())
     return result
 

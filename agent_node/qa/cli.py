@@ -21,9 +21,10 @@ from typing import Any
 
 from agent_node.config import DEFAULT_CONFIG, ConfigError, load_default_config, studio_home
 from agent_node.qa.capture import Capturer
-from agent_node.qa.check import QAResult, check_page
+from agent_node.qa.check import check_page
 from agent_node.qa.errors import QAError
 from agent_node.qa.page_server import PageServer
+from agent_node.qa.result import QAResult
 from agent_node.qa.spec import load_spec
 
 try:
@@ -141,7 +142,7 @@ def summary(r: QAResult) -> str:
     for name, d in r.descriptions.items():
         if d.text is None:
             lines.append(f"  {name}: {d.note}")
-    for n in (v.notes + (r.notes or [])):
+    for n in (v.notes + r.notes):
         lines.append(f"  note: {n}")
     lines.append(f"  run directory: {r.out_dir}")
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """The verdict: the strong model reads the spec, the descriptions and the measured facts.
 
-    verdict = judge(spec, facts, descriptions, model=model, url=url)
+    verdict = judge(spec, facts, descriptions, model=model, url=url)   # a VisualVerdict
     verdict.status            # "pass" | "fail" | "error" (the judge's reply was unusable)
     verdict.failures          # [Failure(statement, evidence, viewport, fix, source)]
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import jsonschema
@@ -36,6 +35,7 @@ from agent_node.exceptions import DeadlineExceeded
 from agent_node.model import Model
 from agent_node.qa.describe import ViewportDescription
 from agent_node.qa.facts import Fact
+from agent_node.qa.result import Failure, VisualVerdict
 from agent_node.qa.spec import Spec
 from agent_node.schemas import VERDICT, answer_chars
 from agent_node.unfinished import TIME, cut_off, explain
@@ -47,33 +47,6 @@ FACT_STATEMENTS = {
     "request-failed": "Every request the page makes succeeds",
     "overflow": "Nothing is wider than the viewport (no horizontal scrolling)",
 }
-
-
-@dataclass
-class Failure:
-    statement: str
-    evidence: str
-    viewport: str  # desktop | phone | both
-    fix: str
-    source: str = "judge"  # judge: the model's finding; fact: a measured hard fact
-
-
-@dataclass
-class Verdict:
-    status: str  # pass | fail | error
-    failures: list[Failure] = field(default_factory=list)
-    judged_by: str = ""  # the model's name, or "facts only"
-    attempts: int = 0
-    error: str = ""  # why the judge's reply could not be used
-    notes: list[str] = field(default_factory=list)
-    allowed: list[str] = field(default_factory=list)  # facts the spec excused
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "pass"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"pass": self.passed, **asdict(self)}
 
 
 class Malformed(ValueError):
@@ -90,12 +63,12 @@ def judge(
     attempts: int = 3,
     max_tokens: int | None = None,
     timeout_s: float = 0.0,
-) -> Verdict:
+) -> VisualVerdict:
     spec.apply(facts)
     fact_failures = failures_from_facts(facts)
     allowed = [f"[{f.viewport}] {f.message} ({f.allowed_by})" for f in facts if f.allowed_by]
     if model is None:
-        return Verdict(
+        return VisualVerdict(
             "fail" if fact_failures else "pass", fact_failures, "facts only", 0,
             notes=[f"no model: the spec's {len(spec.statements)} statement(s) were not checked; "
                    "this verdict covers the measured facts only"],
@@ -115,13 +88,13 @@ def judge(
             reply = model.chat(messages, response_format=VERDICT_SCHEMA, max_tokens=max_tokens)
         except DeadlineExceeded as e:
             last = activity.last_call()
-            return Verdict("error", fact_failures, model.name, attempt, allowed=allowed, error=(
-                explain("judge", e.model or model.name, TIME,
-                        tokens=last.tokens if last else None,
-                        reasoning_tokens=last.reasoning_tokens if last else 0,
-                        seconds=last.seconds if last else 0.0,
-                        budget_key="[qa] judge_max_tokens", timeout_s=timeout_s)
-                + ". The page is not passed."))
+            deadline = explain("judge", e.model or model.name, TIME,
+                               tokens=last.tokens if last else None,
+                               reasoning_tokens=last.reasoning_tokens if last else 0,
+                               seconds=last.seconds if last else 0.0,
+                               budget_key="[qa] judge_max_tokens", timeout_s=timeout_s)
+            return VisualVerdict("error", fact_failures, model.name, attempt, allowed=allowed,
+                                 error=deadline + ". The page is not passed.")
         try:
             model_pass, model_failures = parse_verdict(reply.text, reply.finish_reason,
                                                        reply.cut_off_while_reasoning)
@@ -130,7 +103,7 @@ def judge(
             ran_out = cut_off(reply)
             if ran_out:  # asking again would run out the same way
                 used = reply.usage.completion_tokens  # reasoning included
-                return Verdict("error", fact_failures, reply.model or model.name, attempt,
+                return VisualVerdict("error", fact_failures, reply.model or model.name, attempt,
                                allowed=allowed, error=explain(
                                    "judge", reply.model or model.name, ran_out, tokens=used,
                                    reasoning_tokens=reply.usage.reasoning_tokens,
@@ -145,11 +118,11 @@ def judge(
             ]
             continue
         failures = fact_failures + model_failures
-        return Verdict(
+        return VisualVerdict(
             "pass" if model_pass and not failures else "fail", failures,
             reply.model or model.name, attempt, allowed=allowed,
         )
-    return Verdict(
+    return VisualVerdict(
         "error", fact_failures, model.name, attempts,
         error=f"the judge ({model.name}) gave no usable verdict in {attempts} attempt(s); "
               f"last problem: {why}. The page is not passed; rerun, or check the judge model.",
