@@ -122,6 +122,7 @@ class LoopSection:
     test_after_edit: bool = False  # after each edit/write, run it and append the result
     finish_needs_change: bool = False  # refuse finish while nothing changed (a change task)
     refuse_repeats: bool = False  # a call identical to the one before it is not run again
+    edit_first: bool = False  # with brief_chars > 0, the first call may only be edit or write
     ui_page: str = ""  # page the gate serves and checks for UI work; empty: the classifier's
 
 

@@ -135,6 +135,25 @@ def test_a_repeat_is_run_when_the_guard_is_off(tmp_path: Path) -> None:
     assert first == second and "return a - b" in second
 
 
+def test_with_edit_first_the_first_call_may_only_change_a_file(tmp_path: Path) -> None:
+    coder = ScriptedModel([call("write", path="calc.py", content=GOOD_CALC),
+                           call("read", path="calc.py"), call("finish", summary="fixed")],
+                          name="coder")
+    run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+        cfg=checks_on(edit_first=True, test_after_edit=False))
+    allowed = [_allowed(c) for c in coder.calls]
+    assert sorted(allowed[0] or []) == ["edit", "write"] and allowed[1:] == [None, None]
+
+
+def test_edit_first_needs_the_files_in_the_brief(tmp_path: Path) -> None:
+    coder = ScriptedModel([call("read", path="calc.py"),
+                           call("write", path="calc.py", content=GOOD_CALC),
+                           call("finish", summary="fixed")], name="coder")
+    run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+        cfg=checks_on(edit_first=True, brief_chars=0, test_after_edit=False))
+    assert "read" in (_allowed(coder.calls[0]) or [])
+
+
 def test_a_change_undone_is_no_change_again(tmp_path: Path) -> None:
     """The check is the gate's own: a diff against the start, not "was anything written"."""
     coder = ScriptedModel([call("write", path="calc.py", content=GOOD_CALC),

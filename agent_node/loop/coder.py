@@ -15,6 +15,10 @@ anyway (one not constrained by the node) has it refused.
 A greedy small model that gets the same context twice makes the same call twice, and then
 forever. With `repeats` on, a call identical to the one just before it is not run again: its
 result says so, and that tool is withheld for the next turn, so the next call differs.
+
+With `first` set (the brief already shows the files, and the task asks for a change), the first
+call may only be one of those tools (`edit`, `write`): the model acts on what it was shown
+instead of searching for it.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class CoderChecks:
     changed: Callable[[], bool] | None = None  # finish is refused while this says False
     tests: Callable[[], str] | None = None  # after each edit/write: the tests' result, as text
     repeats: bool = False  # refuse a call identical to the one before it (see the docstring)
+    first: tuple[str, ...] = ()  # the tools the first call may pick from; (): any
 
 
 EDITS = ("edit", "write")
@@ -120,7 +125,7 @@ def run_coder(
         # the call to the tools' schemas even for models with no tool format of their own.
         try:
             reply = model.chat(messages, tools=specs,
-                               tool_choice=_tool_choice(tools, checks, withheld),
+                               tool_choice=_tool_choice(tools, checks, withheld, turns == 0),
                                max_tokens=limits.reply_tokens)
         except DeadlineExceeded as e:  # one reply ran past the stream's deadline: end the round
             last = activity.last_call()  # a forced tool call streams no tokens until it ends
@@ -169,11 +174,13 @@ def run_coder(
                 return result(output, "finish")
 
 
-def _tool_choice(tools: dict[str, Any], checks: CoderChecks,
-                 withheld: set[str]) -> str | dict[str, Any]:
-    """Any tool, or all but those withheld: `finish` while finishing would be refused, and a
-    tool whose last call was a refused repeat."""
+def _tool_choice(tools: dict[str, Any], checks: CoderChecks, withheld: set[str],
+                 first: bool) -> str | dict[str, Any]:
+    """Any tool, or all but those withheld: `finish` while finishing would be refused, a tool
+    whose last call was a refused repeat, and on the first turn all but `checks.first`."""
     out = set(withheld)
+    if first and checks.first and set(checks.first) & set(tools):
+        out |= set(tools) - set(checks.first)
     if FINISH in tools and checks.changed is not None and not checks.changed():
         out.add(FINISH)
     allowed = [name for name in tools if name not in out]

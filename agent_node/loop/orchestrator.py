@@ -286,7 +286,9 @@ class _Run:
             and loop.finish_needs_change else None,
             tests=(lambda: self.tests_now(test_cmd)) if test_cmd and loop.test_after_edit
             else None,
-            repeats=loop.refuse_repeats)
+            repeats=loop.refuse_repeats,
+            first=("edit", "write") if loop.edit_first and loop.brief_chars > 0
+            and asks_for_change else ())
 
     def ask(self, role: str, prompt: str, schema: dict[str, Any], round_no: int = 0) -> Any:
         def log(reply: Reply) -> None:
