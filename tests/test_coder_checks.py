@@ -154,6 +154,24 @@ def test_edit_first_needs_the_files_in_the_brief(tmp_path: Path) -> None:
     assert "read" in (_allowed(coder.calls[0]) or [])
 
 
+def test_in_a_fix_round_finish_is_withheld_until_something_changes_since_the_last_check(
+        tmp_path: Path) -> None:
+    half = "def add(a, b):\n    return a * b\n"  # a change, and still wrong
+    coder = ScriptedModel([call("write", path="calc.py", content=half),
+                           call("finish", summary="fixed"),
+                           call("read", path="calc.py"),
+                           call("write", path="calc.py", content=GOOD_CALC),
+                           call("finish", summary="fixed now")], name="coder")
+    summary = run(tmp_path, make_repo(tmp_path),
+                  ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=checks_on(test_after_edit=False))
+    assert summary["verdict"] == "pass" and summary["rounds"] == 2
+    allowed = [_allowed(c) for c in coder.calls]
+    # round 2 starts from round 1's change, yet finish waits for a change of its own
+    assert allowed[1] is None and "finish" not in allowed[2] and "finish" not in allowed[3]
+    assert allowed[4] is None
+
+
 def test_a_change_undone_is_no_change_again(tmp_path: Path) -> None:
     """The check is the gate's own: a diff against the start, not "was anything written"."""
     coder = ScriptedModel([call("write", path="calc.py", content=GOOD_CALC),

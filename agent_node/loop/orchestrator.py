@@ -239,7 +239,9 @@ class _Run:
                                 self.cfg.loop.coder_reply_tokens or None,
                                 self.cfg.inference.timeout_s),
                     emit=self.emit, round_no=round_no,
-                    checks=self.coder_checks(base, test_cmd, kind.asks_for_change))
+                    # a fix round must change something since the tree the gate judged
+                    checks=self.coder_checks(self.tested or base, test_cmd,
+                                             kind.asks_for_change))
             self.record.write_text(f"round-{round_no}/coder.json",
                                    json.dumps(coder.messages, indent=1, default=str))
             self.emit(CoderDone(round=round_no, report=coder.report, turns=coder.turns,
