@@ -330,3 +330,13 @@ def test_a_tool_chain_under_the_hosts_tmp_is_shown_read_only_and_nothing_else_th
         assert code != 0 and "from the venv" not in out
     finally:
         shutil.rmtree(host, ignore_errors=True)
+
+
+@needs_bwrap
+def test_our_preloads_do_not_reach_the_sandbox(place: Path) -> None:
+    """agent-node's LD_PRELOAD (OpenBLAS for MLX) is neither bwrap's nor the command's."""
+    work = place / "work"
+    work.mkdir()
+    env = {**os.environ, "LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libm.so.6"}
+    code, out = sh(Sandbox.from_config(), "echo ${LD_PRELOAD:-none}", work, env=env)
+    assert (code, out.strip()) == (0, "none")

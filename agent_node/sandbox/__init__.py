@@ -40,7 +40,10 @@ from agent_node.sandbox.runner import Completed
 __all__ = ["Completed", "Sandbox", "SandboxUnavailable", "runner"]
 
 # Never passed into a sandbox: sockets to agents and buses, and anything named like a secret.
-_DROP_ENV = {"SSH_AUTH_SOCK", "SSH_AGENT_PID", "GPG_AGENT_INFO", "DBUS_SESSION_BUS_ADDRESS",
+# LD_PRELOAD: agent-node's own preloads (OpenBLAS for MLX) are not the command's; bwrap itself
+# with OpenBLAS's threads preloaded can stall in a futex before it starts the command.
+_DROP_ENV = {"LD_PRELOAD",
+             "SSH_AUTH_SOCK", "SSH_AGENT_PID", "GPG_AGENT_INFO", "DBUS_SESSION_BUS_ADDRESS",
              "XDG_RUNTIME_DIR", "DISPLAY", "WAYLAND_DISPLAY", "KRB5CCNAME", "STUDIO_CODER_KEY",
              "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR",
              "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES"}

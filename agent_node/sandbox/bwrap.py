@@ -94,10 +94,11 @@ def probe(bwrap: str) -> tuple[str, str]:
                                  timeout=10).stdout.split()[-1]
         fd = seccomp_fd()
         try:
-            done = subprocess.run(
+            done = subprocess.run(  # without our preloads, as every sandboxed command runs
                 bwrap_argv(bwrap, ["true"], View(Path("/"), ()), network=False, seccomp_fd=fd,
                            tmp_bytes=1 << 20),
-                capture_output=True, text=True, timeout=30, pass_fds=() if fd is None else (fd,))
+                capture_output=True, text=True, timeout=30, pass_fds=() if fd is None else (fd,),
+                env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"})
         finally:
             if fd is not None:
                 os.close(fd)
