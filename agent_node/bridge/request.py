@@ -21,6 +21,7 @@ from typing import Any
 
 from agent_node.bridge.errors import ApiError
 from agent_node.wire import (
+    allowed_tools,
     to_pb_message,
     to_pb_response_format,
     to_pb_tool,
@@ -306,10 +307,7 @@ def _allowed_tools(choice: dict[str, Any], names: list[str]) -> pb.ToolChoice:
         if name in allowed:
             raise ApiError(f"{where} names {name!r} twice; list each tool once", param=where)
         allowed.append(name)
-    return to_pb_tool_choice({"type": "allowed_tools",
-                              "allowed_tools": {"mode": "required",
-                                                "tools": [{"function": {"name": n}}
-                                                          for n in allowed]}})
+    return to_pb_tool_choice(allowed_tools(allowed))
 
 
 def _response_format(value: Any) -> pb.ResponseFormat:
