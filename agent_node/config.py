@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from studio_common.paths import studio_home
 from studio_common.tomlconf import ConfigError, load_file
@@ -124,6 +125,11 @@ class LoopSection:
     refuse_repeats: bool = False  # a call identical to the one before it is not run again
     edit_first: bool = False  # with brief_chars > 0, the first call may only be edit or write
     ui_page: str = ""  # page the gate serves and checks for UI work; empty: the classifier's
+    # How the coder changes files: "tools" (read, edit, write, bash..., then finish; coder.py)
+    # or "files" (each reply rewrites whole files, and the loop runs the tests and asks again
+    # while they fail; files_coder.py). "files" shows the files in the brief, up to brief_chars
+    # or FILES_BRIEF_CHARS when that is 0.
+    coder: Literal["tools", "files"] = "tools"
 
 
 @dataclass

@@ -82,6 +82,12 @@ def _convert(hint: Any, value: Any, file: str, key: str) -> Any:
             except ConfigError as e:
                 errors.append(e)
         raise errors[0]
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if value in choices:
+            return value
+        named = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{file}: '{key}' must be one of {named}, not {value!r}")
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):

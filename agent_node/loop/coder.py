@@ -55,7 +55,7 @@ class CoderChecks:
     """What the loop checks for the coder during its round (each None: not checked)."""
 
     changed: Callable[[], bool] | None = None  # finish is refused while this says False
-    tests: Callable[[], str] | None = None  # after each edit/write: the tests' result, as text
+    tests: Callable[[], tuple[bool, str]] | None = None  # after each edit/write: (passed, text)
     repeats: bool = False  # refuse a call identical to the one before it (see the docstring)
     first: tuple[str, ...] = ()  # the tools the first call may pick from; (): any
 
@@ -195,7 +195,7 @@ def _checked_call(tools: dict[str, Any], name: str, arguments: dict[str, Any],
         return False, "error: " + prompts.render("loop/finish_refused"), False, True
     ok, output, finished = call_tool(tools, name, arguments)
     if ok and name in EDITS and checks.tests is not None:
-        output += "\n\n" + checks.tests()
+        output += "\n\n" + checks.tests()[1]
     return ok, output, finished, False
 
 

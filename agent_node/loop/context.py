@@ -24,6 +24,12 @@ TEXT_SUFFIXES = (".py", ".md", ".txt", ".toml", ".cfg", ".ini", ".json", ".yml",
                  ".html", ".htm", ".css", ".js", ".jsx", ".ts", ".tsx", ".sh", ".rs", ".go",
                  ".java", ".c", ".h", ".cpp", ".rb", ".j2", ".vue", ".svelte", "")
 MAX_OUTLINE_LINES = 40
+FILES_BRIEF_CHARS = 12_000  # the budget when [loop] coder = "files" and brief_chars is 0
+TEST_PATH = re.compile(r"(^|/)tests?/|(^|/)test_|_test\.")
+
+
+def is_test_path(path: str) -> bool:
+    return bool(TEST_PATH.search(path))
 
 
 @dataclass
@@ -37,7 +43,7 @@ def _rank(path: str, task: str) -> tuple[int, int, str]:
     """Files the task names come first, then source, then tests, then the rest."""
     name = Path(path).name
     named = path in task or name in task or (Path(path).stem in task and len(Path(path).stem) > 3)
-    test = bool(re.search(r"(^|/)tests?/|(^|/)test_|_test\.", path))
+    test = is_test_path(path)
     source = Path(path).suffix in (".py", ".js", ".ts", ".html", ".css", ".go", ".rs")
     kind = 0 if source and not test else 1 if test else 2
     return (0 if named else 1, kind, path)

@@ -39,9 +39,10 @@ from agent_node.events import (
     VisualQAChecked,
 )
 from agent_node.loop.checkout import Checkout, checkouts_root
-from agent_node.loop.coder import CoderChecks, CoderLimits, model_call, run_coder
-from agent_node.loop.context import repo_context
+from agent_node.loop.coder import CoderChecks, CoderLimits, CoderResult, model_call, run_coder
+from agent_node.loop.context import FILES_BRIEF_CHARS, is_test_path, repo_context
 from agent_node.loop.errors import StructuredOutputError, UnfinishedJSON, UsageError
+from agent_node.loop.files_coder import run_files_coder
 from agent_node.loop.gate import (
     GateResult,
     QACheck,
@@ -215,33 +216,25 @@ class _Run:
         start_tests = ""
         if test_cmd and self.cfg.loop.tests_first:
             with activity.stage("tests", when="start"):
-                start_tests = self.tests_now(test_cmd, "before any change")
+                start_tests = self.tests_now(test_cmd, "before any change")[1]
         verdict: Literal["fail", "pass"] = "fail"
         reasons, last_round = ["no round ran"], 0
         for round_no in range(1, self.cfg.loop.max_rounds + 1):
             last_round = self.round = round_no
-            shown = repo_context(work, files, self.task, self.cfg.loop.brief_chars)
+            shown = repo_context(work, files, self.task, self.brief_chars())
             brief = prompts.render(
                 "loop/brief", task=self.task, files=files[:MAX_FILES_LISTED],
                 files_more=len(files) if len(files) > MAX_FILES_LISTED else 0,
                 shown=shown.whole, outlines=shown.outlines,
                 start_tests=start_tests if round_no == 1 else "",
                 test_cmd=test_cmd, asks_for_change=kind.asks_for_change, spec=spec or [],
-                page=page, failures=failures, round=round_no)
+                page=page, failures=failures, round=round_no,
+                files_form=self.cfg.loop.coder == "files")
             self.record.write_text(f"round-{round_no}/brief.md", brief)
             self.emit(RoundStarted(round=round_no, brief_file=f"round-{round_no}/brief.md"))
             with activity.stage("coder", round_no=round_no):
-                coder = run_coder(
-                    self.coder_model, prompts.render("loop/coder_system"), brief,
-                    self.tools_factory(work),
-                    CoderLimits(self.cfg.loop.coder_max_turns, self.cfg.loop.coder_max_tokens,
-                                self.cfg.loop.coder_wall_s,
-                                self.cfg.loop.coder_reply_tokens or None,
-                                self.cfg.inference.timeout_s),
-                    emit=self.emit, round_no=round_no,
-                    # a fix round must change something since the tree the gate judged
-                    checks=self.coder_checks(self.tested or base, test_cmd,
-                                             kind.asks_for_change))
+                coder = self.code(round_no, brief, base, test_cmd, kind.asks_for_change,
+                                  shown.whole)
             self.record.write_text(f"round-{round_no}/coder.json",
                                    json.dumps(coder.messages, indent=1, default=str))
             self.emit(CoderDone(round=round_no, report=coder.report, turns=coder.turns,
@@ -268,7 +261,31 @@ class _Run:
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def tests_now(self, test_cmd: str, when: str = "after this change") -> str:
+    def brief_chars(self) -> int:
+        chars = self.cfg.loop.brief_chars
+        return (chars or FILES_BRIEF_CHARS) if self.cfg.loop.coder == "files" else chars
+
+    def code(self, round_no: int, brief: str, base: str, test_cmd: str, asks_for_change: bool,
+             shown: list[tuple[str, str]]) -> CoderResult:
+        """One round's fresh coder, in the form `[loop] coder` names."""
+        loop = self.cfg.loop
+        limits = CoderLimits(loop.coder_max_turns, loop.coder_max_tokens, loop.coder_wall_s,
+                             loop.coder_reply_tokens or None, self.cfg.inference.timeout_s)
+        # a fix round must change something since the tree the gate judged
+        checks = self.coder_checks(self.tested or base, test_cmd, asks_for_change)
+        tools = self.tools_factory(self.checkout.work)
+        if loop.coder == "files":
+            if test_cmd:  # the form's own loop: write, test, and again while they fail
+                checks.tests = lambda: self.tests_now(test_cmd)
+            sources = [path for path, _ in shown if not is_test_path(path)]
+            return run_files_coder(
+                self.coder_model, prompts.render("loop/coder_files_system"), brief, tools,
+                limits, emit=self.emit, round_no=round_no, known=self.checkout.files(),
+                default_path=sources[0] if len(sources) == 1 else "", checks=checks)
+        return run_coder(self.coder_model, prompts.render("loop/coder_system"), brief, tools,
+                         limits, emit=self.emit, round_no=round_no, checks=checks)
+
+    def tests_now(self, test_cmd: str, when: str = "after this change") -> tuple[bool, str]:
         """The test command on the coder's checkout as it stands (in the sandbox, its git
         read-only), as the coder is shown it: passed or not, and the end of the output."""
         work = self.checkout.work
@@ -276,7 +293,7 @@ class _Run:
         t = run_tests(test_cmd, work, min(loop.test_timeout_s, loop.tool_timeout_s),
                       sandbox=self.sandbox,
                       output_limit=self.cfg.loop.output_limit, read_only=checkout_git(work))
-        return prompts.render(
+        return t.passed, prompts.render(
             "loop/tests_run", when=when, passed=t.passed, cmd=test_cmd,
             exit="timed out" if t.timed_out else f"exit {t.exit_code}",
             output=tail(t.output.strip(), TESTS_SHOWN_CHARS))

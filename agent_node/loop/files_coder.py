@@ -1,0 +1,154 @@
+"""The coder in whole-file form: each reply rewrites the files to change, and no tools are called.
+
+    [loop] coder = "files"      # the default is "tools" (coder.py)
+
+aider's "whole" edit format, for models too small to drive tools: the brief shows the files
+(`[loop] brief_chars`), and the model answers the way it was trained to, with each changed file's
+path on a line and its whole new content in a fenced block. The loop writes those files (through
+the `write` tool, so its path checks hold and the record shows each write), runs the test command
+and, while the tests fail and turns remain, shows the model their output and asks again. A reply
+whose tests pass ends the round; so does a reply with no file in it, after one reminder.
+
+A path is taken from the line just before a block (`stats.py`, `**stats.py**`, `# stats.py`,
+`File: stats.py:`) or from the fence's info string (```` ```python stats.py ````); a block with no
+path is the one file shown when only one source file was shown. What the model writes outside
+the blocks is its report.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from agent_node import prompts
+from agent_node.events import Note, ToolCall
+from agent_node.exceptions import DeadlineExceeded
+from agent_node.loop.coder import (
+    CoderChecks,
+    CoderLimits,
+    CoderResult,
+    Emit,
+    call_tool,
+    model_call,
+)
+from agent_node.model import Model
+
+REPLY_TOKENS = 4096  # one reply's bound when [loop] coder_reply_tokens is 0: whole files
+FENCE = re.compile(r"^(`{3,}|~{3,})([^\n`]*)\n(.*?)\n?^\1[ \t]*$", re.M | re.S)
+PATH = re.compile(r"[\w.\-/]*\w\.[A-Za-z0-9]+|[\w.\-/]*(?:Makefile|Dockerfile)")
+
+
+def parse_files(text: str, known: list[str], default: str = "") -> list[tuple[str, str]]:
+    """[(path, content)] in the order written; a path written twice keeps its last content.
+    `default` names a block with no path only when no block has one (an example after the
+    file must not replace it)."""
+    out: dict[str, str] = {}
+    unnamed: list[str] = []
+    for m in FENCE.finditer(text):
+        before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        path = _path_in(m.group(2), known) or _path_in(before, known)
+        body = m.group(3)
+        body = body if body.endswith("\n") or not body else body + "\n"
+        if path:
+            out.pop(path, None)
+            out[path] = body
+        else:
+            unnamed.append(body)
+    if not out and default and unnamed:
+        return [(default, unnamed[0])]
+    return list(out.items())
+
+
+def _path_in(line: str, known: list[str]) -> str:
+    """A path named on a line: a known file first, else anything shaped like a path."""
+    words = re.findall(r"[^\s`*'\":()\[\]]+", line)
+    for word in words:
+        if word.strip("./") in known:
+            return word.strip().removeprefix("./")
+    found = [w for w in words if PATH.fullmatch(w)]
+    return found[-1].removeprefix("./") if found else ""
+
+
+def report_of(text: str) -> str:
+    """What the model wrote outside its blocks."""
+    return re.sub(r"\n{3,}", "\n\n", FENCE.sub("", text)).strip()
+
+
+def run_files_coder(
+    model: Model,
+    system_prompt: str,
+    brief: str,
+    tools: dict[str, Any],
+    limits: CoderLimits,
+    *,
+    emit: Emit,
+    round_no: int,
+    known: list[str],
+    default_path: str = "",
+    checks: CoderChecks | None = None,
+) -> CoderResult:
+    checks = checks or CoderChecks()
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": system_prompt},
+        {"role": "user", "content": brief},
+    ]
+    start = time.monotonic()
+    turns = tokens = 0
+    written: list[str] = []
+    reminded = False
+    report = ""
+
+    def result(stopped: str, why: str = "") -> CoderResult:
+        said = report or "(no report)"
+        files = ", ".join(dict.fromkeys(written)) or "no file"
+        text = f"{said}\n\n(wrote {files}{'; ' + why if why else ''})"
+        return CoderResult(text, turns, tokens, stopped, messages)
+
+    while True:
+        if turns >= limits.max_turns:
+            return result("max_turns", f"stopped at {limits.max_turns} turns")
+        if tokens >= limits.max_tokens:
+            return result("max_tokens", f"stopped at {tokens} tokens")
+        if time.monotonic() - start >= limits.wall_s:
+            return result("wall_time", f"stopped at {limits.wall_s:.0f} s")
+        try:
+            reply = model.chat(messages, max_tokens=limits.reply_tokens or REPLY_TOKENS)
+        except DeadlineExceeded:
+            emit(Note(text=f"coder turn {turns + 1} ran past the stream's deadline "
+                      f"([inference] timeout_s = {limits.timeout_s:.0f} s); the round goes on "
+                      "to the gate with what is in the checkout", round=round_no))
+            return result("deadline", "stopped at the stream's deadline")
+        turns += 1
+        tokens += reply.usage.completion_tokens
+        emit(model_call(reply, role="coder", round_no=round_no))
+        messages.append({"role": "assistant", "content": reply.text})
+        files = parse_files(reply.text, known, default_path)
+        report = report_of(reply.text) or report
+        if not files:
+            if reminded or reply.finish_reason == "length":
+                why = "cut off before a whole file" if reply.finish_reason == "length" else ""
+                return result("answer", why)
+            reminded = True
+            messages.append({"role": "user", "content": prompts.render("loop/files_none")})
+            continue
+        results = [_write(tools, path, content, emit, round_no) for path, content in files]
+        written += [path for path, ok, _ in results if ok]
+        said = "\n".join(output for _, _, output in results)
+        if checks.tests is None:
+            return result("finish")
+        passed, tests = checks.tests()
+        if passed:
+            return result("finish", "the tests pass")
+        messages.append({"role": "user", "content": prompts.render(
+            "loop/files_again", written=said, tests=tests)})
+
+
+def _write(tools: dict[str, Any], path: str, content: str, emit: Emit,
+           round_no: int) -> tuple[str, bool, str]:
+    t0 = time.monotonic()
+    ok, output, _ = call_tool(tools, "write", {"path": path, "content": content})
+    emit(ToolCall(round=round_no, name="write", arguments=json.dumps({"path": path}), ok=ok,
+                  output_chars=len(output), seconds=round(time.monotonic() - t0, 3)))
+    return path, ok, f"{path}: {output}"

@@ -1,0 +1,129 @@
+"""The coder in whole-file form ([loop] coder = "files"): each reply rewrites files, the loop
+writes them, runs the tests and asks again while they fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from scripted_model import ScriptedModel, as_json, text
+from user_repo import BAD_CALC, GOOD_CALC, NOT_UI, PASS, git, isolate, make_repo, run
+
+from agent_node.config import AgentConfig, ConfigError, load_config
+from agent_node.loop.files_coder import parse_files, report_of
+from agent_node.runs import read_events
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    isolate(monkeypatch, tmp_path)
+
+
+def files_form(**loop: int) -> AgentConfig:
+    cfg = AgentConfig()
+    cfg.loop.coder = "files"
+    for key, value in loop.items():
+        setattr(cfg.loop, key, value)
+    return cfg
+
+
+def block(path: str, content: str, lang: str = "python") -> str:
+    return f"{path}\n```{lang}\n{content}```\n"
+
+
+KNOWN = ["calc.py", "tests/test_calc.py", "README.md"]
+
+
+@pytest.mark.parametrize("before", [
+    "calc.py", "`calc.py`", "**calc.py**", "# calc.py", "File: calc.py:", "./calc.py",
+    "Here is the fixed `calc.py`:"])
+def test_a_path_is_read_from_the_line_before_a_block(before: str) -> None:
+    assert parse_files(f"Fixed.\n\n{before}\n```python\nx = 1\n```\n", KNOWN) == [
+        ("calc.py", "x = 1\n")]
+
+
+def test_a_path_in_the_fence_or_a_new_file_is_read_too() -> None:
+    reply = "```python calc.py\nx = 1\n```\nsrc/new_mod.py\n```\ny = 2\n```"
+    assert parse_files(reply, KNOWN) == [("calc.py", "x = 1\n"), ("src/new_mod.py", "y = 2\n")]
+
+
+def test_an_unnamed_block_is_the_one_file_shown_only_when_no_block_has_a_path() -> None:
+    assert parse_files("```python\nx = 1\n```", KNOWN, default="calc.py") == [
+        ("calc.py", "x = 1\n")]
+    assert parse_files("```\nx = 1\n```", KNOWN) == []  # no default: nothing to write
+    # an example after the named file must not replace it
+    reply = block("calc.py", GOOD_CALC) + "Use it like this:\n```python\nadd(1, 2)\n```"
+    assert parse_files(reply, KNOWN, default="calc.py") == [("calc.py", GOOD_CALC)]
+
+
+def test_a_file_written_twice_keeps_its_last_content_and_the_report_is_the_prose() -> None:
+    reply = "First try.\n" + block("calc.py", BAD_CALC) + "Better:\n" + block("calc.py", GOOD_CALC)
+    assert parse_files(reply, KNOWN) == [("calc.py", GOOD_CALC)]
+    assert "```" not in report_of(reply) and "First try." in report_of(reply)
+
+
+def test_the_coder_rewrites_until_the_tests_pass_and_the_run_passes(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    coder = ScriptedModel([
+        text("Fixed add.\n\n" + block("calc.py", "def add(a, b):\n    return a * b\n")),
+        text("Now it adds.\n\n" + block("calc.py", GOOD_CALC)),
+    ], name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form())
+
+    assert summary["verdict"] == "pass" and summary["rounds"] == 1
+    first = coder.calls[0]
+    assert "tools" not in first or not first["tools"]  # no tools in this form
+    brief = first["messages"][1]["content"]
+    assert "calc.py\n```\n" + BAD_CALC.rstrip("\n") in brief  # the files are shown
+    assert "call `finish`" not in brief and "whole new content" in brief
+    again = coder.calls[1]["messages"][-1]["content"]  # what the second turn was told
+    assert "calc.py: replaced" in again and "add(2, 3) = 6" in again
+    events = read_events(Path(summary["run_dir"]))
+    done = next(e for e in events if e["type"] == "coder_done")
+    assert done["stopped"] == "finish" and done["turns"] == 2
+    assert "Now it adds." in done["report"] and "the tests pass" in done["report"]
+    assert (repo / "calc.py").read_text() == BAD_CALC  # nothing reaches the user before approve
+
+
+def test_a_reply_with_no_file_gets_one_reminder_then_the_round_ends(tmp_path: Path) -> None:
+    coder = ScriptedModel([text("I would change add."), text("Still just words.")],
+                          name="coder")
+    summary = run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI)]), coder,
+                  cfg=files_form(max_rounds=1))
+    assert summary["verdict"] == "fail"
+    assert "changed no file" in coder.calls[1]["messages"][-1]["content"]
+    done = next(e for e in read_events(Path(summary["run_dir"])) if e["type"] == "coder_done")
+    assert done["stopped"] == "answer" and done["turns"] == 2
+
+
+def test_a_path_outside_the_checkout_is_refused_like_any_write(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.py"
+    coder = ScriptedModel([text(block("../outside.py", "x = 1\n") + block("calc.py", GOOD_CALC))],
+                          name="coder")
+    summary = run(tmp_path, make_repo(tmp_path),
+                  ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder, cfg=files_form())
+    assert not outside.exists()
+    writes = [e for e in read_events(Path(summary["run_dir"])) if e["type"] == "tool_call"]
+    assert [(w["name"], w["ok"]) for w in writes] == [("write", False), ("write", True)]
+    assert summary["verdict"] == "pass"
+
+
+def test_the_turn_bound_holds(tmp_path: Path) -> None:
+    wrong = text(block("calc.py", "def add(a, b):\n    return a * b\n"))
+    coder = ScriptedModel([wrong, wrong], name="coder")
+    repo = make_repo(tmp_path)
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI)]), coder,
+                  cfg=files_form(max_rounds=1, coder_max_turns=2))
+    assert summary["verdict"] == "fail" and len(coder.calls) == 2
+    assert git(repo, "status", "--porcelain") == ""
+
+
+def test_the_form_is_checked_when_the_config_is_read(tmp_path: Path) -> None:
+    config = tmp_path / "agent-node.toml"
+    config.write_text('[loop]\ncoder = "files"\n')
+    assert load_config(config).loop.coder == "files"
+    config.write_text('[loop]\ncoder = "diff"\n')
+    with pytest.raises(ConfigError, match=r"loop.coder' must be one of 'tools', 'files', "
+                                          r"not 'diff'"):
+        load_config(config)
