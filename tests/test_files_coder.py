@@ -76,7 +76,7 @@ def test_the_coder_rewrites_until_the_tests_pass_and_the_run_passes(tmp_path: Pa
     assert "tools" not in first or not first["tools"]  # no tools in this form
     brief = first["messages"][1]["content"]
     assert "calc.py\n```\n" + BAD_CALC.rstrip("\n") in brief  # the files are shown
-    assert "call `finish`" not in brief and "whole new content" in brief
+    assert "call `finish`" not in brief and "whole new content of calc.py" in brief
     again = coder.calls[1]["messages"][-1]["content"]  # what the second turn was told
     assert "calc.py: replaced" in again and "add(2, 3) = 6" in again
     events = read_events(Path(summary["run_dir"]))
@@ -127,3 +127,28 @@ def test_the_form_is_checked_when_the_config_is_read(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"loop.coder' must be one of 'tools', 'files', "
                                           r"not 'diff'"):
         load_config(config)
+
+
+def test_a_file_given_back_unchanged_is_not_written_and_the_model_is_told(
+        tmp_path: Path) -> None:
+    coder = ScriptedModel([
+        text("Done.\n\n" + block("calc.py", BAD_CALC)),  # the file as it was
+        text(block("calc.py", GOOD_CALC)),
+    ], name="coder")
+    summary = run(tmp_path, make_repo(tmp_path),
+                  ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form(max_rounds=1))
+    told = coder.calls[1]["messages"][-1]["content"]
+    assert "calc.py: unchanged" in told and "Nothing has changed yet" in told
+    assert "add(2, 3)" not in told  # no test run for an unchanged checkout
+    writes = [e for e in read_events(Path(summary["run_dir"])) if e["type"] == "tool_call"]
+    assert len(writes) == 1 and summary["verdict"] == "pass"
+
+
+def test_the_reminder_shows_the_form_with_a_file_of_this_repository(tmp_path: Path) -> None:
+    coder = ScriptedModel([text("I would change add."), text("Still just words.")],
+                          name="coder")
+    run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI)]), coder,
+        cfg=files_form(max_rounds=1))
+    reminder = coder.calls[1]["messages"][-1]["content"]
+    assert "calc.py\n```" in reminder  # not a made-up file the model would copy

@@ -32,6 +32,11 @@ def is_test_path(path: str) -> bool:
     return bool(TEST_PATH.search(path))
 
 
+def shown_sources(whole: list[tuple[str, str]]) -> list[str]:
+    """The files shown whole that are not tests, in the brief's order (the task's first)."""
+    return [path for path, _ in whole if not is_test_path(path)]
+
+
 @dataclass
 class Shown:
     whole: list[tuple[str, str]] = field(default_factory=list)

@@ -7,11 +7,14 @@ aider's "whole" edit format, for models too small to drive tools: the brief show
 path on a line and its whole new content in a fenced block. The loop writes those files (through
 the `write` tool, so its path checks hold and the record shows each write), runs the test command
 and, while the tests fail and turns remain, shows the model their output and asks again. A reply
-whose tests pass ends the round; so does a reply with no file in it, after one reminder.
+whose tests pass ends the round; so does a reply with no file in it, after one reminder. A file
+given back exactly as it was is not written, and while the task's change is still missing the
+model is told so before any test runs.
 
 A path is taken from the line just before a block (`stats.py`, `**stats.py**`, `# stats.py`,
 `File: stats.py:`) or from the fence's info string (```` ```python stats.py ````); a block with no
-path is the one file shown when only one source file was shown. What the model writes outside
+path is the one source file shown, when the brief showed only one (`sources`: the source files
+it showed whole, tests left out, the ones the task names first). What the model writes outside
 the blocks is its report.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from agent_node import prompts
@@ -85,8 +89,9 @@ def run_files_coder(
     *,
     emit: Emit,
     round_no: int,
+    root: Path,
     known: list[str],
-    default_path: str = "",
+    sources: list[str],
     checks: CoderChecks | None = None,
 ) -> CoderResult:
     checks = checks or CoderChecks()
@@ -124,18 +129,25 @@ def run_files_coder(
         tokens += reply.usage.completion_tokens
         emit(model_call(reply, role="coder", round_no=round_no))
         messages.append({"role": "assistant", "content": reply.text})
-        files = parse_files(reply.text, known, default_path)
+        files = parse_files(reply.text, known, sources[0] if len(sources) == 1 else "")
         report = report_of(reply.text) or report
         if not files:
             if reminded or reply.finish_reason == "length":
                 why = "cut off before a whole file" if reply.finish_reason == "length" else ""
                 return result("answer", why)
             reminded = True
-            messages.append({"role": "user", "content": prompts.render("loop/files_none")})
+            example = sources[0] if sources else "path/to/file.py"
+            messages.append({"role": "user",
+                             "content": prompts.render("loop/files_none", example=example)})
             continue
-        results = [_write(tools, path, content, emit, round_no) for path, content in files]
+        results = [_write(tools, root, path, content, emit, round_no)
+                   for path, content in files]
         written += [path for path, ok, _ in results if ok]
         said = "\n".join(output for _, _, output in results)
+        if checks.changed is not None and not checks.changed():  # nothing to test yet
+            messages.append({"role": "user", "content": prompts.render(
+                "loop/files_unchanged", written=said)})
+            continue
         if checks.tests is None:
             return result("finish")
         passed, tests = checks.tests()
@@ -145,8 +157,15 @@ def run_files_coder(
             "loop/files_again", written=said, tests=tests)})
 
 
-def _write(tools: dict[str, Any], path: str, content: str, emit: Emit,
+def _write(tools: dict[str, Any], root: Path, path: str, content: str, emit: Emit,
            round_no: int) -> tuple[str, bool, str]:
+    """Write one file through the write tool; a file given back as it is is not written."""
+    try:
+        if (root / path).resolve().is_relative_to(root.resolve()) and \
+                (root / path).read_text(encoding="utf-8") == content:
+            return path, False, f"{path}: unchanged (your reply gave it back as it was)"
+    except (OSError, UnicodeDecodeError, ValueError):
+        pass  # a new file, or one the write tool will refuse and say why
     t0 = time.monotonic()
     ok, output, _ = call_tool(tools, "write", {"path": path, "content": content})
     emit(ToolCall(round=round_no, name="write", arguments=json.dumps({"path": path}), ok=ok,

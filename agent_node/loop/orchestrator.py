@@ -40,7 +40,7 @@ from agent_node.events import (
 )
 from agent_node.loop.checkout import Checkout, checkouts_root
 from agent_node.loop.coder import CoderChecks, CoderLimits, CoderResult, model_call, run_coder
-from agent_node.loop.context import FILES_BRIEF_CHARS, is_test_path, repo_context
+from agent_node.loop.context import FILES_BRIEF_CHARS, repo_context, shown_sources
 from agent_node.loop.errors import StructuredOutputError, UnfinishedJSON, UsageError
 from agent_node.loop.files_coder import run_files_coder
 from agent_node.loop.gate import (
@@ -229,7 +229,8 @@ class _Run:
                 start_tests=start_tests if round_no == 1 else "",
                 test_cmd=test_cmd, asks_for_change=kind.asks_for_change, spec=spec or [],
                 page=page, failures=failures, round=round_no,
-                files_form=self.cfg.loop.coder == "files")
+                files_form=files_example(shown.whole) if self.cfg.loop.coder == "files"
+                else "")
             self.record.write_text(f"round-{round_no}/brief.md", brief)
             self.emit(RoundStarted(round=round_no, brief_file=f"round-{round_no}/brief.md"))
             with activity.stage("coder", round_no=round_no):
@@ -277,11 +278,15 @@ class _Run:
         if loop.coder == "files":
             if test_cmd:  # the form's own loop: write, test, and again while they fail
                 checks.tests = lambda: self.tests_now(test_cmd)
-            sources = [path for path, _ in shown if not is_test_path(path)]
+            if asks_for_change:  # and a reply that changes nothing is sent back at once
+                since = self.tested or base
+                checks.changed = lambda: self.checkout.changed(since)
+            sources = shown_sources(shown)
             return run_files_coder(
                 self.coder_model, prompts.render("loop/coder_files_system"), brief, tools,
-                limits, emit=self.emit, round_no=round_no, known=self.checkout.files(),
-                default_path=sources[0] if len(sources) == 1 else "", checks=checks)
+                limits, emit=self.emit, round_no=round_no, root=self.checkout.work,
+                known=self.checkout.files(),
+                sources=sources, checks=checks)
         return run_coder(self.coder_model, prompts.render("loop/coder_system"), brief, tools,
                          limits, emit=self.emit, round_no=round_no, checks=checks)
 
@@ -417,6 +422,12 @@ class _Run:
             fixes.insert(0, f"restore the tests you changed ({touched}) exactly as they were and "
                          "make the code pass them instead")
         return passed, reasons, fixes
+
+
+def files_example(shown: list[tuple[str, str]]) -> str:
+    """The path the whole-file form's instructions use as their example: a source file the
+    brief showed (the one the task names first), so the model never copies a made-up one."""
+    return next(iter(shown_sources(shown)), "path/to/file.py")
 
 
 def _relative(path: str, root: Path) -> str:
