@@ -223,3 +223,16 @@ def test_smoke_run_records_every_field_and_writes_the_doc(
     assert "mlx-lm in process" in text and "### Concurrency" in text
     assert "## Agent-loop tasks" in text
     assert render(record, results.name) == text
+
+
+def test_engine_concurrency_alone_records_both_servers_and_its_targets() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.engine", "--concurrency"], cwd=REPO,
+                         env={**os.environ, "BENCH_SMOKE": "1"}, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert "single_stream" not in result  # part 1 is left out
+    for level in ("1", "2"):
+        for server in ("grpc", "mlx_lm_server"):
+            assert result["concurrency"][level][server]["aggregate_tps"]["median"] > 0
+    assert set(result["targets"]) == {"concurrency_ratio_ge_1.0_at_2"}
