@@ -153,3 +153,20 @@ def test_the_reminder_shows_the_form_with_a_file_of_this_repository(tmp_path: Pa
         cfg=files_form(max_rounds=1))
     reminder = coder.calls[1]["messages"][-1]["content"]
     assert "calc.py\n```" in reminder  # not a made-up file the model would copy
+
+
+def test_blank_lines_are_not_the_change_and_each_reply_is_shown_its_diff(
+        tmp_path: Path) -> None:
+    coder = ScriptedModel([
+        text(block("calc.py", "\n" + BAD_CALC + "\n\n")),  # only blank lines added
+        text(block("calc.py", "def add(a, b):\n    return a * b\n")),
+        text(block("calc.py", GOOD_CALC)),
+    ], name="coder")
+    summary = run(tmp_path, make_repo(tmp_path),
+                  ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form(max_rounds=1))
+    blank, wrong = (c["messages"][-1]["content"] for c in coder.calls[1:])
+    assert "Nothing has changed yet" in blank and "add(2, 3)" not in blank
+    assert "```diff\n" in wrong and "+    return a * b" in wrong and "-    return a - b" in wrong
+    assert "add(2, 3) = 6" in wrong  # and the tests' output
+    assert summary["verdict"] == "pass"

@@ -105,11 +105,16 @@ class Checkout:
 
     def changed(self, base: str) -> bool:
         """Would `snapshot(base, ...)` now differ from `base` (the gate's "no diff")?"""
+        return bool(self.changes(base, "--name-only").strip())
+
+    def changes(self, base: str, *options: str) -> str:
+        """`git diff base` (with `options`) of the working tree as `snapshot` would commit it,
+        untracked files included, leaving the checkout's own index alone."""
         index = {"GIT_INDEX_FILE": str(self.dir / "changed.index")}
         try:
             self._git(["read-tree", base], env=index)
             self._git(["add", "-A", "--", ".", *_NOISE_SPECS], env=index)
-            return bool(self._git(["diff", "--cached", "--name-only", base], env=index).strip())
+            return self._git(["diff", "--cached", *options, base], env=index)
         finally:
             (self.dir / "changed.index").unlink(missing_ok=True)
 

@@ -8,8 +8,9 @@ path on a line and its whole new content in a fenced block. The loop writes thos
 the `write` tool, so its path checks hold and the record shows each write), runs the test command
 and, while the tests fail and turns remain, shows the model their output and asks again. A reply
 whose tests pass ends the round; so does a reply with no file in it, after one reminder. A file
-given back exactly as it was is not written, and while the task's change is still missing the
-model is told so before any test runs.
+given back exactly as it was is not written, and while the task's change is still missing (a
+diff of blank lines and line-end spaces is none) the model is told so before any test runs.
+After each reply the model sees the round's diff so far, so it sees what its rewrite changed.
 
 A path is taken from the line just before a block (`stats.py`, `**stats.py**`, `# stats.py`,
 `File: stats.py:`) or from the fence's info string (```` ```python stats.py ````); a block with no
@@ -40,6 +41,7 @@ from agent_node.loop.coder import (
 from agent_node.model import Model
 
 REPLY_TOKENS = 4096  # one reply's bound when [loop] coder_reply_tokens is 0: whole files
+DIFF_SHOWN_CHARS = 4_000  # of the round's diff so far, shown after each reply
 FENCE = re.compile(r"^(`{3,}|~{3,})([^\n`]*)\n(.*?)\n?^\1[ \t]*$", re.M | re.S)
 PATH = re.compile(r"[\w.\-/]*\w\.[A-Za-z0-9]+|[\w.\-/]*(?:Makefile|Dockerfile)")
 
@@ -144,6 +146,9 @@ def run_files_coder(
                    for path, content in files]
         written += [path for path, ok, _ in results if ok]
         said = "\n".join(output for _, _, output in results)
+        if checks.diff is not None:
+            diff = checks.diff().strip()
+            said += "\n\n" + prompts.render("loop/files_diff", diff=_cap(diff, DIFF_SHOWN_CHARS))
         if checks.changed is not None and not checks.changed():  # nothing to test yet
             messages.append({"role": "user", "content": prompts.render(
                 "loop/files_unchanged", written=said)})
@@ -171,3 +176,7 @@ def _write(tools: dict[str, Any], root: Path, path: str, content: str, emit: Emi
     emit(ToolCall(round=round_no, name="write", arguments=json.dumps({"path": path}), ok=ok,
                   output_chars=len(output), seconds=round(time.monotonic() - t0, 3)))
     return path, ok, f"{path}: {output}"
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more chars)"

@@ -65,6 +65,7 @@ from agent_node.tools.bash import checkout_git
 ToolsFactory = Callable[[Path], dict[str, Any]]
 MAX_FILES_LISTED = 200
 TESTS_SHOWN_CHARS = 2_500  # the end of a test run's output, as the coder is shown it
+SPACE_BLIND = ("--ignore-blank-lines", "--ignore-space-at-eol")  # not a change to the task
 
 
 def default_tools(cfg: AgentConfig, sandbox: Sandbox) -> ToolsFactory:
@@ -278,9 +279,11 @@ class _Run:
         if loop.coder == "files":
             if test_cmd:  # the form's own loop: write, test, and again while they fail
                 checks.tests = lambda: self.tests_now(test_cmd)
-            if asks_for_change:  # and a reply that changes nothing is sent back at once
-                since = self.tested or base
-                checks.changed = lambda: self.checkout.changed(since)
+            since = self.tested or base
+            if asks_for_change:  # and a reply that changes nothing (but blank lines and
+                # spaces at line ends) is sent back at once
+                checks.changed = lambda: bool(self.checkout.changes(since, *SPACE_BLIND).strip())
+            checks.diff = lambda: self.checkout.changes(since)
             sources = shown_sources(shown)
             return run_files_coder(
                 self.coder_model, prompts.render("loop/coder_files_system"), brief, tools,
