@@ -402,10 +402,12 @@ class GrpcModel(_FallbackChain):
         tool_choice: str | dict[str, Any] = "auto",
         response_format: dict[str, Any] | None = None,
         max_tokens: int | None = None,
+        sampling: dict[str, Any] | None = None,
     ) -> Reply:
         reply = collect_reply(self.stream(messages, tools=tools, tool_choice=tool_choice,
                                           response_format=response_format,
-                                          max_tokens=max_tokens), self.on_progress)
+                                          max_tokens=max_tokens, **(sampling or {})),
+                              self.on_progress)
         reply.model = reply.model or self.name
         return reply
 

@@ -130,6 +130,10 @@ class LoopSection:
     # while they fail; files_coder.py). "files" shows the files in the brief, up to brief_chars
     # or FILES_BRIEF_CHARS when that is 0.
     coder: Literal["tools", "files"] = "tools"
+    # With coder = "files": the temperature of a coder's second and later replies in a round
+    # (top_p 0.8, a seed per turn, so a run repeats); 0: greedy, which gives a small model's
+    # rejected reply back word for word. The first reply of a round is always greedy.
+    retry_temperature: float = 0.0
 
 
 @dataclass

@@ -78,6 +78,9 @@ class Model(Protocol):
         tool_choice: str | dict[str, Any] = "auto",
         response_format: dict[str, Any] | None = None,  # a JSON Schema the reply must match
         max_tokens: int | None = None,
+        # this call's sampling (temperature, top_p, top_k, min_p, seed, repetition_penalty),
+        # over the model's own; None: the model's (greedy unless configured)
+        sampling: dict[str, Any] | None = None,
     ) -> Reply: ...
 
 

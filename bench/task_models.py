@@ -21,12 +21,13 @@ class MeteredModel:
     def chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
              tool_choice: str | dict[str, Any] = "auto",
              response_format: dict[str, Any] | None = None,
-             max_tokens: int | None = None) -> Any:
+             max_tokens: int | None = None, sampling: dict[str, Any] | None = None) -> Any:
         cap = max_tokens
         if self.max_tokens:
             cap = min(max_tokens or self.max_tokens, self.max_tokens)
         reply = self.inner.chat(messages, tools=tools, tool_choice=tool_choice,
-                                response_format=response_format, max_tokens=cap)
+                                response_format=response_format, max_tokens=cap,
+                                **({"sampling": sampling} if sampling else {}))
         u = reply.usage
         self.usage["calls"] += 1
         self.usage["prompt"] += u.prompt_tokens
@@ -58,7 +59,7 @@ class SmokeModel:
     def chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
              tool_choice: str | dict[str, Any] = "auto",
              response_format: dict[str, Any] | None = None,
-             max_tokens: int | None = None) -> Any:
+             max_tokens: int | None = None, sampling: dict[str, Any] | None = None) -> Any:
         from agent_node.model import Reply, ToolCall, Usage
 
         usage = Usage(prompt_tokens=10, completion_tokens=5, cached_prompt_tokens=4)

@@ -170,3 +170,22 @@ def test_blank_lines_are_not_the_change_and_each_reply_is_shown_its_diff(
     assert "```diff\n" in wrong and "+    return a * b" in wrong and "-    return a - b" in wrong
     assert "add(2, 3) = 6" in wrong  # and the tests' output
     assert summary["verdict"] == "pass"
+
+
+def test_replies_after_the_first_are_sampled_when_retry_temperature_is_set(
+        tmp_path: Path) -> None:
+    wrong = "def add(a, b):\n    return a * b\n"
+    coder = ScriptedModel([text(block("calc.py", wrong)), text(block("calc.py", GOOD_CALC))],
+                          name="coder")
+    run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+        cfg=files_form(retry_temperature=0.7))
+    first, second = coder.calls
+    assert first["sampling"] is None  # greedy: the model's best guess
+    assert second["sampling"] == {"temperature": 0.7, "top_p": 0.8, "seed": 1001}
+
+    coder = ScriptedModel([text(block("calc.py", wrong)), text(block("calc.py", GOOD_CALC))],
+                          name="coder")
+    (tmp_path / "again").mkdir()
+    run(tmp_path / "again", make_repo(tmp_path / "again"),
+        ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder, cfg=files_form())
+    assert [c["sampling"] for c in coder.calls] == [None, None]  # the default stays greedy

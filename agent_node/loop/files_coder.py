@@ -11,6 +11,8 @@ whose tests pass ends the round; so does a reply with no file in it, after one r
 given back exactly as it was is not written, and while the task's change is still missing (a
 diff of blank lines and line-end spaces is none) the model is told so before any test runs.
 After each reply the model sees the round's diff so far, so it sees what its rewrite changed.
+A greedy small model told its reply was wrong gives the same reply again, so `retry` (from
+`[loop] retry_temperature`) samples every reply after a round's first.
 
 A path is taken from the line just before a block (`stats.py`, `**stats.py**`, `# stats.py`,
 `File: stats.py:`) or from the fence's info string (```` ```python stats.py ````); a block with no
@@ -95,6 +97,7 @@ def run_files_coder(
     known: list[str],
     sources: list[str],
     checks: CoderChecks | None = None,
+    retry: dict[str, Any] | None = None,
 ) -> CoderResult:
     checks = checks or CoderChecks()
     messages: list[dict[str, Any]] = [
@@ -121,7 +124,10 @@ def run_files_coder(
         if time.monotonic() - start >= limits.wall_s:
             return result("wall_time", f"stopped at {limits.wall_s:.0f} s")
         try:
-            reply = model.chat(messages, max_tokens=limits.reply_tokens or REPLY_TOKENS)
+            # the first reply greedy, the ones after it sampled (`retry`), each turn its seed
+            sampling = {**retry, "seed": round_no * 1000 + turns} if retry and turns else None
+            reply = model.chat(messages, max_tokens=limits.reply_tokens or REPLY_TOKENS,
+                               sampling=sampling)
         except DeadlineExceeded:
             emit(Note(text=f"coder turn {turns + 1} ran past the stream's deadline "
                       f"([inference] timeout_s = {limits.timeout_s:.0f} s); the round goes on "

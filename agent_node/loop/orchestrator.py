@@ -289,7 +289,9 @@ class _Run:
                 self.coder_model, prompts.render("loop/coder_files_system"), brief, tools,
                 limits, emit=self.emit, round_no=round_no, root=self.checkout.work,
                 known=self.checkout.files(),
-                sources=sources, checks=checks)
+                sources=sources, checks=checks,
+                retry={"temperature": loop.retry_temperature, "top_p": 0.8}
+                if loop.retry_temperature > 0 else None)
         return run_coder(self.coder_model, prompts.render("loop/coder_system"), brief, tools,
                          limits, emit=self.emit, round_no=round_no, checks=checks)
 
