@@ -61,6 +61,14 @@ def test_chat_collects_content_usage_and_the_model(server):
     assert reply.usage.completion_tokens == 3 and reply.usage.prompt_tokens > 0
 
 
+def test_a_calls_sampling_reaches_the_server(server):
+    with connect(config(server)) as client:
+        reply = client.model().chat([user("hi")], sampling={"temperature": 0.7, "seed": 3})
+        assert reply.text.split() == ["hello", "world"]
+        with pytest.raises(BadRequest, match="temperature"):  # refused there, so it got there
+            client.model().chat([user("hi")], sampling={"temperature": -1.0})
+
+
 def test_a_repeated_prompt_reports_the_tokens_its_cache_served(server):
     with connect(config(server)) as client:
         first = client.model().chat([user("the same question, asked twice")])
