@@ -76,7 +76,7 @@ def test_the_coder_rewrites_until_the_tests_pass_and_the_run_passes(tmp_path: Pa
     assert "tools" not in first or not first["tools"]  # no tools in this form
     brief = first["messages"][1]["content"]
     assert "calc.py\n```\n" + BAD_CALC.rstrip("\n") in brief  # the files are shown
-    assert "call `finish`" not in brief and "whole new content of calc.py" in brief
+    assert "call `finish`" not in brief and "such as `calc.py`" in brief
     assert brief.index("calc.py\n```\n") < brief.index("# The task, once more\n\nmake add() add")
     again = coder.calls[1]["messages"][-1]["content"]  # what the second turn was told
     assert "calc.py: replaced" in again and "add(2, 3) = 6" in again
@@ -152,7 +152,8 @@ def test_the_reminder_shows_the_form_with_a_file_of_this_repository(tmp_path: Pa
     run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI)]), coder,
         cfg=files_form(max_rounds=1))
     reminder = coder.calls[1]["messages"][-1]["content"]
-    assert "calc.py\n```" in reminder  # not a made-up file the model would copy
+    # the file as it is, not a made-up file or a placeholder the model would copy
+    assert "calc.py\n```\n" + BAD_CALC in reminder
 
 
 def test_blank_lines_are_not_the_change_and_each_reply_is_shown_its_diff(

@@ -144,9 +144,9 @@ def run_files_coder(
                 why = "cut off before a whole file" if reply.finish_reason == "length" else ""
                 return result("answer", why)
             reminded = True
-            example = sources[0] if sources else "path/to/file.py"
-            messages.append({"role": "user",
-                             "content": prompts.render("loop/files_none", example=example)})
+            example = sources[0] if sources else ""
+            messages.append({"role": "user", "content": prompts.render(
+                "loop/files_none", example=example, current=_read(root, example))})
             continue
         results = [_write(tools, root, path, content, emit, round_no)
                    for path, content in files]
@@ -186,3 +186,11 @@ def _write(tools: dict[str, Any], root: Path, path: str, content: str, emit: Emi
 
 def _cap(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more chars)"
+
+
+def _read(root: Path, path: str) -> str:
+    """A file of the checkout as text; "" when there is none (a new file to write)."""
+    try:
+        return (root / path).read_text(encoding="utf-8") if path else ""
+    except (OSError, UnicodeDecodeError):
+        return ""
