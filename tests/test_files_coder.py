@@ -77,6 +77,7 @@ def test_the_coder_rewrites_until_the_tests_pass_and_the_run_passes(tmp_path: Pa
     brief = first["messages"][1]["content"]
     assert "calc.py\n```\n" + BAD_CALC.rstrip("\n") in brief  # the files are shown
     assert "call `finish`" not in brief and "such as `calc.py`" in brief
+    assert "finishing with no file changed" not in brief  # no finish in this form
     assert brief.index("calc.py\n```\n") < brief.index("# The task, once more\n\nmake add() add")
     again = coder.calls[1]["messages"][-1]["content"]  # what the second turn was told
     assert "calc.py: replaced" in again and "add(2, 3) = 6" in again
