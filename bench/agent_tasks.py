@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -484,7 +485,12 @@ def _yes(b: bool) -> str:
     return "pass" if b else "fail"
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # so `finally` stops the inference node this run started
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminated)
     p = argparse.ArgumentParser(prog="python -m bench.agent_tasks",
                                 description="Run the agent loop on coding tasks and grade it.")
     p.add_argument("--tasks-dir", type=Path, default=TASKS, metavar="DIR",
