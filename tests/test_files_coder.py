@@ -59,7 +59,8 @@ def test_an_unnamed_block_is_the_one_file_shown_only_when_no_block_has_a_path() 
 def test_a_file_written_twice_keeps_its_last_content_and_the_report_is_the_prose() -> None:
     reply = "First try.\n" + block("calc.py", BAD_CALC) + "Better:\n" + block("calc.py", GOOD_CALC)
     assert parse_files(reply, KNOWN) == [("calc.py", GOOD_CALC)]
-    assert "```" not in report_of(reply) and "First try." in report_of(reply)
+    assert report_of(reply) == "First try.\n\nBetter:"  # the prose, not the blocks' paths
+    assert report_of(block("calc.py", GOOD_CALC) + "**tests/test_calc.py**\n```\nx\n```") == ""
 
 
 def test_the_coder_rewrites_until_the_tests_pass_and_the_run_passes(tmp_path: Path) -> None:

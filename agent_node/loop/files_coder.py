@@ -80,8 +80,14 @@ def _path_in(line: str, known: list[str]) -> str:
 
 
 def report_of(text: str) -> str:
-    """What the model wrote outside its blocks."""
-    return re.sub(r"\n{3,}", "\n\n", FENCE.sub("", text)).strip()
+    """What the model wrote outside its blocks, less the lines that only name a block's file."""
+    lines = [ln for ln in FENCE.sub("", text).splitlines() if not _names_a_file(ln)]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _names_a_file(line: str) -> bool:
+    words = re.findall(r"[^\s`*'\":()\[\]#]+", line.removeprefix("File"))
+    return len(words) == 1 and bool(PATH.fullmatch(words[0]))
 
 
 def run_files_coder(
@@ -111,7 +117,7 @@ def run_files_coder(
     report = ""
 
     def result(stopped: str, why: str = "") -> CoderResult:
-        said = report or "(no report)"
+        said = report or "(the coder wrote no words, only files)"
         files = ", ".join(dict.fromkeys(written)) or "no file"
         text = f"{said}\n\n(wrote {files}{'; ' + why if why else ''})"
         return CoderResult(text, turns, tokens, stopped, messages)
