@@ -81,9 +81,12 @@ SPEC: dict[str, Any] = _object(
     statements=_list(_text(STATEMENT_CHARS, 3), SPEC_STATEMENTS, 1),
 )
 
+# reasons before the verdict: decoded in this order, so a model says what it sees in the diff
+# and the tests before it commits to pass or fail (a 1.5B that began with the verdict failed a
+# right fix, then said "the diff does not show any changes")
 REVIEW: dict[str, Any] = _object(
+    reasons=_list(_text(SENTENCE_CHARS), REVIEW_ITEMS, 1),
     verdict={"enum": ["pass", "fail"]},
-    reasons=_list(_text(SENTENCE_CHARS), REVIEW_ITEMS),
     fixes=_list(_text(FIX_CHARS), REVIEW_ITEMS),
     tests_change_ok={"type": "boolean"},
 )

@@ -22,6 +22,7 @@ import pytest
 from agent_node.loop.coder import tool_spec
 from agent_node.schemas import (
     CLASSIFY,
+    REVIEW,
     SCHEMAS,
     answer_chars,
     bounded_tool,
@@ -130,6 +131,11 @@ def test_the_grammar_ends_a_reply_that_would_never_close_at_the_schemas_bounds(
     jsonschema.validate(value, schema)
     assert at_bounds(value, schema) == []  # the bounds ended it, not the rambler
     assert tokens <= answer_chars(schema)
+
+
+def test_a_review_gives_its_reasons_before_its_verdict(tokenizer: Any) -> None:
+    text, _ = ramble(tokenizer, REVIEW)  # decoded in the schema's order
+    assert text.index('"reasons"') < text.index('"verdict"')
 
 
 TOOLS = {name: tool_spec(t) for name, t in make_tools(Path("."), timeout_s=60).items()}
