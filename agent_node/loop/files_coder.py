@@ -112,15 +112,15 @@ def run_files_coder(
     ]
     start = time.monotonic()
     turns = tokens = 0
-    written: list[str] = []
     reminded = False
     report = ""
 
     def result(stopped: str, why: str = "") -> CoderResult:
-        said = report or "(the coder wrote no words, only files)"
-        files = ", ".join(dict.fromkeys(written)) or "no file"
-        text = f"{said}\n\n(wrote {files}{'; ' + why if why else ''})"
-        return CoderResult(text, turns, tokens, stopped, messages)
+        # The coder's own words, or none: what it wrote and what the tests said are facts the
+        # gate and the record have; a report of the loop's making would read as the coder's.
+        note = f"({why})" if why and stopped != "finish" else ""
+        return CoderResult("\n\n".join(t for t in (report, note) if t), turns, tokens, stopped,
+                           messages)
 
     while True:
         if turns >= limits.max_turns:
@@ -156,7 +156,6 @@ def run_files_coder(
             continue
         results = [_write(tools, root, path, content, emit, round_no)
                    for path, content in files]
-        written += [path for path, ok, _ in results if ok]
         said = "\n".join(output for _, _, output in results)
         if checks.diff is not None:
             diff = checks.diff().strip()
