@@ -3,7 +3,9 @@ tests' output in the brief, the tests' result after each change, no finish befor
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scripted_model import ScriptedModel, as_json, call
@@ -11,6 +13,7 @@ from user_repo import BAD_CALC, GOOD_CALC, NOT_UI, PASS, isolate, make_repo, run
 
 from agent_node.config import AgentConfig
 from agent_node.loop.context import repo_context
+from agent_node.model import Reply
 from agent_node.runs import read_events
 
 
@@ -209,3 +212,34 @@ def test_files_the_task_names_come_first_and_what_does_not_fit_is_outlined(
     assert [p for p, _ in shown.whole] == ["small.py"]
     assert shown.outlines == [("big.py", ["class Big:", "    def one(self):", "def two():"])]
     assert repo_context(tmp_path, ["small.py"], "x", 0).whole == []
+
+
+def test_a_link_the_coder_made_to_a_hidden_file_is_never_shown(tmp_path: Path) -> None:
+    """The sandbox hides the record key from the coder; a link to it in the checkout must not
+    bring it into the next round's brief (read by the loop, outside the sandbox) or the record."""
+    from agent_node.loop import orchestrator
+
+    key = Path(os.environ["STUDIO_CODER_KEY"])  # made 0600 when the run starts
+    work: list[Path] = []
+    real = orchestrator.Checkout.create
+
+    def create(*args: Any, **kw: Any) -> Any:
+        checkout = real(*args, **kw)
+        work.append(checkout.work)
+        return checkout
+
+    def link(messages: object, options: object) -> Reply:  # what `ln -sf` in its bash leaves
+        (work[0] / "calc.py").unlink()
+        (work[0] / "calc.py").symlink_to(key)
+        return call("finish", summary="linked")
+
+    coder = ScriptedModel([link, call("finish", summary="again")], name="coder")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(orchestrator.Checkout, "create", create)
+        summary = run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI)]), coder,
+                      cfg=checks_on(max_rounds=2, tests_first=False, finish_needs_change=False))
+    secret = key.read_text().strip()
+    assert len(coder.calls) == 2 and "calc.py" in coder.calls[1]["messages"][1]["content"]
+    assert secret not in coder.calls[1]["messages"][1]["content"]  # round 2's brief
+    assert not any(secret in f.read_text(errors="replace")
+                   for f in Path(summary["run_dir"]).rglob("*") if f.is_file())

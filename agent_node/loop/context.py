@@ -32,6 +32,15 @@ def is_test_path(path: str) -> bool:
     return bool(TEST_PATH.search(path))
 
 
+def inside(work: Path, f: Path) -> bool:
+    """A regular file whose real path is in the checkout: a link a coder made (to a key, a
+    config) is never read into a brief, a prompt or the record."""
+    try:
+        return f.is_file() and f.resolve().is_relative_to(work.resolve())
+    except (OSError, RuntimeError):  # a link loop
+        return False
+
+
 def shown_sources(whole: list[tuple[str, str]]) -> list[str]:
     """The files shown whole that are not tests, in the brief's order (the task's first)."""
     return [path for path, _ in whole if not is_test_path(path)]
@@ -60,7 +69,7 @@ def repo_context(work: Path, files: list[str], task: str, budget_chars: int) -> 
         return shown
     for path in sorted(files, key=lambda p: _rank(p, task)):
         f = work / path
-        if any(part in SKIP_DIRS for part in Path(path).parts) or not f.is_file():
+        if any(part in SKIP_DIRS for part in Path(path).parts) or not inside(work, f):
             continue
         if Path(path).suffix.lower() not in TEXT_SUFFIXES or is_binary(f):
             continue

@@ -40,6 +40,7 @@ from agent_node.loop.coder import (
     call_tool,
     model_call,
 )
+from agent_node.loop.context import inside
 from agent_node.model import Model
 
 REPLY_TOKENS = 4096  # one reply's bound when [loop] coder_reply_tokens is 0: whole files
@@ -177,8 +178,7 @@ def _write(tools: dict[str, Any], root: Path, path: str, content: str, emit: Emi
            round_no: int) -> tuple[str, bool, str]:
     """Write one file through the write tool; a file given back as it is is not written."""
     try:
-        if (root / path).resolve().is_relative_to(root.resolve()) and \
-                (root / path).read_text(encoding="utf-8") == content:
+        if inside(root, root / path) and (root / path).read_text(encoding="utf-8") == content:
             return path, False, f"{path}: unchanged (your reply gave it back as it was)"
     except (OSError, UnicodeDecodeError, ValueError):
         pass  # a new file, or one the write tool will refuse and say why
@@ -194,8 +194,10 @@ def _cap(text: str, limit: int) -> str:
 
 
 def _read(root: Path, path: str) -> str:
-    """A file of the checkout as text; "" when there is none (a new file to write)."""
+    """A file of the checkout as text; "" when there is none (a new file to write) or it is a
+    link out of the checkout."""
     try:
-        return (root / path).read_text(encoding="utf-8") if path else ""
+        return (root / path).read_text(encoding="utf-8") if path and inside(root, root / path) \
+            else ""
     except (OSError, UnicodeDecodeError):
         return ""
