@@ -273,13 +273,12 @@ class _Run:
         loop = self.cfg.loop
         limits = CoderLimits(loop.coder_max_turns, loop.coder_max_tokens, loop.coder_wall_s,
                              loop.coder_reply_tokens or None, self.cfg.inference.timeout_s)
-        # a fix round must change something since the tree the gate judged
-        checks = self.coder_checks(self.tested or base, test_cmd, asks_for_change)
+        since = self.tested or base  # a fix round must change something since the tree the
+        checks = self.coder_checks(since, test_cmd, asks_for_change)  # gate judged
         tools = self.tools_factory(self.checkout.work)
         if loop.coder == "files":
             if test_cmd:  # the form's own loop: write, test, and again while they fail
                 checks.tests = lambda: self.tests_now(test_cmd)
-            since = self.tested or base
             if asks_for_change:  # and a reply that changes nothing (but blank lines and
                 # spaces at line ends) is sent back at once
                 checks.changed = lambda: bool(self.checkout.changes(since, *SPACE_BLIND).strip())
