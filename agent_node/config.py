@@ -134,6 +134,12 @@ class LoopSection:
     # (top_p 0.8, a seed per turn, so a run repeats); 0: greedy, which gives a small model's
     # rejected reply back word for word. The first reply of a round is always greedy.
     retry_temperature: float = 0.0
+    # What the code review's verdict does once the gate passed. "binding": a fail fails the
+    # round and its fixes go to the next coder. "advisory": the review still runs and its
+    # verdict and reasons go to the record and to you at approval, but a change the gate passed
+    # passes the round; only a test change the review calls unasked still fails it. For a
+    # small orchestrator: the 1.5B's own review refused right fixes (README, Benchmarks).
+    review: Literal["binding", "advisory"] = "binding"
 
 
 @dataclass

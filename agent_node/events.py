@@ -186,6 +186,10 @@ class RoundVerdict(RunEvent):
     verdict: Literal["fail", "pass"]
     reasons: list[str]
     fixes: list[str] = _doc("what the next round's coder is asked to fix")
+    review: Literal["", "pass", "fail"] = _doc(
+        "the code review's own verdict; \"\": none ran (the gate failed, or the review gave no "
+        "usable verdict). With loop.review = \"advisory\" a fail here does not fail the round",
+        "")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -172,6 +172,7 @@ def run_one(task: Task, model: Any, cfg: Any, work: Path, *, qa_for: QAFactory |
         "failure_detail": detail,
         "verdict": verdict,
         "hidden_tests_pass_final": graded[-1].passed,
+        "review_final": rounds[-1].review if rounds else "",
         "visual_qa_final": (rounds[-1].qa_passed if rounds and rounds[-1].qa_ran else None)
         if spec else None,
         "grade_final": graded[-1].to_dict(),
@@ -254,7 +255,21 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "cache_by_stage": cache_by_stage(rows),
         "tool_calls": sum(r["tool_calls"] for r in rows),
         "malformed_tool_calls": sum(r["malformed_tool_calls"] for r in rows),
+        "review_final": review_agreement(rows),
     }
+
+
+def review_agreement(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How the code review judged each final change the gate passed, against the hidden tests:
+    the reviewer's own quality, whether its verdict bound the round or not (loop.review)."""
+    out = {"right_change_accepted": 0, "right_change_refused": 0, "wrong_change_accepted": 0,
+           "wrong_change_refused": 0}
+    for r in rows:
+        if r.get("review_final") in ("pass", "fail"):
+            right = "right" if r["hidden_tests_pass_final"] else "wrong"
+            said = "accepted" if r["review_final"] == "pass" else "refused"
+            out[f"{right}_change_{said}"] += 1
+    return out
 
 
 @contextmanager
@@ -473,6 +488,12 @@ def table(result: dict[str, Any]) -> str:
         lines.append("cached, by stage: " + stage_shares(result["cache_by_stage"]))
     if result["failures"]:
         lines.append("failures: " + ", ".join(f"{k} {v}" for k, v in result["failures"].items()))
+    rv = result.get("review_final") or {}
+    if any(rv.values()):
+        lines.append("the review, on final changes the hidden tests pass: "
+                     f"{rv['right_change_accepted']} accepted, {rv['right_change_refused']} "
+                     f"refused; on ones they fail: {rv['wrong_change_refused']} refused, "
+                     f"{rv['wrong_change_accepted']} accepted")
     return "\n".join(lines)
 
 

@@ -83,6 +83,7 @@ class Round:
     qa_passed: bool = False
     qa_note: str = ""
     accepted: bool = False  # round_verdict == pass
+    review: str = ""  # the code review's own verdict ("": none ran); loop.review may overrule it
     reasons: list[str] = field(default_factory=list)
 
     @property
@@ -127,7 +128,7 @@ def read_rounds(run_dir: Path, events: list[dict[str, Any]]) -> list[Round]:
                 r.qa_ran, r.qa_passed, r.qa_note = True, e.passed, e.note
             case RoundVerdict():
                 r = at(e.round)
-                r.accepted = e.verdict == "pass"
+                r.accepted, r.review = e.verdict == "pass", e.review
                 r.reasons = list(e.reasons)
     for r in rounds.values():
         _count_replies(run_dir / f"round-{r.number}" / "coder.json", r)

@@ -225,6 +225,19 @@ def test_a_scripted_run_fails_for_the_reason_it_was_driven_into(
         assert "went away" in row["error"]
 
 
+def test_the_reviews_verdicts_are_scored_against_the_hidden_tests(tmp_path: Path) -> None:
+    refused = run_scripted(tmp_path / "a", "mean_bug",
+                           [call("write", path="stats.py", content=MEAN_FIXED)], review="fail")
+    accepted = run_scripted(tmp_path / "b", "mean_bug",
+                            [call("write", path="stats.py", content=MEAN_HALF_FIXED)])
+    unreviewed = run_scripted(tmp_path / "c", "mean_bug", [call("finish", summary="no")])
+    assert (refused["review_final"], accepted["review_final"], unreviewed["review_final"]) == (
+        "fail", "pass", "")
+    assert agent_tasks.totals([refused, accepted, unreviewed])["review_final"] == {
+        "right_change_accepted": 0, "right_change_refused": 1, "wrong_change_accepted": 1,
+        "wrong_change_refused": 0}
+
+
 @pytest.mark.parametrize("finish_reason, expected, malformed", [
     ("length", "limit", 0),  # the per-reply cap cut the call off: a limit
     ("stop", "tool_errors", 1),  # a whole reply the parser could not read as a call

@@ -244,11 +244,11 @@ class _Run:
 
             with activity.stage("gate", round_no=round_no):
                 gate = self.gate(round_no, base, test_cmd, kind.asks_for_change, spec, page)
-            passed, reasons, fixes = self.decide_round(round_no, gate, coder.report, spec,
-                                                       test_cmd)
+            passed, reasons, fixes, review = self.decide_round(round_no, gate, coder.report,
+                                                               spec, test_cmd)
             verdict = "pass" if passed else "fail"
             self.emit(RoundVerdict(round=round_no, verdict=verdict, reasons=reasons,
-                                   fixes=fixes))
+                                   fixes=fixes, review=review))
             if passed:
                 break
             failures = fixes
@@ -398,11 +398,15 @@ class _Run:
         return gate
 
     def decide_round(self, round_no: int, gate: GateResult, report: str,
-                     spec: list[str] | None, test_cmd: str) -> tuple[bool, list[str], list[str]]:
+                     spec: list[str] | None, test_cmd: str
+                     ) -> tuple[bool, list[str], list[str], Literal["", "pass", "fail"]]:
         """The round's verdict, from the gate's failures or else the code review (the visual
-        judge's verdict is among the gate's): (passed, reasons, fixes for the next round)."""
+        judge's verdict is among the gate's): (passed, reasons, fixes for the next round, the
+        review's own verdict). With loop.review = "advisory", a change the gate passed passes
+        whatever the review says, except a test change it calls unasked."""
         if not gate.passed:
-            return False, gate.failures + gate.flags, gate.failures
+            return False, gate.failures + gate.flags, gate.failures, ""
+        advisory = self.cfg.loop.review == "advisory"
         t = gate.tests
         prompt = prompts.render(
             "loop/review", task=self.task, spec=spec or [], files=[p for _, p in gate.diff.files],
@@ -413,19 +417,26 @@ class _Run:
             with activity.stage("review", round_no=round_no):
                 review = self.ask("review", prompt, REVIEW, round_no)
         except StructuredOutputError as e:
+            if advisory and not gate.test_files_touched:
+                self.unfinished(e, "the round passes on the gate: loop.review is advisory")
+                return True, [f"the review gave no usable verdict: {e}", *gate.flags], [], ""
             self.unfinished(e, "the round fails: an unreviewed change is never passed")
             return False, [f"the review gave no usable verdict: {e}"], [
-                "the change could not be reviewed; make it again, clearly and minimally"]
+                "the change could not be reviewed; make it again, clearly and minimally"], ""
         reasons = list(review["reasons"]) + gate.flags
         fixes = list(review["fixes"]) or list(review["reasons"])
         passed = review["verdict"] == "pass"
+        if advisory and not passed:
+            passed, fixes = True, []
+            reasons.insert(0, "the review did not accept this change; loop.review is advisory, "
+                           "so the round passes on the gate. Read its reasons before approving")
         if gate.test_files_touched and not review["tests_change_ok"]:
             passed = False
             touched = ", ".join(gate.test_files_touched)
             reasons.insert(0, f"the coder changed existing tests to get them passing: {touched}")
             fixes.insert(0, f"restore the tests you changed ({touched}) exactly as they were and "
                          "make the code pass them instead")
-        return passed, reasons, fixes
+        return passed, reasons, fixes, review["verdict"]
 
 
 def files_example(shown: list[tuple[str, str]]) -> str:
