@@ -155,6 +155,26 @@ def test_an_advisory_review_still_fails_an_unasked_test_change(tmp_path: Path) -
     assert any("changed existing tests" in r for r in summary["reasons"])
 
 
+def test_a_change_that_reads_an_undefined_name_fails_though_the_tests_pass(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    untested = GOOD_CALC + "\n\ndef div(a, b):\n    if b == 0:\n        raise DivByZero(a)\n" \
+        "    return a / b\n"
+    coder = ScriptedModel([call("write", path="calc.py", content=untested),
+                           call("finish", summary="fixed add, added div"), *fix_calc()])
+    orch = ScriptedModel([as_json(NOT_UI), as_json(PASS)], name="orch")
+    summary = run(tmp_path, repo, orch, coder)
+
+    assert summary["verdict"] == "pass" and summary["rounds"] == 2
+    events = read_events(Path(summary["run_dir"]))
+    gate1 = next(e for e in events if e["type"] == "gate")
+    assert gate1["test_exit"] == 0 and not gate1["passed"]  # the tests never call div
+    assert any("calc.py:7 reads `DivByZero`" in f for f in gate1["failures"])
+    brief2 = coder.calls[2]["messages"][1]["content"]
+    assert "define or import `DivByZero`" in brief2
+    assert len(orch.calls) == 2  # round 1 never reached the review
+
+
 def test_failing_tool_becomes_its_result_and_the_loop_goes_on(tmp_path: Path) -> None:
     repo = make_repo(tmp_path)
     coder = ScriptedModel([call("read", path="missing.py"), call("nonesuch"), *fix_calc()])

@@ -5,8 +5,9 @@ real diff, and a fresh folder holding exactly that commit's files (`Checkout.exp
 the repo's test command there, in the sandbox (the tests may be the coder's own code: they write
 only to that folder and a private tmp, reach no network, and their whole process tree dies at
 the end or the timeout, with bounded output), flags a diff that changes or deletes tests, fails
-an empty diff for a task that asks for a change, and for UI work runs visual QA against the
-spec. What passes is that commit, and only that commit is what approve brings over.
+an empty diff for a task that asks for a change and a Python line the change added that reads a
+name nothing defines (names.py), and for UI work runs visual QA against the spec. What passes
+is that commit, and only that commit is what approve brings over.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from agent_node import activity
 from agent_node.events import GateChecked
 from agent_node.loop.checkout import Diff
+from agent_node.loop.names import unbound_in_change
 from agent_node.qa.result import QAResult
 from agent_node.sandbox import Sandbox
 
@@ -30,6 +32,8 @@ TEST_PATH = re.compile(
     r"(^|/)(tests?|__tests__|spec)/|(^|/)test_[^/]*\.py$|_test\.(py|go)$|\.(test|spec)\.[jt]sx?$"
 )
 
+
+MAX_UNBOUND = 8  # undefined names listed as failures of one diff
 
 # (url, spec statements, out_dir) -> result; the orchestrator binds the models.
 QACheck = Callable[[str, list[str], Path], QAResult]
@@ -135,6 +139,10 @@ def run_gate(
                for st, path in diff.files if st in "MD" and TEST_PATH.search(path)]
     if touched:
         flags.append("the diff changes or deletes existing tests: " + ", ".join(touched))
+    unbound = unbound_in_change(tree, diff.patch, [p for st, p in diff.files if st != "D"])
+    failures += [u.failure() for u in unbound[:MAX_UNBOUND]]
+    if len(unbound) > MAX_UNBOUND:
+        failures.append(f"... and {len(unbound) - MAX_UNBOUND} more reads of undefined names")
 
     tests = None
     if test_cmd:

@@ -1,0 +1,152 @@
+"""Names a change reads that nothing defines, found by Python's own compiler before any test runs.
+
+A small model's fix often raises an exception or calls a helper it never wrote. When no test
+reaches that line the tests pass, and the change fails the first time the line runs: on the task
+bench, Qwen2.5-Coder 1.5B made `withdraw` raise an `InsufficientFunds` it never defined, and the
+visible tests, which never overdraw, passed it.
+
+Only what the compiler can see is judged. A module that binds names where it cannot (a star
+import, `globals()`, `exec`, a module `__getattr__`) is not checked at all, nor is one that does
+not compile (the tests report that), and only names on lines the change added are reported.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import re
+import symtable
+from dataclasses import dataclass
+from pathlib import Path
+
+MODULE_NAMES = frozenset({"__name__", "__file__", "__doc__", "__builtins__", "__spec__",
+                          "__loader__", "__package__", "__path__", "__annotations__",
+                          "__dict__", "__debug__", "__cached__", "__all__"})
+DYNAMIC = re.compile(r"\bimport\s+\*|\bglobals\s*\(|\bvars\s*\(\s*\)|\bexec\s*\(|"
+                     r"^def __getattr__\b|\b__builtins__\b|\bbuiltins\.\w+\s*=", re.M)
+HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@")
+
+
+@dataclass(frozen=True)
+class Unbound:
+    path: str
+    line: int
+    name: str
+
+    def failure(self) -> str:
+        return (f"{self.path}:{self.line} reads `{self.name}`, which {self.path} never defines or "
+                f"imports (Python's compiler finds no binding for it, so that line raises "
+                f"NameError when it runs, tested or not); define or import `{self.name}`")
+
+
+def undefined_names(source: str, filename: str = "<module>") -> list[tuple[str, int]]:
+    """(name, line) of each read of a global name that the module never binds, imports or has
+    from builtins, in line order; [] when it does not compile or binds names dynamically."""
+    if DYNAMIC.search(source):
+        return []
+    try:
+        top = symtable.symtable(source, filename, "exec")
+        tree = ast.parse(source, filename)
+    except (SyntaxError, ValueError):
+        return []
+    bound = set(MODULE_NAMES) | set(dir(builtins))
+    read: set[str] = set()
+    tables = [top]
+    while tables:
+        table = tables.pop()
+        tables.extend(table.get_children())
+        module = table is top
+        for sym in table.get_symbols():
+            name = sym.get_name()
+            if module and (sym.is_assigned() or sym.is_imported() or sym.is_namespace()):
+                bound.add(name)
+            elif sym.is_declared_global() and sym.is_assigned():
+                bound.add(name)  # `global x` then `x = ...` in a function
+            if sym.is_referenced() and (sym.is_global() or module):
+                read.add(name)
+    missing = read - bound
+    if not missing:
+        return []
+    keys: dict[tuple[str, int], list[symtable.SymbolTable]] = {}
+    tables = list(top.get_children())
+    while tables:
+        table = tables.pop()
+        tables.extend(table.get_children())
+        keys.setdefault((table.get_name(), table.get_lineno()), []).append(table)
+    found: set[tuple[str, int]] = set()
+
+    def visit(node: ast.AST, chain: list[symtable.SymbolTable | None]) -> None:
+        for child in ast.iter_child_nodes(node):
+            scope = _scope_name(child)
+            if scope:
+                match = keys.get((scope, getattr(child, "lineno", 0)), [])
+                visit(child, [*chain, match[0] if len(match) == 1 else None])
+                continue
+            if (isinstance(child, ast.Name) and isinstance(child.ctx, ast.Load)
+                    and child.id in missing and _reads_global(chain, child.id)):
+                found.add((child.id, child.lineno))
+            visit(child, chain)
+
+    visit(tree, [top])
+    return sorted(found, key=lambda x: (x[1], x[0]))
+
+
+def _scope_name(node: ast.AST) -> str:
+    """The name symtable gives the scope `node` opens, or "" when it opens none."""
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return node.name
+    return {ast.Lambda: "lambda", ast.ListComp: "listcomp", ast.SetComp: "setcomp",
+            ast.DictComp: "dictcomp", ast.GeneratorExp: "genexpr"}.get(type(node), "")
+
+
+def _reads_global(chain: list[symtable.SymbolTable | None], name: str) -> bool:
+    """Whether `name` read in the innermost scope of `chain` resolves to the module's globals.
+    A scope without the name (a default or decorator is read in the scope around it) defers to
+    the one around it; a scope that could not be matched is not judged."""
+    for table in reversed(chain):
+        if table is None:
+            return False
+        try:
+            sym = table.lookup(name)
+        except KeyError:
+            continue
+        return sym.is_global() or table.get_type() == "module"
+    return False
+
+
+def added_lines(patch: str) -> dict[str, set[int]]:
+    """Per file of a unified diff (`git diff`), the line numbers its added lines have now."""
+    out: dict[str, set[int]] = {}
+    current: set[int] | None = None
+    line = 0
+    for text in patch.splitlines():
+        if text.startswith("+++ "):
+            target = text[4:]
+            current = out.setdefault(target[2:], set()) if target.startswith("b/") else None
+        elif text.startswith("@@"):
+            m = HUNK.match(text)
+            line = int(m.group(1)) if m else 0
+        elif current is None or text.startswith(("---", "diff ", "index ")):
+            continue
+        elif text.startswith("+"):
+            current.add(line)
+            line += 1
+        elif text.startswith(" "):
+            line += 1
+    return out
+
+
+def unbound_in_change(tree: Path, patch: str, paths: list[str]) -> list[Unbound]:
+    """Reads of undefined names on the lines the change added to the Python files `paths`
+    (relative to `tree`, the commit's files). A link is not followed: the file may be anything."""
+    added = added_lines(patch)
+    found: list[Unbound] = []
+    for path in paths:
+        lines = added.get(path)
+        f = tree / path
+        if not path.endswith(".py") or not lines or f.is_symlink() or not f.is_file():
+            continue
+        source = f.read_text(errors="replace")
+        found += [Unbound(path, n, name) for name, n in undefined_names(source, path)
+                  if n in lines]
+    return found

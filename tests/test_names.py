@@ -1,0 +1,97 @@
+"""The gate's undefined-name check: a line the change added that reads a name nothing defines
+fails the round before any test has to reach it."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from agent_node.loop.names import added_lines, unbound_in_change, undefined_names
+
+BANK = '''\
+import os
+
+
+class Account:
+    def withdraw(self, amount):
+        if amount > self.balance:
+            raise InsufficientFunds("not enough")
+        spent = [a for a in range(3)]
+        print(len(spent), os.sep, __name__)
+        return helper(amount)
+
+
+def helper(amount):
+    global calls
+    calls = 1
+    return amount + calls
+
+
+try:
+    import json
+except ImportError:
+    json = None
+'''
+
+
+def test_a_raised_exception_nothing_defines_is_found_with_its_line() -> None:
+    assert undefined_names(BANK) == [("InsufficientFunds", 7)]
+
+
+def test_locals_builtins_imports_comprehensions_and_declared_globals_are_bound() -> None:
+    fixed = "class InsufficientFunds(Exception):\n    pass\n\n\n" + BANK
+    assert undefined_names(fixed) == []
+
+
+def test_a_closure_reads_its_enclosing_function_but_not_a_name_nowhere() -> None:
+    src = "def f():\n    x = 1\n\n    def g():\n        return x + y\n    return g\n"
+    assert undefined_names(src) == [("y", 5)]
+
+
+def test_a_class_body_reads_its_own_names_and_a_method_does_not() -> None:
+    src = "class C:\n    A = 1\n    B = A + 1\n\n    def m(self):\n        return A\n"
+    assert undefined_names(src) == [("A", 6)]
+
+
+def test_a_module_that_binds_names_where_the_compiler_cannot_see_is_not_judged() -> None:
+    for src in ["from os.path import *\nprint(join)\n", "globals()['x'] = 1\nprint(x)\n",
+                "exec('x = 1')\nprint(x)\n", "def __getattr__(name):\n    return name\n\nx\n"]:
+        assert undefined_names(src) == [], src
+
+
+def test_a_module_that_does_not_compile_is_left_to_the_tests() -> None:
+    assert undefined_names("def f(:\n    pass\n") == []
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def test_only_lines_the_change_added_are_reported(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "bank.py").write_text("def old():\n    return legacy_helper()\n")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    (repo / "bank.py").write_text("def old():\n    return legacy_helper()\n\n\n"
+                                  "def new(a):\n    if a < 0:\n        raise Overdrawn(a)\n"
+                                  "    return a\n")
+    (repo / "notes.txt").write_text("uses Overdrawn\n")
+    git(repo, "add", "-A")
+    patch = git(repo, "diff", "--cached")
+    assert added_lines(patch)["bank.py"] == {3, 4, 5, 6, 7, 8}
+    found = unbound_in_change(repo, patch, ["bank.py", "notes.txt"])
+    assert [(u.path, u.line, u.name) for u in found] == [("bank.py", 7, "Overdrawn")]
+    assert "define or import `Overdrawn`" in found[0].failure()
+
+
+def test_a_changed_file_that_is_a_link_is_not_read(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.py"
+    secret.write_text("print(undefined_secret_name)\n")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "calc.py").symlink_to(secret)
+    patch = "+++ b/calc.py\n@@ -0,0 +1 @@\n+print(undefined_secret_name)\n"
+    assert unbound_in_change(tree, patch, ["calc.py"]) == []
