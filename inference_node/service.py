@@ -204,12 +204,15 @@ class InferenceServicer:
             job.queue_seconds = time.monotonic() - t0
             job.reservation = reservation
             context.add_callback(job.cancelled.set)
+            # To the engine before the Admitted event goes out: sending that waits on the wire,
+            # and a job that reaches the engine after another's prefill step began waits for
+            # the whole step. (The events queue up meanwhile; Admitted is still the first.)
+            self.engine.submit(job)
             yield pb.ChatEvent(admitted=pb.Admitted(
                 request_id=job.request_id, model=entry.name, queue_seconds=job.queue_seconds,
                 reserved_bytes=reservation.bytes, prompt_tokens=len(job.prompt),
                 max_tokens=job.max_tokens, images=images or [], note=note,
             ))
-            self.engine.submit(job)
             while True:
                 try:
                     event = job.events.get(timeout=0.5)
