@@ -84,6 +84,11 @@ class EngineConfig:
     # 0.74x the time of mlx-lm's stream_generate and mlx_lm.server (step 2048); the step size
     # is the likely reason, not yet isolated.
     prefill_step_size: int = 512
+    # Requests sent together are prefilled together: when a request joins while others are still
+    # being read and tokenized, the engine waits for them, up to this long, before its next
+    # step. A lone request never waits. 0: never wait (2 streams sent together then lost one
+    # prefill step in three runs of bench/engine.py --concurrency).
+    gather_ms: float = 50.0
     # MLX's CPU backend runs quantized matmuls ~12x slower than float32 BLAS at prefill; with no
     # Metal device, quantized coder models are expanded to float32 at load (admission counts it).
     dequantize_on_cpu: bool = True

@@ -37,6 +37,21 @@ batch_peak_tokens = batching.batch_peak_tokens
 log = logging.getLogger("inference_node.engine")
 
 
+GATHER_POLL_S = 0.005
+
+
+class Arrival:
+    """A request counted as arriving (Engine.arrival) until `done()`, which may come twice."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine: Engine | None = engine
+
+    def done(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine._arrived()
+
+
 class Engine:
     # Pinned prefixes live outside the LRU; ranks that mirror rank 0's LRU have no such store
     # (distributed/sharded_engine.py turns this off).
@@ -55,6 +70,8 @@ class Engine:
         self.prompt_cache_bytes = int(cfg.engine.prompt_cache_mb * 1024 * 1024)
         self.prompt_cache: PromptCache = self._prompt_cache()
         self._stop = threading.Event()
+        self._arriving = 0  # requests read but not yet submitted (arrival())
+        self._arriving_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
         self.dequantize = cfg.engine.dequantize_on_cpu and not mx.metal.is_available()
 
@@ -101,6 +118,17 @@ class Engine:
     def submit(self, job: Job) -> None:
         self._inbox.put(lambda: self._start_job(job))
 
+    def arrival(self) -> Arrival:
+        """Count a request from the moment it is read until it is submitted (`Arrival.done`):
+        while any is counted, a step about to start a new request's prefill waits for it."""
+        with self._arriving_lock:
+            self._arriving += 1
+        return Arrival(self)
+
+    def _arrived(self) -> None:
+        with self._arriving_lock:
+            self._arriving -= 1
+
     # ------------------------------------------------------------ the engine thread
 
     def _new_prompt_cache(self) -> Any:  # a seam: distributed/ mirrors it to every rank
@@ -135,12 +163,9 @@ class Engine:
                 task = self._inbox.get(timeout=0.05) if not busy else self._inbox.get_nowait()
             except queue.Empty:
                 task = None
-            while task is not None:
-                task()
-                try:
-                    task = self._inbox.get_nowait()
-                except queue.Empty:
-                    task = None
+            if task is not None:
+                self._drain(task)
+                self._gather()
             for lm in list(self.loaded.values()):
                 try:
                     if lm.waiting:
@@ -158,6 +183,27 @@ class Engine:
                 log.exception("describe step failed")
                 reset_random_state()
                 self._fail_all(InferenceError(f"describing failed: {e}"))
+
+    def _drain(self, task: Callable[[], None] | None) -> None:
+        while task is not None:
+            task()
+            try:
+                task = self._inbox.get_nowait()
+            except queue.Empty:
+                task = None
+
+    def _gather(self) -> None:
+        """After starting requests: while others are still arriving (read, not yet submitted),
+        take them too, up to engine.gather_ms, so one prefill step serves them all."""
+        deadline = time.monotonic() + self.cfg.engine.gather_ms / 1000
+        while self._arriving > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:  # short waits: an arrival refused before it is submitted posts nothing
+                self._drain(self._inbox.get(timeout=min(left, GATHER_POLL_S)))
+            except queue.Empty:
+                pass
 
     # ------------------------------------------------------------ loading
 

@@ -25,7 +25,7 @@ from inference_node import chat, mlx_compat, validate
 from inference_node.api import pb
 from inference_node.api import reasons as R
 from inference_node.config import InferenceConfig
-from inference_node.engine import Engine
+from inference_node.engine import Arrival, Engine
 from inference_node.errors import BadRequest, ModelBusy, QueueFull, Unavailable
 from inference_node.footprint import Footprint
 from inference_node.jobs import DONE, Job, LoadedModel
@@ -84,24 +84,29 @@ class InferenceServicer:
     def _chat(self, request: pb.ChatRequest, context: grpc.ServicerContext
               ) -> Iterator[pb.ChatEvent]:
         self._check_open()
-        entry = self._entry(request.model, "coder")
-        tools, schema = validate.check_chat(request, validate.vocab_size(entry.config))
-        lm = self.engine.ensure_loaded(entry)
-        tok = lm.tokenizer
-        constraint, json_tools = self._constraint(request, tok, tools, schema)
-        note = constraint.instruction if constraint is not None else ""
-        messages = chat.template_messages(request.messages)
-        prompt = chat.build_prompt(tok, messages, tools, note,
-                                   note_lists_tools=json_tools is not None)
-        max_tokens = chat.resolve_max_tokens(
-            request.max_tokens if request.HasField("max_tokens") else None,
-            len(prompt), entry.context, self.cfg.engine.default_max_tokens, entry.name,
-        )
-        job = self._job(request, entry, lm, prompt, max_tokens, constraint, json_tools, tools)
-        if self.engine.prompt_cache.pinned_bytes:
-            job.system_prefix = chat.system_prefix(tok, messages, tools, prompt, note,
-                                                   note_lists_tools=json_tools is not None)
-        yield from self._run(job, entry, context)
+        arrival = self.engine.arrival()  # requests sent together are prefilled together
+        try:
+            entry = self._entry(request.model, "coder")
+            tools, schema = validate.check_chat(request, validate.vocab_size(entry.config))
+            lm = self.engine.ensure_loaded(entry)
+            tok = lm.tokenizer
+            constraint, json_tools = self._constraint(request, tok, tools, schema)
+            note = constraint.instruction if constraint is not None else ""
+            messages = chat.template_messages(request.messages)
+            prompt = chat.build_prompt(tok, messages, tools, note,
+                                       note_lists_tools=json_tools is not None)
+            max_tokens = chat.resolve_max_tokens(
+                request.max_tokens if request.HasField("max_tokens") else None,
+                len(prompt), entry.context, self.cfg.engine.default_max_tokens, entry.name,
+            )
+            job = self._job(request, entry, lm, prompt, max_tokens, constraint, json_tools,
+                            tools)
+            if self.engine.prompt_cache.pinned_bytes:
+                job.system_prefix = chat.system_prefix(tok, messages, tools, prompt, note,
+                                                       note_lists_tools=json_tools is not None)
+            yield from self._run(job, entry, context, arrival=arrival)
+        finally:
+            arrival.done()
 
     def _entry(self, name: str, role: str) -> CatalogModel:
         """The catalog entry `name` (or the first of `role`), which must have that role."""
@@ -187,8 +192,8 @@ class InferenceServicer:
         )
 
     def _run(self, job: Job, entry: CatalogModel, context: grpc.ServicerContext,
-             images: list[pb.ImageInfo] | None = None, note: str = ""
-             ) -> Iterator[pb.ChatEvent]:
+             images: list[pb.ImageInfo] | None = None, note: str = "",
+             arrival: Arrival | None = None) -> Iterator[pb.ChatEvent]:
         """Reserve memory, hand the job to the engine and stream its events back."""
         lm = self.engine.loaded.get(entry.name)
         if lm is None:  # evicted between load and reserve: load it again
@@ -208,6 +213,8 @@ class InferenceServicer:
             # and a job that reaches the engine after another's prefill step began waits for
             # the whole step. (The events queue up meanwhile; Admitted is still the first.)
             self.engine.submit(job)
+            if arrival is not None:
+                arrival.done()
             yield pb.ChatEvent(admitted=pb.Admitted(
                 request_id=job.request_id, model=entry.name, queue_seconds=job.queue_seconds,
                 reserved_bytes=reservation.bytes, prompt_tokens=len(job.prompt),

@@ -154,6 +154,59 @@ def test_concurrent_streams_are_batched_and_all_finish(server, stub):
     assert all(r["done"].finish_reason == "length" for r in results)
 
 
+def _wait_for(check, what: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.01)
+
+
+def test_requests_sent_together_are_prefilled_in_one_step(chain_models, stub_for):
+    models = [{"name": name, "path": str(path)} for name, path in chain_models.items()]
+    with running_server(models, engine={"gather_ms": 30_000}) as (srv, target):
+        stub = stub_for(target)
+        collect(stub.Chat(pb.ChatRequest(model="loop", messages=[user("warm up")],
+                                         max_tokens=2), timeout=60))
+        lm = srv.engine.loaded["loop"]
+        steps: list[set[int]] = []
+        step = lm.batch.step
+
+        def spy():
+            prefilled, emitted = step()
+            steps.append({p.uid for p in prefilled})
+            return prefilled, emitted
+
+        lm.batch.step = spy
+        slow = srv.engine.arrival()  # a third request, still being read
+        results: list[dict] = []
+
+        def one(text: str) -> None:
+            results.append(collect(stub.Chat(pb.ChatRequest(
+                model="loop", messages=[user(text)], max_tokens=3), timeout=60)))
+
+        threads = [threading.Thread(target=one, args=(t,)) for t in ("first", "second")]
+        threads[0].start()
+        _wait_for(lambda: len(lm.active) == 1, "the first request joined the batch")
+        threads[1].start()
+        _wait_for(lambda: len(lm.active) == 2, "the second request joined the batch")
+        assert steps == []  # nothing ran while a request was still arriving
+        slow.done()
+        for t in threads:
+            t.join(60)
+        assert [r["done"].usage.completion_tokens for r in results] == [3, 3]
+        assert len(steps[0]) == 2  # the first step prefilled both
+
+
+def test_a_request_that_never_arrives_holds_the_others_only_so_long(chain_models, stub_for):
+    models = [{"name": name, "path": str(path)} for name, path in chain_models.items()]
+    with running_server(models, engine={"gather_ms": 200}) as (srv, target):
+        stub = stub_for(target)
+        srv.engine.arrival()  # read, never submitted, never done
+        out = collect(stub.Chat(pb.ChatRequest(model="loop", messages=[user("go")],
+                                               max_tokens=3), timeout=60))
+        assert out["done"].usage.completion_tokens == 3
+
+
 @pytest.mark.parametrize(
     ("request_", "code", "words"),
     [
