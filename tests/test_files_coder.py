@@ -89,6 +89,24 @@ def test_the_coder_rewrites_until_the_tests_pass_and_the_run_passes(tmp_path: Pa
     assert (repo / "calc.py").read_text() == BAD_CALC  # nothing reaches the user before approve
 
 
+def test_a_reply_whose_tests_pass_but_reads_an_undefined_name_is_sent_back(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    untested = GOOD_CALC + "\n\ndef div(a, b):\n    if b == 0:\n        raise DivByZero(a)\n" \
+        "    return a / b\n"
+    defined = "class DivByZero(Exception):\n    pass\n\n\n" + untested
+    coder = ScriptedModel([text(block("calc.py", untested)), text(block("calc.py", defined))],
+                          name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form())
+
+    assert summary["verdict"] == "pass" and summary["rounds"] == 1  # fixed within the round
+    again = coder.calls[1]["messages"][-1]["content"]
+    assert "pass" in again and "calc.py:7 reads `DivByZero`" in again
+    done = next(e for e in read_events(Path(summary["run_dir"])) if e["type"] == "coder_done")
+    assert done["turns"] == 2
+
+
 def test_a_reply_with_no_file_gets_one_reminder_then_the_round_ends(tmp_path: Path) -> None:
     coder = ScriptedModel([text("I would change add."), text("Still just words.")],
                           name="coder")

@@ -95,3 +95,6 @@ def test_a_changed_file_that_is_a_link_is_not_read(tmp_path: Path) -> None:
     (tree / "calc.py").symlink_to(secret)
     patch = "+++ b/calc.py\n@@ -0,0 +1 @@\n+print(undefined_secret_name)\n"
     assert unbound_in_change(tree, patch, ["calc.py"]) == []
+    (tree / "lib").symlink_to(tmp_path, target_is_directory=True)  # a folder link, too
+    patch = "+++ b/lib/secret.py\n@@ -0,0 +1 @@\n+print(undefined_secret_name)\n"
+    assert unbound_in_change(tree, patch, ["lib/secret.py"]) == []

@@ -44,6 +44,7 @@ from agent_node.loop.context import FILES_BRIEF_CHARS, repo_context, shown_sourc
 from agent_node.loop.errors import StructuredOutputError, UnfinishedJSON, UsageError
 from agent_node.loop.files_coder import run_files_coder
 from agent_node.loop.gate import (
+    MAX_UNBOUND,
     GateResult,
     QACheck,
     detect_test_cmd,
@@ -52,6 +53,7 @@ from agent_node.loop.gate import (
     run_tests,
     tail,
 )
+from agent_node.loop.names import added_lines, unbound_in_change
 from agent_node.loop.repo import current_branch, dirty_paths, head_commit, repo_root
 from agent_node.loop.structured import REVIEW, SPEC, ask_json
 from agent_node.loop.visual import serve_directory
@@ -278,7 +280,7 @@ class _Run:
         tools = self.tools_factory(self.checkout.work)
         if loop.coder == "files":
             if test_cmd:  # the form's own loop: write, test, and again while they fail
-                checks.tests = lambda: self.tests_now(test_cmd)
+                checks.tests = lambda: self.tests_now(test_cmd, base=base)
             if asks_for_change:  # and a reply that changes nothing (but blank lines and
                 # spaces at line ends) is sent back at once
                 checks.changed = lambda: bool(self.checkout.changes(since, *SPACE_BLIND).strip())
@@ -294,18 +296,29 @@ class _Run:
         return run_coder(self.coder_model, prompts.render("loop/coder_system"), brief, tools,
                          limits, emit=self.emit, round_no=round_no, checks=checks)
 
-    def tests_now(self, test_cmd: str, when: str = "after this change") -> tuple[bool, str]:
+    def tests_now(self, test_cmd: str, when: str = "after this change",
+                  base: str = "") -> tuple[bool, str]:
         """The test command on the coder's checkout as it stands (in the sandbox, its git
-        read-only), as the coder is shown it: passed or not, and the end of the output."""
+        read-only), as the coder is shown it: passed or not, and the end of the output. With
+        `base`, the gate's undefined-name check of the change since `base` too: a read of a
+        name nothing defines fails as the gate would fail it (names.py)."""
         work = self.checkout.work
         loop = self.cfg.loop  # bounded as the gate bounds it, and as any coder command is
         t = run_tests(test_cmd, work, min(loop.test_timeout_s, loop.tool_timeout_s),
                       sandbox=self.sandbox,
                       output_limit=self.cfg.loop.output_limit, read_only=checkout_git(work))
-        return t.passed, prompts.render(
+        text = prompts.render(
             "loop/tests_run", when=when, passed=t.passed, cmd=test_cmd,
             exit="timed out" if t.timed_out else f"exit {t.exit_code}",
             output=tail(t.output.strip(), TESTS_SHOWN_CHARS))
+        if not base:
+            return t.passed, text
+        patch = self.checkout.changes(base)
+        unbound = unbound_in_change(work, patch, list(added_lines(patch)))[:MAX_UNBOUND]
+        if unbound:
+            text += "\n" + prompts.render("loop/names_unbound",
+                                          failures=[u.failure() for u in unbound])
+        return t.passed and not unbound, text
 
     def coder_checks(self, base: str, test_cmd: str, asks_for_change: bool) -> CoderChecks:
         loop = self.cfg.loop
