@@ -87,6 +87,17 @@ def test_only_lines_the_change_added_are_reported(tmp_path: Path) -> None:
     assert "define or import `Overdrawn`" in found[0].failure()
 
 
+def test_a_name_another_module_defines_is_to_be_imported_from_there(tmp_path: Path) -> None:
+    (tmp_path / "errors.py").write_text("class ConfigError(Exception):\n    pass\n")
+    (tmp_path / "config.py").write_text("def load(path):\n    raise ConfigError(path)\n")
+    patch = ("+++ b/config.py\n@@ -0,0 +1,2 @@\n+def load(path):\n"
+             "+    raise ConfigError(path)\n")
+    (found,) = unbound_in_change(tmp_path, patch, ["config.py"])
+    assert found.defined_in == ("errors.py",)
+    assert "`ConfigError` is defined in errors.py" in found.failure()
+    assert "`from errors import ConfigError`" in found.failure()
+
+
 def test_a_changed_file_that_is_a_link_is_not_read(tmp_path: Path) -> None:
     secret = tmp_path / "secret.py"
     secret.write_text("print(undefined_secret_name)\n")

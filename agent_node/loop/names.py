@@ -27,16 +27,33 @@ DYNAMIC = re.compile(r"\bimport\s+\*|\bglobals\s*\(|\bvars\s*\(\s*\)|\bexec\s*\(
 HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@")
 
 
+MAX_SCANNED = 500  # Python files searched for where a missing name is defined
+MAX_SCANNED_BYTES = 200_000
+SKIPPED_DIRS = frozenset({"node_modules", "site-packages", "venv", "__pycache__"})
+
+
 @dataclass(frozen=True)
 class Unbound:
     path: str
     line: int
     name: str
+    defined_in: tuple[str, ...] = ()  # the repository's modules that define it at top level
 
     def failure(self) -> str:
+        where = (f"; `{self.name}` is defined in {', '.join(self.defined_in)}: import it from "
+                 f"there (`from {module_of(self.defined_in[0])} import {self.name}`)"
+                 if self.defined_in else f"; define or import `{self.name}`")
         return (f"{self.path}:{self.line} reads `{self.name}`, which {self.path} never defines or "
                 f"imports (Python's compiler finds no binding for it, so that line raises "
-                f"NameError when it runs, tested or not); define or import `{self.name}`")
+                f"NameError when it runs, tested or not){where}")
+
+
+def module_of(path: str) -> str:
+    """The import name of a repository file: pkg/errors.py -> pkg.errors."""
+    parts = path[:-3].split("/") if path.endswith(".py") else path.split("/")
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
 
 
 def undefined_names(source: str, filename: str = "<module>") -> list[tuple[str, int]]:
@@ -152,4 +169,30 @@ def unbound_in_change(tree: Path, patch: str, paths: list[str]) -> list[Unbound]
         source = f.read_text(errors="replace")
         found += [Unbound(path, n, name) for name, n in undefined_names(source, path)
                   if n in lines]
-    return found
+    if not found:
+        return []
+    homes = defined_in(tree, {u.name for u in found})
+    return [Unbound(u.path, u.line, u.name, tuple(p for p in homes.get(u.name, [])
+                                                   if p != u.path)) for u in found]
+
+
+def defined_in(tree: Path, names: set[str]) -> dict[str, list[str]]:
+    """For each of `names`, the Python files of `tree` that bind it at top level (a class,
+    function or assignment), by their paths; links and files out of bounds are not read."""
+    pattern = re.compile(r"^(?:class|def|async\s+def)\s+(" + "|".join(map(re.escape, names))
+                         + r")\b|^(" + "|".join(map(re.escape, names)) + r")\s*(?::[^=]*)?=",
+                         re.M)
+    root = tree.resolve()
+    out: dict[str, list[str]] = {}
+    for n, f in enumerate(sorted(tree.rglob("*.py"))):
+        if n >= MAX_SCANNED:
+            break
+        rel = f.relative_to(tree).as_posix()
+        if (f.is_symlink() or any(part.startswith(".") or part in SKIPPED_DIRS
+                                  for part in rel.split("/"))
+                or not f.resolve().is_relative_to(root) or not f.is_file()
+                or f.stat().st_size > MAX_SCANNED_BYTES):
+            continue
+        for m in pattern.finditer(f.read_text(errors="replace")):
+            out.setdefault(m.group(1) or m.group(2), []).append(rel)
+    return {k: sorted(set(v)) for k, v in out.items()}
