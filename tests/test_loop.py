@@ -153,6 +153,7 @@ def test_an_advisory_review_still_fails_an_unasked_test_change(tmp_path: Path) -
     summary = run(tmp_path, repo, orch, ScriptedModel(cheat, name="coder"), cfg=cfg)
     assert summary["verdict"] == "fail"
     assert any("changed existing tests" in r for r in summary["reasons"])
+    assert not any("advisory" in r for r in summary["reasons"])  # it did not pass
 
 
 def test_a_change_that_reads_an_undefined_name_fails_though_the_tests_pass(

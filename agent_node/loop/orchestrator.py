@@ -439,16 +439,16 @@ class _Run:
         reasons = list(review["reasons"]) + gate.flags
         fixes = list(review["fixes"]) or list(review["reasons"])
         passed = review["verdict"] == "pass"
-        if advisory and not passed:
-            passed, fixes = True, []
-            reasons.insert(0, "the review did not accept this change; loop.review is advisory, "
-                           "so the round passes on the gate. Read its reasons before approving")
         if gate.test_files_touched and not review["tests_change_ok"]:
-            passed = False
             touched = ", ".join(gate.test_files_touched)
             reasons.insert(0, f"the coder changed existing tests to get them passing: {touched}")
             fixes.insert(0, f"restore the tests you changed ({touched}) exactly as they were and "
                          "make the code pass them instead")
+            return False, reasons, fixes, review["verdict"]
+        if advisory and not passed:
+            reasons.insert(0, "the review did not accept this change; loop.review is advisory, "
+                           "so the round passes on the gate. Read its reasons before approving")
+            return True, reasons, [], review["verdict"]
         return passed, reasons, fixes, review["verdict"]
 
 
