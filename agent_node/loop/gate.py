@@ -139,7 +139,7 @@ def run_gate(
                for st, path in diff.files if st in "MD" and TEST_PATH.search(path)]
     if touched:
         flags.append("the diff changes or deletes existing tests: " + ", ".join(touched))
-    unbound = unbound_in_change(tree, diff.patch, [p for st, p in diff.files if st != "D"])
+    unbound = unbound_in_change(tree, diff.patch)
     failures += [u.failure() for u in unbound[:MAX_UNBOUND]]
     if len(unbound) > MAX_UNBOUND:
         failures.append(f"... and {len(unbound) - MAX_UNBOUND} more reads of undefined names")

@@ -153,15 +153,14 @@ def added_lines(patch: str) -> dict[str, set[int]]:
     return out
 
 
-def unbound_in_change(tree: Path, patch: str, paths: list[str]) -> list[Unbound]:
-    """Reads of undefined names on the lines the change added to the Python files `paths`
+def unbound_in_change(tree: Path, patch: str) -> list[Unbound]:
+    """Reads of undefined names on the lines the change (`patch`) added to Python files
     (relative to `tree`: the commit's files, or the coder's checkout). A link, or a path whose
     real place is outside `tree`, is not read: it may be anything, a secret included."""
     added = added_lines(patch)
     root = tree.resolve()
     found: list[Unbound] = []
-    for path in paths:
-        lines = added.get(path)
+    for path, lines in added.items():
         f = tree / path
         if (not path.endswith(".py") or not lines or f.is_symlink()
                 or not f.resolve().is_relative_to(root) or not f.is_file()):

@@ -53,7 +53,7 @@ from agent_node.loop.gate import (
     run_tests,
     tail,
 )
-from agent_node.loop.names import added_lines, unbound_in_change
+from agent_node.loop.names import unbound_in_change
 from agent_node.loop.repo import current_branch, dirty_paths, head_commit, repo_root
 from agent_node.loop.structured import REVIEW, SPEC, ask_json
 from agent_node.loop.visual import serve_directory
@@ -313,8 +313,7 @@ class _Run:
             output=tail(t.output.strip(), TESTS_SHOWN_CHARS))
         if not base:
             return t.passed, text
-        patch = self.checkout.changes(base)
-        unbound = unbound_in_change(work, patch, list(added_lines(patch)))[:MAX_UNBOUND]
+        unbound = unbound_in_change(work, self.checkout.changes(base))[:MAX_UNBOUND]
         if unbound:
             text += "\n" + prompts.render("loop/names_unbound",
                                           failures=[u.failure() for u in unbound])
