@@ -23,6 +23,7 @@ from pathlib import Path
 
 from agent_node import activity
 from agent_node.events import GateChecked
+from agent_node.loop import names
 from agent_node.loop.checkout import Diff
 from agent_node.loop.names import unbound_in_change
 from agent_node.qa.result import QAResult
@@ -32,8 +33,6 @@ TEST_PATH = re.compile(
     r"(^|/)(tests?|__tests__|spec)/|(^|/)test_[^/]*\.py$|_test\.(py|go)$|\.(test|spec)\.[jt]sx?$"
 )
 
-
-MAX_UNBOUND = 8  # undefined names listed as failures of one diff
 
 # (url, spec statements, out_dir) -> result; the orchestrator binds the models.
 QACheck = Callable[[str, list[str], Path], QAResult]
@@ -139,10 +138,7 @@ def run_gate(
                for st, path in diff.files if st in "MD" and TEST_PATH.search(path)]
     if touched:
         flags.append("the diff changes or deletes existing tests: " + ", ".join(touched))
-    unbound = unbound_in_change(tree, diff.patch)
-    failures += [u.failure() for u in unbound[:MAX_UNBOUND]]
-    if len(unbound) > MAX_UNBOUND:
-        failures.append(f"... and {len(unbound) - MAX_UNBOUND} more reads of undefined names")
+    failures += names.failures(unbound_in_change(tree, diff.patch))
 
     tests = None
     if test_cmd:

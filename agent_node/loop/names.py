@@ -27,6 +27,7 @@ DYNAMIC = re.compile(r"\bimport\s+\*|\bglobals\s*\(|\bvars\s*\(\s*\)|\bexec\s*\(
 HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@")
 
 
+MAX_UNBOUND = 8  # reads of undefined names listed for one change
 MAX_SCANNED = 500  # Python files searched for where a missing name is defined
 MAX_SCANNED_BYTES = 200_000
 SKIPPED_DIRS = frozenset({"node_modules", "site-packages", "venv", "__pycache__"})
@@ -195,3 +196,12 @@ def defined_in(tree: Path, names: set[str]) -> dict[str, list[str]]:
         for m in pattern.finditer(f.read_text(errors="replace")):
             out.setdefault(m.group(1) or m.group(2), []).append(rel)
     return {k: sorted(set(v)) for k, v in out.items()}
+
+
+def failures(found: list[Unbound]) -> list[str]:
+    """What the gate and the coder are told of `found`: one sentence each, at most
+    MAX_UNBOUND of them, and how many more there are."""
+    out = [u.failure() for u in found[:MAX_UNBOUND]]
+    if len(found) > MAX_UNBOUND:
+        out.append(f"... and {len(found) - MAX_UNBOUND} more reads of undefined names")
+    return out

@@ -44,7 +44,6 @@ from agent_node.loop.context import FILES_BRIEF_CHARS, repo_context, shown_sourc
 from agent_node.loop.errors import StructuredOutputError, UnfinishedJSON, UsageError
 from agent_node.loop.files_coder import run_files_coder
 from agent_node.loop.gate import (
-    MAX_UNBOUND,
     GateResult,
     QACheck,
     detect_test_cmd,
@@ -53,7 +52,7 @@ from agent_node.loop.gate import (
     run_tests,
     tail,
 )
-from agent_node.loop.names import unbound_in_change
+from agent_node.loop.names import failures, unbound_in_change
 from agent_node.loop.repo import current_branch, dirty_paths, head_commit, repo_root
 from agent_node.loop.structured import REVIEW, SPEC, ask_json
 from agent_node.loop.visual import serve_directory
@@ -313,10 +312,9 @@ class _Run:
             output=tail(t.output.strip(), TESTS_SHOWN_CHARS))
         if not base:
             return t.passed, text
-        unbound = unbound_in_change(work, self.checkout.changes(base))[:MAX_UNBOUND]
+        unbound = failures(unbound_in_change(work, self.checkout.changes(base)))
         if unbound:
-            text += "\n" + prompts.render("loop/names_unbound",
-                                          failures=[u.failure() for u in unbound])
+            text += "\n" + prompts.render("loop/names_unbound", failures=unbound)
         return t.passed and not unbound, text
 
     def coder_checks(self, base: str, test_cmd: str, asks_for_change: bool) -> CoderChecks:
