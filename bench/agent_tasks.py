@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.stats import smoke
-from bench.task_failures import FAILURES, classify, read_rounds
+from bench.task_failures import classify, read_rounds
 from bench.task_grading import (
     TASKS,
     TEST_CMD,
@@ -55,6 +55,7 @@ from bench.task_grading import (
     start_repo,
 )
 from bench.task_models import SMOKE_CALLS, MeteredModel, SmokeModel
+from bench.task_totals import add_stage, table, totals, usage
 
 QUICK_TASKS = ["fizzbuzz", "mean_bug"]
 SMOKE_TASKS = ["fizzbuzz", "ui_signup_button"]  # one plain task, one through the visual gate
@@ -146,11 +147,11 @@ def run_one(task: Task, model: Any, cfg: Any, work: Path, *, qa_for: QAFactory |
     pass_round1, pass_final = passed(0), passed(-1)
     failure, detail = (None, "") if pass_final else classify(
         rounds, verdict=verdict, graded=graded[-1], ui=bool(spec), run_error=error)
-    tokens = _tokens(events)
+    tokens = usage(events)
     for k, v in judge.usage.items():  # the judge's calls are not in the run record
         tokens[k] = tokens.get(k, 0) + v
     if judge.usage["calls"]:
-        _add_stage(tokens["stages"], "visual_judge", judge.usage["calls"], judge.usage["prompt"],
+        add_stage(tokens["stages"], "visual_judge", judge.usage["calls"], judge.usage["prompt"],
                    judge.usage["cached"])
     return {
         "name": task.name,
@@ -197,79 +198,7 @@ def _last_verdict(events: list[dict[str, Any]]) -> str:
     return verdicts[-1].verdict if verdicts else ""
 
 
-def _tokens(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """Usage of the loop's model calls, as the run record has them (Done.usage of each), in all
-    and per stage (the call's role: classify, spec, coder, review, ...). Generated tokens are
-    completion tokens: the node counts reasoning among them."""
-    from agent_node.events import ModelCall, parse_events
-
-    out: dict[str, Any] = {"calls": 0, "prompt": 0, "cached": 0, "generated": 0, "stages": {}}
-    for e in parse_events(events):
-        if isinstance(e, ModelCall):
-            out["calls"] += 1
-            out["prompt"] += e.prompt_tokens
-            out["cached"] += e.cached_prompt_tokens
-            out["generated"] += e.completion_tokens
-            _add_stage(out["stages"], e.role or "other", 1, e.prompt_tokens,
-                       e.cached_prompt_tokens)
-    return out
-
-
-def _add_stage(stages: dict[str, dict[str, int]], stage: str, calls: int, prompt: int,
-               cached: int) -> None:
-    s = stages.setdefault(stage, {"calls": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0})
-    s["calls"] += calls
-    s["prompt_tokens"] += prompt
-    s["cached_prompt_tokens"] += cached
-
-
-def cache_by_stage(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The prompt tokens each stage sent and the share the node served from its cache."""
-    stages: dict[str, dict[str, int]] = {}
-    for r in rows:
-        for stage, s in r.get("cache_by_stage", {}).items():
-            _add_stage(stages, stage, s["calls"], s["prompt_tokens"], s["cached_prompt_tokens"])
-    return {k: {**v, "cache_share": round(v["cached_prompt_tokens"] / v["prompt_tokens"], 3)
-                if v["prompt_tokens"] else 0.0} for k, v in sorted(stages.items())}
-
-
 # ------------------------------------------------------------------------------ a bench run
-
-
-def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    n = max(1, len(rows))
-    prompt = sum(r["prompt_tokens"] for r in rows)
-    cached = sum(r["cached_prompt_tokens"] for r in rows)
-    failures = {k: 0 for k in FAILURES}
-    for r in rows:
-        if r["failure"]:
-            failures[r["failure"]] += 1
-    return {
-        "pass_rate_round1": round(sum(r["pass_round1"] for r in rows) / n, 3),
-        "pass_rate_final": round(sum(r["pass_final"] for r in rows) / n, 3),
-        "failures": {k: v for k, v in failures.items() if v},
-        "tokens_generated": sum(r["tokens_generated"] for r in rows),
-        "prompt_tokens": prompt,
-        "cached_prompt_tokens": cached,
-        "cache_share": round(cached / prompt, 3) if prompt else 0.0,
-        "cache_by_stage": cache_by_stage(rows),
-        "tool_calls": sum(r["tool_calls"] for r in rows),
-        "malformed_tool_calls": sum(r["malformed_tool_calls"] for r in rows),
-        "review_final": review_agreement(rows),
-    }
-
-
-def review_agreement(rows: list[dict[str, Any]]) -> dict[str, int]:
-    """How the code review judged each final change the gate passed, against the hidden tests:
-    the reviewer's own quality, whether its verdict bound the round or not (loop.review)."""
-    out = {"right_change_accepted": 0, "right_change_refused": 0, "wrong_change_accepted": 0,
-           "wrong_change_refused": 0}
-    for r in rows:
-        if r.get("review_final") in ("pass", "fail"):
-            right = "right" if r["hidden_tests_pass_final"] else "wrong"
-            said = "accepted" if r["review_final"] == "pass" else "refused"
-            out[f"{right}_change_{said}"] += 1
-    return out
 
 
 @contextmanager
@@ -469,41 +398,6 @@ def check(tasks_dir: Path, names: list[str] | None) -> dict[str, Any]:
         checks = check_tasks(tasks, Path(d))
     return {"tasks_dir": str(tasks_dir), "ok": all(c.ok for c in checks),
             "tasks": [vars(c) for c in checks]}
-
-
-def table(result: dict[str, Any]) -> str:
-    """The result as a person reads it."""
-    head = (f"{'task':<22} {'round 1':<8} {'final':<6} {'rounds':>6} {'tokens':>8} "
-            f"{'wall s':>7}  why")
-    lines = [head, "-" * len(head)]
-    for r in result["tasks"]:
-        why = "" if r["pass_final"] else f"{r['failure']}: {r['failure_detail']}"
-        lines.append(f"{r['name']:<22} {_yes(r['pass_round1']):<8} {_yes(r['pass_final']):<6} "
-                     f"{r['rounds']:>6} {r['tokens_generated']:>8} {r['wall_s']:>7}  {why[:90]}")
-    lines += ["", f"model: {result['model'].get('name')}; pass rate "
-              f"{100 * result['pass_rate_round1']:.0f}% after round 1, "
-              f"{100 * result['pass_rate_final']:.0f}% after all rounds; prompt tokens served "
-              f"from the cache: {100 * result['cache_share']:.0f}%"]
-    if result.get("cache_by_stage"):
-        lines.append("cached, by stage: " + stage_shares(result["cache_by_stage"]))
-    if result["failures"]:
-        lines.append("failures: " + ", ".join(f"{k} {v}" for k, v in result["failures"].items()))
-    rv = result.get("review_final") or {}
-    if any(rv.values()):
-        lines.append("the review, on final changes the hidden tests pass: "
-                     f"{rv['right_change_accepted']} accepted, {rv['right_change_refused']} "
-                     f"refused; on ones they fail: {rv['wrong_change_refused']} refused, "
-                     f"{rv['wrong_change_accepted']} accepted")
-    return "\n".join(lines)
-
-
-def stage_shares(by_stage: dict[str, dict[str, Any]]) -> str:
-    return ", ".join(f"{k} {100 * v['cache_share']:.0f}% of {v['prompt_tokens']:,}"
-                     for k, v in by_stage.items())
-
-
-def _yes(b: bool) -> str:
-    return "pass" if b else "fail"
 
 
 def _terminated(signum: int, frame: object) -> None:

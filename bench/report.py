@@ -168,7 +168,7 @@ def agent_tasks(res: dict[str, Any]) -> list[str]:
             + (f"; {100 * res['cache_share']:.0f}% of prompt tokens served from the prompt "
                "cache" if "cache_share" in res else "") + ".", ""]
     if res.get("cache_by_stage"):
-        from bench.agent_tasks import stage_shares
+        from bench.task_totals import stage_shares
 
         out += ["Prompt tokens served from the cache, by stage: "
                 + stage_shares(res["cache_by_stage"]) + ".", ""]

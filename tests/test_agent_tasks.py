@@ -22,7 +22,7 @@ from scripted_model import call
 from agent_node.exceptions import InferenceUnavailable
 from agent_node.model import Reply, Usage
 from agent_node.runs import read_events
-from bench import agent_tasks
+from bench import agent_tasks, task_totals
 from bench.agent_tasks import _qa_factory, configure, run_one, store_model
 from bench.task_failures import FAILURES
 from bench.task_grading import TASKS, Task, TaskError, check_tasks, grade, load_tasks, start_repo
@@ -233,7 +233,7 @@ def test_the_reviews_verdicts_are_scored_against_the_hidden_tests(tmp_path: Path
     unreviewed = run_scripted(tmp_path / "c", "mean_bug", [call("finish", summary="no")])
     assert (refused["review_final"], accepted["review_final"], unreviewed["review_final"]) == (
         "fail", "pass", "")
-    assert agent_tasks.totals([refused, accepted, unreviewed])["review_final"] == {
+    assert task_totals.totals([refused, accepted, unreviewed])["review_final"] == {
         "right_change_accepted": 0, "right_change_refused": 1, "wrong_change_accepted": 1,
         "wrong_change_refused": 0}
 
@@ -264,7 +264,7 @@ def test_a_right_change_passes_and_its_tokens_come_from_the_run_record(tmp_path:
         "classify": {"calls": 1, "prompt_tokens": 100, "cached_prompt_tokens": 60},
         "coder": {"calls": 2, "prompt_tokens": 200, "cached_prompt_tokens": 120},
         "review": {"calls": 1, "prompt_tokens": 100, "cached_prompt_tokens": 60}}
-    by_stage = agent_tasks.totals([row, row])["cache_by_stage"]
+    by_stage = task_totals.totals([row, row])["cache_by_stage"]
     assert by_stage["coder"] == {"calls": 4, "prompt_tokens": 400, "cached_prompt_tokens": 240,
                                  "cache_share": 0.6}
 
