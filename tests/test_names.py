@@ -109,3 +109,8 @@ def test_a_changed_file_that_is_a_link_is_not_read(tmp_path: Path) -> None:
     (tree / "lib").symlink_to(tmp_path, target_is_directory=True)  # a folder link, too
     patch = "+++ b/lib/secret.py\n@@ -0,0 +1 @@\n+print(undefined_secret_name)\n"
     assert unbound_in_change(tree, patch) == []
+
+
+def test_a_file_nested_past_what_the_compiler_takes_is_not_judged_and_breaks_nothing() -> None:
+    assert undefined_names("x = " + "+".join(["a"] * 200_000) + "\n") == []  # RecursionError
+    assert undefined_names("x = " + "-" * 100_000 + "1\n") == []  # the parser's MemoryError

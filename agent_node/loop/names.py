@@ -59,14 +59,19 @@ def module_of(path: str) -> str:
 
 def undefined_names(source: str, filename: str = "<module>") -> list[tuple[str, int]]:
     """(name, line) of each read of a global name that the module never binds, imports or has
-    from builtins, in line order; [] when it does not compile or binds names dynamically."""
+    from builtins, in line order; [] when it does not compile, binds names dynamically or is
+    nested deeper than the compiler or this walk can go (the model's file is hostile input)."""
     if DYNAMIC.search(source):
         return []
     try:
-        top = symtable.symtable(source, filename, "exec")
-        tree = ast.parse(source, filename)
-    except (SyntaxError, ValueError):
+        return _undefined(source, filename)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return []
+
+
+def _undefined(source: str, filename: str) -> list[tuple[str, int]]:
+    top = symtable.symtable(source, filename, "exec")
+    tree = ast.parse(source, filename)
     bound = set(MODULE_NAMES) | set(dir(builtins))
     read: set[str] = set()
     tables = [top]
