@@ -3,6 +3,7 @@ writes them, runs the tests and asks again while they fail."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,7 +177,7 @@ def test_the_reminder_shows_the_form_with_a_file_of_this_repository(tmp_path: Pa
     assert "calc.py\n```\n" + BAD_CALC in reminder
 
 
-def test_blank_lines_are_not_the_change_and_each_reply_is_shown_its_diff(
+def test_blank_lines_are_not_the_change_and_each_reply_is_told_what_it_changed(
         tmp_path: Path) -> None:
     coder = ScriptedModel([
         text(block("calc.py", "\n" + BAD_CALC + "\n\n")),  # only blank lines added
@@ -188,7 +189,9 @@ def test_blank_lines_are_not_the_change_and_each_reply_is_shown_its_diff(
                   cfg=files_form(max_rounds=1))
     blank, wrong = (c["messages"][-1]["content"] for c in coder.calls[1:])
     assert "Nothing has changed yet" in blank and "add(2, 3)" not in blank
-    assert "```diff\n" in wrong and "+    return a * b" in wrong and "-    return a - b" in wrong
+    assert "- calc.py: 1 line added, 1 removed" in wrong
+    # not the diff itself: the Qwen coders copied its marks into the files they wrote
+    assert "+    return a * b" not in wrong and "```diff" not in wrong
     assert "add(2, 3) = 6" in wrong  # and the tests' output
     assert summary["verdict"] == "pass"
 
@@ -219,3 +222,38 @@ def test_a_coder_of_no_words_gives_the_review_no_report_to_weigh(tmp_path: Path)
     review = orch.calls[1]["messages"][0]["content"]
     assert "The coder wrote no report; judge the diff and the tests." in review
     assert "a claim, not evidence" not in review
+
+
+def test_a_python_file_that_would_no_longer_compile_is_not_written_and_the_model_is_told_why(
+        tmp_path: Path) -> None:
+    marked = "def add(a, b):\n-    return a - b\n+    return a + b\n"  # a diff, as a file
+    coder = ScriptedModel([text(block("calc.py", marked)), text(block("calc.py", GOOD_CALC))],
+                          name="coder")
+    repo = make_repo(tmp_path)
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form(max_rounds=1))
+    told = coder.calls[1]["messages"][-1]["content"]
+    assert "calc.py: not written: it would not compile: line 2" in told
+    assert "`-    return a - b`" in told and "a diff's mark, not code" in told
+    assert "calc.py stays as it was" in told and "Your changes so far: none" in told
+    assert "add(2, 3)" not in told  # no test run on a checkout the reply did not mean
+    events = read_events(Path(summary["run_dir"]))
+    assert [e["arguments"] for e in events if e["type"] == "tool_call"] == [
+        '{"path": "calc.py"}']  # only the good file was written
+    assert summary["verdict"] == "pass" and summary["rounds"] == 1
+
+
+def test_a_file_that_did_not_compile_before_or_is_new_or_not_python_is_written_as_given(
+        tmp_path: Path) -> None:
+    from agent_node.loop.files_coder import _breaks
+
+    (tmp_path / "old.py").write_text("def f[T](x: T) -> T: ...\n" if sys.version_info < (3, 12)
+                                     else "print 'py2'\n")  # this Python cannot compile it
+    (tmp_path / "page.html").write_text("<p>\n")
+    (tmp_path / "ok.py").write_text("x = 1\n")
+    assert _breaks(tmp_path, "old.py", "y = (\n") == ""
+    assert _breaks(tmp_path, "new.py", "y = (\n") == ""
+    assert _breaks(tmp_path, "page.html", "+ <p>\n") == ""
+    assert _breaks(tmp_path, "ok.py", "x = 2\n") == ""
+    assert "line 1" in _breaks(tmp_path, "ok.py", "x = (\n")
+    assert "diff's mark" not in _breaks(tmp_path, "ok.py", "x = (\n")

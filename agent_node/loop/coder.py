@@ -58,7 +58,7 @@ class CoderChecks:
     tests: Callable[[], tuple[bool, str]] | None = None  # after each edit/write: (passed, text)
     repeats: bool = False  # refuse a call identical to the one before it (see the docstring)
     first: tuple[str, ...] = ()  # the tools the first call may pick from; (): any
-    diff: Callable[[], str] | None = None  # the round's diff so far (the whole-file form shows it)
+    diff: Callable[[], str] | None = None  # `git diff --numstat` of the round so far (files form)
 
 
 EDITS = ("edit", "write")

@@ -10,7 +10,10 @@ and, while the tests fail and turns remain, shows the model their output and ask
 whose tests pass ends the round; so does a reply with no file in it, after one reminder. A file
 given back exactly as it was is not written, and while the task's change is still missing (a
 diff of blank lines and line-end spaces is none) the model is told so before any test runs.
-After each reply the model sees the round's diff so far, so it sees what its rewrite changed.
+Nor is a Python file written that would not compile where it compiles as it stands: the model is
+told the line and why, and the checkout keeps the file's last good version (both Qwen coders
+copied the `+`/`-` marks of a diff into files they wrote). After each reply the model is told
+which files the round has changed so far, by how many lines, and not shown the diff itself.
 A greedy small model told its reply was wrong gives the same reply again, so `retry` (from
 `[loop] retry_temperature`) samples every reply after a round's first.
 
@@ -44,7 +47,7 @@ from agent_node.loop.context import inside
 from agent_node.model import Model
 
 REPLY_TOKENS = 4096  # one reply's bound when [loop] coder_reply_tokens is 0: whole files
-DIFF_SHOWN_CHARS = 4_000  # of the round's diff so far, shown after each reply
+DIFF_MARK = re.compile(r"^[+-]")  # a line a diff marks as added or removed
 FENCE = re.compile(r"^(`{3,}|~{3,})([^\n`]*)\n(.*?)\n?^\1[ \t]*$", re.M | re.S)
 PATH = re.compile(r"[\w.\-/]*\w\.[A-Za-z0-9]+|[\w.\-/]*(?:Makefile|Dockerfile)")
 
@@ -155,12 +158,18 @@ def run_files_coder(
             messages.append({"role": "user", "content": prompts.render(
                 "loop/files_none", example=example, current=_read(root, example))})
             continue
-        results = [_write(tools, root, path, content, emit, round_no)
+        broken = {path: why for path, content in files
+                  if (why := _breaks(root, path, content))}
+        results = [(path, False, f"{path}: not written: {broken[path]}") if path in broken
+                   else _write(tools, root, path, content, emit, round_no)
                    for path, content in files]
         said = "\n".join(output for _, _, output in results)
         if checks.diff is not None:
-            diff = checks.diff().strip()
-            said += "\n\n" + prompts.render("loop/files_diff", diff=_cap(diff, DIFF_SHOWN_CHARS))
+            said += "\n\n" + prompts.render("loop/files_diff", changed=_numstat(checks.diff()))
+        if broken:  # nothing to test: the checkout is not what the reply meant
+            messages.append({"role": "user", "content": prompts.render(
+                "loop/files_again", written=said, tests="")})
+            continue
         if checks.changed is not None and not checks.changed():  # nothing to test yet
             messages.append({"role": "user", "content": prompts.render(
                 "loop/files_unchanged", written=said)})
@@ -189,8 +198,47 @@ def _write(tools: dict[str, Any], root: Path, path: str, content: str, emit: Emi
     return path, ok, f"{path}: {output}"
 
 
-def _cap(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more chars)"
+def _breaks(root: Path, path: str, content: str) -> str:
+    """Why writing `content` to a Python file that compiles as it stands would break it; "" when
+    it would not (or the file is new, is not Python, or does not compile now either: a file in
+    a newer Python than this one's is not judged)."""
+    if not (path.endswith(".py") and inside(root, root / path)
+            and _compiles(_read(root, path), path)):
+        return ""
+    try:
+        compile(content, path, "exec", dont_inherit=True)
+    except SyntaxError as e:
+        line = (e.text or "").rstrip("\n")
+        why = f"it would not compile: line {e.lineno}: {e.msg}" + (f": `{line.strip()}`"
+                                                                   if line.strip() else "")
+        if DIFF_MARK.match(line):
+            why += ("; a line starting with + or - is a diff's mark, not code: write each "
+                    "line as the file must read")
+        return why + f". {path} stays as it was."
+    except ValueError as e:  # a null byte
+        return f"it would not compile: {e}. {path} stays as it was."
+    except (RecursionError, MemoryError):  # nested past what the compiler takes: not judged
+        return ""
+    return ""
+
+
+def _compiles(text: str, path: str) -> bool:
+    try:
+        compile(text, path, "exec", dont_inherit=True)
+        return True
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+
+
+def _numstat(numstat: str) -> list[tuple[str, int, int]]:
+    """`git diff --numstat` as [(path, lines added, lines removed)]; a binary file counts 0."""
+    out = []
+    for row in numstat.splitlines():
+        added, removed, path = (row.split("\t", 2) + ["", ""])[:3]
+        if path:
+            out.append((path, int(added) if added.isdigit() else 0,
+                        int(removed) if removed.isdigit() else 0))
+    return out
 
 
 def _read(root: Path, path: str) -> str:

@@ -283,7 +283,7 @@ class _Run:
             if asks_for_change:  # and a reply that changes nothing (but blank lines and
                 # spaces at line ends) is sent back at once
                 checks.changed = lambda: bool(self.checkout.changes(since, *SPACE_BLIND).strip())
-            checks.diff = lambda: self.checkout.changes(since)
+            checks.diff = lambda: self.checkout.changes(since, "--numstat")
             sources = shown_sources(shown)
             return run_files_coder(
                 self.coder_model, prompts.render("loop/coder_files_system"), brief, tools,
