@@ -257,3 +257,6 @@ def test_a_file_that_did_not_compile_before_or_is_new_or_not_python_is_written_a
     assert _breaks(tmp_path, "ok.py", "x = 2\n") == ""
     assert "line 1" in _breaks(tmp_path, "ok.py", "x = (\n")
     assert "diff's mark" not in _breaks(tmp_path, "ok.py", "x = (\n")
+    assert "would not compile" in _breaks(tmp_path, "ok.py", "x = 1\0\n")  # a null byte
+    # nested past what the compiler takes: not judged, and nothing raises
+    assert _breaks(tmp_path, "ok.py", "x = " + "+".join(["a"] * 200_000) + "\n") == ""

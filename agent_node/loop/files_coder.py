@@ -202,32 +202,33 @@ def _breaks(root: Path, path: str, content: str) -> str:
     """Why writing `content` to a Python file that compiles as it stands would break it; "" when
     it would not (or the file is new, is not Python, or does not compile now either: a file in
     a newer Python than this one's is not judged)."""
-    if not (path.endswith(".py") and inside(root, root / path)
-            and _compiles(_read(root, path), path)):
+    if not (path.endswith(".py") and inside(root, root / path)) \
+            or _compile_error(_read(root, path), path) is not None:
         return ""
-    try:
-        compile(content, path, "exec", dont_inherit=True)
-    except SyntaxError as e:
-        line = (e.text or "").rstrip("\n")
-        why = f"it would not compile: line {e.lineno}: {e.msg}" + (f": `{line.strip()}`"
-                                                                   if line.strip() else "")
-        if DIFF_MARK.match(line):
-            why += ("; a line starting with + or - is a diff's mark, not code: write each "
-                    "line as the file must read")
-        return why + f". {path} stays as it was."
-    except ValueError as e:  # a null byte
+    e = _compile_error(content, path)
+    if e is None:
+        return ""
+    if isinstance(e, ValueError):  # a null byte
         return f"it would not compile: {e}. {path} stays as it was."
-    except (RecursionError, MemoryError):  # nested past what the compiler takes: not judged
-        return ""
-    return ""
+    line = (e.text or "").rstrip("\n")
+    why = f"it would not compile: line {e.lineno}: {e.msg}"
+    why += f": `{line.strip()}`" if line.strip() else ""
+    if DIFF_MARK.match(line):
+        why += ("; a line starting with + or - is a diff's mark, not code: write each line as "
+                "the file must read")
+    return why + f". {path} stays as it was."
 
 
-def _compiles(text: str, path: str) -> bool:
+def _compile_error(text: str, path: str) -> SyntaxError | ValueError | None:
+    """What stops `text` compiling; None when it compiles, or when it nests past what the
+    compiler takes (RecursionError, the parser's MemoryError): that is not judged."""
     try:
         compile(text, path, "exec", dont_inherit=True)
-        return True
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return False
+    except (SyntaxError, ValueError) as e:
+        return e
+    except (RecursionError, MemoryError):
+        pass
+    return None
 
 
 def _numstat(numstat: str) -> list[tuple[str, int, int]]:
