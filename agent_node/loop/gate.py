@@ -25,7 +25,6 @@ from agent_node import activity
 from agent_node.events import GateChecked
 from agent_node.loop import names
 from agent_node.loop.checkout import Diff
-from agent_node.loop.names import unbound_in_change
 from agent_node.qa.result import QAResult
 from agent_node.sandbox import Sandbox
 
@@ -138,7 +137,7 @@ def run_gate(
                for st, path in diff.files if st in "MD" and TEST_PATH.search(path)]
     if touched:
         flags.append("the diff changes or deletes existing tests: " + ", ".join(touched))
-    failures += names.failures(unbound_in_change(tree, diff.patch))
+    failures += names.failures(names.unbound_in_change(tree, diff.patch))
 
     tests = None
     if test_cmd:
