@@ -48,6 +48,13 @@ def test_a_path_in_the_fence_or_a_new_file_is_read_too() -> None:
     assert parse_files(reply, KNOWN) == [("calc.py", "x = 1\n"), ("src/new_mod.py", "y = 2\n")]
 
 
+def test_a_block_holding_only_a_path_names_the_block_after_it() -> None:
+    reply = "```python\ncalc.py\n```\n```python\nx = 1\n```\n```\nREADME.md\n```\n"
+    assert parse_files(reply, KNOWN) == [("calc.py", "x = 1\n")]  # a path alone is no file
+    # a one-line block of code is still code
+    assert parse_files("calc.py\n```python\nx = 1\n```", KNOWN) == [("calc.py", "x = 1\n")]
+
+
 def test_an_unnamed_block_is_the_one_file_shown_only_when_no_block_has_a_path() -> None:
     assert parse_files("```python\nx = 1\n```", KNOWN, default="calc.py") == [
         ("calc.py", "x = 1\n")]

@@ -18,7 +18,8 @@ A greedy small model told its reply was wrong gives the same reply again, so `re
 `[loop] retry_temperature`) samples every reply after a round's first.
 
 A path is taken from the line just before a block (`stats.py`, `**stats.py**`, `# stats.py`,
-`File: stats.py:`) or from the fence's info string (```` ```python stats.py ````); a block with no
+`File: stats.py:`), from the fence's info string (```` ```python stats.py ````) or from a block
+just before it that holds the path alone (the 0.5B's way, now and then); a block with no
 path is the one source file shown, when the brief showed only one (`sources`: the source files
 it showed whole, tests left out, the ones the task names first). What the model writes outside
 the blocks is its report.
@@ -58,10 +59,15 @@ def parse_files(text: str, known: list[str], default: str = "") -> list[tuple[st
     file must not replace it)."""
     out: dict[str, str] = {}
     unnamed: list[str] = []
+    named = ""  # a block that holds only a path names the block after it
     for m in FENCE.finditer(text):
         before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
-        path = _path_in(m.group(2), known) or _path_in(before, known)
         body = m.group(3)
+        if "\n" not in body.strip() and _names_a_file(body.strip()):
+            named = _path_in(body, known)
+            continue
+        path = _path_in(m.group(2), known) or _path_in(before, known) or named
+        named = ""
         body = body if body.endswith("\n") or not body else body + "\n"
         if path:
             out.pop(path, None)
