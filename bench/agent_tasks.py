@@ -3,6 +3,7 @@
     python -m bench.agent_tasks [--tasks-dir DIR] [--tasks a,b] [--json]
                                 [--model NAME | --target HOST:PORT [--model NAME] [--vision V]]
                                 [--rounds N] [--turns N] [--max-tokens N] [--quick] [--keep DIR]
+                                [--parallel N] [--config FILE] [--record FILE]
     python -m bench.agent_tasks --check [--tasks-dir DIR]    # are the tasks well made?
 
 Each task (bench/tasks/<name>/, or any folder of them with --tasks-dir; the format is in
@@ -55,6 +56,7 @@ from bench.task_grading import (
     start_repo,
 )
 from bench.task_models import SMOKE_CALLS, MeteredModel, SmokeModel
+from bench.task_record import Record
 from bench.task_totals import add_stage, table, totals, usage
 
 QUICK_TASKS = ["fizzbuzz", "mean_bug"]
@@ -250,14 +252,15 @@ def store_model(name: str) -> Path:
 
 def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
         model_name: str = "", tasks_dir: Path = TASKS, vision: str = "",
-        keep: Path | None = None, parallel: int = 1, config: Path | None = None
-        ) -> dict[str, Any]:
+        keep: Path | None = None, parallel: int = 1, config: Path | None = None,
+        record: Path | None = None) -> dict[str, Any]:
     """The whole bench; `python -m bench` calls run(quick) and records what it returns.
 
     `keep`: an empty (or new) folder where each task's checkout, run record and grading copies
     stay; by default they go in a temp folder that is removed at the end. `parallel`: tasks run
     at once against the one node (it batches their decoding); each task's `wall_s` is then
-    inflated by the others sharing the machine, the run's `wall_s` is what it took."""
+    inflated by the others sharing the machine, the run's `wall_s` is what it took. `record`: a
+    file each finished task is written to (`bench.task_record`); its tasks are not run again."""
     if parallel < 1:
         raise TaskError(f"--parallel {parallel}: give 1 or more tasks to run at once")
     if keep is not None and keep.exists() and any(keep.iterdir()):
@@ -275,11 +278,30 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
     cfg = configure(lim, quick, config)
     scripted = smoke() and not target
     t_start = time.monotonic()
+    recorded: list[str] = []  # tasks taken from `record`, not run here
+
+    def run_all(model: str, one: Callable[[Task], dict[str, Any]]) -> list[dict[str, Any]]:
+        done = Record(record, {"model": model, "tasks_dir": str(Path(tasks_dir).resolve()),
+                               "limits": lim, "loop": loop_settings(cfg, None)})
+        todo = [t for t in tasks if t.name not in done.rows]
+        recorded.extend(t.name for t in tasks if t.name in done.rows)
+        if len(todo) < len(tasks):
+            log(f"--record {record}: {len(tasks) - len(todo)} of {len(tasks)} tasks are done "
+                f"already; running the other {len(todo)}")
+
+        def one_kept(t: Task) -> dict[str, Any]:
+            r = one(t)
+            done.add(r)
+            return r
+
+        _run_all(todo, lim, one_kept, parallel)
+        return [done.rows[t.name] for t in tasks]
+
     with _work_dir(keep) as tmp:
         if scripted:
-            rows = [run_one(t, SmokeModel(SMOKE_CALLS.get(t.name, [])), cfg, tmp,
-                            qa_for=_qa_factory(cfg, None), max_tokens=lim["max_tokens"])
-                    for t in _announce(tasks, lim)]
+            rows = run_all(SmokeModel.name, lambda t: run_one(
+                t, SmokeModel(SMOKE_CALLS.get(t.name, [])), cfg, tmp,
+                qa_for=_qa_factory(cfg, None), max_tokens=lim["max_tokens"]))
             model_info: dict[str, Any] = {"name": SmokeModel.name,
                                           "note": "smoke run: a scripted stand-in"}
             describer_name = ""
@@ -302,7 +324,7 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
                             f"({r['rounds']} round(s), {r['wall_s']} s)")
                         return r
 
-                    rows = _run_all(tasks, lim, one, parallel)
+                    rows = run_all(str(model_info["name"]), one)
     done = totals(rows)
     # issue 21's target is set for the 0.5B on the whole bench
     targets = ({"agent_prompt_cache_share_ge_0.80": done["cache_share"] >= 0.80}
@@ -311,6 +333,8 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
         "model": model_info,
         "tasks_dir": str(Path(tasks_dir).resolve()),
         "limits": {**lim, "tasks": len(rows), "parallel": parallel},
+        # `wall_s` is this invocation's: the recorded tasks' rows keep their own
+        **({"record": str(record), "from_record": recorded} if record is not None else {}),
         "loop": loop_settings(cfg, config),
         "visual_qa": {"describer": describer_name or None, "judge": "the model under test",
                       "capture": "Chromium, desktop 1280x800 and phone 390x844, console, "
@@ -437,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="an agent-node.toml whose [loop] settings the run uses (the bench's "
                         "--rounds and --turns still apply); default: the built-in defaults")
+    p.add_argument("--record", type=Path, metavar="FILE",
+                   help="write each finished task to FILE (JSON Lines) as it ends; run again "
+                        "with the same FILE and settings, the tasks in it are not run again "
+                        "(a long run that stopped goes on)")
     p.add_argument("--vision", default="", metavar="NAME",
                    help="with --target: a vision model it serves, to describe the screenshots")
     a = p.parse_args(argv)
@@ -459,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         if names:
             over["names"] = names
         result = run(a.quick, over, a.target, a.model, a.tasks_dir, a.vision, a.keep,
-                     a.parallel, a.config)
+                     a.parallel, a.config, a.record)
     except TaskError as e:
         log(str(e))
         return 2

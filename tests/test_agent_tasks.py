@@ -335,6 +335,43 @@ def test_tasks_dir_outside_the_repo_prints_one_json_object(tmp_path: Path) -> No
     assert report.is_file() and report.is_relative_to(tmp_path / "kept")
 
 
+def test_a_run_that_stopped_goes_on_from_its_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("BENCH_SMOKE", "1")
+    monkeypatch.setenv("STUDIO_CODER_HOME", str(tmp_path / "home"))
+    tasks_dir, record = own_tasks(tmp_path / "my-tasks"), tmp_path / "run.jsonl"
+    bench = ["--tasks-dir", str(tasks_dir), "--json", "--record", str(record)]
+    assert agent_tasks.main(bench) == 0
+    first = {r["name"]: r for r in json.loads(capsys.readouterr().out)["tasks"]}
+    head, *rows = record.read_text().splitlines()
+    assert json.loads(head)["settings"]["model"] == "smoke-scripted"
+    assert [json.loads(r) for r in rows] == [first["fizzbuzz"], first["shout"]]
+
+    # stopped while the second task's row was being written: its line is cut short
+    record.write_text(f"{head}\n{rows[0]}\n{rows[1][:40]}")
+    assert agent_tasks.main(bench) == 0
+    out, err = capsys.readouterr()
+    again = {r["name"]: r for r in json.loads(out)["tasks"]}
+    assert json.loads(out)["from_record"] == ["fizzbuzz"]
+    assert "1 of 2 tasks are done already; running the other 1" in err
+    assert again["fizzbuzz"] == first["fizzbuzz"]  # taken from the record, not run again
+    assert again["shout"]["run_dir"] != first["shout"]["run_dir"]  # run again
+    assert [json.loads(r)["name"] for r in record.read_text().splitlines()[1:]
+            if r != rows[1][:40]] == ["fizzbuzz", "shout"]
+
+    assert agent_tasks.main(bench) == 0  # all done: nothing runs, the same rows come back
+    assert json.loads(capsys.readouterr().out)["tasks"] == [again["fizzbuzz"], again["shout"]]
+
+    # rows made with other settings are not one run
+    assert agent_tasks.main([*bench, "--turns", "9"]) == 2
+    assert "made with other settings (limits: turns 3 there, 9 now; loop: coder_max_turns " \
+           "3 there, 9 now)" in capsys.readouterr().err
+    record.write_text("not a record\n")
+    assert agent_tasks.main(bench) == 2
+    assert "is not a bench record" in capsys.readouterr().err
+
+
 def test_check_names_a_task_without_a_solution(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     tasks_dir = own_tasks(tmp_path / "my-tasks")
