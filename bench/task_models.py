@@ -1,13 +1,27 @@
-"""The models the task bench drives the loop with, besides the real one over gRPC.
+"""The models the task bench drives the loop with, and the node that serves the real one.
 
 `MeteredModel` wraps any Model: it caps each reply's max_tokens and adds up the usage the
-inference node reported. `SmokeModel` is BENCH_SMOKE's scripted stand-in.
+inference node reported. `SmokeModel` is BENCH_SMOKE's scripted stand-in. `inference` gives the
+node a run talks to: a running one (--target) or a local one started for the run (--model).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+from bench.task_grading import TaskError
+
+DEFAULT_BUDGET_GB = 8.0
+
+
+def log(msg: str) -> None:
+    print(f"bench.agent_tasks: {msg}", file=sys.stderr, flush=True)
 
 
 class MeteredModel:
@@ -97,3 +111,50 @@ SMOKE_CALLS: dict[str, list[tuple[str, dict[str, Any]]]] = {
                   "new": ".button { background: #333; color: #fff; }\nnav a {"}),
     ],
 }
+
+
+@contextmanager
+def inference(target: str, model_name: str, tmp: Path) -> Iterator[tuple[str, str, dict]]:
+    """(target, model name, what runs): the given node, or a local one started here."""
+    if target:
+        yield target, model_name, {"name": model_name or "(the node's default coder)",
+                                   "note": f"a running inference node at {target}"}
+        return
+    from bench.engine import grpc_server, prepare_model
+
+    budget = float(os.environ.get("BENCH_BUDGET_GB") or DEFAULT_BUDGET_GB)
+    if model_name:
+        path = store_model(model_name)
+        info: dict[str, Any] = {"name": model_name, "path": str(path),
+                                "note": "from the model store, served by a local inference "
+                                        "node started for this run"}
+    else:
+        path, info = prepare_model(tmp, tiny=False)
+        model_name = "bench-model"
+    log(f"starting a local inference node for {path}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        server = grpc_server(path, model_name, tmp, prompt_cache=True, budget_gb=budget)
+        where = server.__enter__()
+    except RuntimeError as e:
+        raise ConnectionError(str(e)) from None
+    try:
+        yield where, model_name, info
+    finally:
+        server.__exit__(None, None, None)
+
+
+def store_model(name: str) -> Path:
+    """`$STUDIO_CODER_HOME/models/<name>`, or TaskError saying what is there and how to add it."""
+    from inference_node.models import store_dir
+
+    store = store_dir()
+    path = store / name
+    if (path / "config.json").is_file():
+        return path
+    have = sorted(p.name for p in store.iterdir() if (p / "config.json").is_file()) \
+        if store.is_dir() else []
+    raise TaskError(f"no model {name!r} in the store {store} (it holds: "
+                    f"{', '.join(have) or 'nothing'}); install it with `inference-node install "
+                    f"{name}` or `inference-node import-gguf FILE --name {name}`, or give "
+                    "--target HOST:PORT of a node that serves it")

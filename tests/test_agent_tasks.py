@@ -23,9 +23,10 @@ from agent_node.exceptions import InferenceUnavailable
 from agent_node.model import Reply, Usage
 from agent_node.runs import read_events
 from bench import agent_tasks, task_totals
-from bench.agent_tasks import _qa_factory, configure, run_one, store_model
+from bench.agent_tasks import _qa_factory, configure, run_one
 from bench.task_failures import FAILURES
 from bench.task_grading import TASKS, Task, TaskError, check_tasks, grade, load_tasks, start_repo
+from bench.task_models import inference, store_model
 
 REPO = Path(__file__).resolve().parent.parent
 MEAN_FIXED = "def mean(xs):\n    if not xs:\n        raise ValueError('empty')\n" \
@@ -420,7 +421,7 @@ def test_a_model_in_the_store_is_served_by_a_local_node(
     (tmp_path / "home" / "models").mkdir(parents=True)
     shutil.copytree(chain_models["hello"], tmp_path / "home" / "models" / "tiny-coder")
     assert store_model("tiny-coder") == tmp_path / "home" / "models" / "tiny-coder"
-    with agent_tasks.inference("", "tiny-coder", tmp_path / "srv") as (target, name, info):
+    with inference("", "tiny-coder", tmp_path / "srv") as (target, name, info):
         cfg = AgentConfig()
         cfg.inference.target = target
         with Client(cfg) as client:
