@@ -54,7 +54,7 @@ def padding_needed(lm: LoadedModel, job: Job) -> int:
 
 def lookup(cache: PromptCache, job: Job, tokens: list[int], *, account: bool) -> Lookup:
     """What the prompt cache holds of `tokens`; logs why it held less than it had seen."""
-    found = cache.fetch(job.model, tokens, account=account)
+    found = cache.fetch(job.model, tokens, account=account, continues=job.continues)
     miss = found.miss
     if account and miss is not None and miss.tokens:
         log.info("prompt cache: %s %s: %d of %d prompt tokens cached (%d pinned); %s",

@@ -88,6 +88,10 @@ class Job:
     # The prompt's system part (system messages, tool schemas): its KV is pinned in the prompt
     # cache once computed, for every later request that starts the same way. 0: none.
     system_prefix: int = 0
+    # The prompt carries an earlier reply on (it holds an assistant message). Only then can a
+    # cache miss be an earlier part of its conversation rendered differently; a first turn that
+    # parts from a cached sequence is another conversation.
+    continues: bool = True
     events: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     queue_seconds: float = 0.0

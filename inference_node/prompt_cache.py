@@ -112,11 +112,13 @@ class PromptCache:
 
     # ------------------------------------------------------------ lookups
 
-    def fetch(self, model: str, tokens: list[int], *, account: bool = True) -> Lookup:
+    def fetch(self, model: str, tokens: list[int], *, account: bool = True,
+              continues: bool = True) -> Lookup:
         """The longest cached prefix of `tokens` (a copy) and what is left to run.
 
         The whole prompt is never served: its last token is always run, so the model
-        produces the logits of the first new token.
+        produces the logits of the first new token. `continues`: the prompt carries an earlier
+        reply on; a first turn (False) that parts from a cached sequence is not a miss.
         """
         if not self.enabled:
             return self._counted(model, tokens, Lookup(None, tokens, 0, miss=Miss(
@@ -139,7 +141,7 @@ class PromptCache:
         if cache is None:
             served, pinned = 0, 0
         found = Lookup(cache, rest, served, min(pinned, served))
-        found.miss = self._explain(model, tokens, served)
+        found.miss = self._explain(model, tokens, served, continues)
         return self._counted(model, tokens, found, account)
 
     def _counted(self, model: str, tokens: list[int], found: Lookup, account: bool) -> Lookup:
@@ -218,9 +220,11 @@ class PromptCache:
 
     # ------------------------------------------------------------ explaining misses
 
-    def _explain(self, model: str, tokens: list[int], served: int) -> Miss | None:
+    def _explain(self, model: str, tokens: list[int], served: int, continues: bool = True
+                 ) -> Miss | None:
         """Why the tokens of `tokens` after `served` that an earlier sequence shared were not
-        served; None when none was seen before (new text)."""
+        served; None when none was seen before (new text), or when a first turn (not
+        `continues`) parts from one: it has no earlier part to render differently."""
         seen = self._history.get(model)
         if not seen:
             return None
@@ -236,8 +240,8 @@ class PromptCache:
         if best_n > served + 1:  # it held more than was served: it is gone
             return Miss("evicted", best_n - served, served, *self._windows(model, best, arr,
                                                                             served))
-        if best_n >= len(best.tokens) or best_n >= len(arr) - 1:
-            return None  # the prompt carries on from all of it: nothing lost
+        if best_n >= len(best.tokens) or best_n >= len(arr) - 1 or not continues:
+            return None  # the prompt carries on from all of it, or is a first turn
         if best_n < best.prompt and (len(arr) <= len(best.tokens) or best_n < best.prompt // 2):
             return None  # parts early in that prompt and is no longer: another conversation
         # The prompt parts from what was seen at best_n: say how.

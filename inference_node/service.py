@@ -101,6 +101,7 @@ class InferenceServicer:
             )
             job = self._job(request, entry, lm, prompt, max_tokens, constraint, json_tools,
                             tools)
+            job.continues = any(m.get("role") == "assistant" for m in messages)
             if self.engine.prompt_cache.pinned_bytes:
                 job.system_prefix = chat.system_prefix(tok, messages, tools, prompt, note,
                                                        note_lists_tools=json_tools is not None)

@@ -97,6 +97,22 @@ def test_a_fresh_conversation_reuses_the_pinned_system_prefix(
     assert stats.pinned_tokens >= max(pins) - 1
 
 
+def test_another_task_s_first_turn_is_no_miss_and_a_rewritten_past_is_one(
+        cached: tuple[Any, str], stub_for: Any) -> None:
+    stub, stats = stub_for(cached[1]), cached[0].engine.prompt_cache.stats
+    words = " ".join(f"w{i}" for i in range(100, 130))
+    ask(stub, [msg("system", SYSTEM), msg("user", "task w90 w91 w92 w93")])
+    rerendered = stats["m"].misses.get("rerendered", 0)
+    # the next task's first call: the same system part and opening, then its own longer text
+    ask(stub, [msg("system", SYSTEM), msg("user", f"task w90 w91 {words}")])
+    assert stats["m"].misses.get("rerendered", 0) == rerendered
+    # a conversation that carries a reply on, with its first message written another way
+    reply, _ = ask(stub, [msg("system", SYSTEM), msg("user", "task w90 w91 w92 w94")])
+    ask(stub, [msg("system", SYSTEM), msg("user", "task w90 w91 w92 w95"),
+               msg("assistant", reply), msg("user", words)])
+    assert stats["m"].misses.get("rerendered", 0) > rerendered
+
+
 def test_cached_kv_stays_inside_the_prompt_cache_cap_set_aside_from_the_budget(
         cached: tuple[Any, str], uncached: tuple[Any, str]) -> None:
     srv, _ = cached
@@ -161,6 +177,12 @@ def test_misses_name_their_cause_and_another_conversation_is_not_one() -> None:
     assert miss.tokens == len(reply) - 1
     # a different user message after the same system part is another conversation
     assert pc.fetch("m", system + [20, 21]).miss is None
+    # so is a first turn that shares the system part and the user message's opening, and is
+    # longer (every task's first call to the classifier, the review, a fresh coder)
+    other_task = system + turn1[:3] + list(range(40, 60))
+    assert pc.fetch("m", other_task, continues=False).miss is None
+    miss = pc.fetch("m", other_task).miss  # one that carries a reply on parts from its own past
+    assert miss is not None and (miss.cause, miss.at) == ("rerendered", len(system) + 3)
     assert pc.stats["m"].misses["evicted"] > 0
 
 
