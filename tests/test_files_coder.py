@@ -48,43 +48,13 @@ def test_a_path_in_the_fence_or_a_new_file_is_read_too() -> None:
     assert parse_files(reply, KNOWN) == [("calc.py", "x = 1\n"), ("src/new_mod.py", "y = 2\n")]
 
 
-def test_a_block_holding_only_a_path_names_the_block_after_it() -> None:
-    reply = "```python\ncalc.py\n```\n```python\nx = 1\n```\n```\nREADME.md\n```\n"
-    assert parse_files(reply, KNOWN) == [("calc.py", "x = 1\n")]  # a path alone is no file
-    # a one-line block of code is still code
-    assert parse_files("calc.py\n```python\nx = 1\n```", KNOWN) == [("calc.py", "x = 1\n")]
-
-
 def test_an_unnamed_block_is_the_one_file_shown_only_when_no_block_has_a_path() -> None:
-    shown = {"calc.py": BAD_CALC}
-    assert parse_files("```python\nx = 1\n```", KNOWN, shown) == [("calc.py", "x = 1\n")]
-    assert parse_files("```\nx = 1\n```", KNOWN) == []  # no file shown: nothing to write
+    assert parse_files("```python\nx = 1\n```", KNOWN, default="calc.py") == [
+        ("calc.py", "x = 1\n")]
+    assert parse_files("```\nx = 1\n```", KNOWN) == []  # no default: nothing to write
     # an example after the named file must not replace it
     reply = block("calc.py", GOOD_CALC) + "Use it like this:\n```python\nadd(1, 2)\n```"
-    assert parse_files(reply, KNOWN, shown) == [("calc.py", GOOD_CALC)]
-
-
-PAGES = ('"""Pages of results."""\n\n\ndef page_count(total, per_page):\n'
-         '    return total // per_page + 1\n\n\ndef paginate(items, page, per_page):\n'
-         '    start = page * per_page\n    return items[start:start + per_page]\n')
-SEARCH = ('"""The search screen."""\n\nfrom pages import paginate\n\n\n'
-          'def search(items, query, page):\n'
-          '    return paginate([i for i in items if query in i], page, 10)\n')
-
-
-def test_an_unnamed_block_is_the_shown_file_it_mostly_repeats() -> None:
-    shown = {"pages.py": PAGES, "search.py": SEARCH}
-    fixed = PAGES.replace("page * per_page", "(page - 1) * per_page")
-    assert parse_files(f"```python\n{fixed}```\n", KNOWN, shown) == [("pages.py", fixed)]
-    # as the 0.5B wrote it: the brief echoed in one block, the file in the next, a test named
-    reply = (f"```python\n# Task\nFix paginate.\n\n# The files\n\npages.py\n```\n"
-             f"```python\n{fixed}```\n\ntests/test_pages.py\n```\nx = 1\n```\n")
-    assert parse_files(reply, KNOWN, shown) == [("tests/test_pages.py", "x = 1\n"),
-                                                ("pages.py", fixed)]
-    # a file named in the reply keeps its named block; an unlike block is no file
-    reply = block("pages.py", fixed) + f"```python\n{PAGES}```\n```\nprint(search([], 'a', 1))\n```"
-    assert parse_files(reply, KNOWN, shown) == [("pages.py", fixed)]
-    assert parse_files("```python\nimport os\nprint(os.sep)\n```", KNOWN, shown) == []
+    assert parse_files(reply, KNOWN, default="calc.py") == [("calc.py", GOOD_CALC)]
 
 
 def test_a_file_written_twice_keeps_its_last_content_and_the_report_is_the_prose() -> None:

@@ -18,18 +18,14 @@ A greedy small model told its reply was wrong gives the same reply again, so `re
 `[loop] retry_temperature`) samples every reply after a round's first.
 
 A path is taken from the line just before a block (`stats.py`, `**stats.py**`, `# stats.py`,
-`File: stats.py:`), from the fence's info string (```` ```python stats.py ````) or from a block
-just before it that holds the path alone (the 0.5B's way, now and then). A block with no path
-is the source file shown (`sources`: the source files the brief showed whole, tests left out)
-that it mostly repeats, half its lines or more, when the reply names that file nowhere else;
-both Qwen coders wrote a file so, after an echo of the brief or with no path at all. Failing
-that, it is the one source file shown, when the brief showed only one and no block has a path.
-What the model writes outside the blocks is its report.
+`File: stats.py:`) or from the fence's info string (```` ```python stats.py ````); a block with no
+path is the one source file shown, when the brief showed only one (`sources`: the source files
+it showed whole, tests left out, the ones the task names first). What the model writes outside
+the blocks is its report.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import time
@@ -56,52 +52,25 @@ FENCE = re.compile(r"^(`{3,}|~{3,})([^\n`]*)\n(.*?)\n?^\1[ \t]*$", re.M | re.S)
 PATH = re.compile(r"[\w.\-/]*\w\.[A-Za-z0-9]+|[\w.\-/]*(?:Makefile|Dockerfile)")
 
 
-def parse_files(text: str, known: list[str], shown: dict[str, str] | None = None
-                ) -> list[tuple[str, str]]:
+def parse_files(text: str, known: list[str], default: str = "") -> list[tuple[str, str]]:
     """[(path, content)] in the order written; a path written twice keeps its last content.
-    `shown` (path: content as it stands) names a block with no path: the file it repeats, else
-    the one file shown when no block has a path (an example after the file must not replace
-    it)."""
-    shown = shown or {}
+    `default` names a block with no path only when no block has one (an example after the
+    file must not replace it)."""
     out: dict[str, str] = {}
     unnamed: list[str] = []
-    named = ""  # a block that holds only a path names the block after it
     for m in FENCE.finditer(text):
         before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        path = _path_in(m.group(2), known) or _path_in(before, known)
         body = m.group(3)
-        if "\n" not in body.strip() and _names_a_file(body.strip()):
-            named = _path_in(body, known)
-            continue
-        path = _path_in(m.group(2), known) or _path_in(before, known) or named
-        named = ""
         body = body if body.endswith("\n") or not body else body + "\n"
         if path:
             out.pop(path, None)
             out[path] = body
         else:
             unnamed.append(body)
-    named_elsewhere = set(out)
-    for body in unnamed:
-        path = _repeats(body, shown)
-        if path and path not in named_elsewhere:
-            out.pop(path, None)
-            out[path] = body
-    if not out and len(shown) == 1 and unnamed:
-        return [(next(iter(shown)), unnamed[0])]
+    if not out and default and unnamed:
+        return [(default, unnamed[0])]
     return list(out.items())
-
-
-def _repeats(body: str, shown: dict[str, str]) -> str:
-    """The shown file that half the lines or more of `body` and of the file have in common; ""
-    when none does (an example, the brief repeated, a file the model wrote anew)."""
-    lines = body.splitlines()
-    best, path = 0.5, ""
-    for name, content in shown.items():
-        alike = difflib.SequenceMatcher(None, lines, content.splitlines(), autojunk=False)
-        if alike.real_quick_ratio() >= best and alike.quick_ratio() >= best \
-                and (ratio := alike.ratio()) >= best:
-            best, path = ratio, name
-    return path
 
 
 def _path_in(line: str, known: list[str]) -> str:
@@ -178,7 +147,7 @@ def run_files_coder(
         tokens += reply.usage.completion_tokens
         emit(model_call(reply, role="coder", round_no=round_no))
         messages.append({"role": "assistant", "content": reply.text})
-        files = parse_files(reply.text, known, {path: _read(root, path) for path in sources})
+        files = parse_files(reply.text, known, sources[0] if len(sources) == 1 else "")
         report = report_of(reply.text) or report
         if not files:
             if reminded or reply.finish_reason == "length":
