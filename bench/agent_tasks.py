@@ -212,7 +212,9 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
     if parallel < 1:
         raise TaskError(f"--parallel {parallel}: give 1 or more tasks to run at once")
     if keep is not None and keep.exists() and any(keep.iterdir()):
-        raise TaskError(f"--keep {keep} is not empty; give a new or empty folder")
+        raise TaskError(f"--keep {keep} is not empty; give a new or empty folder" + (
+            " (a run that goes on from --record keeps the tasks it runs now in a folder of "
+            "their own)" if record is not None else ""))
     outer = pytest_config_above(keep) if keep is not None else None
     if outer is not None:
         raise TaskError(f"--keep {keep} is inside {outer.parent}, whose pytest configuration "

@@ -363,6 +363,10 @@ def test_a_run_that_stopped_goes_on_from_its_record(
 
     assert agent_tasks.main(bench) == 0  # all done: nothing runs, the same rows come back
     assert json.loads(capsys.readouterr().out)["tasks"] == [again["fizzbuzz"], again["shout"]]
+    (tmp_path / "kept" / "old").mkdir(parents=True)
+    assert agent_tasks.main([*bench, "--keep", str(tmp_path / "kept")]) == 2
+    assert "a run that goes on from --record keeps the tasks it runs now in a folder of their " \
+           "own" in capsys.readouterr().err
 
     # rows made with other settings are not one run
     assert agent_tasks.main([*bench, "--turns", "9"]) == 2
