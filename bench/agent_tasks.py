@@ -103,6 +103,7 @@ def configure(lim: dict[str, Any], quick: bool, config: Path | None = None) -> A
 def run_one(task: Task, model: Any, cfg: Any, work: Path, *, qa_for: QAFactory | None = None,
             max_tokens: int | None = None) -> dict[str, Any]:
     """Run `task` through the loop with `model`, grade it, classify a failure; one result row."""
+    from agent_node.exceptions import InferenceUnavailable
     from agent_node.loop import run_task
     from agent_node.runs import read_events
 
@@ -118,6 +119,8 @@ def run_one(task: Task, model: Any, cfg: Any, work: Path, *, qa_for: QAFactory |
     try:
         summary = run_task(task.text, repo, model=loop_model, cfg=cfg, home=here / "home",
                            spec=spec, test_cmd=TEST_CMD, qa=qa)
+    except InferenceUnavailable:
+        raise  # the node was lost (or the run is stopping): no result of the task's; exit 3
     except Exception as e:  # noqa: BLE001 - a crashed run is a result too
         error = f"{type(e).__name__}: {e}"
     finally:
@@ -338,8 +341,11 @@ def _run_all(tasks: list[Task], lim: dict[str, Any], one: Callable[[Task], dict[
         _say(numbered[t.name], len(tasks), t, lim)
         return one(t)
 
-    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="task") as pool:
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="task")
+    try:
         return list(pool.map(started, tasks))
+    finally:  # stopped (SIGTERM, ^C, the node lost): no waiting for the tasks in flight; they
+        pool.shutdown(wait=False, cancel_futures=True)  # end as the node stops, unrecorded
 
 
 def _announce(tasks: list[Task], lim: dict[str, Any]) -> Iterator[Task]:
@@ -445,7 +451,9 @@ def main(argv: list[str] | None = None) -> int:
         from agent_node.exceptions import InferenceUnavailable
 
         if isinstance(e, InferenceUnavailable | ConnectionError):
-            log(f"the inference node is unreachable: {e}")
+            log(f"the inference node is unreachable: {e}" + (
+                f"; the tasks that finished are in {a.record}, and the same command goes on "
+                "from there" if a.record else ""))
             return 3
         raise
     print(json.dumps(result, indent=2) if a.json else table(result))

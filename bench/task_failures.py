@@ -9,7 +9,7 @@ graded on the original visible tests plus the hidden ones (`bench.task_grading.g
 A failed task gets exactly one class. When several apply, the first in this order wins, from
 what most invalidates the rest to what is most specific:
 
-    run_error          the loop raised or left no verdict (the node went away, a crash)
+    run_error          the loop raised or left no verdict (a crash, a request the node refused)
     tests_edited       the final diff changes or deletes existing tests or the test config;
                        whatever passed, it passed on other tests
     tool_errors        more than half of the final round's tool calls failed (unknown tool,

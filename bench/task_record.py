@@ -8,7 +8,8 @@ A full run of a 1.5B coder on a CPU takes hours. The file's first line holds the
 run was made with (model, limits, the loop's settings, the tasks' folder); each line after it is
 one task's result row, written as the task ends. A task already in the file is not run again. A
 file made with other settings is refused: rows from two settings are not one run. A last line
-cut short by a kill is dropped, and its task runs again.
+cut short by a kill is dropped, and its task runs again. A task the run was stopped in, or lost
+the inference node in, leaves no row (`bench.agent_tasks` stops with exit 3): it runs again.
 """
 
 from __future__ import annotations

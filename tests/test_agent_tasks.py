@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from scripted_model import call
 
-from agent_node.exceptions import InferenceUnavailable
+from agent_node.exceptions import ContextLengthExceeded, InferenceUnavailable
 from agent_node.model import Reply, Usage
 from agent_node.runs import read_events
 from bench import agent_tasks, task_totals
@@ -196,7 +196,7 @@ SCENARIOS: dict[str, tuple[str, list[Any], dict[str, Any]]] = {
         "edit", path="index.html", old='<li><a href="blog.html">Blog</a></li>',
         new='<li><a href="blog.html">Blog</a></li>\n        '
             '<li><a href="contact.html">Contact</a></li>')], {}),
-    "run_error": ("mean_bug", [InferenceUnavailable("the inference node went away")], {}),
+    "run_error": ("mean_bug", [ContextLengthExceeded("prompt over the model's context")], {}),
 }
 
 
@@ -223,7 +223,7 @@ def test_a_scripted_run_fails_for_the_reason_it_was_driven_into(
         assert row["hidden_tests_pass_final"] is True and row["visual_qa_final"] is False
         assert "overflow" in row["failure_detail"] or "wider" in row["failure_detail"]
     if expected == "run_error":
-        assert "went away" in row["error"]
+        assert "over the model's context" in row["error"]
 
 
 def test_the_reviews_verdicts_are_scored_against_the_hidden_tests(tmp_path: Path) -> None:
@@ -375,6 +375,39 @@ def test_a_run_that_stopped_goes_on_from_its_record(
     record.write_text("not a record\n")
     assert agent_tasks.main(bench) == 2
     assert "is not a bench record" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_a_lost_node_stops_the_run_and_records_no_result_for_the_tasks_it_cut_off(
+        parallel: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A node that went away (or was stopped with the run) is no task's result: the run stops
+    with exit 3, and the task it cut off runs again when the run goes on from its record."""
+    monkeypatch.setenv("BENCH_SMOKE", "1")
+    monkeypatch.setenv("STUDIO_CODER_HOME", str(tmp_path / "home"))
+    tasks_dir, record = own_tasks(tmp_path / "my-tasks"), tmp_path / "run.jsonl"
+    bench = ["--tasks-dir", str(tasks_dir), "--json", "--record", str(record),
+             "--parallel", parallel]
+    chat = agent_tasks.SmokeModel.chat
+
+    def lost_on_shout(self: Any, messages: list[dict[str, Any]], **kw: Any) -> Any:
+        if "shout(text)" in json.dumps(messages):
+            raise InferenceUnavailable("lost the inference node at 127.0.0.1:1 (Socket closed)")
+        return chat(self, messages, **kw)
+
+    monkeypatch.setattr(agent_tasks.SmokeModel, "chat", lost_on_shout)
+    assert agent_tasks.main(bench) == 3
+    err = capsys.readouterr().err
+    assert "the inference node is unreachable: lost the inference node" in err
+    assert f"the tasks that finished are in {record}" in err
+    assert [json.loads(r)["name"] for r in record.read_text().splitlines()[1:]] == ["fizzbuzz"]
+
+    monkeypatch.setattr(agent_tasks.SmokeModel, "chat", chat)  # the node is back
+    assert agent_tasks.main(bench) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["from_record"] == ["fizzbuzz"]
+    assert [t["name"] for t in out["tasks"]] == ["fizzbuzz", "shout"]
+    assert out["tasks"][1]["failure"] != "run_error"
 
 
 def test_check_names_a_task_without_a_solution(tmp_path: Path,
