@@ -220,7 +220,7 @@ class PromptCache:
 
     # ------------------------------------------------------------ explaining misses
 
-    def _explain(self, model: str, tokens: list[int], served: int, continues: bool = True
+    def _explain(self, model: str, tokens: list[int], served: int, continues: bool
                  ) -> Miss | None:
         """Why the tokens of `tokens` after `served` that an earlier sequence shared were not
         served; None when none was seen before (new text), or when a first turn (not
