@@ -247,7 +247,11 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
             done.add(r)
             return r
 
-        _run_all(todo, lim, one_kept, parallel)
+        try:
+            _run_all(todo, lim, one_kept, parallel)
+        except BaseException:  # SIGTERM, ^C, a lost node: the tasks cut off leave no row
+            done.stop()
+            raise
         return [done.rows[t.name] for t in tasks]
 
     with _work_dir(keep) as tmp:
@@ -324,7 +328,8 @@ def _work_dir(keep: Path | None) -> Iterator[Path]:
         keep.mkdir(parents=True, exist_ok=True)
         yield keep.resolve()
         return
-    with tempfile.TemporaryDirectory(prefix="agent-tasks-") as d:
+    # a task a stop left in flight may still write there as it ends: that stops no stop
+    with tempfile.TemporaryDirectory(prefix="agent-tasks-", ignore_cleanup_errors=True) as d:
         yield Path(d)
 
 

@@ -8,8 +8,8 @@ A full run of a 1.5B coder on a CPU takes hours. The file's first line holds the
 run was made with (model, limits, the loop's settings, the tasks' folder); each line after it is
 one task's result row, written as the task ends. A task already in the file is not run again. A
 file made with other settings is refused: rows from two settings are not one run. A last line
-cut short by a kill is dropped, and its task runs again. A task the run was stopped in, or lost
-the inference node in, leaves no row (`bench.agent_tasks` stops with exit 3): it runs again.
+cut short by a kill is dropped, and its task runs again. A task in flight when the run is
+stopped (SIGTERM, ^C) or loses its inference node (exit 3) leaves no row: it runs again.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class Record:
         self.path = path
         self.settings = json.loads(json.dumps(settings))  # as the file will give it back
         self.rows: dict[str, dict[str, Any]] = {}
+        self.stopped = False
         self._lock = threading.Lock()
         if path is None:
             return
@@ -52,9 +53,17 @@ class Record:
             with path.open("a", encoding="utf-8") as f:
                 f.write("\n")
 
+    def stop(self) -> None:
+        """The run is stopping: a task still in flight ends in the stop's own errors (the node
+        going away, its channel closed), which are not its result, so no row is kept after."""
+        with self._lock:
+            self.stopped = True
+
     def add(self, row: dict[str, Any]) -> None:
         """Keep one finished task's row; written at once, so a stop loses no finished task."""
         with self._lock:
+            if self.stopped:
+                return
             self.rows[row["name"]] = row
             if self.path is not None:
                 with self.path.open("a", encoding="utf-8") as f:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,10 @@ from typing import Any
 import pytest
 from scripted_model import call
 
-from agent_node.exceptions import ContextLengthExceeded, InferenceUnavailable
+from agent_node.exceptions import Cancelled, ContextLengthExceeded, InferenceUnavailable
 from agent_node.model import Reply, Usage
 from agent_node.runs import read_events
-from bench import agent_tasks, task_totals
+from bench import agent_tasks, task_record, task_totals
 from bench.agent_tasks import _qa_factory, configure, run_one
 from bench.task_failures import FAILURES
 from bench.task_grading import TASKS, Task, TaskError, check_tasks, grade, load_tasks, start_repo
@@ -408,6 +410,40 @@ def test_a_lost_node_stops_the_run_and_records_no_result_for_the_tasks_it_cut_of
     assert out["from_record"] == ["fizzbuzz"]
     assert [t["name"] for t in out["tasks"]] == ["fizzbuzz", "shout"]
     assert out["tasks"][1]["failure"] != "run_error"
+
+
+def test_a_run_stopped_by_sigterm_records_nothing_for_the_task_it_cut_off(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM stops a parallel run at once; the task in flight then fails on the stop itself
+    (its channel closed) and that is not its result: it runs again when the run goes on."""
+    monkeypatch.setenv("BENCH_SMOKE", "1")
+    monkeypatch.setenv("STUDIO_CODER_HOME", str(tmp_path / "home"))
+    tasks_dir, record = own_tasks(tmp_path / "my-tasks"), tmp_path / "run.jsonl"
+    stopping = threading.Event()
+    stop = task_record.Record.stop
+
+    def stop_and_say(self: task_record.Record) -> None:
+        stop(self)
+        stopping.set()
+
+    def stopped_in_shout(self: Any, messages: list[dict[str, Any]], **kw: Any) -> Any:
+        if "shout(text)" not in json.dumps(messages):
+            return chat(self, messages, **kw)
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` would
+        assert stopping.wait(60)
+        raise Cancelled("the call was cancelled: channel closed")
+
+    chat = agent_tasks.SmokeModel.chat
+    monkeypatch.setattr(task_record.Record, "stop", stop_and_say)
+    monkeypatch.setattr(agent_tasks.SmokeModel, "chat", stopped_in_shout)
+    with pytest.raises(SystemExit) as stopped:
+        agent_tasks.main(["--tasks-dir", str(tasks_dir), "--json", "--record", str(record),
+                          "--parallel", "2", "--keep", str(tmp_path / "kept")])
+    assert stopped.value.code == 128 + signal.SIGTERM
+    for t in threading.enumerate():  # the task in flight, left running by the stop
+        if t.name.startswith("task"):
+            t.join(60)
+    assert "shout" not in [json.loads(r)["name"] for r in record.read_text().splitlines()[1:]]
 
 
 def test_check_names_a_task_without_a_solution(tmp_path: Path,
