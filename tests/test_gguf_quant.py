@@ -12,10 +12,10 @@ import pytest
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize as gguf_dequantize
-from test_gguf import (
+from gguf_files import (
     F32,
-    _refused,
     dequantized,
+    refused,
     tiny_vocab,
     write_gguf,
 )
@@ -200,5 +200,5 @@ def test_an_unsupported_block_type_in_a_qwen2_file_is_refused_leaving_nothing(tm
     elems, size = GGML_QUANT_SIZES[qtype]
     write_gguf(src, meta, {"token_embd.weight": ((4, 256), int(qtype),
                                                  b"\0" * (4 * 256 // elems * size))})
-    err = _refused(src, tmp_path / "store", rf"{qtype.name} \(1 tensors\) is not supported")
+    err = refused(src, tmp_path / "store", rf"{qtype.name} \(1 tensors\) is not supported")
     assert "Q4_K" in str(err) and "Q6_K" in str(err)

@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_gguf import Q8_0, write_quantized_llama
+from gguf_files import Q8_0, write_quantized_llama
 
 from inference_node import install as inst
 from inference_node.install import InstallError, KnownModel, RegistryUnreachable, install
