@@ -7,7 +7,7 @@ grpc:       agent_node.client straight to the node, no bridge: what the HTTP hop
 Each side runs in its own process on a free loopback port, as it would in use; the SDK runs
 here. Model: SmolLM2-135M-Instruct (the embedded default, imported from the GGUF); the node
 dequantizes it to float32 at load on a machine without Metal, so mlx_lm.server is then given the
-same float32 weights (bench.engine.mlx_server_folder). Each repeat
+same float32 weights (bench.servers.mlx_server_folder). Each repeat
 streams one greedy request to each side, alternating which goes first (interleaved, so a busy
 machine weighs on both alike), after a warm-up request each. Every repeat uses a prompt of its
 own (from its first words), the same on both sides, so neither side reuses a prompt cache.
@@ -38,7 +38,7 @@ import openai
 
 from agent_node.client import Client
 from agent_node.config import AgentConfig
-from bench.engine import dequantizes, engine_toml, mlx_server_folder
+from bench.servers import dequantizes, engine_toml, mlx_server_folder
 from bench.stats import smoke
 from inference_node import blas
 from studio_common.net import free_port

@@ -30,7 +30,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.engine import PY, REPO, _env, _process, _wait_grpc, engine_toml, free_port, load_model
+from bench.servers import (
+    PY,
+    REPO,
+    engine_toml,
+    free_port,
+    load_model,
+    process,
+    server_env,
+    wait_grpc,
+)
 from bench.stats import ratio, smoke, summary
 
 CACHE = REPO / ".home" / "test-models"
@@ -108,7 +117,7 @@ def run_in_process(folder: Path, p: dict[str, int]) -> dict[str, Any]:
     code = ("import json, sys; from inference_node import blas; blas.drop_from_environ(); "
             "from bench.coder_models import in_process_side; "
             "print(json.dumps(in_process_side(sys.argv[1], json.loads(sys.argv[2]))))")
-    done = subprocess.run([PY, "-c", code, str(folder), json.dumps(p)], cwd=REPO, env=_env(),
+    done = subprocess.run([PY, "-c", code, str(folder), json.dumps(p)], cwd=REPO, env=server_env(),
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"mlx-lm in process failed: {done.stderr[-1500:]}")
@@ -143,9 +152,9 @@ def run_grpc(folder: Path, p: dict[str, int], tmp: Path) -> dict[str, Any]:
                                        for m in msgs])
     cmd = [PY, "-m", "inference_node.cli", "serve", "--config", str(conf), "--port", str(port)]
     samples, server_prefill = [], []
-    with _process(cmd, tmp / "grpc-server.log") as proc:
+    with process(cmd, tmp / "grpc-server.log") as proc:
         target = f"127.0.0.1:{port}"
-        _wait_grpc(target, proc, tmp / "grpc-server.log")
+        wait_grpc(target, proc, tmp / "grpc-server.log")
         with grpc.insecure_channel(target) as ch:
             stub = rpc.InferenceStub(ch)
             t_load = time.perf_counter()

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.constrained [--quick]      # JSON on stdout, progress on stderr
 
-Same model (SmolLM2-135M-Instruct, dequantized as the engine loads it: bench.engine.load_model),
+Same model (SmolLM2-135M-Instruct, dequantized as the engine loads it: bench.servers.load_model),
 same prompt, greedy: generation with a response_format JSON schema against generation without one,
 interleaved (A B, B A, ...) after a warm-up. Decode tokens/s is mlx-lm's own figure (tokens
 after the first / time since the first). Also: the processor's cost per token replayed alone
@@ -41,7 +41,7 @@ def log(msg: str) -> None:
 def run(quick: bool) -> dict[str, Any]:
     from mlx_lm import stream_generate
 
-    from bench.engine import load_model, prepare_model
+    from bench.servers import load_model, prepare_model
     from inference_node.constrained import compile_response_format
 
     repeats, max_tokens = (1, 8) if smoke() else (5, 64) if quick else (7, 160)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.engine import REPO, dequantizes
+from bench.servers import REPO, dequantizes
 from bench.stats import ratio, smoke, summary
 
 CACHE = REPO / ".home" / "test-models"

@@ -120,7 +120,7 @@ def inference(target: str, model_name: str, tmp: Path) -> Iterator[tuple[str, st
         yield target, model_name, {"name": model_name or "(the node's default coder)",
                                    "note": f"a running inference node at {target}"}
         return
-    from bench.engine import grpc_server, prepare_model
+    from bench.servers import grpc_server, prepare_model
 
     budget = float(os.environ.get("BENCH_BUDGET_GB") or DEFAULT_BUDGET_GB)
     if model_name:
