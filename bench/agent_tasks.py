@@ -244,7 +244,12 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
 
         def one_kept(t: Task) -> dict[str, Any]:
             r = one(t)
-            done.add(r)
+            if done.add(r):
+                log(f"{t.name}: {'pass' if r['pass_final'] else r['failure']} "
+                    f"({r['rounds']} round(s), {r['wall_s']} s)")
+            else:  # it ended in the stop's own errors, not its result
+                log(f"{t.name}: cut off by the stop, no result kept; it runs again when the "
+                    "run goes on")
             return r
 
         try:
@@ -274,12 +279,9 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
                     describer_name = describer.name if describer is not None else ""
 
                     def one(t: Task) -> dict[str, Any]:
-                        r = run_one(t, GrpcModel(client, [served] if served else []), cfg, tmp,
-                                    qa_for=_qa_factory(cfg, describer),
-                                    max_tokens=lim["max_tokens"])
-                        log(f"{t.name}: {'pass' if r['pass_final'] else r['failure']} "
-                            f"({r['rounds']} round(s), {r['wall_s']} s)")
-                        return r
+                        return run_one(t, GrpcModel(client, [served] if served else []), cfg,
+                                       tmp, qa_for=_qa_factory(cfg, describer),
+                                       max_tokens=lim["max_tokens"])
 
                     rows = run_all(str(model_info["name"]), one)
     done = totals(rows)

@@ -59,15 +59,17 @@ class Record:
         with self._lock:
             self.stopped = True
 
-    def add(self, row: dict[str, Any]) -> None:
-        """Keep one finished task's row; written at once, so a stop loses no finished task."""
+    def add(self, row: dict[str, Any]) -> bool:
+        """Keep one finished task's row; written at once, so a stop loses no finished task.
+        False: the run is stopping, and the row is not kept."""
         with self._lock:
             if self.stopped:
-                return
+                return False
             self.rows[row["name"]] = row
             if self.path is not None:
                 with self.path.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
+            return True
 
 
 def _read(path: Path) -> str:

@@ -413,7 +413,8 @@ def test_a_lost_node_stops_the_run_and_records_no_result_for_the_tasks_it_cut_of
 
 
 def test_a_run_stopped_by_sigterm_records_nothing_for_the_task_it_cut_off(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """SIGTERM stops a parallel run at once; the task in flight then fails on the stop itself
     (its channel closed) and that is not its result: it runs again when the run goes on."""
     monkeypatch.setenv("BENCH_SMOKE", "1")
@@ -444,6 +445,8 @@ def test_a_run_stopped_by_sigterm_records_nothing_for_the_task_it_cut_off(
         if t.name.startswith("task"):
             t.join(60)
     assert "shout" not in [json.loads(r)["name"] for r in record.read_text().splitlines()[1:]]
+    err = capsys.readouterr().err  # and the log does not call the stop the task's failure
+    assert "shout: cut off by the stop, no result kept" in err and "shout: run_error" not in err
 
 
 def test_check_names_a_task_without_a_solution(tmp_path: Path,
