@@ -277,13 +277,9 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
                     client.health()  # InferenceUnavailable: exit 3, before any task starts
                     describer = client.describer()
                     describer_name = describer.name if describer is not None else ""
-
-                    def one(t: Task) -> dict[str, Any]:
-                        return run_one(t, GrpcModel(client, [served] if served else []), cfg,
-                                       tmp, qa_for=_qa_factory(cfg, describer),
-                                       max_tokens=lim["max_tokens"])
-
-                    rows = run_all(str(model_info["name"]), one)
+                    rows = run_all(str(model_info["name"]), lambda t: run_one(
+                        t, GrpcModel(client, [served] if served else []), cfg, tmp,
+                        qa_for=_qa_factory(cfg, describer), max_tokens=lim["max_tokens"]))
     done = totals(rows)
     # issue 21's target is set for the 0.5B on the whole bench
     targets = ({"agent_prompt_cache_share_ge_0.80": done["cache_share"] >= 0.80}
