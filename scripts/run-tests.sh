@@ -12,7 +12,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
+# --durations: every log says where the 15 minutes went (the suite's budget on a fresh machine)
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider --durations=15)
 
 if [[ "${TEST_JOBS:-2}" == 1 ]]; then
     exec "${PYTEST[@]}" "$@"
