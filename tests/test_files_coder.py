@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 from scripted_model import ScriptedModel, as_json, text
-from user_repo import BAD_CALC, GOOD_CALC, NOT_UI, PASS, git, isolate, make_repo, run
+from user_repo import (
+    BAD_CALC,
+    GOOD_CALC,
+    NOT_UI,
+    PASS,
+    TEST_CALC,
+    git,
+    isolate,
+    make_repo,
+    run,
+)
 
 from agent_node.config import AgentConfig, ConfigError, load_config
 from agent_node.loop.files_coder import parse_files, report_of
@@ -260,3 +270,45 @@ def test_a_file_that_did_not_compile_before_or_is_new_or_not_python_is_written_a
     assert "would not compile" in _breaks(tmp_path, "ok.py", "x = 1\0\n")  # a null byte
     # nested past what the compiler takes: not judged, and nothing raises
     assert _breaks(tmp_path, "ok.py", "x = " + "+".join(["a"] * 200_000) + "\n") == ""
+
+
+def test_a_failed_rounds_edits_to_existing_tests_are_put_back_before_the_next(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    edited = "import calc\n\nassert calc.add(2, 3) == -2, 'the edited expectation'\n"
+    coder = ScriptedModel([
+        text(block("tests/test_calc.py", edited)),  # round 1: the test bent to the code
+        text(block("calc.py", GOOD_CALC)),  # round 2: the code fixed
+    ], name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form(coder_max_turns=1))
+
+    assert summary["verdict"] == "pass" and summary["rounds"] == 2
+    brief2 = coder.calls[1]["messages"][1]["content"]
+    shown = brief2[brief2.index("# The files, as they are now"):brief2.index("# How the work")]
+    assert "the edited expectation" not in brief2  # neither the edit nor its stale test output
+    assert TEST_CALC.rstrip("\n") in shown  # the test as the user wrote it
+    assert "edited existing tests (tests/test_calc.py); they are back as they were" in brief2
+    assert "add(2, 3) = -1" in brief2  # what the tests say now, on the code as it is
+    diff = (Path(summary["run_dir"]) / "round-2" / "diff.patch").read_text()
+    assert "tests/test_calc.py" not in diff and "+    return a + b" in diff
+    notes = [e["text"] for e in read_events(Path(summary["run_dir"])) if e["type"] == "note"]
+    assert any("put back as they were before round 2" in n for n in notes)
+
+
+def test_test_edits_the_review_accepted_stay_for_the_next_round(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    renamed = TEST_CALC + "\nassert calc.plus(1, 1) == 2\n"  # the task asks for the new name
+    coder = ScriptedModel([
+        text(block("tests/test_calc.py", renamed) + block("calc.py", GOOD_CALC
+                                                           + "\n\nplus = add\n")),
+        text(block("calc.py", GOOD_CALC + "\n\ndef plus(a, b):\n    return a + b\n")),
+    ], name="coder")
+    wants_more = {"verdict": "fail", "reasons": ["plus must be a def"],
+                  "fixes": ["define plus with def"], "tests_change_ok": True}
+    orch = ScriptedModel([as_json(NOT_UI), as_json(wants_more), as_json(PASS)])
+    summary = run(tmp_path, repo, orch, coder, cfg=files_form(coder_max_turns=1))
+
+    assert summary["verdict"] == "pass" and summary["rounds"] == 2
+    brief2 = coder.calls[1]["messages"][1]["content"]
+    assert "calc.plus(1, 1)" in brief2 and "they are back as they were" not in brief2

@@ -6,6 +6,7 @@
     commit = co.snapshot(base, "message")    # the working tree, as one commit on base
     co.diff(base, commit)                    # the real change: patch and (status, path) pairs
     co.export(commit, gate_dir)              # exactly that commit's files, for the gate's tests
+    co.restore(base, ["tests/test_x.py"])    # files back as a commit has them
     co.publish(user_repo, commit, branch)    # the commit, as `branch` in the user's repository
     co.remove()
 
@@ -117,6 +118,11 @@ class Checkout:
             return self._git(["diff", "--cached", *options, base], env=index)
         finally:
             (self.dir / "changed.index").unlink(missing_ok=True)
+
+    def restore(self, commit: str, paths: list[str]) -> None:
+        """Put `paths` in the working tree back as `commit` has them (a deleted one comes back)."""
+        if paths:
+            self._git(["checkout", "-q", commit, "--", *paths], env={"GIT_LITERAL_PATHSPECS": "1"})
 
     def snapshot(self, base: str, message: str) -> str:
         """Commit the working tree as it stands (untracked files too, ignored ones and build

@@ -44,6 +44,7 @@ from agent_node.loop.context import FILES_BRIEF_CHARS, repo_context, shown_sourc
 from agent_node.loop.errors import StructuredOutputError, UnfinishedJSON, UsageError
 from agent_node.loop.files_coder import run_files_coder
 from agent_node.loop.gate import (
+    TEST_PATH,
     GateResult,
     QACheck,
     detect_test_cmd,
@@ -177,6 +178,7 @@ class _Run:
         self.checkout = Checkout(checkouts_root(home) / record.run_id, "run")
         self.run_branch = f"studio-coder/{record.run_id}"
         self.tested = ""  # the last commit the gate tested; the one approve can bring over
+        self.start = ""  # the tree the next round's coder starts from, when not `tested`
         self.round = 0  # the round running now (or the last one)
 
     def go(self) -> None:
@@ -245,14 +247,17 @@ class _Run:
 
             with activity.stage("gate", round_no=round_no):
                 gate = self.gate(round_no, base, test_cmd, kind.asks_for_change, spec, page)
-            passed, reasons, fixes, review = self.decide_round(round_no, gate, coder.report,
-                                                               spec, test_cmd)
+            passed, reasons, fixes, review, tests_ok = self.decide_round(
+                round_no, gate, coder.report, spec, test_cmd)
             verdict = "pass" if passed else "fail"
             self.emit(RoundVerdict(round=round_no, verdict=verdict, reasons=reasons,
                                    fixes=fixes, review=review))
             if passed:
                 break
             failures = fixes
+            edited = [] if tests_ok else edited_tests(gate)
+            if edited and round_no < self.cfg.loop.max_rounds:
+                failures = self.put_tests_back(round_no, base, edited, test_cmd, fixes)
         if verdict == "fail" and last_round == self.cfg.loop.max_rounds:
             reasons = [f"still failing after {last_round} round(s) (loop.max_rounds = "
                        f"{self.cfg.loop.max_rounds})", *reasons]
@@ -274,8 +279,9 @@ class _Run:
         loop = self.cfg.loop
         limits = CoderLimits(loop.coder_max_turns, loop.coder_max_tokens, loop.coder_wall_s,
                              loop.coder_reply_tokens or None, self.cfg.inference.timeout_s)
-        since = self.tested or base  # a fix round must change something since the tree the
-        checks = self.coder_checks(since, test_cmd, asks_for_change)  # gate judged
+        # a fix round must change something since the tree the gate judged (less any test
+        since = self.start or self.tested or base  # edits put back)
+        checks = self.coder_checks(since, test_cmd, asks_for_change)
         tools = self.tools_factory(self.checkout.work)
         if loop.coder == "files":
             if test_cmd:  # the form's own loop: write, test, and again while they fail
@@ -327,6 +333,27 @@ class _Run:
             repeats=loop.refuse_repeats,
             first=("edit", "write") if loop.edit_first and loop.brief_chars > 0
             and asks_for_change else ())
+
+    def put_tests_back(self, round_no: int, base: str, paths: list[str], test_cmd: str,
+                       fixes: list[str]) -> list[str]:
+        """Undo a failed round's edits to existing tests before the next round: its coder starts
+        from the tests the gate holds it to, and is told so, with what they say now (the gate's
+        output came from the edited ones). The next brief's failures."""
+        self.checkout.restore(base, paths)
+        self.start = self.checkout.snapshot(
+            base, f"studio-coder run {self.record.run_id} round {round_no}, its test edits undone")
+        named = ", ".join(paths)
+        self.emit(Note(text=f"round {round_no} edited existing tests ({named}); they are put "
+                       f"back as they were before round {round_no + 1}", round=round_no))
+        said = (f"your change edited existing tests ({named}); they are back as they were, and "
+                "must stay so: change the code until they pass as they are")
+        stale = f"the test command `{test_cmd}` "
+        rest = [f for f in fixes if not (test_cmd and f.startswith(stale))]
+        if test_cmd:
+            passed, now = self.tests_now(test_cmd, "on the code as it is, with the tests put back")
+            if not passed:
+                rest.insert(0, now.strip())
+        return [said, *rest]
 
     def ask(self, role: str, prompt: str, schema: dict[str, Any], round_no: int = 0) -> Any:
         def log(reply: Reply) -> None:
@@ -409,13 +436,15 @@ class _Run:
 
     def decide_round(self, round_no: int, gate: GateResult, report: str,
                      spec: list[str] | None, test_cmd: str
-                     ) -> tuple[bool, list[str], list[str], Literal["", "pass", "fail"]]:
+                     ) -> tuple[bool, list[str], list[str], Literal["", "pass", "fail"], bool]:
         """The round's verdict, from the gate's failures or else the code review (the visual
         judge's verdict is among the gate's): (passed, reasons, fixes for the next round, the
-        review's own verdict). With loop.review = "advisory", a change the gate passed passes
-        whatever the review says, except a test change it calls unasked."""
+        review's own verdict, whether the review accepted the change's edits to existing tests;
+        when the gate fails it is not asked, and they are not). With loop.review = "advisory", a
+        change the gate passed passes whatever the review says, except a test change it calls
+        unasked."""
         if not gate.passed:
-            return False, gate.failures + gate.flags, gate.failures, ""
+            return False, gate.failures + gate.flags, gate.failures, "", False
         advisory = self.cfg.loop.review == "advisory"
         t = gate.tests
         prompt = prompts.render(
@@ -429,24 +458,30 @@ class _Run:
         except StructuredOutputError as e:
             if advisory and not gate.test_files_touched:
                 self.unfinished(e, "the round passes on the gate: loop.review is advisory")
-                return True, [f"the review gave no usable verdict: {e}", *gate.flags], [], ""
+                return True, [f"the review gave no usable verdict: {e}", *gate.flags], [], "", \
+                    False
             self.unfinished(e, "the round fails: an unreviewed change is never passed")
             return False, [f"the review gave no usable verdict: {e}"], [
-                "the change could not be reviewed; make it again, clearly and minimally"], ""
+                "the change could not be reviewed; make it again, clearly and minimally"], "", \
+                False
         reasons = list(review["reasons"]) + gate.flags
         fixes = list(review["fixes"]) or list(review["reasons"])
         passed = review["verdict"] == "pass"
         if gate.test_files_touched and not review["tests_change_ok"]:
             touched = ", ".join(gate.test_files_touched)
             reasons.insert(0, f"the coder changed existing tests to get them passing: {touched}")
-            fixes.insert(0, f"restore the tests you changed ({touched}) exactly as they were and "
-                         "make the code pass them instead")
-            return False, reasons, fixes, review["verdict"]
+            return False, reasons, fixes, review["verdict"], False  # the loop puts them back
         if advisory and not passed:
             reasons.insert(0, "the review did not accept this change; loop.review is advisory, "
                            "so the round passes on the gate. Read its reasons before approving")
-            return True, reasons, [], review["verdict"]
-        return passed, reasons, fixes, review["verdict"]
+            return True, reasons, [], review["verdict"], True
+        return passed, reasons, fixes, review["verdict"], bool(review["tests_change_ok"])
+
+
+def edited_tests(gate: GateResult) -> list[str]:
+    """The existing tests a round's change edited or deleted."""
+    return [path for status, path in gate.diff.files
+            if status in "MD" and TEST_PATH.search(path)] if gate.test_files_touched else []
 
 
 def files_example(shown: list[tuple[str, str]]) -> str:
