@@ -25,7 +25,13 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from agent_node.config import DEFAULT_CONFIG, AgentConfig, load_default_config, studio_home
+from agent_node.config import (
+    DEFAULT_CONFIG,
+    AgentConfig,
+    ConfigError,
+    load_default_config,
+    studio_home,
+)
 from agent_node.sandbox import runner
 from studio_common.net import free_port
 
@@ -114,7 +120,11 @@ def main(argv: list[str]) -> int:
     if not (example / "task.md").exists():
         _say(f"no example {args.example!r} in {EXAMPLES} (want task.md, spec.md, tests)")
         return 2
-    cfg = load_default_config(args.config)
+    try:
+        cfg = load_default_config(args.config)
+    except ConfigError as e:
+        _say(f"agent-node demo: {e}")
+        return 2
     cfg.loop.max_rounds = args.rounds
     cfg.loop.coder_max_turns = args.turns
     cfg.loop.coder_reply_tokens = args.reply_tokens
@@ -146,6 +156,16 @@ def main(argv: list[str]) -> int:
     except ConnectionError as e:
         _say(str(e))
         return 3
+    except Exception as e:  # the node refused a call mid-run: its message, not a traceback
+        from agent_node.exceptions import InferenceError, InferenceUnavailable
+
+        if not isinstance(e, InferenceError):
+            raise
+        lost = isinstance(e, InferenceUnavailable)
+        _say(f"the inference node {'became unreachable' if lost else 'refused'}: {e}")
+        _say(f"the run's record, up to there, is in {studio_home() / 'runs'}; the demo repo's "
+             "branch is untouched")
+        return 3 if lost else 1
     report = Path(summary["run_dir"]) / "report.html"
     print(f"verdict: {summary['verdict']} after {summary['rounds']} round(s)")
     for reason in summary.get("reasons") or []:
