@@ -113,6 +113,11 @@ def tail(text: str, limit: int) -> str:
     return f"[... {len(text) - limit} characters cut ...]\n" + text[-limit:]
 
 
+def tests_touched(diff: Diff) -> list[tuple[str, str]]:
+    """The existing tests a change modified or deleted, as (M|D, path)."""
+    return [(st, path) for st, path in diff.files if st in "MD" and TEST_PATH.search(path)]
+
+
 def run_gate(
     tree: Path,
     diff: Diff,
@@ -134,7 +139,7 @@ def run_gate(
         failures.append("the task asks for a change, but the checkout has no diff against the "
                         "base: no file was created, modified or deleted")
     touched = [f"{path} ({'deleted' if st == 'D' else 'modified'})"
-               for st, path in diff.files if st in "MD" and TEST_PATH.search(path)]
+               for st, path in tests_touched(diff)]
     if touched:
         flags.append("the diff changes or deletes existing tests: " + ", ".join(touched))
     failures += names.failures(names.unbound_in_change(tree, diff.patch))

@@ -44,7 +44,6 @@ from agent_node.loop.context import FILES_BRIEF_CHARS, repo_context, shown_sourc
 from agent_node.loop.errors import StructuredOutputError, UnfinishedJSON, UsageError
 from agent_node.loop.files_coder import run_files_coder
 from agent_node.loop.gate import (
-    TEST_PATH,
     GateResult,
     QACheck,
     detect_test_cmd,
@@ -52,6 +51,7 @@ from agent_node.loop.gate import (
     run_gate,
     run_tests,
     tail,
+    tests_touched,
 )
 from agent_node.loop.names import failures, unbound_in_change
 from agent_node.loop.repo import current_branch, dirty_paths, head_commit, repo_root
@@ -255,7 +255,7 @@ class _Run:
             if passed:
                 break
             failures = fixes
-            edited = [] if tests_ok else edited_tests(gate)
+            edited = [] if tests_ok else [path for _, path in tests_touched(gate.diff)]
             if edited and round_no < self.cfg.loop.max_rounds:
                 failures = self.put_tests_back(round_no, base, edited, test_cmd, fixes)
         if verdict == "fail" and last_round == self.cfg.loop.max_rounds:
@@ -476,12 +476,6 @@ class _Run:
                            "so the round passes on the gate. Read its reasons before approving")
             return True, reasons, [], review["verdict"], True
         return passed, reasons, fixes, review["verdict"], bool(review["tests_change_ok"])
-
-
-def edited_tests(gate: GateResult) -> list[str]:
-    """The existing tests a round's change edited or deleted."""
-    return [path for status, path in gate.diff.files
-            if status in "MD" and TEST_PATH.search(path)] if gate.test_files_touched else []
 
 
 def files_example(shown: list[tuple[str, str]]) -> str:
