@@ -58,6 +58,7 @@ class GateResult:
     qa: QAResult | None
     failures: list[str]  # each a specific thing to fix, with the evidence
     flags: list[str]  # for the code review: not failures by themselves
+    tests_failure: str = ""  # the one of `failures` the test command gave, if it failed
 
     @property
     def passed(self) -> bool:
@@ -144,7 +145,7 @@ def run_gate(
         flags.append("the diff changes or deletes existing tests: " + ", ".join(touched))
     failures += names.failures(names.unbound_in_change(tree, diff.patch))
 
-    tests = None
+    tests, tests_failure = None, ""
     if test_cmd:
         with activity.stage("tests"):
             tests = run_tests(test_cmd, tree, timeout_s, sandbox=sandbox,
@@ -158,8 +159,9 @@ def run_gate(
             how = f"was killed by signal {-tests.exit_code}"
         else:
             how = f"exited {tests.exit_code}"
-        failures.append(f"the test command `{tests.cmd}` {how}; its output:\n"
-                        + tail(tests.output, output_limit))
+        tests_failure = (f"the test command `{tests.cmd}` {how}; its output:\n"
+                         + tail(tests.output, output_limit))
+        failures.append(tests_failure)
 
     outcome = None
     if ui_url and spec:
@@ -176,7 +178,7 @@ def run_gate(
                                 f"{f.evidence or '(none given)'}. Fix: {f.fix or '(none given)'}")
             if not outcome.passed and not outcome.failures:
                 failures.append(f"visual QA did not pass: {outcome.note or 'no reason given'}")
-    return GateResult(diff, tests, touched, outcome, failures, flags)
+    return GateResult(diff, tests, touched, outcome, failures, flags, tests_failure)
 
 
 def gate_event(gate: GateResult, *, round_no: int, commit: str, diff_file: str,

@@ -257,7 +257,8 @@ class _Run:
             failures = fixes
             edited = [] if tests_ok else [path for _, path in tests_touched(gate.diff)]
             if edited and round_no < self.cfg.loop.max_rounds:
-                failures = self.put_tests_back(round_no, base, edited, test_cmd, fixes)
+                failures = self.put_tests_back(round_no, base, edited, test_cmd, fixes,
+                                               gate.tests_failure)
         if verdict == "fail" and last_round == self.cfg.loop.max_rounds:
             reasons = [f"still failing after {last_round} round(s) (loop.max_rounds = "
                        f"{self.cfg.loop.max_rounds})", *reasons]
@@ -335,10 +336,10 @@ class _Run:
             and asks_for_change else ())
 
     def put_tests_back(self, round_no: int, base: str, paths: list[str], test_cmd: str,
-                       fixes: list[str]) -> list[str]:
+                       fixes: list[str], stale: str) -> list[str]:
         """Undo a failed round's edits to existing tests before the next round: its coder starts
         from the tests the gate holds it to, and is told so, with what they say now (the gate's
-        output came from the edited ones). The next brief's failures."""
+        output, `stale`, came from the edited ones). The next brief's failures."""
         self.checkout.restore(base, paths)
         self.start = self.checkout.snapshot(
             base, f"studio-coder run {self.record.run_id} round {round_no}, its test edits undone")
@@ -347,8 +348,7 @@ class _Run:
                        f"back as they were before round {round_no + 1}", round=round_no))
         said = (f"your change edited existing tests ({named}); they are back as they were, and "
                 "must stay so: change the code until they pass as they are")
-        stale = f"the test command `{test_cmd}` "
-        rest = [f for f in fixes if not (test_cmd and f.startswith(stale))]
+        rest = [f for f in fixes if not (stale and f == stale)]
         if test_cmd:
             passed, now = self.tests_now(test_cmd, "on the code as it is, with the tests put back")
             if not passed:
