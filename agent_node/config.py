@@ -93,7 +93,8 @@ class QASection:
     timeout_s: float = 30.0  # navigation and load
     server_timeout_s: float = 20.0  # how long a started page server gets to answer
     judge_attempts: int = 3  # malformed judge replies are retried this many times in all
-    # max_tokens of one judge reply (reasoning and answer); 0: the server's generous default.
+    # max_tokens of one judge reply (reasoning and answer); 0: the server's default, which for a
+    # model that does not reason is what the verdict's schema allows (inference_node/service.py).
     # The answer itself is bounded by its schema (agent_node/schemas.py), so it always ends.
     judge_max_tokens: int = 0
 
@@ -112,7 +113,8 @@ class LoopSection:
     test_timeout_s: float = 600.0  # the gate's test command; its process group is killed after
     output_limit: int = 12_000  # characters a tool result keeps (head + tail)
     # max_tokens of a classification/spec/review reply (reasoning and answer); 0: the server's
-    # generous default. The answer itself is bounded by its schema (agent_node/schemas.py).
+    # default: 32k, or for a model that does not reason what the schema allows. The answer
+    # itself is bounded by its schema (agent_node/schemas.py).
     json_max_tokens: int = 0
     json_retries: int = 2  # re-asks when a classification or verdict is not valid JSON
     # What the coder is shown and told as it works (agent_node/loop/context.py, coder.py).

@@ -15,12 +15,17 @@ must end. Only the answer is bounded; a reasoning model's thinking before it is 
 (rule 3): that is bounded by the request's max_tokens and the stream's deadline.
 
 `unbounded(schema)` lists what a schema leaves open; the tests hold every schema here to none.
+Both live in `studio_common.json_bounds`: the inference node sizes a schema'd reply's default
+max_tokens by `answer_chars` when the model does not reason.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+# The agent's schemas are held to these (tests/test_schemas.py); the node reads them too.
+from studio_common.json_bounds import answer_chars as answer_chars
+from studio_common.json_bounds import unbounded as unbounded
 
 # Character bounds, in one place. Room for what each field is for, and no more: a bound is the
 # longest string a model that never closes one can write, so each is paid for in tokens.
@@ -158,67 +163,3 @@ def _bound(schema: Any, name: str) -> Any:
 SCHEMAS: dict[str, dict[str, Any]] = {
     "classify": CLASSIFY, "spec": SPEC, "review": REVIEW, "judge": VERDICT,
 }
-
-
-def unbounded(schema: Any, where: str = "") -> list[str]:
-    """Where `schema` lets a reply grow without end (empty: every reply it allows is finite).
-
-    Strings need `maxLength` (or `enum` / `const`), arrays `maxItems`, numbers both bounds
-    (integers; a float can always take another digit), objects `additionalProperties: false`.
-    """
-    here = where or "(root)"
-    if not isinstance(schema, dict):
-        return [f"{here}: not a schema object"]
-    if "enum" in schema or "const" in schema:
-        return []
-    for key in ("anyOf", "oneOf"):
-        if key in schema:
-            return [p for i, s in enumerate(schema[key]) for p in unbounded(s, f"{where}/{key}{i}")]
-    kind = schema.get("type")
-    if kind == "string":
-        return [] if "maxLength" in schema else [f"{here}: string without maxLength"]
-    if kind == "array":
-        out = [] if "maxItems" in schema else [f"{here}: array without maxItems"]
-        return out + unbounded(schema.get("items"), f"{where}/items")
-    if kind == "object":
-        out = [] if schema.get("additionalProperties") is False else [
-            f"{here}: object open to more properties"]
-        for name, sub in (schema.get("properties") or {}).items():
-            out += unbounded(sub, f"{where}/{name}")
-        return out
-    if kind == "integer":
-        ok = "maximum" in schema and "minimum" in schema
-        return [] if ok else [f"{here}: integer without minimum and maximum"]
-    if kind in ("boolean", "null"):
-        return []
-    return [f"{here}: type {kind!r} has no bound"]
-
-
-def answer_chars(schema: dict[str, Any]) -> int:
-    """The most characters of compact JSON a reply matching `schema` can take (escapes count
-    as one character each, as `maxLength` does). Raises ValueError if it is unbounded."""
-    problems = unbounded(schema)
-    if problems:
-        raise ValueError("; ".join(problems))
-    return _chars(schema)
-
-
-def _chars(s: dict[str, Any]) -> int:
-    if "enum" in s or "const" in s:
-        return max(len(json.dumps(v)) for v in s.get("enum", [s.get("const")]))
-    for key in ("anyOf", "oneOf"):
-        if key in s:
-            return max(_chars(b) for b in s[key])
-    kind = s["type"]
-    if kind == "string":
-        return int(s["maxLength"]) + 2
-    if kind == "array":
-        n = int(s["maxItems"])
-        return 2 + n * _chars(s["items"]) + max(0, n - 1) * 2
-    if kind == "object":
-        props = s.get("properties") or {}
-        fields = [len(json.dumps(k)) + 2 + _chars(v) for k, v in props.items()]
-        return 2 + sum(fields) + max(0, len(fields) - 1) * 2
-    if kind == "integer":
-        return max(len(str(int(s["maximum"]))), len(str(int(s["minimum"]))))
-    return 5  # boolean / null

@@ -75,6 +75,8 @@ class MemoryConfig:
 
 @dataclass
 class EngineConfig:
+    # max_tokens of a request that sets none. A reply under a bounded schema from a model that
+    # does not reason gets what the schema allows instead (service.default_max_tokens).
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     # Requests decoded together in one batch; more wait for a slot. 8: at 8 streams on SmolLM2
     # 4 reached 0.65-0.75x mlx_lm.server's throughput (p95 first token 6.6-11 s), 8 reached 0.96x.

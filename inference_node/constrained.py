@@ -57,6 +57,7 @@ import numpy as np
 from llguidance.numpy import fill_next_token_bitmask
 
 from inference_node.errors import BadRequest
+from studio_common import json_bounds
 
 FORMAT_FIELD = "response_format.schema_json"
 
@@ -128,6 +129,9 @@ class Constraint:
     # With reasoning markers: (ids of think start and end, the grammar when the prompt opened
     # the block, the grammar when the model may open one). None: the answer from token one.
     thinking: tuple[int, int, str, str] | None = None
+    # The most characters the answer can take (studio_common.json_bounds), markers included;
+    # None when the schema leaves a string, array, number or object open.
+    answer_chars: int | None = None
     _processor: GrammarProcessor | None = field(default=None, init=False, repr=False)
 
     def logits_processor(self, reply_starts_at: int | None = None) -> GrammarProcessor:
@@ -273,7 +277,8 @@ def compile_response_format(
     answer = f"answer: %json {json.dumps(_json_for_lark(schema))}\n"
     return Constraint(lltok, grammar, "response_format", instruction=instruction,
                       thinking=_thinking(answer, tokenizer, lltok, "response_format schema",
-                                         FORMAT_FIELD))
+                                         FORMAT_FIELD),
+                      answer_chars=_answer_chars(schema))
 
 
 def compile_tool_choice(
@@ -336,6 +341,7 @@ def compile_tool_choice(
             lltok, body, "tool_call",
             instruction=TOOLS_INSTRUCTION.format(tools=listed), fallback_reason=reason,
             thinking=_thinking(answer, tokenizer, lltok, "tool parameters", "tools"),
+            answer_chars=_answer_chars(schema),
         )
     start, end = native
     answer = (
@@ -345,8 +351,11 @@ def compile_tool_choice(
     )
     grammar = llguidance.LLMatcher.grammar_from_lark("start: answer\n" + answer)
     _validate(grammar, lltok, "tool parameters", "tools")
+    body_chars = _answer_chars(schema)
     return Constraint(lltok, grammar, "tool_call", native=native,
-                      thinking=_thinking(answer, tokenizer, lltok, "tool parameters", "tools"))
+                      thinking=_thinking(answer, tokenizer, lltok, "tool parameters", "tools"),
+                      answer_chars=(None if body_chars is None
+                                    else len(start) + 1 + body_chars + 1 + len(end)))
 
 
 def tool_call_schema(params_by_name: dict[str, dict]) -> dict:
@@ -416,6 +425,12 @@ def _json_grammar(schema: dict, lltok: llguidance.LLTokenizer, what: str, field:
                          expected="a JSON Schema llguidance can compile") from None
     _validate(grammar, lltok, what, field)
     return grammar
+
+
+def _answer_chars(schema: dict) -> int | None:
+    """The most characters a reply the grammar allows can take, or None if it is unbounded."""
+    closed = closed_objects(schema)
+    return None if json_bounds.unbounded(closed) else json_bounds.answer_chars(closed)
 
 
 def _json_for_lark(schema: dict) -> dict:

@@ -35,6 +35,28 @@ from inference_node.models import Catalog, CatalogModel
 if TYPE_CHECKING:
     from inference_node.constrained import Constraint
 
+# Tokens over a grammar's character bound in a schema'd reply's default max_tokens: the end of
+# the reply (EOS) and a few pieces that write less than one character.
+ANSWER_SLACK_TOKENS = 64
+
+
+def default_max_tokens(default: int, constraint: Constraint | None) -> int:
+    """max_tokens for a request that sets none: `default` (`[engine] default_max_tokens`), or,
+    for a reply a bounded grammar decides from its first token (no reasoning before it), what
+    that grammar allows plus a little.
+
+    Admission reserves KV memory for prompt + max_tokens, so a schema'd call that asks for
+    nothing would otherwise hold room for 32k tokens to write a few hundred: on a 1.5B
+    served in float32 that is 1.8 GiB, which refused the visual judge on an 8 GB budget.
+    One token per character is the bound: every token the grammar allows writes at least
+    one character, except a byte of a multi-byte character or a piece of an escape, which
+    set max_tokens to leave room for. A reasoning model's thinking is bounded only by
+    max_tokens (rule 3), so it keeps the full default.
+    """
+    if constraint is None or constraint.thinking is not None or constraint.answer_chars is None:
+        return default
+    return min(default, constraint.answer_chars + ANSWER_SLACK_TOKENS)
+
 
 class StreamSlots:
     """Counts open Chat and Describe streams; one past `limit` is refused at once."""
@@ -97,7 +119,8 @@ class InferenceServicer:
                                        note_lists_tools=json_tools is not None)
             max_tokens = chat.resolve_max_tokens(
                 request.max_tokens if request.HasField("max_tokens") else None,
-                len(prompt), entry.context, self.cfg.engine.default_max_tokens, entry.name,
+                len(prompt), entry.context,
+                default_max_tokens(self.cfg.engine.default_max_tokens, constraint), entry.name,
             )
             job = self._job(request, entry, lm, prompt, max_tokens, constraint, json_tools,
                             tools)

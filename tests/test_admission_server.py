@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -190,3 +191,49 @@ def test_a_short_request_waits_until_its_padding_into_the_batch_fits(chain_model
         order = run_beside(srv, stub, " ".join(["a"] * (600 - extra)), long_tokens=600,
                            short_tokens=100)
         assert order == ["short first token", "long done"]
+
+
+# ---------------------------------------------------------------- a schema'd reply's default
+
+
+CLASSIFY_LIKE = {"type": "object", "additionalProperties": False, "required": ["ui", "reason"],
+                 "properties": {"ui": {"type": "boolean"},
+                                "reason": {"type": "string", "maxLength": 60}}}
+
+
+def test_a_schemad_reply_reserves_what_its_schema_allows_not_the_default(
+        smollm2_dir, smol_server, stub_for):
+    """SmolLM2 does not reason, so a bounded schema decides its reply from the first token: a
+    call that sets no max_tokens is admitted for what the schema allows. With room for ~3000
+    tokens of KV beside the weights, the same call with an open string, or in plain text, asks
+    for the default (the rest of the 8k context) and can never fit."""
+    from inference_node.footprint import estimate
+
+    stub = stub_for(smol_server[1])
+    collect(stub.Chat(pb.ChatRequest(model="smollm2", messages=[user("hi")], max_tokens=1),
+                      timeout=60))
+    (row,) = [r for r in stub.GetMemory(pb.GetMemoryRequest(), timeout=5).models
+              if r.name == "smollm2"]
+    kv = estimate(smollm2_dir, 0).kv_per_token
+    budget = row.resident_bytes + 3000 * kv
+
+    def ask(target: str, schema: dict | None) -> dict:
+        req = pb.ChatRequest(model="smollm2", messages=[user("Is a footer UI work? JSON.")])
+        if schema is not None:
+            req.response_format.type = pb.ResponseFormat.JSON_SCHEMA
+            req.response_format.schema_json = json.dumps(schema)
+        return collect(stub_for(target).Chat(req, timeout=120))
+
+    with running_server([{"name": "smollm2", "path": str(smollm2_dir)}],
+                        engine={"prompt_cache_mb": 0}, budget_gb=budget / GB,
+                        overhead_mb=row.overhead_bytes / MB) as (_, target):
+        reply = ask(target, CLASSIFY_LIKE)
+        assert reply["done"].finish_reason == "stop"
+        assert set(json.loads(reply["content"])) == {"ui", "reason"}
+        open_reason = json.loads(json.dumps(CLASSIFY_LIKE))
+        del open_reason["properties"]["reason"]["maxLength"]
+        for schema in (open_reason, None):
+            with pytest.raises(grpc.RpcError) as err:
+                ask(target, schema)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_tokens" in err.value.details()

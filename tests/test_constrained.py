@@ -24,11 +24,14 @@ from mlx_lm.utils import dequantize_model
 
 from inference_node.constrained import (
     Constraint,
+    closed_objects,
     compile_response_format,
     compile_tool_choice,
     ll_tokenizer,
 )
 from inference_node.errors import BadRequest
+from inference_node.service import ANSWER_SLACK_TOKENS, default_max_tokens
+from studio_common.json_bounds import answer_chars
 
 pytestmark = pytest.mark.slow
 
@@ -343,3 +346,27 @@ def test_a_forced_tool_call_leaves_a_reasoning_model_its_thinking(
     call = enc('{"name": "read_file", "arguments": {"path": "setup.cfg"}}')
     thought = enc(" Which file? setup.cfg.")
     assert feed(constraint, enc("Read it.") + [3], thought + [4] + call) == ""
+
+
+def test_a_reply_with_nothing_to_think_first_defaults_to_what_its_grammar_allows(
+    smol: tuple[Any, Any], smollm2_dir: Path, tmp_path: Path
+) -> None:
+    tok = smol[1]
+    person = compile_response_format(tok, PERSON, False)
+    assert person.thinking is None  # SmolLM2 does not reason
+    assert person.answer_chars == answer_chars(closed_objects(PERSON))  # the node closes it
+    assert default_max_tokens(32768, person) == person.answer_chars + ANSWER_SLACK_TOKENS
+    call = compile_tool_choice(tok, [READ_FILE], "named", "read_file")
+    assert call is not None
+    assert call.answer_chars == len('{"name": "read_file", "arguments": {"path": ""}}') + 60
+    # Open somewhere, or no constraint at all: the configured default.
+    open_name = {**PERSON, "properties": {**PERSON["properties"], "name": {"type": "string"}}}
+    for c in (compile_response_format(tok, open_name, False),
+              compile_response_format(tok, None, True), None):
+        assert c is None or c.answer_chars is None
+        assert default_max_tokens(32768, c) == 32768
+    # A reasoning model's thinking comes first and is bounded only by max_tokens (rule 3).
+    thinker = compile_response_format(thinking_tokenizer(smollm2_dir, tmp_path / "t", True),
+                                      PERSON, False)
+    assert thinker.answer_chars == person.answer_chars
+    assert default_max_tokens(32768, thinker) == 32768
