@@ -19,9 +19,9 @@ if [[ "${TEST_JOBS:-2}" == 1 ]]; then
     exec "${PYTEST[@]}" "$@"
 fi
 
-HEAVY=(tests/test_constrained.py tests/test_demo.py tests/test_distributed.py tests/test_qwen.py
-       tests/test_run_on_defaults.py tests/test_schemas.py tests/test_smollm2.py
-       tests/test_speculative.py)
+HEAVY=(tests/test_admission_server.py tests/test_constrained.py tests/test_demo.py
+       tests/test_distributed.py tests/test_qwen.py tests/test_run_on_defaults.py
+       tests/test_schemas.py tests/test_smollm2.py tests/test_speculative.py)
 IGNORE=()
 for f in "${HEAVY[@]}"; do IGNORE+=(--ignore "$f"); done
 
