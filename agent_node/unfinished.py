@@ -15,6 +15,7 @@ wandering model.
 from __future__ import annotations
 
 from agent_node.model import Reply
+from studio_common.json_bounds import reply_tokens
 
 REASONING = "reasoning"  # max_tokens ran out while the model was still thinking
 ANSWER = "answer"  # max_tokens ran out inside the JSON answer
@@ -54,6 +55,12 @@ def explain(step: str, model: str, why: str, *, tokens: int | None, reasoning_to
         if limit and answer_chars and limit < answer_chars:
             fix = (f"raise {budget_key} (now {limit:,}): the answer alone may take up to "
                    f"{answer_chars:,} characters")
+        elif not limit and answer_chars and tokens == reply_tokens(answer_chars):
+            # The node's default for a model that does not reason (one token per character the
+            # schema allows), spent: escapes and bytes of multi-byte characters take more.
+            fix = (f"set {budget_key} above {tokens:,}: the server's default gives a model that "
+                   f"does not reason about one token per character the answer may take "
+                   f"({answer_chars:,}), and this one needed more")
         else:
             fix = ("its answer is bounded, so a model that keeps to the task ends well before "
                    "that; use a bigger model ([inference] coder in agent-node.toml)")

@@ -31,14 +31,10 @@ from inference_node.footprint import Footprint
 from inference_node.jobs import DONE, Job, LoadedModel
 from inference_node.machine import gib
 from inference_node.models import Catalog, CatalogModel
+from studio_common import json_bounds
 
 if TYPE_CHECKING:
     from inference_node.constrained import Constraint
-
-# Tokens over a grammar's character bound in a schema'd reply's default max_tokens: the end of
-# the reply (EOS) and a few pieces that write less than one character.
-ANSWER_SLACK_TOKENS = 64
-
 
 def default_max_tokens(default: int, constraint: Constraint | None) -> int:
     """max_tokens for a request that sets none: `default` (`[engine] default_max_tokens`), or,
@@ -55,7 +51,7 @@ def default_max_tokens(default: int, constraint: Constraint | None) -> int:
     """
     if constraint is None or constraint.thinking is not None or constraint.answer_chars is None:
         return default
-    return min(default, constraint.answer_chars + ANSWER_SLACK_TOKENS)
+    return min(default, json_bounds.reply_tokens(constraint.answer_chars))
 
 
 class StreamSlots:

@@ -2,6 +2,8 @@
 
     unbounded(schema)      where the schema lets a reply grow without end (empty: nowhere)
     answer_chars(schema)   the most characters of compact JSON a matching reply can take
+    reply_tokens(chars)    the node's default max_tokens for such a reply from a model that
+                           does not reason: one token per character, plus REPLY_SLACK_TOKENS
 
 The agent holds its own schemas to `unbounded(...) == []` (agent_node/schemas.py); the inference
 node reads `answer_chars` to size the default max_tokens of a schema'd reply from a model that
@@ -13,6 +15,15 @@ from __future__ import annotations
 
 import json
 from typing import Any
+
+# Tokens over the character bound: the end of the reply (EOS) and a few pieces that write less
+# than one character (a byte of a multi-byte character, part of an escape).
+REPLY_SLACK_TOKENS = 64
+
+
+def reply_tokens(chars: int) -> int:
+    """The default max_tokens of a reply that can take at most `chars` characters."""
+    return chars + REPLY_SLACK_TOKENS
 
 
 def unbounded(schema: Any, where: str = "") -> list[str]:

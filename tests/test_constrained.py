@@ -30,8 +30,8 @@ from inference_node.constrained import (
     ll_tokenizer,
 )
 from inference_node.errors import BadRequest
-from inference_node.service import ANSWER_SLACK_TOKENS, default_max_tokens
-from studio_common.json_bounds import answer_chars
+from inference_node.service import default_max_tokens
+from studio_common.json_bounds import REPLY_SLACK_TOKENS, answer_chars
 
 pytestmark = pytest.mark.slow
 
@@ -355,7 +355,7 @@ def test_a_reply_with_nothing_to_think_first_defaults_to_what_its_grammar_allows
     person = compile_response_format(tok, PERSON, False)
     assert person.thinking is None  # SmolLM2 does not reason
     assert person.answer_chars == answer_chars(closed_objects(PERSON))  # the node closes it
-    assert default_max_tokens(32768, person) == person.answer_chars + ANSWER_SLACK_TOKENS
+    assert default_max_tokens(32768, person) == person.answer_chars + REPLY_SLACK_TOKENS
     call = compile_tool_choice(tok, [READ_FILE], "named", "read_file")
     assert call is not None
     assert call.answer_chars == len('{"name": "read_file", "arguments": {"path": ""}}') + 60

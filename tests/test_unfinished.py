@@ -19,6 +19,8 @@ from agent_node.model import CallProgress, Reply, Usage
 from agent_node.qa.judge import judge
 from agent_node.qa.spec import Spec
 from agent_node.runs import read_events
+from agent_node.schemas import REVIEW
+from studio_common.json_bounds import answer_chars, reply_tokens
 
 
 @pytest.fixture(autouse=True)
@@ -131,6 +133,25 @@ def test_review_cut_off_fails_the_round_and_says_why(tmp_path: Path) -> None:
     (note,) = [e for e in events if e["type"] == "note" and e.get("step") == "review"]
     assert "raise [loop] json_max_tokens (now 64): the answer alone may take up to" in note["text"]
     assert any("the review gave no usable verdict" in r for r in summary["reasons"])
+
+
+def test_review_cut_off_at_the_nodes_schema_sized_default_says_to_set_the_budget(
+        tmp_path: Path) -> None:
+    """A model that does not reason gets one token per character its schema allows when the
+    call sets no max_tokens; one that spent them all is told to set the key, not to swap."""
+    repo = make_repo(tmp_path)
+    spent = reply_tokens(answer_chars(REVIEW))
+    cut = Reply(text='{"reasons": ["\\u00e9\\u00e9', finish_reason="length",
+                usage=Usage(900, spent, 0))
+    orch = ScriptedModel([as_json(NOT_UI), cut], name="small")
+    cfg = AgentConfig()
+    cfg.loop.max_rounds = 1
+    summary = run(tmp_path, repo, orch, ScriptedModel(fix_calc()), cfg=cfg)
+
+    events = read_events(Path(summary["run_dir"]))
+    (note,) = [e for e in events if e["type"] == "note" and e.get("step") == "review"]
+    assert f"set [loop] json_max_tokens above {spent:,}" in note["text"]
+    assert "bigger model" not in note["text"]
 
 
 def test_coder_reply_past_its_deadline_ends_the_round_and_the_gate_still_runs(
