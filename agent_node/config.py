@@ -124,7 +124,9 @@ class LoopSection:
     tests_first: bool = False  # run the test command before round 1; its output in the brief
     test_after_edit: bool = False  # after each edit/write, run it and append the result
     finish_needs_change: bool = False  # refuse finish while nothing changed (a change task)
-    refuse_repeats: bool = False  # a call identical to the one before it is not run again
+    # A call identical to the one before it is not run again; with coder = "files", a reply
+    # that gives back the files the reply before it gave ends the round.
+    refuse_repeats: bool = False
     edit_first: bool = False  # with brief_chars > 0, the first call may only be edit or write
     ui_page: str = ""  # page the gate serves and checks for UI work; empty: the classifier's
     # How the coder changes files: "tools" (read, edit, write, bash..., then finish; coder.py)

@@ -143,7 +143,7 @@ class CoderDone(RunEvent):
     report: str
     turns: int
     tokens: int
-    stopped: str = _doc("finish, answer, max_turns, max_tokens, wall_time or deadline")
+    stopped: str = _doc("finish, answer, max_turns, max_tokens, wall_time, deadline or repeat")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -312,3 +312,27 @@ def test_test_edits_the_review_accepted_stay_for_the_next_round(tmp_path: Path) 
     assert summary["verdict"] == "pass" and summary["rounds"] == 2
     brief2 = coder.calls[1]["messages"][1]["content"]
     assert "calc.plus(1, 1)" in brief2 and "they are back as they were" not in brief2
+
+
+def test_with_refuse_repeats_a_reply_giving_back_the_files_before_it_ends_the_round(
+        tmp_path: Path) -> None:
+    times = text(block("calc.py", "def add(a, b):\n    return a * b\n"))
+    minus = text(block("calc.py", "def add(a, b):\n    return a - b\n"))
+    again = text("Fixed it properly this time.\n\n"  # other words, the same file
+                 + block("calc.py", "def add(a, b):\n    return a - b\n"))
+    script = [times, minus, times, minus, again, text(block("calc.py", GOOD_CALC))]
+
+    coder = ScriptedModel(list(script), name="coder")
+    summary = run(tmp_path, make_repo(tmp_path), ScriptedModel([as_json(NOT_UI)]), coder,
+                  cfg=files_form(max_rounds=1, coder_max_turns=6, refuse_repeats=True))
+    assert summary["verdict"] == "fail" and len(coder.calls) == 5  # an older reply goes on
+    done = next(e for e in read_events(Path(summary["run_dir"])) if e["type"] == "coder_done")
+    assert done["stopped"] == "repeat" and done["turns"] == 5
+    assert "reply 5 gave back the files of the one before" in done["report"]
+
+    coder = ScriptedModel(list(script), name="coder")  # off: the turns left are asked for
+    (tmp_path / "off").mkdir()
+    summary = run(tmp_path / "off", make_repo(tmp_path / "off"),
+                  ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form(max_rounds=1, coder_max_turns=6))
+    assert summary["verdict"] == "pass" and len(coder.calls) == 6

@@ -69,7 +69,8 @@ class CoderResult:
     report: str
     turns: int
     tokens: int
-    stopped: str  # "finish" | "answer" | "max_turns" | "max_tokens" | "wall_time" | "deadline"
+    # "finish" | "answer" | "max_turns" | "max_tokens" | "wall_time" | "deadline" | "repeat"
+    stopped: str
     messages: list[dict[str, Any]]
 
 

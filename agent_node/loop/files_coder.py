@@ -15,7 +15,11 @@ told the line and why, and the checkout keeps the file's last good version (both
 copied the `+`/`-` marks of a diff into files they wrote). After each reply the model is told
 which files the round has changed so far, by how many lines, and not shown the diff itself.
 A greedy small model told its reply was wrong gives the same reply again, so `retry` (from
-`[loop] retry_temperature`) samples every reply after a round's first.
+`[loop] retry_temperature`) samples every reply after a round's first. Sampled, the 1.5B still
+gave the same files back (bank_errors: one reply eight times over, two rounds of four turns);
+with `[loop] refuse_repeats` a reply that gives back the files the reply before it gave, path
+for path and byte for byte, ends the round at once (stopped "repeat"): the checkout already
+holds them, the tests' verdict on it is known, and the turns left would ask from where this did.
 
 A path is taken from the line just before a block (`stats.py`, `**stats.py**`, `# stats.py`,
 `File: stats.py:`) or from the fence's info string (```` ```python stats.py ````); a block with no
@@ -118,6 +122,7 @@ def run_files_coder(
     turns = tokens = 0
     reminded = False
     report = ""
+    last: tuple[tuple[str, str], ...] = ()  # the files the reply before gave
 
     def result(stopped: str, why: str = "") -> CoderResult:
         # The coder's own words, or none: what it wrote and what the tests said are facts the
@@ -158,6 +163,10 @@ def run_files_coder(
             messages.append({"role": "user", "content": prompts.render(
                 "loop/files_none", example=example, current=_read(root, example))})
             continue
+        if checks.repeats:
+            if tuple(files) == last:
+                return result("repeat", f"reply {turns} gave back the files of the one before")
+            last = tuple(files)
         broken = {path: why for path, content in files
                   if (why := _breaks(root, path, content))}
         results = [(path, False, f"{path}: not written: {broken[path]}") if path in broken
