@@ -138,6 +138,10 @@ class LoopSection:
     # (top_p 0.8, a seed per turn, so a run repeats); 0: greedy, which gives a small model's
     # rejected reply back word for word. The first reply of a round is always greedy.
     retry_temperature: float = 0.0
+    # With coder = "files": a name a reply's lines read that no file of the repository defines
+    # is asked for alone, and the loop puts the definition the model writes into the file
+    # (agent_node/loop/define.py).
+    define_missing: bool = False
     # What the code review's verdict does once the gate passed. "binding": a fail fails the
     # round and its fixes go to the next coder. "advisory": the review still runs and its
     # verdict and reasons go to the record and to you at approval, but a change the gate passed

@@ -39,6 +39,7 @@ from typing import Any
 from agent_node import prompts
 from agent_node.events import Note, ToolCall
 from agent_node.exceptions import DeadlineExceeded
+from agent_node.loop import define
 from agent_node.loop.coder import (
     CoderChecks,
     CoderLimits,
@@ -48,6 +49,7 @@ from agent_node.loop.coder import (
     model_call,
 )
 from agent_node.loop.context import inside
+from agent_node.loop.names import Unbound
 from agent_node.model import Model
 
 REPLY_TOKENS = 4096  # one reply's bound when [loop] coder_reply_tokens is 0: whole files
@@ -112,6 +114,7 @@ def run_files_coder(
     sources: list[str],
     checks: CoderChecks | None = None,
     retry: dict[str, Any] | None = None,
+    task: str = "",
 ) -> CoderResult:
     checks = checks or CoderChecks()
     messages: list[dict[str, Any]] = [
@@ -186,10 +189,41 @@ def run_files_coder(
         if checks.tests is None:
             return result("finish")
         passed, tests = checks.tests()
+        if not passed and checks.missing is not None:
+            put_in = _define_missing(model, task, checks.missing(), tools, root, emit, round_no)
+            if put_in:
+                said += "\n" + put_in
+                passed, tests = checks.tests()
         if passed:
             return result("finish", "the tests pass")
         messages.append({"role": "user", "content": prompts.render(
             "loop/files_again", written=said, tests=tests)})
+
+
+def _define_missing(model: Model, task: str, missing: list[Unbound], tools: dict[str, Any],
+                    root: Path, emit: Emit, round_no: int) -> str:
+    """Ask for each name the change reads and nothing defines, alone, and put in what comes
+    back (define.py). What the coder is told of it: one line per name; "" if none was put in."""
+    said = []
+    for u in list({(u.path, u.name): u for u in missing}.values())[:define.MAX_ASKED]:
+        source = _read(root, u.path)
+        if not source:
+            continue
+        got = define.ask(model, task, u, source)
+        emit(model_call(got.reply, role="coder", round_no=round_no))
+        if not got.source:
+            emit(Note(text=f"asked for the definition of `{u.name}` alone ({u.path}:{u.line} "
+                      f"reads it, and nothing defines it): {got.why}", round=round_no))
+            continue
+        _, ok, output = _write(tools, root, u.path, got.source, emit, round_no)
+        if ok:
+            said.append(f"{u.path}: `{u.name}` was not defined anywhere; asked for it alone, "
+                        f"you wrote its definition, and it is now in {u.path}, after the "
+                        "imports. Keep it when you write the file again.")
+        else:
+            emit(Note(text=f"the definition of `{u.name}` was not written: {output}",
+                      round=round_no))
+    return "\n".join(said)
 
 
 def _write(tools: dict[str, Any], root: Path, path: str, content: str, emit: Emit,

@@ -291,6 +291,10 @@ class _Run:
                 # spaces at line ends) is sent back at once
                 checks.changed = lambda: bool(self.checkout.changes(since, *SPACE_BLIND).strip())
             checks.diff = lambda: self.checkout.changes(since, "--numstat")
+            if loop.define_missing:  # names the round's lines read and no file defines
+                checks.missing = lambda: [
+                    u for u in unbound_in_change(self.checkout.work, self.checkout.changes(base))
+                    if not u.defined_in]
             sources = shown_sources(shown)
             return run_files_coder(
                 self.coder_model, prompts.render("loop/coder_files_system"), brief, tools,
@@ -298,7 +302,7 @@ class _Run:
                 known=self.checkout.files(),
                 sources=sources, checks=checks,
                 retry={"temperature": loop.retry_temperature, "top_p": 0.8}
-                if loop.retry_temperature > 0 else None)
+                if loop.retry_temperature > 0 else None, task=self.task)
         return run_coder(self.coder_model, prompts.render("loop/coder_system"), brief, tools,
                          limits, emit=self.emit, round_no=round_no, checks=checks)
 

@@ -1,0 +1,109 @@
+"""A name the coder's change reads that nothing defines, asked for alone and put in by the loop.
+
+    [loop] define_missing = true      # with coder = "files"
+
+On the task bench Qwen2.5-Coder 1.5B made `withdraw` raise an `InsufficientFunds` it never
+defined, eight replies running, whatever the gate said and however it was asked: told to plan
+first, its plan's first line was "Define `InsufficientFunds` as a subclass of `Exception`", and
+the file it wrote next still had no such class. Asked for that one definition on its own, it
+writes it. So when the tests are run on a files-form reply and the names check finds a read of
+a name that no file of the repository defines (one another file defines is the coder's import
+to write, and the message says which), the loop asks the coder's model for that definition
+alone, takes from its reply the one top-level class, function or assignment that binds the
+name, and puts it into the file after its docstring and imports. The code is the model's; only
+its place is the loop's. The write goes through the `write` tool like any other, and the record
+shows the call and the write.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+from agent_node import prompts
+from agent_node.loop.names import Unbound
+from agent_node.model import Model, Reply
+
+MAX_ASKED = 3  # names asked for after one reply
+DEFINITION_TOKENS = 400  # one definition's reply
+FENCE = "```"
+
+
+@dataclass(frozen=True)
+class Defined:
+    """What one ask gave: the reply, and the file with the definition put in ("" if none)."""
+
+    unbound: Unbound
+    reply: Reply
+    source: str  # the whole file with the definition in it; "" when the reply had none
+    why: str = ""  # why nothing was put in
+
+
+def ask(model: Model, task: str, unbound: Unbound, source: str) -> Defined:
+    """Ask `model` for the definition of `unbound.name` alone; `source` is the file now."""
+    prompt = prompts.render("loop/define_missing", task=task, path=unbound.path,
+                            source=source.rstrip("\n"), line=unbound.line, missing=unbound.name)
+    reply = model.chat([{"role": "user", "content": prompt}], max_tokens=DEFINITION_TOKENS)
+    definition = definition_of(reply.text, unbound.name)
+    if not definition:
+        return Defined(unbound, reply, "", f"its reply has no top-level definition of "
+                                            f"`{unbound.name}` that compiles")
+    return Defined(unbound, reply, insert(source, definition))
+
+
+def definition_of(text: str, name: str) -> str:
+    """The source of the top-level statement in `text`'s code (its first fenced block, or the
+    whole text when there is none) that binds `name`: a class, a function (with its decorators)
+    or an assignment. "" when there is none or the code does not compile."""
+    code = _first_block(text)
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return ""
+    lines = code.splitlines()
+    for node in tree.body:
+        if name in _binds(node):
+            first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            end = node.end_lineno or node.lineno
+            return "\n".join(lines[first - 1:end]).rstrip() + "\n"
+    return ""
+
+
+def insert(source: str, definition: str) -> str:
+    """`source` with `definition` put in as a top-level statement: after the module's docstring,
+    `from __future__` and import statements at its top, two blank lines on each side."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        tree = None
+    lines = source.splitlines()
+    at = 0  # lines of `source` that stay before the definition
+    for i, node in enumerate(tree.body if tree is not None else []):
+        docstring = (i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+                     and isinstance(node.value.value, str))
+        if not (docstring or isinstance(node, ast.Import | ast.ImportFrom)):
+            break
+        at = node.end_lineno or node.lineno
+    head = "\n".join(lines[:at]).rstrip("\n")
+    tail = "\n".join(lines[at:]).strip("\n")
+    parts = [p for p in (head, definition.strip("\n"), tail) if p]
+    return "\n\n\n".join(parts) + "\n"
+
+
+def _first_block(text: str) -> str:
+    start = text.find(FENCE)
+    if start < 0:
+        return text
+    body = text[text.find("\n", start) + 1:] if "\n" in text[start:] else ""
+    end = body.find(FENCE)
+    return body if end < 0 else body[:end]
+
+
+def _binds(node: ast.stmt) -> set[str]:
+    if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+        return {node.name}
+    if isinstance(node, ast.Assign):
+        return {t.id for t in node.targets if isinstance(t, ast.Name)}
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return {node.target.id}
+    return set()

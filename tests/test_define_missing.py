@@ -1,0 +1,88 @@
+"""[loop] define_missing: a name a files-form reply reads and no file defines is asked for alone,
+and the loop puts the definition the model writes into the file (agent_node/loop/define.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from scripted_model import ScriptedModel, as_json, text
+from test_files_coder import block, files_form
+from user_repo import GOOD_CALC, NOT_UI, PASS, isolate, make_repo, run
+
+from agent_node.loop.define import definition_of, insert
+from agent_node.runs import read_events
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    isolate(monkeypatch, tmp_path)
+
+
+UNTESTED = GOOD_CALC + "\n\ndef div(a, b):\n    if b == 0:\n        raise DivByZero(a)\n" \
+    "    return a / b\n"
+DEFINITION = "Here it is:\n\n```python\nclass DivByZero(Exception):\n    pass\n```\n"
+
+
+def test_the_definition_is_taken_from_a_block_or_a_whole_file_and_nothing_else() -> None:
+    assert definition_of(DEFINITION, "DivByZero") == "class DivByZero(Exception):\n    pass\n"
+    whole = ("```\nimport math\n\n\nclass DivByZero(Exception):\n    pass\n\n\n"
+             "def add(a, b):\n    return a + b\n```")
+    assert definition_of(whole, "DivByZero") == "class DivByZero(Exception):\n    pass\n"
+    decorated = "```\n@cache\ndef limit(n):\n    return n\n```"
+    assert definition_of(decorated, "limit") == "@cache\ndef limit(n):\n    return n\n"
+    assert definition_of("LIMIT: int = 3", "LIMIT") == "LIMIT: int = 3\n"
+    assert definition_of("```\nclass Other(Exception):\n    pass\n```", "DivByZero") == ""
+    assert definition_of("```\nclass DivByZero(Exception)\n    pass\n```", "DivByZero") == ""
+
+
+def test_the_definition_goes_after_the_docstring_and_the_imports() -> None:
+    source = '"""Money."""\n\nimport math\nfrom x import y\n\n\ndef f():\n    return 1\n'
+    assert insert(source, "class E(Exception):\n    pass\n") == (
+        '"""Money."""\n\nimport math\nfrom x import y\n\n\nclass E(Exception):\n    pass\n\n\n'
+        "def f():\n    return 1\n")
+    assert insert("def f():\n    return 1\n", "X = 1\n") == "X = 1\n\n\ndef f():\n    return 1\n"
+
+
+def test_a_name_nothing_defines_is_asked_for_alone_and_put_in(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    coder = ScriptedModel([text(block("calc.py", UNTESTED)), text(DEFINITION)], name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form(define_missing=True))
+
+    assert summary["verdict"] == "pass" and summary["rounds"] == 1
+    (asked,) = coder.calls[1]["messages"]  # alone: the task, the file, the name
+    assert "Line 7 of calc.py uses `DivByZero`, which nothing" in asked["content"]
+    assert "make add() add" in asked["content"] and "def div(a, b):" in asked["content"]
+    events = read_events(Path(summary["run_dir"]))
+    assert [e["name"] for e in events if e["type"] == "tool_call"] == ["write", "write"]
+    done = next(e for e in events if e["type"] == "coder_done")
+    assert done["stopped"] == "finish" and done["turns"] == 1
+    diff = (Path(summary["run_dir"]) / "round-1" / "diff.patch").read_text()
+    assert "+class DivByZero(Exception):" in diff  # what the gate judged
+
+
+def test_a_reply_with_no_definition_changes_nothing_and_the_coder_is_asked_again(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    coder = ScriptedModel([text(block("calc.py", UNTESTED)), text("It is a built-in."),
+                           text(block("calc.py", "class DivByZero(Exception):\n    pass\n\n\n"
+                                      + UNTESTED))], name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form(define_missing=True))
+
+    assert summary["verdict"] == "pass" and len(coder.calls) == 3
+    events = read_events(Path(summary["run_dir"]))
+    (note,) = [e for e in events if e["type"] == "note" and "alone" in e["text"]]
+    assert "no top-level definition of `DivByZero`" in note["text"]
+    again = coder.calls[2]["messages"][-1]["content"]
+    assert "calc.py:7 reads `DivByZero`" in again
+
+
+def test_off_by_default_the_coder_is_told_and_asked_again(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    coder = ScriptedModel([text(block("calc.py", UNTESTED))] * 2, name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI)]), coder,
+                  cfg=files_form(max_rounds=1, coder_max_turns=2))
+    assert summary["verdict"] == "fail"
+    assert all(len(c["messages"]) > 1 for c in coder.calls)  # no call for a definition alone
