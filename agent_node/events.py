@@ -155,6 +155,8 @@ class GateChecked(RunEvent):
     commit: str = _doc("the commit tested")
     passed: bool
     files: list[str] = _doc('"<status> <path>" per changed file')
+    changes_content: bool = _doc("false: the diff only adds or removes blank lines and spaces at "
+                                 "line ends, which the gate counts as no change", True)
     test_cmd: str
     test_exit: int | None = _doc("null: no test command, or it timed out")
     test_seconds: float

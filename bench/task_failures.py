@@ -18,7 +18,8 @@ what most invalidates the rest to what is most specific:
     limit              the final round's coder was stopped by its turn, token or time limit,
                        or its last reply was cut off by the per-reply token cap before it
                        called a tool, and the change was empty or its tests failed
-    no_change          the final diff is empty: the coder finished without changing a file
+    no_change          the final diff is empty (or only adds or removes blank lines and spaces
+                       at line ends): the coder finished without changing a file's code
                        (or kept trying to finish, refused by the loop, until a limit stopped it;
                        that is checked before limit)
     visible_tests_fail the gate's run of the repository's tests failed in the final round
@@ -73,6 +74,7 @@ class Round:
     finish_reasons: list[str] = field(default_factory=list)  # of the coder's replies, in order
     diff_file: str = ""
     files: list[str] = field(default_factory=list)
+    changes_content: bool = True  # more than blank lines and line-end spaces (the gate's)
     gate_ran: bool = False
     gate_passed: bool = False
     tests_ran: bool = False
@@ -118,7 +120,7 @@ def read_rounds(run_dir: Path, events: list[dict[str, Any]]) -> list[Round]:
                 r = at(e.round)
                 r.gate_ran, r.gate_passed = True, e.passed
                 r.diff_file = e.diff_file or f"round-{r.number}/diff.patch"
-                r.files = list(e.files)
+                r.files, r.changes_content = list(e.files), e.changes_content
                 r.tests_ran = bool(e.test_cmd)
                 r.tests_passed = e.test_exit == 0
                 r.test_files_touched = list(e.test_files_touched)
@@ -183,9 +185,10 @@ def classify(
     edited = last.test_files_touched or graded.tests_edited
     if edited:
         return "tests_edited", "the change edits tests: " + ", ".join(edited)
-    empty = not last.files
+    empty = not last.files or not last.changes_content
     stuck = empty or (last.tests_ran and not last.tests_passed)
-    what = "no file changed" if empty else "the tests fail"
+    what = ("no file changed" if not last.files else "only blank lines and line-end spaces "
+            "changed" if empty else "the tests fail")
     if stuck and last.tool_errors_dominate:
         failed = last.tool_failures + last.unparsed_markup
         return "tool_errors", (f"{failed} of {last.tool_calls + last.unparsed_markup} tool "
@@ -201,7 +204,7 @@ def classify(
                          f"per-reply token cap before it called a tool; {what}")
     if empty:
         return "no_change", (f"the coder stopped ({last.stopped or 'unknown'}) in round "
-                             f"{last.number} without changing a file")
+                             f"{last.number}; {what}")
     if last.tests_ran and not last.tests_passed:
         return "visible_tests_fail", _first_line(last.gate_failures, "the test command failed")
     if ui and not (last.qa_ran and last.qa_passed):

@@ -227,6 +227,13 @@ def test_a_scripted_run_fails_for_the_reason_it_was_driven_into(
         assert "over the model's context" in row["error"]
 
 
+def test_a_change_of_blank_lines_alone_is_scored_as_no_change(tmp_path: Path) -> None:
+    stats = (TASKS / "mean_bug" / "repo" / "stats.py").read_text()
+    row = run_scripted(tmp_path, "mean_bug",
+                       [call("write", path="stats.py", content=stats + "\n\n")])
+    assert (row["failure"], row["verdict"]) == ("no_change", "fail"), row["failure_detail"]
+    assert "only blank lines and line-end spaces changed" in row["failure_detail"]
+
 def test_the_reviews_verdicts_are_scored_against_the_hidden_tests(tmp_path: Path) -> None:
     refused = run_scripted(tmp_path / "a", "mean_bug",
                            [call("write", path="stats.py", content=MEAN_FIXED)], review="fail")

@@ -198,6 +198,23 @@ def test_empty_diff_for_a_change_fails(tmp_path: Path) -> None:
     assert any("no diff against the base" in r for r in summary["reasons"])
 
 
+
+def test_a_change_of_blank_lines_alone_is_no_change(tmp_path: Path) -> None:
+    # A whole-file coder that copies the file back with a blank line gone has changed nothing
+    # the task asked for; the visible tests passing must not make that a pass.
+    repo = make_repo(tmp_path, {"calc.py": GOOD_CALC, "tests/test_calc.py": TEST_CALC})
+    cfg = AgentConfig()
+    cfg.loop.max_rounds = 1
+    coder = ScriptedModel([call("write", path="calc.py", content="\n" + GOOD_CALC + "  \n\n"),
+                           call("finish", summary="Fixed the conversion.")])
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI)]), coder, cfg=cfg)
+    gate = next(e for e in read_events(Path(summary["run_dir"])) if e["type"] == "gate")
+    assert gate["files"] == ["M calc.py"] and gate["test_exit"] == 0
+    assert not gate["passed"] and gate["changes_content"] is False
+    assert summary["verdict"] == "fail"
+    assert any("only adds or removes blank lines and spaces at line ends (calc.py)" in r
+               for r in summary["reasons"])
+
 def test_malformed_classification_is_retried_with_the_problem_named(tmp_path: Path) -> None:
     repo = make_repo(tmp_path)
     orch = ScriptedModel([text("It is a backend task."), as_json({"ui": False}),

@@ -2,7 +2,7 @@
 
     co = Checkout.create(user_repo, checkouts_root() / run_id, base)
     co.work                                  # the working tree the coder edits
-    co.changed(base)                         # would a snapshot now differ from base
+    co.changed(base)                         # would a snapshot now change more than blank lines
     commit = co.snapshot(base, "message")    # the working tree, as one commit on base
     co.diff(base, commit)                    # the real change: patch and (status, path) pairs
     co.export(commit, gate_dir)              # exactly that commit's files, for the gate's tests
@@ -34,6 +34,10 @@ from agent_node.loop.repo import git
 # Build droppings the gate must not count as the coder's change.
 NOISE = ["__pycache__", "*.pyc", ".pytest_cache", "node_modules", ".DS_Store", ".mypy_cache"]
 _NOISE_SPECS = [f":(exclude,glob)**/{p}{tail}" for p in NOISE for tail in ("", "/**")]
+# A change of blank lines and line-end spaces alone is no change to the task: whole-file coders
+# drop or add them as they copy a file (the 1.5B gave temperature_bug's convert.py back with one
+# blank line gone, and the gate passed that as its fix).
+SPACE_BLIND = ("--ignore-blank-lines", "--ignore-space-at-eol")
 # What stops a hostile working tree from running code in agent-node's own git commands.
 _SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
          "-c", "diff.ignoreSubmodules=all", "-c", "submodule.recurse=false",
@@ -55,6 +59,9 @@ def checkouts_root(home: Path | None = None) -> Path:
 class Diff:
     patch: str
     files: list[tuple[str, str]] = field(default_factory=list)  # (A|M|D, path)
+    # more than blank lines and line-end spaces changed (SPACE_BLIND); a file added, deleted or
+    # given another mode is a change
+    changes_content: bool = True
 
     @property
     def empty(self) -> bool:
@@ -105,8 +112,9 @@ class Checkout:
         return self._git(["ls-files"]).splitlines()
 
     def changed(self, base: str) -> bool:
-        """Would `snapshot(base, ...)` now differ from `base` (the gate's "no diff")?"""
-        return bool(self.changes(base, "--name-only").strip())
+        """Would `snapshot(base, ...)` now differ from `base` by more than blank lines and
+        line-end spaces (what the gate counts as a change)?"""
+        return bool(self.changes(base, *SPACE_BLIND).strip())
 
     def changes(self, base: str, *options: str) -> str:
         """`git diff base` (with `options`) of the working tree as `snapshot` would commit it,
@@ -143,7 +151,9 @@ class Checkout:
         patch = self._git(["diff", "--binary", "--no-renames", base, commit])
         names = self._git(["diff", "--name-status", "--no-renames", "-z", base, commit])
         parts = [p for p in names.split("\0") if p]
-        return Diff(patch, [(parts[i][0], parts[i + 1]) for i in range(0, len(parts) - 1, 2)])
+        content = bool(self._git(["diff", "--no-renames", *SPACE_BLIND, base, commit]).strip())
+        return Diff(patch, [(parts[i][0], parts[i + 1]) for i in range(0, len(parts) - 1, 2)],
+                    content)
 
     def export(self, commit: str, dest: Path) -> Path:
         """A fresh folder holding exactly `commit`'s files: what the gate tests and serves."""

@@ -5,9 +5,10 @@ real diff, and a fresh folder holding exactly that commit's files (`Checkout.exp
 the repo's test command there, in the sandbox (the tests may be the coder's own code: they write
 only to that folder and a private tmp, reach no network, and their whole process tree dies at
 the end or the timeout, with bounded output), flags a diff that changes or deletes tests, fails
-an empty diff for a task that asks for a change and a Python line the change added that reads a
-name nothing defines (names.py), and for UI work runs visual QA against the spec. What passes
-is that commit, and only that commit is what approve brings over.
+an empty diff for a task that asks for a change (a diff of blank lines and line-end spaces alone
+counts as empty) and a Python line the change added that reads a name nothing defines
+(names.py), and for UI work runs visual QA against the spec. What passes is that commit, and
+only that commit is what approve brings over.
 """
 
 from __future__ import annotations
@@ -139,6 +140,11 @@ def run_gate(
     if diff.empty and asks_for_change:
         failures.append("the task asks for a change, but the checkout has no diff against the "
                         "base: no file was created, modified or deleted")
+    elif not diff.changes_content and asks_for_change:
+        failures.append("the task asks for a change, but the checkout's diff against the base "
+                        "only adds or removes blank lines and spaces at line ends ("
+                        + ", ".join(path for _, path in diff.files)
+                        + "): the code is as it was")
     touched = [f"{path} ({'deleted' if st == 'D' else 'modified'})"
                for st, path in tests_touched(diff)]
     if touched:
@@ -188,6 +194,7 @@ def gate_event(gate: GateResult, *, round_no: int, commit: str, diff_file: str,
     return GateChecked(
         round=round_no, commit=commit, passed=gate.passed,
         files=[f"{s} {p}" for s, p in gate.diff.files],
+        changes_content=gate.diff.changes_content,
         test_cmd=t.cmd if t else "",
         test_exit=t.exit_code if t else None,
         test_seconds=round(t.seconds, 2) if t else 0.0,

@@ -67,7 +67,6 @@ from agent_node.tools.bash import checkout_git
 ToolsFactory = Callable[[Path], dict[str, Any]]
 MAX_FILES_LISTED = 200
 TESTS_SHOWN_CHARS = 2_500  # the end of a test run's output, as the coder is shown it
-SPACE_BLIND = ("--ignore-blank-lines", "--ignore-space-at-eol")  # not a change to the task
 
 
 def default_tools(cfg: AgentConfig, sandbox: Sandbox) -> ToolsFactory:
@@ -289,7 +288,7 @@ class _Run:
                 checks.tests = lambda: self.tests_now(test_cmd, base=base)
             if asks_for_change:  # and a reply that changes nothing (but blank lines and
                 # spaces at line ends) is sent back at once
-                checks.changed = lambda: bool(self.checkout.changes(since, *SPACE_BLIND).strip())
+                checks.changed = lambda: self.checkout.changed(since)
             checks.diff = lambda: self.checkout.changes(since, "--numstat")
             if loop.define_missing:  # names the round's lines read and no file defines
                 checks.missing = lambda: [
