@@ -142,6 +142,10 @@ class LoopSection:
     # is asked for alone, and the loop puts the definition the model writes into the file
     # (agent_node/loop/define.py).
     define_missing: bool = False
+    # With coder = "files": what a reply's Python file left out that the file had (a class,
+    # function, method, assignment or the docstring) and the task does not name is put back
+    # before the file is written (agent_node/loop/keep.py). To have one deleted, name it.
+    keep_definitions: bool = False
     # What the code review's verdict does once the gate passed. "binding": a fail fails the
     # round and its fixes go to the next coder. "advisory": the review still runs and its
     # verdict and reasons go to the record and to you at approval, but a change the gate passed

@@ -20,6 +20,8 @@ gave the same files back (bank_errors: one reply eight times over, two rounds of
 with `[loop] refuse_repeats` a reply that gives back the files the reply before it gave, path
 for path and byte for byte, ends the round at once (stopped "repeat"): the checkout already
 holds them, the tests' verdict on it is known, and the turns left would ask from where this did.
+With `[loop] keep_definitions`, what a reply's Python file left out that the file had and the task
+does not name (a method, a constant, the docstring) is put back before it is written (keep.py).
 
 A path is taken from the line just before a block (`stats.py`, `**stats.py**`, `# stats.py`,
 `File: stats.py:`) or from the fence's info string (```` ```python stats.py ````); a block with no
@@ -39,7 +41,7 @@ from typing import Any
 from agent_node import prompts
 from agent_node.events import Note, ToolCall
 from agent_node.exceptions import DeadlineExceeded
-from agent_node.loop import define
+from agent_node.loop import define, keep
 from agent_node.loop.coder import (
     CoderChecks,
     CoderLimits,
@@ -115,6 +117,7 @@ def run_files_coder(
     checks: CoderChecks | None = None,
     retry: dict[str, Any] | None = None,
     task: str = "",
+    keep_definitions: bool = False,
 ) -> CoderResult:
     checks = checks or CoderChecks()
     messages: list[dict[str, Any]] = [
@@ -170,12 +173,15 @@ def run_files_coder(
             if tuple(files) == last:
                 return result("repeat", f"reply {turns} gave back the files of the one before")
             last = tuple(files)
+        put_back: list[str] = []
+        if keep_definitions:  # what a whole file left out and the task never named (keep.py)
+            files, put_back = _keep_definitions(files, root, task, emit, round_no)
         broken = {path: why for path, content in files
                   if (why := _breaks(root, path, content))}
         results = [(path, False, f"{path}: not written: {broken[path]}") if path in broken
                    else _write(tools, root, path, content, emit, round_no)
                    for path, content in files]
-        said = "\n".join(output for _, _, output in results)
+        said = "\n".join(put_back + [output for _, _, output in results])
         if checks.diff is not None:
             said += "\n\n" + prompts.render("loop/files_diff", changed=_numstat(checks.diff()))
         if broken:  # nothing to test: the checkout is not what the reply meant
@@ -224,6 +230,31 @@ def _define_missing(model: Model, task: str, missing: list[Unbound], tools: dict
             emit(Note(text=f"the definition of `{u.name}` was not written: {output}",
                       round=round_no))
     return "\n".join(said)
+
+
+def _keep_definitions(files: list[tuple[str, str]], root: Path, task: str, emit: Emit,
+                      round_no: int) -> tuple[list[tuple[str, str]], list[str]]:
+    """The reply's files with what each Python file left out put back (keep.py), and a line
+    for the coder per file that had something put back."""
+    defined = {path: keep.top_level_names(content) for path, content in files
+               if path.endswith(".py")}
+    out, said = [], []
+    for path, content in files:
+        old = _read(root, path) if path.endswith(".py") else ""
+        if old:
+            elsewhere = frozenset().union(*(n for p, n in defined.items() if p != path))
+            kept = keep.put_back(old, content, task, elsewhere)
+            if kept.names:
+                what = ", ".join("its docstring" if n == "docstring" else f"`{n}`"
+                                 for n in kept.names)
+                said.append(f"{path}: your file left out {what}, which {path} had and the task "
+                            "does not name; put back as it was. Keep it when you write the "
+                            "file again.")
+                emit(Note(text=f"{path}: the reply left out {what}; put back as it was",
+                          round=round_no))
+                content = kept.content
+        out.append((path, content))
+    return out, said
 
 
 def _write(tools: dict[str, Any], root: Path, path: str, content: str, emit: Emit,

@@ -301,7 +301,8 @@ class _Run:
                 known=self.checkout.files(),
                 sources=sources, checks=checks,
                 retry={"temperature": loop.retry_temperature, "top_p": 0.8}
-                if loop.retry_temperature > 0 else None, task=self.task)
+                if loop.retry_temperature > 0 else None, task=self.task,
+                keep_definitions=loop.keep_definitions)
         return run_coder(self.coder_model, prompts.render("loop/coder_system"), brief, tools,
                          limits, emit=self.emit, round_no=round_no, checks=checks)
 
