@@ -48,18 +48,19 @@ def put_back(old: str, new: str, task: str, elsewhere: frozenset[str] = frozense
     if docstring and not _docstring(new_tree, new.splitlines()):
         content = docstring + "\n\n" + content.lstrip("\n")
         names.append("docstring")
+    tree = _parse(content)  # parsed again only after something is put in
+    bound = _bound_at(tree.body) if tree is not None else set()
     for node in old_tree.body:  # top level, in the old file's order
-        tree = _parse(content)
         if tree is None:
             return Kept(new, ())
-        bound = _bound_at(tree.body)
         gone = _binds(node)
         if gone and not gone & (bound | named | elsewhere):
             content = _insert_top(content, tree, old_tree, node, old_lines)
             names.append(", ".join(sorted(gone)))
+            tree = _parse(content)
+            bound |= gone
         elif isinstance(node, ast.ClassDef) and node.name in bound:
             for member in node.body:
-                tree = _parse(content)
                 cls = _class(tree, node.name) if tree is not None else None
                 if cls is None:
                     break
@@ -67,6 +68,7 @@ def put_back(old: str, new: str, task: str, elsewhere: frozenset[str] = frozense
                 if gone and not gone & (_bound_at(cls.body) | named):
                     content = _insert_member(content, cls, node, member, old_lines)
                     names.append(", ".join(f"{node.name}.{n}" for n in sorted(gone)))
+                    tree = _parse(content)
     if not names or _parse(content) is None:
         return Kept(new, ())
     return Kept(content, tuple(names))
