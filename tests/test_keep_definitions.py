@@ -149,3 +149,10 @@ def test_off_by_default_the_dropped_function_fails_the_tests(tmp_path: Path) -> 
                   cfg=files_form(max_rounds=1, coder_max_turns=2))
     assert summary["verdict"] == "fail"
     assert "has no attribute 'sub'" in coder.calls[1]["messages"][-1]["content"]
+
+
+def test_a_partial_reply_keeps_the_file_and_its_imports_around_it() -> None:
+    partial = "def is_valid_email(email: str) -> bool:\n    return '@' in email\n"
+    kept = put_back(VALIDATE, partial, "Add `is_valid_email(email)` to validate.py.")
+    assert kept.names == ("USERNAME_CHARS", "is_valid_username", "import string")
+    assert kept.content == VALIDATE + "\n\n" + partial

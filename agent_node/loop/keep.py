@@ -15,7 +15,9 @@ and the module's docstring, that the reply left out is put back as it was, unles
   import).
 A definition goes back after the one it followed in the old file (the nearest one the reply
 kept), or, with none, after the docstring and imports (top level) or at the end of its class;
-re-indented to the class as the reply wrote it. When the file with everything put back would
+re-indented to the class as the reply wrote it. Then a name the old file imported, which the file
+now reads and no longer imports, is imported again as before. So a reply that gives only the
+function it adds, under the file's path, keeps the file around it. When the file with everything put back would
 not compile, the reply's file is written as it came. The code is the user's; only its place is
 the loop's, and the coder is told what was put back.
 """
@@ -69,9 +71,52 @@ def put_back(old: str, new: str, task: str, elsewhere: frozenset[str] = frozense
                     content = _insert_member(content, cls, node, member, old_lines)
                     names.append(", ".join(f"{node.name}.{n}" for n in sorted(gone)))
                     tree = _parse(content)
+    if tree is not None:  # then the imports of what the file now reads and no longer imports
+        content, imported = _put_imports_back(content, tree, old_tree)
+        names += imported
     if not names or _parse(content) is None:
         return Kept(new, ())
     return Kept(content, tuple(names))
+
+
+def _put_imports_back(content: str, tree: ast.Module,
+                      old_tree: ast.Module) -> tuple[str, list[str]]:
+    """`content` with each name the old file imported at top level, the new one no longer binds
+    and still reads, imported again as the old file did, after the new file's own imports."""
+    bound = _bound_at(tree.body)
+    read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)
+            and isinstance(n.ctx, ast.Load)}
+    statements, names = [], []
+    for node in old_tree.body:
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        wanted = [a for a in node.names if a.name != "*"
+                  and (a.asname or a.name).split(".")[0] in read - bound]
+        if not wanted:
+            continue
+        aliases = ", ".join(a.name + (f" as {a.asname}" if a.asname else "") for a in wanted)
+        statements.append(f"import {aliases}" if isinstance(node, ast.Import) else
+                          f"from {'.' * node.level}{node.module or ''} import {aliases}")
+        names += [(a.asname or a.name).split(".")[0] for a in wanted]
+        bound |= set(names)
+    if not statements:
+        return content, []
+    lines = content.splitlines()
+    last = None  # the docstring or the last of the imports at the top
+    for i, stmt in enumerate(tree.body):
+        if not (i == 0 and _is_docstring(stmt) or isinstance(stmt, ast.Import | ast.ImportFrom)):
+            break
+        last = stmt
+    at = 0 if last is None else last.end_lineno or last.lineno
+    following = next((stmt for stmt in tree.body if stmt.lineno > at), None)
+    head = "\n".join(lines[:at]).rstrip("\n")
+    tail = "\n".join(lines[at:]).strip("\n")
+    text = "\n".join(statements)
+    if head:
+        text = head + ("\n" if isinstance(last, ast.Import | ast.ImportFrom) else "\n\n") + text
+    if tail:
+        text += _gap(None, following) + tail
+    return text + "\n", [f"import {n}" for n in names]
 
 
 def top_level_names(source: str) -> frozenset[str]:
