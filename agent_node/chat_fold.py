@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from agent_node.exceptions import DeadlineExceeded
 from agent_node.model import CallProgress, Reply, ToolCall, Usage
 from inference_node.api import pb
 
@@ -90,18 +91,23 @@ def collect_reply(events: Iterable[pb.ChatEvent],
     """
     fold = ChatFold()
     progress = CallProgress()
-    for ev in events:
-        kind = fold.add(ev)
-        if on_progress is None or kind == "tool_call":
-            continue
-        if kind == "admitted":
-            progress.model, progress.queue_seconds = ev.admitted.model, ev.admitted.queue_seconds
-        elif kind == "delta":
-            progress.tokens += 1
-            progress.reasoning_tokens += ev.delta.kind == pb.Delta.REASONING
-        elif kind == "done":
-            progress.tokens = ev.done.usage.completion_tokens  # reasoning included
-            progress.reasoning_tokens, progress.done = ev.done.usage.reasoning_tokens, True
-        progress.seconds = time.monotonic() - fold.started
-        on_progress(progress)
+    try:
+        for ev in events:
+            kind = fold.add(ev)
+            if on_progress is None or kind == "tool_call":
+                continue
+            if kind == "admitted":
+                progress.model = ev.admitted.model
+                progress.queue_seconds = ev.admitted.queue_seconds
+            elif kind == "delta":
+                progress.tokens += 1
+                progress.reasoning_tokens += ev.delta.kind == pb.Delta.REASONING
+            elif kind == "done":
+                progress.tokens = ev.done.usage.completion_tokens  # reasoning included
+                progress.reasoning_tokens, progress.done = ev.done.usage.reasoning_tokens, True
+            progress.seconds = time.monotonic() - fold.started
+            on_progress(progress)
+    except DeadlineExceeded as e:  # what was written is the caller's to keep (the record)
+        e.partial = fold.text
+        raise
     return fold.reply()

@@ -87,6 +87,8 @@ class QueueFull(InferenceError):
 class DeadlineExceeded(InferenceError):
     """The call ran past its deadline (ours) or waited too long in the server's queue."""
 
+    partial = ""  # a Chat stream's text before the deadline cut it (collect_reply sets it)
+
 
 class BadRequest(InferenceError):
     """The request was malformed: a bug on our side or bad input passed through.

@@ -6,6 +6,7 @@ or whose stream outlives its deadline; what is checked is the loop's decisions a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from scripted_model import ScriptedModel, as_json
 from user_repo import NOT_UI, PASS, fingerprint, fix_calc, isolate, make_repo, run
 
+from agent_node.chat_fold import collect_reply
 from agent_node.config import AgentConfig
 from agent_node.exceptions import DeadlineExceeded
 from agent_node.model import CallProgress, Reply, Usage
@@ -20,6 +22,7 @@ from agent_node.qa.judge import judge
 from agent_node.qa.spec import Spec
 from agent_node.runs import read_events
 from agent_node.schemas import REVIEW
+from inference_node.api import pb
 from studio_common.json_bounds import answer_chars, reply_tokens
 
 
@@ -192,3 +195,41 @@ def test_judge_past_its_deadline_is_an_error_not_a_crash() -> None:
     verdict = judge(Spec(["the title is visible"]), [], {}, model=model, attempts=3)
     assert verdict.status == "error"
     assert "the stream's deadline ([inference] timeout_s) passed" in verdict.error
+
+
+def test_a_files_reply_cut_by_its_deadline_is_kept_in_the_record_and_not_written(
+        tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    before = fingerprint(repo)
+
+    def writes_then_times_out(messages: list[dict[str, Any]], options: dict[str, Any]) -> Reply:
+        e = DeadlineExceeded("Chat with tiny-rambler: deadline exceeded", model="tiny-rambler")
+        e.partial = "calc.py\n```python\ndef add(a, b):\n    return a +"  # as collect_reply sets
+        raise e
+
+    coder = ScriptedModel([writes_then_times_out], name="tiny-rambler")
+    cfg = AgentConfig()
+    cfg.loop.coder, cfg.loop.max_rounds = "files", 1
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI)]), coder, cfg=cfg)
+
+    assert summary["verdict"] == "fail" and fingerprint(repo) == before
+    run_dir = Path(summary["run_dir"])
+    events = read_events(run_dir)
+    (note,) = [e for e in events if e["type"] == "note"]
+    assert "the 47 characters it had written are in the round's coder.json" in note["text"]
+    assert not [e for e in events if e["type"] == "tool_call"]  # nothing written
+    coder_json = json.loads((run_dir / "round-1" / "coder.json").read_text())
+    assert coder_json[-1] == {"role": "assistant", "content": "calc.py\n```python\n"
+                              "def add(a, b):\n    return a +"}
+
+
+def test_the_stream_fold_hands_a_deadline_the_text_so_far() -> None:
+    def stream() -> Any:
+        yield pb.ChatEvent(delta=pb.Delta(kind=pb.Delta.REASONING, text="hmm"))
+        yield pb.ChatEvent(delta=pb.Delta(text="calc.py\n"))
+        yield pb.ChatEvent(delta=pb.Delta(text="```python\n"))
+        raise DeadlineExceeded("Chat with m: deadline exceeded")
+
+    with pytest.raises(DeadlineExceeded) as cut:
+        collect_reply(stream())
+    assert cut.value.partial == "calc.py\n```python\n"

@@ -149,10 +149,15 @@ def run_files_coder(
             sampling = {**retry, "seed": round_no * 1000 + turns} if retry and turns else None
             reply = model.chat(messages, max_tokens=limits.reply_tokens or REPLY_TOKENS,
                                sampling=sampling)
-        except DeadlineExceeded:
+        except DeadlineExceeded as e:
+            kept = ""
+            if e.partial:  # not written (no whole reply), but kept: the round's coder.json
+                messages.append({"role": "assistant", "content": e.partial})
+                kept = (f"; the {len(e.partial):,} characters it had written are in the "
+                        "round's coder.json")
             emit(Note(text=f"coder turn {turns + 1} ran past the stream's deadline "
-                      f"([inference] timeout_s = {limits.timeout_s:.0f} s); the round goes on "
-                      "to the gate with what is in the checkout", round=round_no))
+                      f"([inference] timeout_s = {limits.timeout_s:.0f} s){kept}; the round goes "
+                      "on to the gate with what is in the checkout", round=round_no))
             return result("deadline", "stopped at the stream's deadline")
         turns += 1
         tokens += reply.usage.completion_tokens

@@ -17,9 +17,9 @@ A definition goes back after the one it followed in the old file (the nearest on
 kept), or, with none, after the docstring and imports (top level) or at the end of its class;
 re-indented to the class as the reply wrote it. Then a name the old file imported, which the file
 now reads and no longer imports, is imported again as before. So a reply that gives only the
-function it adds, under the file's path, keeps the file around it. When the file with everything put back would
-not compile, the reply's file is written as it came. The code is the user's; only its place is
-the loop's, and the coder is told what was put back.
+function it adds, under the file's path, keeps the file around it. When the file with everything
+put back would not compile, the reply's file is written as it came. The code is the user's; only
+its place is the loop's, and the coder is told what was put back.
 """
 
 from __future__ import annotations
