@@ -101,22 +101,10 @@ def _put_imports_back(content: str, tree: ast.Module,
         bound |= set(names)
     if not statements:
         return content, []
-    lines = content.splitlines()
-    last = None  # the docstring or the last of the imports at the top
-    for i, stmt in enumerate(tree.body):
-        if not (i == 0 and _is_docstring(stmt) or isinstance(stmt, ast.Import | ast.ImportFrom)):
-            break
-        last = stmt
-    at = 0 if last is None else last.end_lineno or last.lineno
-    following = next((stmt for stmt in tree.body if stmt.lineno > at), None)
-    head = "\n".join(lines[:at]).rstrip("\n")
-    tail = "\n".join(lines[at:]).strip("\n")
-    text = "\n".join(statements)
-    if head:
-        text = head + ("\n" if isinstance(last, ast.Import | ast.ImportFrom) else "\n\n") + text
-    if tail:
-        text += _gap(None, following) + tail
-    return text + "\n", [f"import {n}" for n in names]
+    last = _top(tree)
+    between = "\n" if isinstance(last, ast.Import | ast.ImportFrom) else "\n\n"
+    text = _put_after(content, tree, last, "\n".join(statements), between, None)
+    return text, [f"import {n}" for n in names]
 
 
 def top_level_names(source: str) -> frozenset[str]:
@@ -128,21 +116,31 @@ def top_level_names(source: str) -> frozenset[str]:
 
 def _insert_top(content: str, tree: ast.Module, old_tree: ast.Module, node: ast.stmt,
                 old_lines: list[str]) -> str:
+    prev = _kept_before(old_tree.body, node, tree.body) or _top(tree)
+    return _put_after(content, tree, prev, _source(node, old_lines), _gap(prev, node), node)
+
+
+def _top(tree: ast.Module) -> ast.stmt | None:
+    """The module's docstring or the last of the imports at its top; None when it has neither."""
+    last = None
+    for i, stmt in enumerate(tree.body):
+        if not (i == 0 and _is_docstring(stmt) or isinstance(stmt, ast.Import | ast.ImportFrom)):
+            break
+        last = stmt
+    return last
+
+
+def _put_after(content: str, tree: ast.Module, prev: ast.stmt | None, text: str, between: str,
+               node: ast.stmt | None) -> str:
+    """`content` with `text` (top-level statements; `node`, the one it holds, if one) after
+    `prev` (None: at the top): `between` before it, PEP 8's gap after it."""
     lines = content.splitlines()
-    prev = _kept_before(old_tree.body, node, tree.body)
-    if prev is None:  # after the docstring and the imports
-        for i, stmt in enumerate(tree.body):
-            if not (i == 0 and _is_docstring(stmt)
-                    or isinstance(stmt, ast.Import | ast.ImportFrom)):
-                break
-            prev = stmt
     at = 0 if prev is None else prev.end_lineno or prev.lineno
     following = next((stmt for stmt in tree.body if stmt.lineno > at), None)
     head = "\n".join(lines[:at]).rstrip("\n")
     tail = "\n".join(lines[at:]).strip("\n")
-    text = _source(node, old_lines)
     if head:
-        text = head + _gap(prev, node) + text
+        text = head + between + text
     if tail:
         text += _gap(node, following) + tail
     return text + "\n"
