@@ -147,3 +147,25 @@ def qwen15_dir() -> Path:
     with cache_lock():
         return install(KNOWN_MODELS["qwen2.5-coder-1.5b"], CACHE)[0]
 
+
+
+# Where the suite's 15 minutes go, by file: --durations names tests, and a file's time is
+# spread over many of them and its module fixtures.
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = report.nodeid.split("::", 1)[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _FILE_SECONDS:
+        return
+    ranked = sorted(_FILE_SECONDS.items(), key=lambda kv: -kv[1])
+    terminalreporter.section("seconds by file (setup, call and teardown)")
+    for path, seconds in ranked[:12]:
+        terminalreporter.write_line(f"{seconds:8.1f}s  {path}")
+    if ranked[12:]:
+        rest = sum(s for _, s in ranked[12:])
+        terminalreporter.write_line(f"{rest:8.1f}s  the other {len(ranked) - 12} files")
