@@ -30,7 +30,9 @@ $(VENV)/.installed: pyproject.toml scripts/system-packages.sh
 clients:
 	scripts/install-clients.sh
 
-# make demo MODEL=qwen2.5-coder-0.5b: install that model on first use and run the demo with it.
+# make demo MODEL=qwen2.5-coder-1.5b: install that model on first use and run the demo with it,
+# on the loop the task bench kept for small coders (examples/small-coder.toml), whose whole-file
+# replies need more than the 135M's bounds (320 tokens, 8 turns).
 MODEL ?=
 DEMO_DIR := $${STUDIO_CODER_HOME:-$$HOME/.local/share/studio-coder}/demo
 
@@ -40,7 +42,8 @@ ifeq ($(MODEL),)
 else
 	mkdir -p "$(DEMO_DIR)"
 	$(VENV)/bin/inference-node install $(MODEL) > "$(DEMO_DIR)/inference-node-$(MODEL).toml"
-	$(VENV)/bin/agent-node demo --node-config "$(DEMO_DIR)/inference-node-$(MODEL).toml"
+	$(VENV)/bin/agent-node demo --node-config "$(DEMO_DIR)/inference-node-$(MODEL).toml" \
+		--config examples/small-coder.toml --turns 4 --reply-tokens 2048
 endif
 
 # Two serial pytest runs side by side (scripts/run-tests.sh): the files that drive a real model

@@ -33,3 +33,23 @@ def test_no_openblas_means_no_preload(tmp_path: Path) -> None:
                          capture_output=True, text=True, check=True,
                          env={"PATH": "/usr/bin:/bin"}).stdout
     assert "preload=[]" in out
+
+
+def test_make_demo_with_a_model_runs_the_loop_the_bench_kept_for_small_coders() -> None:
+    import shlex
+
+    from agent_node.config import load_default_config
+
+    out = subprocess.run(["make", "-n", "--no-print-directory", "demo",
+                          "MODEL=qwen2.5-coder-1.5b"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    [line] = [ln for ln in out.replace("\\\n", " ").splitlines() if "agent-node demo" in ln]
+    args = shlex.split(line)
+    flags = dict(zip(args, args[1:], strict=False))  # each flag to the word after it
+    cfg = load_default_config(REPO / flags["--config"])
+    assert cfg.loop.coder == "files" and cfg.loop.keep_definitions and cfg.loop.refuse_repeats
+    assert cfg.inference.timeout_s >= 3600
+    # A reply writes the example's page and stylesheet whole: at ~3 characters a token, they fit.
+    pricing = REPO / "examples" / "pricing"
+    whole = sum(len((pricing / f).read_text()) for f in ("index.html", "style.css"))
+    assert int(flags["--reply-tokens"]) * 3 > 2 * whole
