@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from agent_node import prompts
 from agent_node.loop.names import Unbound
+from agent_node.loop.pysource import binds, gap, parse, put_after, source_of, top
 from agent_node.model import Model, Reply
 
 MAX_ASKED = 3  # names asked for after one reply
@@ -56,38 +57,19 @@ def definition_of(text: str, name: str) -> str:
     whole text when there is none) that binds `name`: a class, a function (with its decorators)
     or an assignment. "" when there is none or the code does not compile."""
     code = _first_block(text)
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return ""
-    lines = code.splitlines()
-    for node in tree.body:
-        if name in _binds(node):
-            first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-            end = node.end_lineno or node.lineno
-            return "\n".join(lines[first - 1:end]).rstrip() + "\n"
-    return ""
+    tree = parse(code)
+    node = next((n for n in tree.body if name in binds(n)), None) if tree is not None else None
+    return "" if node is None else source_of(node, code.splitlines()) + "\n"
 
 
 def insert(source: str, definition: str) -> str:
-    """`source` with `definition` put in as a top-level statement: after the module's docstring,
-    `from __future__` and import statements at its top, two blank lines on each side."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        tree = None
-    lines = source.splitlines()
-    at = 0  # lines of `source` that stay before the definition
-    for i, node in enumerate(tree.body if tree is not None else []):
-        docstring = (i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-                     and isinstance(node.value.value, str))
-        if not (docstring or isinstance(node, ast.Import | ast.ImportFrom)):
-            break
-        at = node.end_lineno or node.lineno
-    head = "\n".join(lines[:at]).rstrip("\n")
-    tail = "\n".join(lines[at:]).strip("\n")
-    parts = [p for p in (head, definition.strip("\n"), tail) if p]
-    return "\n\n\n".join(parts) + "\n"
+    """`source` with `definition` (one top-level statement) put in after the module's docstring,
+    `from __future__` and import statements at its top, with PEP 8's blank lines."""
+    tree = parse(source) or ast.Module(body=[], type_ignores=[])
+    defined = parse(definition)
+    node = defined.body[0] if defined is not None and defined.body else None
+    prev = top(tree)
+    return put_after(source, tree, prev, definition.strip("\n"), gap(prev, node), node)
 
 
 def _first_block(text: str) -> str:
@@ -97,13 +79,3 @@ def _first_block(text: str) -> str:
     body = text[text.find("\n", start) + 1:] if "\n" in text[start:] else ""
     end = body.find(FENCE)
     return body if end < 0 else body[:end]
-
-
-def _binds(node: ast.stmt) -> set[str]:
-    if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-        return {node.name}
-    if isinstance(node, ast.Assign):
-        return {t.id for t in node.targets if isinstance(t, ast.Name)}
-    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-        return {node.target.id}
-    return set()

@@ -28,6 +28,16 @@ import ast
 import re
 from dataclasses import dataclass
 
+from agent_node.loop.pysource import (
+    binds,
+    gap,
+    is_docstring,
+    parse,
+    put_after,
+    source_of,
+    top,
+)
+
 
 @dataclass(frozen=True)
 class Kept:
@@ -40,7 +50,7 @@ class Kept:
 def put_back(old: str, new: str, task: str, elsewhere: frozenset[str] = frozenset()) -> Kept:
     """`new` (a reply's whole file) with what `old` (the file now) had and `new` left out put
     back; `elsewhere`: names the reply's other files define at top level."""
-    old_tree, new_tree = _parse(old), _parse(new)
+    old_tree, new_tree = parse(old), parse(new)
     if old_tree is None or new_tree is None:
         return Kept(new, ())
     named = set(re.findall(r"\w+", task))
@@ -50,31 +60,31 @@ def put_back(old: str, new: str, task: str, elsewhere: frozenset[str] = frozense
     if docstring and not _docstring(new_tree, new.splitlines()):
         content = docstring + "\n\n" + content.lstrip("\n")
         names.append("docstring")
-    tree = _parse(content)  # parsed again only after something is put in
+    tree = parse(content)  # parsed again only after something is put in
     bound = _bound_at(tree.body) if tree is not None else set()
     for node in old_tree.body:  # top level, in the old file's order
         if tree is None:
             return Kept(new, ())
-        gone = _binds(node)
+        gone = binds(node)
         if gone and not gone & (bound | named | elsewhere):
             content = _insert_top(content, tree, old_tree, node, old_lines)
             names.append(", ".join(sorted(gone)))
-            tree = _parse(content)
+            tree = parse(content)
             bound |= gone
         elif isinstance(node, ast.ClassDef) and node.name in bound:
             for member in node.body:
                 cls = _class(tree, node.name) if tree is not None else None
                 if cls is None:
                     break
-                gone = _binds(member)
+                gone = binds(member)
                 if gone and not gone & (_bound_at(cls.body) | named):
                     content = _insert_member(content, cls, node, member, old_lines)
                     names.append(", ".join(f"{node.name}.{n}" for n in sorted(gone)))
-                    tree = _parse(content)
+                    tree = parse(content)
     if tree is not None:  # then the imports of what the file now reads and no longer imports
         content, imported = _put_imports_back(content, tree, old_tree)
         names += imported
-    if not names or _parse(content) is None:
+    if not names or parse(content) is None:
         return Kept(new, ())
     return Kept(content, tuple(names))
 
@@ -101,64 +111,33 @@ def _put_imports_back(content: str, tree: ast.Module,
         bound |= set(names)
     if not statements:
         return content, []
-    last = _top(tree)
+    last = top(tree)
     between = "\n" if isinstance(last, ast.Import | ast.ImportFrom) else "\n\n"
-    text = _put_after(content, tree, last, "\n".join(statements), between, None)
+    text = put_after(content, tree, last, "\n".join(statements), between, None)
     return text, [f"import {n}" for n in names]
 
 
 def top_level_names(source: str) -> frozenset[str]:
     """The names a module defines at top level (classes, functions, assignments)."""
-    tree = _parse(source)
+    tree = parse(source)
     return frozenset() if tree is None else frozenset(
-        n for node in tree.body for n in _binds(node))
+        n for node in tree.body for n in binds(node))
 
 
 def _insert_top(content: str, tree: ast.Module, old_tree: ast.Module, node: ast.stmt,
                 old_lines: list[str]) -> str:
-    prev = _kept_before(old_tree.body, node, tree.body) or _top(tree)
-    return _put_after(content, tree, prev, _source(node, old_lines), _gap(prev, node), node)
+    prev = _kept_before(old_tree.body, node, tree.body) or top(tree)
+    return put_after(content, tree, prev, source_of(node, old_lines), gap(prev, node), node)
 
 
-def _top(tree: ast.Module) -> ast.stmt | None:
-    """The module's docstring or the last of the imports at its top; None when it has neither."""
-    last = None
-    for i, stmt in enumerate(tree.body):
-        if not (i == 0 and _is_docstring(stmt) or isinstance(stmt, ast.Import | ast.ImportFrom)):
-            break
-        last = stmt
-    return last
 
 
-def _put_after(content: str, tree: ast.Module, prev: ast.stmt | None, text: str, between: str,
-               node: ast.stmt | None) -> str:
-    """`content` with `text` (top-level statements; `node`, the one it holds, if one) after
-    `prev` (None: at the top): `between` before it, PEP 8's gap after it."""
-    lines = content.splitlines()
-    at = 0 if prev is None else prev.end_lineno or prev.lineno
-    following = next((stmt for stmt in tree.body if stmt.lineno > at), None)
-    head = "\n".join(lines[:at]).rstrip("\n")
-    tail = "\n".join(lines[at:]).strip("\n")
-    if head:
-        text = head + between + text
-    if tail:
-        text += _gap(node, following) + tail
-    return text + "\n"
-
-
-def _gap(before: ast.stmt | None, after: ast.stmt | None) -> str:
-    """Two blank lines next to a class or function, one between other statements (PEP 8)."""
-    return "\n\n\n" if _is_block(before) or _is_block(after) else "\n\n"
-
-
-def _is_block(node: ast.stmt | None) -> bool:
-    return isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
 
 
 def _insert_member(content: str, cls: ast.ClassDef, old_cls: ast.ClassDef, member: ast.stmt,
                    old_lines: list[str]) -> str:
     lines = content.splitlines()
-    source = _reindent(_source(member, old_lines), member.col_offset,
+    source = _reindent(source_of(member, old_lines), member.col_offset,
                        cls.body[0].col_offset).splitlines()
     if len(cls.body) == 1 and _is_pass(cls.body[0]):  # the reply's body is only `pass`
         lines[cls.body[0].lineno - 1:cls.body[0].end_lineno or cls.body[0].lineno] = source
@@ -175,16 +154,12 @@ def _kept_before(old_body: list[ast.stmt], node: ast.stmt,
     """The statement of `new_body` that binds what the nearest definition before `node` in
     `old_body` bound (the one the reply kept); None when there is none."""
     for prev in reversed(old_body[:old_body.index(node)]):
-        names = _binds(prev)
+        names = binds(prev)
         for stmt in new_body:
-            if names and names & _binds(stmt):
+            if names and names & binds(stmt):
                 return stmt
     return None
 
-
-def _source(node: ast.stmt, lines: list[str]) -> str:
-    first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-    return "\n".join(lines[first - 1:node.end_lineno or node.lineno]).rstrip()
 
 
 def _reindent(source: str, was: int, now: int) -> str:
@@ -200,21 +175,12 @@ def _reindent(source: str, was: int, now: int) -> str:
     return "\n".join(out)
 
 
-def _binds(node: ast.stmt) -> set[str]:
-    if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-        return {node.name}
-    if isinstance(node, ast.Assign):
-        return {n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)}
-    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-        return {node.target.id}
-    return set()
-
 
 def _bound_at(body: list[ast.stmt]) -> set[str]:
     """Every name a body binds: its definitions and its imports."""
     names = set()
     for node in body:
-        names |= _binds(node)
+        names |= binds(node)
         if isinstance(node, ast.Import | ast.ImportFrom):
             names |= {(a.asname or a.name).split(".")[0] for a in node.names}
     return names
@@ -226,23 +192,11 @@ def _class(tree: ast.Module, name: str) -> ast.ClassDef | None:
 
 def _docstring(tree: ast.Module, lines: list[str]) -> str:
     """The module docstring's source as written; "" when there is none."""
-    return _source(tree.body[0], lines) if tree.body and _is_docstring(tree.body[0]) else ""
+    return source_of(tree.body[0], lines) if tree.body and is_docstring(tree.body[0]) else ""
 
-
-def _is_docstring(node: ast.stmt) -> bool:
-    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
-        and isinstance(node.value.value, str)
 
 
 def _is_pass(node: ast.stmt) -> bool:
     return isinstance(node, ast.Pass) or (isinstance(node, ast.Expr)
                                           and isinstance(node.value, ast.Constant)
                                           and node.value.value is Ellipsis)
-
-
-def _parse(source: str) -> ast.Module | None:
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
-    return tree
