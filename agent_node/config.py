@@ -138,8 +138,9 @@ class LoopSection:
     # (top_p 0.8, a seed per turn, so a run repeats); 0: greedy, which gives a small model's
     # rejected reply back word for word. The first reply of a round is always greedy.
     retry_temperature: float = 0.0
-    # With coder = "files": a name a reply's lines read that no file of the repository defines
-    # is asked for alone, and the loop puts the definition the model writes into the file
+    # With coder = "files": a name a reply's lines read that no file of the repository defines,
+    # or an attribute a method reads that its class never sets, is asked for alone, and the
+    # loop puts the definition the model writes into the file or the class
     # (agent_node/loop/define.py).
     define_missing: bool = False
     # With coder = "files": what a reply's Python file left out that the file had (a class,

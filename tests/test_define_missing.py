@@ -3,6 +3,7 @@ and the loop puts the definition the model writes into the file (agent_node/loop
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from scripted_model import ScriptedModel, as_json, text
 from test_files_coder import block, files_form
 from user_repo import GOOD_CALC, NOT_UI, PASS, isolate, make_repo, run
 
-from agent_node.loop.define import definition_of, insert
+from agent_node.loop.define import definition_of, insert, insert_member, member_of
 from agent_node.runs import read_events
 
 
@@ -86,3 +87,67 @@ def test_off_by_default_the_coder_is_told_and_asked_again(tmp_path: Path) -> Non
                   cfg=files_form(max_rounds=1, coder_max_turns=2))
     assert summary["verdict"] == "fail"
     assert all(len(c["messages"]) > 1 for c in coder.calls)  # no call for a definition alone
+
+
+# ---------------------------------------------------------------- an attribute a class never sets
+
+ORDER = '''\
+"""Orders."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Order:
+    customer: str
+    lines: list = field(default_factory=list)
+
+    def subtotal(self):
+        return round(sum(self.lines), 2)
+'''
+TAXED = ORDER + "\n    def tax(self):\n        return round(self.subtotal() * self.tax_rate, 2)\n"
+TEST_ORDER = ("import sys\n\nsys.path.insert(0, '.')\nfrom order import Order\n\n"
+              "assert Order('Ada', [3.0]).tax() == 0.0\n")
+FIELD = "It needs a field:\n\n```python\n    tax_rate: float = 0.0\n```\n"
+
+
+def test_the_line_is_taken_alone_or_from_the_class_the_reply_wrote_out() -> None:
+    assert member_of(FIELD, "Order", "tax_rate") == "tax_rate: float = 0.0\n"
+    whole = "```\n@dataclass\nclass Order:\n    customer: str\n    tax_rate: float = 0.0\n```"
+    assert member_of(whole, "Order", "tax_rate") == "tax_rate: float = 0.0\n"
+    prop = "@property\ndef tax_rate(self):\n    return 0.2\n"
+    assert member_of(f"```\n{prop}```", "Order", "tax_rate") == prop
+    assert member_of("```\nclass Other:\n    tax_rate = 0.0\n```", "Order", "tax_rate") == ""
+    assert member_of("```\ntax_rate: float = \n```", "Order", "tax_rate") == ""
+
+
+def test_the_line_goes_after_the_class_fields_or_its_docstring_or_first() -> None:
+    assert insert_member(TAXED, "Order", "tax_rate: float = 0.0\n") == TAXED.replace(
+        "default_factory=list)\n", "default_factory=list)\n    tax_rate: float = 0.0\n")
+    documented = 'class A:\n    """A."""\n\n    def f(self):\n        return self.x\n'
+    assert insert_member(documented, "A", "x = 1\n") == documented.replace(
+        '"""A."""\n', '"""A."""\n    x = 1\n')
+    bare = "class A:\n    def f(self):\n        return self.x\n"
+    assert insert_member(bare, "A", "@property\ndef x(self):\n    return 1\n") == (
+        "class A:\n    @property\n    def x(self):\n        return 1\n\n"
+        "    def f(self):\n        return self.x\n")
+    assert insert_member(bare, "B", "x = 1\n") == ""  # no such class
+
+
+def test_an_attribute_its_class_never_sets_is_asked_for_alone_and_put_in(tmp_path: Path) -> None:
+    # invoice_tax: the 1.5B's reply read `self.tax_rate` and gave the same files back; with
+    # the field put in, its recorded reply passes the visible and hidden tests.
+    repo = make_repo(tmp_path, {"order.py": ORDER, "tests/test_order.py": TEST_ORDER})
+    coder = ScriptedModel([text(block("order.py", TAXED)), text(FIELD)], name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form(define_missing=True), task="Add tax() with a tax_rate field.",
+                  test_cmd=f"{sys.executable} tests/test_order.py")
+
+    assert summary["verdict"] == "pass" and summary["rounds"] == 1
+    (asked,) = coder.calls[1]["messages"]
+    assert "reads `self.tax_rate`, but class `Order` never sets" in asked["content"]
+    diff = (Path(summary["run_dir"]) / "round-1" / "diff.patch").read_text()
+    assert "+    tax_rate: float = 0.0\n" in diff and "+    def tax(self):" in diff
+    events = read_events(Path(summary["run_dir"]))
+    done = next(e for e in events if e["type"] == "coder_done")
+    assert done["stopped"] == "finish" and done["turns"] == 1

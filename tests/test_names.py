@@ -6,7 +6,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from agent_node.loop.names import added_lines, unbound_in_change, undefined_names
+from agent_node.loop.names import (
+    Unset,
+    added_lines,
+    unbound_in_change,
+    undefined_names,
+    unset_attributes,
+    unset_in_change,
+)
 
 BANK = '''\
 import os
@@ -114,3 +121,80 @@ def test_a_changed_file_that_is_a_link_is_not_read(tmp_path: Path) -> None:
 def test_a_file_nested_past_what_the_compiler_takes_is_not_judged_and_breaks_nothing() -> None:
     assert undefined_names("x = " + "+".join(["a"] * 200_000) + "\n") == []  # RecursionError
     assert undefined_names("x = " + "-" * 100_000 + "1\n") == []  # the parser's MemoryError
+
+
+# ---------------------------------------------------------------- attributes a class never sets
+
+ORDER = '''\
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Order:
+    customer: str
+    lines: list = field(default_factory=list)
+
+    def subtotal(self):
+        return round(sum(line.amount() for line in self.lines), 2)
+
+    def tax(self):
+        return round(self.subtotal() * self.tax_rate, 2)
+'''
+
+
+def test_a_method_reading_an_attribute_its_class_never_sets_is_found_with_its_line() -> None:
+    # invoice_tax: the 1.5B wrote `tax()` reading a `tax_rate` field it never declared
+    assert unset_attributes(ORDER) == [("Order", "tax_rate", 13)]
+
+
+def test_fields_class_attributes_methods_and_stores_in_any_method_set_an_attribute() -> None:
+    source = '''\
+class Cart:
+    LIMIT = 3
+    __slots__ = ("items", "owner")
+
+    def __init__(self, owner):
+        self.owner = owner
+        self.items, self.total = [], 0
+
+    @property
+    def size(self):
+        return len(self.items) + self.LIMIT + self.total
+
+    def add(self, item):
+        self.items.append(item)
+        self.last = item
+        return self.size + len(self.owner) + self.check() + self.__class__.__name__
+
+    def check(self):
+        return self.last
+
+    @classmethod
+    def empty(cls):
+        return cls.LIMIT
+
+    @staticmethod
+    def parse(text):
+        return text.strip
+'''
+    assert unset_attributes(source) == []
+
+
+def test_a_class_something_else_may_set_attributes_on_is_not_judged() -> None:
+    read = "    def f(self):\n        return self.x\n"
+    for head in ("class A(Base):\n", "@frozen\nclass A:\n", "class A(metaclass=M):\n",
+                 "class A:\n    def __getattr__(self, name):\n        return 1\n\n",
+                 "class A:\n    def __init__(self, **kw):\n        self.__dict__.update(kw)\n\n",
+                 "class A:\n    def __init__(self, k):\n        setattr(self, k, 1)\n\n"):
+        assert unset_attributes(head + read) == [], head
+    assert unset_attributes("class A(object):\n" + read) == [("A", "x", 3)]
+    assert unset_attributes("class A(\n") == []  # does not compile: the tests say so
+
+
+def test_only_attributes_read_on_lines_the_change_added_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "order.py").write_text(ORDER)
+    patch = ("--- a/order.py\n+++ b/order.py\n@@ -11,0 +12,2 @@\n"
+             "+    def tax(self):\n+        return round(self.subtotal() * self.tax_rate, 2)\n")
+    assert unset_in_change(tmp_path, patch) == [Unset("order.py", 13, "Order", "tax_rate")]
+    signature_only = "--- a/order.py\n+++ b/order.py\n@@ -11,0 +12,1 @@\n+    def tax(self):\n"
+    assert unset_in_change(tmp_path, signature_only) == []

@@ -32,7 +32,7 @@ from typing import Any
 from agent_node import activity, prompts
 from agent_node.events import Event, ModelCall, Note, ToolCall
 from agent_node.exceptions import DeadlineExceeded
-from agent_node.loop.names import Unbound
+from agent_node.loop.names import Unbound, Unset
 from agent_node.model import Model, Reply
 from agent_node.schemas import bounded_tool
 from agent_node.tools import FINISH, run_tool
@@ -60,9 +60,9 @@ class CoderChecks:
     repeats: bool = False  # refuse a call identical to the one before it (see the docstring)
     first: tuple[str, ...] = ()  # the tools the first call may pick from; (): any
     diff: Callable[[], str] | None = None  # `git diff --numstat` of the round so far (files form)
-    # Reads of names no file defines, on the lines the round added ([loop] define_missing;
-    # files form): each is asked for alone (define.py).
-    missing: Callable[[], list[Unbound]] | None = None
+    # Reads of names no file defines, and of attributes their class never sets, on the lines
+    # the round added ([loop] define_missing; files form): each is asked for alone (define.py).
+    missing: Callable[[], list[Unbound | Unset]] | None = None
 
 
 EDITS = ("edit", "write")

@@ -51,7 +51,7 @@ from agent_node.loop.coder import (
     model_call,
 )
 from agent_node.loop.context import inside
-from agent_node.loop.names import Unbound
+from agent_node.loop.names import Unbound, Unset
 from agent_node.model import Model
 
 REPLY_TOKENS = 4096  # one reply's bound when [loop] coder_reply_tokens is 0: whole files
@@ -211,29 +211,38 @@ def run_files_coder(
             "loop/files_again", written=said, tests=tests)})
 
 
-def _define_missing(model: Model, task: str, missing: list[Unbound], tools: dict[str, Any],
-                    root: Path, emit: Emit, round_no: int) -> str:
-    """Ask for each name the change reads and nothing defines, alone, and put in what comes
-    back (define.py). What the coder is told of it: one line per name; "" if none was put in."""
+def _define_missing(model: Model, task: str, missing: list[Unbound | Unset],
+                    tools: dict[str, Any], root: Path, emit: Emit, round_no: int) -> str:
+    """Ask for each name the change reads and nothing defines (and each attribute a class
+    reads and never sets), alone, and put in what comes back (define.py). What the coder is
+    told of it: one line per name; "" if none was put in."""
     said = []
-    for u in list({(u.path, u.name): u for u in missing}.values())[:define.MAX_ASKED]:
+    asked = {(u.path, getattr(u, "owner", ""), u.name): u for u in missing}
+    for u in list(asked.values())[:define.MAX_ASKED]:
         source = _read(root, u.path)
         if not source:
             continue
         got = define.ask(model, task, u, source)
         emit(model_call(got.reply, role="coder", round_no=round_no))
+        member = isinstance(u, Unset)
+        what = f"`{u.owner}.{u.name}`" if isinstance(u, Unset) else f"`{u.name}`"
         if not got.source:
-            emit(Note(text=f"asked for the definition of `{u.name}` alone ({u.path}:{u.line} "
-                      f"reads it, and nothing defines it): {got.why}", round=round_no))
+            why = "its class never sets it" if member else "nothing defines it"
+            emit(Note(text=f"asked for the definition of {what} alone ({u.path}:{u.line} "
+                      f"reads it, and {why}): {got.why}", round=round_no))
             continue
         _, ok, output = _write(tools, root, u.path, got.source, emit, round_no)
-        if ok:
+        if not ok:
+            emit(Note(text=f"the definition of {what} was not written: {output}",
+                      round=round_no))
+        elif isinstance(u, Unset):
+            said.append(f"{u.path}: `{u.owner}` read `self.{u.name}` and never set it; asked "
+                        f"for it alone, you wrote it, and it is now in `{u.owner}`'s body. "
+                        "Keep it when you write the file again.")
+        else:
             said.append(f"{u.path}: `{u.name}` was not defined anywhere; asked for it alone, "
                         f"you wrote its definition, and it is now in {u.path}, after the "
                         "imports. Keep it when you write the file again.")
-        else:
-            emit(Note(text=f"the definition of `{u.name}` was not written: {output}",
-                      round=round_no))
     return "\n".join(said)
 
 

@@ -8,6 +8,10 @@ visible tests, which never overdraw, passed it.
 Only what the compiler can see is judged. A module that binds names where it cannot (a star
 import, `globals()`, `exec`, a module `__getattr__`) is not checked at all, nor is one that does
 not compile (the tests report that), and only names on lines the change added are reported.
+
+`unset_attributes` finds the same mistake one level down: a method reading `self.tax_rate` in a
+class that sets `tax_rate` nowhere. It is not a gate failure (code outside the class may set
+it); with `[loop] define_missing` the files coder asks for it (define.py).
 """
 
 from __future__ import annotations
@@ -47,6 +51,16 @@ class Unbound:
         return (f"{self.path}:{self.line} reads `{self.name}`, which {self.path} never defines or "
                 f"imports (Python's compiler finds no binding for it, so that line raises "
                 f"NameError when it runs, tested or not){where}")
+
+
+@dataclass(frozen=True)
+class Unset:
+    """A read of `self.<name>` in a method of class `owner` that the class never sets."""
+
+    path: str
+    line: int
+    owner: str
+    name: str
 
 
 def module_of(path: str) -> str:
@@ -210,3 +224,93 @@ def failures(found: list[Unbound]) -> list[str]:
     if len(found) > MAX_UNBOUND:
         out.append(f"... and {len(found) - MAX_UNBOUND} more reads of undefined names")
     return out
+
+
+# ---------------------------------------------------------------- attributes a class never sets
+
+OBJECT_ATTRIBUTES = frozenset(dir(object)) | {"__dict__", "__weakref__", "__module__"}
+DATACLASS = frozenset({"dataclass", "dataclasses.dataclass"})
+
+
+def unset_attributes(source: str) -> list[tuple[str, str, int]]:
+    """(class, attribute, line) of each read of `self.<attribute>` in a method of a top-level
+    class that binds it nowhere: no field or class attribute, no method or property of that
+    name, no store to `self.<attribute>` in any of its methods. Only plain classes are judged
+    (no bases but `object`, no decorator but `dataclass`, no `__getattr__`, `__getattribute__`,
+    `setattr` or `__dict__`), since anything else may set it where this cannot see; [] when the
+    module does not compile."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    found = []
+    for cls in tree.body:
+        if isinstance(cls, ast.ClassDef) and _plain(cls):
+            try:
+                found += [(cls.name, name, line) for name, line in _unset_in(cls)]
+            except RecursionError:
+                continue
+    return sorted(found, key=lambda x: (x[2], x[1]))
+
+
+def _plain(cls: ast.ClassDef) -> bool:
+    if cls.keywords or any(not (isinstance(b, ast.Name) and b.id == "object") for b in cls.bases):
+        return False
+    for d in cls.decorator_list:
+        target = d.func if isinstance(d, ast.Call) else d
+        if ast.unparse(target) not in DATACLASS:
+            return False
+    return not any(
+        isinstance(n, ast.Name) and n.id in ("setattr", "vars", "__dict__")
+        or isinstance(n, ast.Attribute) and n.attr == "__dict__"
+        or isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        and n.name in ("__getattr__", "__getattribute__", "__setattr__")
+        for n in ast.walk(cls))
+
+
+def _unset_in(cls: ast.ClassDef) -> list[tuple[str, int]]:
+    bound = set(OBJECT_ATTRIBUTES)
+    methods = []
+    for stmt in cls.body:
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(stmt.name)
+        else:  # a field, a class attribute: whatever the class body stores
+            bound |= {n.id for n in ast.walk(stmt)
+                      if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        if isinstance(stmt, ast.Import | ast.ImportFrom):
+            bound |= {(a.asname or a.name).split(".")[0] for a in stmt.names}
+        if (isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__slots__"
+                                                 for t in stmt.targets)):
+            bound |= {c.value for c in ast.walk(stmt.value)
+                      if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+        if (isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and stmt.args.args
+                and not any(ast.unparse(d) == "staticmethod" for d in stmt.decorator_list)):
+            methods.append((stmt, stmt.args.args[0].arg))  # `self`, or `cls`
+    reads = []
+    for method, me in methods:
+        for n in ast.walk(method):
+            if not (isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+                    and n.value.id == me):
+                continue
+            if isinstance(n.ctx, ast.Store | ast.Del):
+                bound.add(n.attr)
+            else:
+                reads.append((n.attr, n.lineno))
+    return sorted({(name, line) for name, line in reads if name not in bound},
+                  key=lambda x: (x[1], x[0]))
+
+
+def unset_in_change(tree: Path, patch: str) -> list[Unset]:
+    """Reads of attributes their class never sets (`unset_attributes`) on the lines the change
+    (`patch`) added to Python files of `tree`; links and files out of bounds are not read."""
+    root = tree.resolve()
+    found: list[Unset] = []
+    for path, lines in added_lines(patch).items():
+        f = tree / path
+        if (not path.endswith(".py") or not lines or f.is_symlink()
+                or not f.resolve().is_relative_to(root) or not f.is_file()):
+            continue
+        found += [Unset(path, line, owner, name)
+                  for owner, name, line in unset_attributes(f.read_text(errors="replace"))
+                  if line in lines]
+    return found

@@ -53,7 +53,7 @@ from agent_node.loop.gate import (
     tail,
     tests_touched,
 )
-from agent_node.loop.names import failures, unbound_in_change
+from agent_node.loop.names import Unbound, Unset, failures, unbound_in_change, unset_in_change
 from agent_node.loop.repo import current_branch, dirty_paths, head_commit, repo_root
 from agent_node.loop.structured import REVIEW, SPEC, ask_json
 from agent_node.loop.visual import serve_directory
@@ -290,10 +290,8 @@ class _Run:
                 # spaces at line ends) is sent back at once
                 checks.changed = lambda: self.checkout.changed(since)
             checks.diff = lambda: self.checkout.changes(since, "--numstat")
-            if loop.define_missing:  # names the round's lines read and no file defines
-                checks.missing = lambda: [
-                    u for u in unbound_in_change(self.checkout.work, self.checkout.changes(base))
-                    if not u.defined_in]
+            if loop.define_missing:  # names the round's lines read and no file defines, and
+                checks.missing = lambda: self.missing(base)  # attributes no class sets
             sources = shown_sources(shown)
             return run_files_coder(
                 self.coder_model, prompts.render("loop/coder_files_system"), brief, tools,
@@ -305,6 +303,15 @@ class _Run:
                 keep_definitions=loop.keep_definitions)
         return run_coder(self.coder_model, prompts.render("loop/coder_system"), brief, tools,
                          limits, emit=self.emit, round_no=round_no, checks=checks)
+
+    def missing(self, base: str) -> list[Unbound | Unset]:
+        """What the change since `base` reads and nothing defines: names no file of the
+        checkout defines (one another file defines is the coder's import to write), then
+        attributes their class never sets."""
+        work, patch = self.checkout.work, self.checkout.changes(base)
+        names: list[Unbound | Unset] = [u for u in unbound_in_change(work, patch)
+                                        if not u.defined_in]
+        return names + list(unset_in_change(work, patch))
 
     def tests_now(self, test_cmd: str, when: str = "after this change",
                   base: str = "") -> tuple[bool, str]:
