@@ -147,6 +147,10 @@ class LoopSection:
     # function, method, assignment or the docstring) and the task does not name is put back
     # before the file is written (agent_node/loop/keep.py). To have one deleted, name it.
     keep_definitions: bool = False
+    # With coder = "files": when a reply changes nothing, the functions the task names in
+    # backticks are asked for afresh, once a round, shown with their bodies left out, and what
+    # the model writes replaces them (agent_node/loop/rewrite.py).
+    rewrite_named: bool = False
     # What the code review's verdict does once the gate passed. "binding": a fail fails the
     # round and its fixes go to the next coder. "advisory": the review still runs and its
     # verdict and reasons go to the record and to you at approval, but a change the gate passed

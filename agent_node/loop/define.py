@@ -30,6 +30,7 @@ from agent_node import prompts
 from agent_node.loop.names import Unbound, Unset
 from agent_node.loop.pysource import (
     binds,
+    first_block,
     gap,
     is_docstring,
     parse,
@@ -41,7 +42,6 @@ from agent_node.model import Model, Reply
 
 MAX_ASKED = 3  # names asked for after one reply
 DEFINITION_TOKENS = 400  # one definition's reply
-FENCE = "```"
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def definition_of(text: str, name: str) -> str:
     """The source of the top-level statement in `text`'s code (its first fenced block, or the
     whole text when there is none) that binds `name`: a class, a function (with its decorators)
     or an assignment. "" when there is none or the code does not compile."""
-    code = _first_block(text)
+    code = first_block(text)
     tree = parse(code)
     node = next((n for n in tree.body if name in binds(n)), None) if tree is not None else None
     return "" if node is None else source_of(node, code.splitlines()) + "\n"
@@ -100,7 +100,7 @@ def member_of(text: str, owner: str, name: str) -> str:
     """The source, unindented, of the statement in `text`'s code (its first fenced block, or the
     whole text) that binds `name` in class `owner`: at top level (the line alone) or in the body
     of a class `owner` the reply wrote out. "" when there is none or it does not compile."""
-    code = textwrap.dedent(_first_block(text))
+    code = textwrap.dedent(first_block(text))
     tree = parse(code)
     if tree is None:
         return ""
@@ -135,12 +135,3 @@ def insert_member(source: str, owner: str, member: str) -> str:
     lines[at:at] = new
     out = "\n".join(lines) + "\n"
     return out if parse(out) is not None else ""
-
-
-def _first_block(text: str) -> str:
-    start = text.find(FENCE)
-    if start < 0:
-        return text
-    body = text[text.find("\n", start) + 1:] if "\n" in text[start:] else ""
-    end = body.find(FENCE)
-    return body if end < 0 else body[:end]

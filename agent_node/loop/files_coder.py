@@ -41,7 +41,7 @@ from typing import Any
 from agent_node import prompts
 from agent_node.events import Note, ToolCall
 from agent_node.exceptions import DeadlineExceeded
-from agent_node.loop import define, keep
+from agent_node.loop import define, keep, rewrite
 from agent_node.loop.coder import (
     CoderChecks,
     CoderLimits,
@@ -118,6 +118,7 @@ def run_files_coder(
     retry: dict[str, Any] | None = None,
     task: str = "",
     keep_definitions: bool = False,
+    rewrite_named: bool = False,
 ) -> CoderResult:
     checks = checks or CoderChecks()
     messages: list[dict[str, Any]] = [
@@ -129,6 +130,7 @@ def run_files_coder(
     reminded = False
     report = ""
     last: tuple[tuple[str, str], ...] = ()  # the files the reply before gave
+    rewrote = not rewrite_named  # the task's functions asked for afresh (rewrite.py), once
 
     def result(stopped: str, why: str = "") -> CoderResult:
         # The coder's own words, or none: what it wrote and what the tests said are facts the
@@ -194,9 +196,14 @@ def run_files_coder(
                 "loop/files_again", written=said, tests="")})
             continue
         if checks.changed is not None and not checks.changed():  # nothing to test yet
-            messages.append({"role": "user", "content": prompts.render(
-                "loop/files_unchanged", written=said)})
-            continue
+            rewritten = "" if rewrote else _rewrite_named(model, task, root, sources + known,
+                                                           tools, emit, round_no)
+            rewrote = True
+            if not rewritten or not checks.changed():
+                messages.append({"role": "user", "content": prompts.render(
+                    "loop/files_unchanged", written=said)})
+                continue
+            said += "\n" + rewritten
         if checks.tests is None:
             return result("finish")
         passed, tests = checks.tests()
@@ -244,6 +251,31 @@ def _define_missing(model: Model, task: str, missing: list[Unbound | Unset],
                         f"you wrote its definition, and it is now in {u.path}, after the "
                         "imports. Keep it when you write the file again.")
     return "\n".join(said)
+
+
+def _rewrite_named(model: Model, task: str, root: Path, paths: list[str], tools: dict[str, Any],
+                   emit: Emit, round_no: int) -> str:
+    """Ask for the functions the task names afresh, their bodies left out, and put what comes
+    back in their place (rewrite.py). What the coder is told of it; "" if nothing was put in."""
+    path, names = rewrite.named_functions(task, root, list(dict.fromkeys(paths)))
+    source = _read(root, path) if path else ""
+    if not source:
+        return ""
+    got = rewrite.ask(model, task, path, names, source)
+    emit(model_call(got.reply, role="coder", round_no=round_no))
+    what = ", ".join(f"`{n}`" for n in names)
+    if not got.source:
+        emit(Note(text=f"the reply changed nothing; asked for {what} afresh, their bodies left "
+                  f"out: {got.why}", round=round_no))
+        return ""
+    _, ok, output = _write(tools, root, path, got.source, emit, round_no)
+    if not ok:
+        emit(Note(text=f"{what} written afresh were not written: {output}", round=round_no))
+        return ""
+    emit(Note(text=f"the reply changed nothing; {what} asked for afresh, their bodies left out, "
+              f"and put in {path}", round=round_no))
+    return (f"{path}: your reply changed nothing; asked to write {what} afresh from their "
+            f"signatures, you wrote them, and they are now in {path}.")
 
 
 def _keep_definitions(files: list[tuple[str, str]], root: Path, task: str, emit: Emit,

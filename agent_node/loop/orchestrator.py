@@ -300,7 +300,7 @@ class _Run:
                 sources=sources, checks=checks,
                 retry={"temperature": loop.retry_temperature, "top_p": 0.8}
                 if loop.retry_temperature > 0 else None, task=self.task,
-                keep_definitions=loop.keep_definitions)
+                keep_definitions=loop.keep_definitions, rewrite_named=loop.rewrite_named)
         return run_coder(self.coder_model, prompts.render("loop/coder_system"), brief, tools,
                          limits, emit=self.emit, round_no=round_no, checks=checks)
 

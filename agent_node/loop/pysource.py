@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 
+FENCE = "```"
+
 
 def parse(source: str) -> ast.Module | None:
     """The module's tree; None when it does not compile."""
@@ -70,3 +72,24 @@ def gap(before: ast.stmt | None, after: ast.stmt | None) -> str:
 
 def is_block(node: ast.stmt | None) -> bool:
     return isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+
+
+def first_block(text: str) -> str:
+    """The code of a reply's first fenced block; the whole text when it has none."""
+    start = text.find(FENCE)
+    if start < 0:
+        return text
+    body = text[text.find("\n", start) + 1:] if "\n" in text[start:] else ""
+    end = body.find(FENCE)
+    return body if end < 0 else body[:end]
+
+
+def reindent(source: str, was: int, now: int) -> str:
+    """`source`'s lines moved from indent `was` to indent `now`, blank lines left blank."""
+    if was == now:
+        return source
+    out = []
+    for line in source.splitlines():
+        lead = len(line) - len(line.lstrip(" "))
+        out.append(" " * (max(0, lead - was) + now) + line[lead:] if line.strip() else "")
+    return "\n".join(out)

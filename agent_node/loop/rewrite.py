@@ -1,0 +1,122 @@
+"""The functions a task names, written afresh from their signatures when a reply changed nothing.
+
+    [loop] rewrite_named = true      # with coder = "files"
+
+Asked to fix `paginate` and `page_count` in pages.py, Qwen2.5-Coder 1.5B gave the file back as
+it was, four times over two rounds, told each time that nothing had changed: shown the code, a
+small model copies it. Shown the same file with those two functions' bodies left out (their
+signatures and docstrings kept) and asked to write them, it wrote both right at once. So when a
+files-form reply changes nothing, the functions the task names in backticks (`paginate`,
+`Registry.register`) that a Python file of the repository defines are asked for alone, that way,
+once a round; what comes back replaces each function where it was, re-indented to its place,
+and the round goes on to the tests. The code is the model's; only its place is the loop's.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent_node import prompts
+from agent_node.loop.pysource import first_block, is_docstring, parse, reindent, source_of
+from agent_node.model import Model, Reply
+
+MAX_NAMED = 3  # functions asked for at once
+REWRITE_TOKENS = 1200  # the reply's bound: a few whole functions
+NAMED = re.compile(r"`([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?)(?:\([^`]*\))?`")
+Function = ast.FunctionDef | ast.AsyncFunctionDef
+
+
+@dataclass(frozen=True)
+class Rewritten:
+    """What one ask gave: the reply, and the file with the functions replaced ("" if none)."""
+
+    path: str
+    names: tuple[str, ...]
+    reply: Reply
+    source: str
+    why: str = ""  # why nothing was replaced
+
+
+def named_functions(task: str, root: Path, paths: list[str]) -> tuple[str, tuple[str, ...]]:
+    """The first Python file of `paths` (tests left out) that defines functions the task names
+    in backticks, and those names (`name` or `Class.method`); ("", ()) when there is none."""
+    wanted = list(dict.fromkeys(NAMED.findall(task)))
+    for path in paths:
+        name = path.rsplit("/", 1)[-1]
+        if not path.endswith(".py") or name.startswith("test_") or path.startswith("tests/"):
+            continue
+        f = root / path
+        if f.is_symlink() or not f.resolve().is_relative_to(root.resolve()) or not f.is_file():
+            continue
+        tree = parse(f.read_text(errors="replace"))
+        found = [n for n in wanted if tree is not None and _function(tree, n) is not None]
+        if found:
+            return path, tuple(found[:MAX_NAMED])
+    return "", ()
+
+
+def blanked(source: str, names: tuple[str, ...]) -> str:
+    """`source` with each named function's body left out: its docstring, if any, then `...`."""
+    tree = parse(source)
+    if tree is None:
+        return source
+    lines = source.splitlines()
+    found = [f for n in names if (f := _function(tree, n)) is not None]
+    for f in sorted(found, key=lambda f: f.lineno, reverse=True):  # bottom up: lines stay put
+        body = f.body[1:] if is_docstring(f.body[0]) and len(f.body) > 1 else f.body
+        if body is f.body and is_docstring(f.body[0]):
+            continue  # only a docstring: nothing to leave out
+        first, last = body[0].lineno, f.end_lineno or f.lineno
+        lines[first - 1:last] = [" " * body[0].col_offset + "..."]
+    return "\n".join(lines) + "\n"
+
+
+def ask(model: Model, task: str, path: str, names: tuple[str, ...], source: str) -> Rewritten:
+    """Ask `model` to write the functions `names` of `path` (now `source`) afresh."""
+    prompt = prompts.render("loop/rewrite_named", task=task, path=path,
+                            source=blanked(source, names).rstrip("\n"), names=names)
+    reply = model.chat([{"role": "user", "content": prompt}], max_tokens=REWRITE_TOKENS)
+    new = splice(source, reply.text, names)
+    if not new:
+        return Rewritten(path, names, reply, "", "its reply has none of "
+                         + ", ".join(f"`{n}`" for n in names) + " as a function that compiles")
+    return Rewritten(path, names, reply, new)
+
+
+def splice(source: str, text: str, names: tuple[str, ...]) -> str:
+    """`source` with each of `names` that `text`'s code (its first fenced block) defines put in
+    place of the function of that name, re-indented to it; "" when none is, or when the file
+    would not compile."""
+    code = first_block(text)
+    written = parse(code)
+    if written is None:
+        return ""
+    out, replaced = source, False
+    for name in names:
+        new = _function(written, name) or _function(written, name.rsplit(".", 1)[-1])
+        tree = parse(out)
+        old = _function(tree, name) if tree is not None else None
+        if new is None or old is None:
+            continue
+        text_new = reindent(source_of(new, code.splitlines()), new.col_offset, old.col_offset)
+        lines = out.splitlines()
+        first = min([old.lineno] + [d.lineno for d in old.decorator_list])
+        lines[first - 1:old.end_lineno or old.lineno] = text_new.splitlines()
+        out, replaced = "\n".join(lines) + "\n", True
+    return out if replaced and out != source and parse(out) is not None else ""
+
+
+def _function(tree: ast.Module, name: str) -> Function | None:
+    """The top-level function `name`, or the method `Class.method` of a top-level class."""
+    owner, _, attr = name.rpartition(".")
+    body: list[ast.stmt] = tree.body
+    if owner:
+        cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == owner),
+                   None)
+        if cls is None:
+            return None
+        body = cls.body
+    return next((n for n in body if isinstance(n, Function) and n.name == attr), None)

@@ -1,0 +1,102 @@
+"""[loop] rewrite_named: when a files-form reply changes nothing, the functions the task names
+are asked for afresh, their bodies left out, and what the model writes replaces them
+(agent_node/loop/rewrite.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from scripted_model import ScriptedModel, as_json, text
+from test_files_coder import block, files_form
+from user_repo import BAD_CALC, NOT_UI, PASS, isolate, make_repo, run
+
+from agent_node.loop.rewrite import blanked, named_functions, splice
+from agent_node.runs import read_events
+
+PAGES = '''\
+"""Pages, numbered from 1."""
+
+
+def page_count(total: int, per_page: int) -> int:
+    """How many pages `total` items fill."""
+    return total // per_page + 1
+
+
+class Pager:
+    def page(self, items, n):
+        start = n * 3
+        return items[start:start + 3]
+'''
+TASK = ("`page_count(total, per_page)` says 4 pages for 9 items at 3 a page, and "
+        "`Pager.page` skips the first page; fix both in `pages.py`. Keep `helper`.")
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    isolate(monkeypatch, tmp_path)
+
+
+def test_the_functions_the_task_names_are_found_in_the_first_file_defining_them(
+        tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_pages.py").write_text("def page_count():\n    pass\n")
+    (tmp_path / "pages.py").write_text(PAGES)
+    paths = ["tests/test_pages.py", "pages.py"]
+    assert named_functions(TASK, tmp_path, paths) == ("pages.py", ("page_count", "Pager.page"))
+    assert named_functions("Fix `nothing_here`.", tmp_path, paths) == ("", ())
+
+
+def test_their_bodies_are_left_out_and_their_signatures_and_docstrings_kept() -> None:
+    assert blanked(PAGES, ("page_count", "Pager.page")) == PAGES.replace(
+        "    return total // per_page + 1\n", "    ...\n").replace(
+        "        start = n * 3\n        return items[start:start + 3]\n", "        ...\n")
+
+
+def test_what_the_model_writes_replaces_each_function_where_it_was_reindented() -> None:
+    reply = ("Here:\n\n```python\ndef page_count(total, per_page):\n"
+             "    return (total + per_page - 1) // per_page\n\n\n"
+             "def page(self, items, n):\n    start = (n - 1) * 3\n"
+             "    return items[start:start + 3]\n```\n")
+    assert splice(PAGES, reply, ("page_count", "Pager.page")) == (
+        '"""Pages, numbered from 1."""\n\n\n'
+        "def page_count(total, per_page):\n    return (total + per_page - 1) // per_page\n\n\n"
+        "class Pager:\n    def page(self, items, n):\n        start = (n - 1) * 3\n"
+        "        return items[start:start + 3]\n")
+    assert splice(PAGES, "```\ndef other():\n    pass\n```", ("page_count",)) == ""
+    assert splice(PAGES, "```\ndef page_count(:\n```", ("page_count",)) == ""
+    unchanged = "```\ndef page_count(total: int, per_page: int) -> int:\n" \
+        '    """How many pages `total` items fill."""\n    return total // per_page + 1\n```'
+    assert splice(PAGES, unchanged, ("page_count",)) == ""
+
+
+FIXED = "```python\ndef add(a, b):\n    return a + b\n```\n"
+
+
+def test_a_reply_that_changes_nothing_gets_the_named_function_asked_for_afresh(
+        tmp_path: Path) -> None:
+    # paginate_bug: the 1.5B gave pages.py back as it was four times; shown the file with the
+    # bodies of `paginate` and `page_count` left out, it wrote both right at once.
+    repo = make_repo(tmp_path)
+    coder = ScriptedModel([text(block("calc.py", BAD_CALC)), text(FIXED)], name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form(rewrite_named=True), task="make `add` add")
+
+    assert summary["verdict"] == "pass" and summary["rounds"] == 1
+    (asked,) = coder.calls[1]["messages"]  # alone: the task, the file without the body
+    assert "def add(a, b):\n    ...\n" in asked["content"] and "a - b" not in asked["content"]
+    assert "Write `add` whole" in asked["content"]
+    events = read_events(Path(summary["run_dir"]))
+    notes = [e["text"] for e in events if e["type"] == "note"]
+    assert any("`add` asked for afresh" in n for n in notes)
+    diff = (Path(summary["run_dir"]) / "round-1" / "diff.patch").read_text()
+    assert "+    return a + b" in diff
+
+
+def test_off_by_default_an_unchanged_reply_is_only_sent_back(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    coder = ScriptedModel([text(block("calc.py", BAD_CALC))] * 2, name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI)]), coder,
+                  cfg=files_form(max_rounds=1, coder_max_turns=2), task="make `add` add")
+    assert summary["verdict"] == "fail"
+    assert all(len(c["messages"]) > 1 for c in coder.calls)  # never asked alone
