@@ -151,3 +151,18 @@ def test_an_attribute_its_class_never_sets_is_asked_for_alone_and_put_in(tmp_pat
     events = read_events(Path(summary["run_dir"]))
     done = next(e for e in events if e["type"] == "coder_done")
     assert done["stopped"] == "finish" and done["turns"] == 1
+
+
+def test_a_standard_library_module_is_left_to_the_coder_to_import(tmp_path: Path) -> None:
+    # slugify: asked for "the definition of `re`" alone, the 1.5B answered nothing usable;
+    # the import is the fix, and the tests' NameError shows the coder where.
+    uses_re = "def add(a, b):\n    return int(re.sub('[^0-9-]', '', str(a + b)))\n"
+    repo = make_repo(tmp_path)
+    coder = ScriptedModel([text(block("calc.py", uses_re)),
+                           text(block("calc.py", "import re\n\n\n" + uses_re))], name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form(define_missing=True))
+
+    assert summary["verdict"] == "pass" and len(coder.calls) == 2  # no call for `re` alone
+    again = coder.calls[1]["messages"][-1]["content"]
+    assert "NameError" in again

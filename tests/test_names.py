@@ -105,6 +105,17 @@ def test_a_name_another_module_defines_is_to_be_imported_from_there(tmp_path: Pa
     assert "`from errors import ConfigError`" in found.failure()
 
 
+def test_a_standard_library_module_never_imported_is_to_be_imported(tmp_path: Path) -> None:
+    # slugify: the 1.5B called `re.sub` with no `import re`
+    (tmp_path / "text.py").write_text("def slug(s):\n    return re.sub('x', '', s)\n")
+    patch = "+++ b/text.py\n@@ -0,0 +1,2 @@\n+def slug(s):\n+    return re.sub('x', '', s)\n"
+    (found,) = unbound_in_change(tmp_path, patch)
+    assert found.stdlib and "standard library: `import re`" in found.failure()
+    (tmp_path / "util.py").write_text("re = None\n")  # the repository's own `re` comes first
+    (found,) = unbound_in_change(tmp_path, patch)
+    assert not found.stdlib and "`from util import re`" in found.failure()
+
+
 def test_a_changed_file_that_is_a_link_is_not_read(tmp_path: Path) -> None:
     secret = tmp_path / "secret.py"
     secret.write_text("print(undefined_secret_name)\n")

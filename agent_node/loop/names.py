@@ -20,6 +20,7 @@ import ast
 import builtins
 import re
 import symtable
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,10 +45,17 @@ class Unbound:
     name: str
     defined_in: tuple[str, ...] = ()  # the repository's modules that define it at top level
 
+    @property
+    def stdlib(self) -> bool:
+        """A module of Python's standard library (`re`, `json`): its import is the fix."""
+        return self.name in sys.stdlib_module_names and not self.defined_in
+
     def failure(self) -> str:
         where = (f"; `{self.name}` is defined in {', '.join(self.defined_in)}: import it from "
                  f"there (`from {module_of(self.defined_in[0])} import {self.name}`)"
-                 if self.defined_in else f"; define or import `{self.name}`")
+                 if self.defined_in else
+                 f"; `{self.name}` is a module of Python's standard library: `import {self.name}`"
+                 if self.stdlib else f"; define or import `{self.name}`")
         return (f"{self.path}:{self.line} reads `{self.name}`, which {self.path} never defines or "
                 f"imports (Python's compiler finds no binding for it, so that line raises "
                 f"NameError when it runs, tested or not){where}")

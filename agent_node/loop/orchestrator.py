@@ -306,11 +306,11 @@ class _Run:
 
     def missing(self, base: str) -> list[Unbound | Unset]:
         """What the change since `base` reads and nothing defines: names no file of the
-        checkout defines (one another file defines is the coder's import to write), then
-        attributes their class never sets."""
+        checkout defines (one another file defines, or a standard library module, is the
+        coder's import to write), then attributes their class never sets."""
         work, patch = self.checkout.work, self.checkout.changes(base)
         names: list[Unbound | Unset] = [u for u in unbound_in_change(work, patch)
-                                        if not u.defined_in]
+                                        if not u.defined_in and not u.stdlib]
         return names + list(unset_in_change(work, patch))
 
     def tests_now(self, test_cmd: str, when: str = "after this change",
