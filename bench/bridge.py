@@ -70,16 +70,16 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
 
 
 @contextmanager
-def _process(args: list[str], log: Path, ready_url: str = "", *, mlx: bool = False,
-             timeout: float = 180) -> Iterator[subprocess.Popen[bytes]]:
+def _process(args: list[str], log: Path, *, mlx: bool = False
+             ) -> Iterator[subprocess.Popen[bytes]]:
+    """A server in the background, stopped when the block ends; nothing waits for it here, so
+    servers started one after another load their models at the same time."""
     # MLX processes get OpenBLAS preloaded (inference_node/blas.py), the bridge does not.
     env = blas.with_preload() if mlx else blas.without_preload()
     with log.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env,
                                 start_new_session=True)
     try:
-        if ready_url:
-            _wait_http(ready_url, proc, log, timeout)
         yield proc
     finally:
         proc.terminate()
@@ -112,8 +112,10 @@ def _sides(model_dir: Path, tmp: Path) -> Iterator[dict[str, str]]:
     mlx_url = f"http://127.0.0.1:{mlx_port}"
     # The node has no HTTP; the bridge's /health answers 200 only once the node serves.
     with _process(node, tmp / "node.log", mlx=True), \
-            _process(bridge, tmp / "bridge.log", f"{bridge_url}/health"), \
-            _process(mlx, tmp / "mlx_lm.log", f"{mlx_url}/health", mlx=True):
+            _process(bridge, tmp / "bridge.log") as bridge_proc, \
+            _process(mlx, tmp / "mlx_lm.log", mlx=True) as mlx_proc:
+        _wait_http(f"{bridge_url}/health", bridge_proc, tmp / "bridge.log", 180)
+        _wait_http(f"{mlx_url}/health", mlx_proc, tmp / "mlx_lm.log", 180)
         yield {"bridge": f"{bridge_url}/v1", "mlx_lm": f"{mlx_url}/v1",
                "grpc": f"127.0.0.1:{grpc_port}"}
 
