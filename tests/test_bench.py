@@ -109,6 +109,9 @@ NUMBERS: dict[str, list[str]] = {
                                "peak_rss_mb", "load_s")] + ["wall_s"],
     "speculative": ["decode_tps.*.median", "speedup", "acceptance_rate",
                     "tokens_per_target_pass", "wall_s"],
+    "control_plane": [f"levels.*.calls.*.{k}" for k in ("n", "median_ms", "p95_ms", "p99_ms",
+                                                         "max_ms")]
+                     + ["levels.2.calls.*.p99_over_idle", "levels.*.open_streams", "wall_s"],
     "tunnel": ["ttft_s.direct", "ttft_s.tunnel", "decode_tps.direct", "decode_tps.tunnel",
                "recovery_s.tunnel_up_after_sshd_restart",
                "recovery_s.first_call_done_after_sshd_restart", "decode_ratio",
@@ -126,6 +129,7 @@ SMOKE_FIELDS: dict[str, dict[str, Any]] = {
     "tunnel": {"repeats": 1, "max_tokens": 4},
     "distributed": {"repeats": 1, "max_tokens": 4},
     "coder_models": {"params.repeats": 1, "params.max_tokens": 4},
+    "control_plane": {"seconds_per_level": 1.0, "levels.2.open_streams": 2},
     "speculative": {"params.repeats": 1, "params.max_tokens": 8, "greedy_identical": True},
 }
 
