@@ -102,6 +102,11 @@ class QASection:
 @dataclass
 class LoopSection:
     max_rounds: int = 3
+    # Stop before a fix round whose coder would get the last round's brief again: the last
+    # round left the checkout as the round before it did and failed for the same reasons.
+    # Decoding greedily (the coder does unless retry_temperature is set), it would give the
+    # same replies and the same result.
+    stop_when_stalled: bool = True
     coder_max_turns: int = 30
     coder_max_tokens: int = 200_000  # tokens the coder generates per round (with reasoning)
     coder_wall_s: float = 900.0

@@ -297,10 +297,12 @@ def test_last_round_failing_leaves_the_user_branch_and_files_byte_for_byte(
     (repo / "scratch.txt").write_text("my uncommitted work\n")  # the user's own changes
     (repo / "calc.py").write_text(BAD_CALC + "# my local edit\n")
     before = fingerprint(repo)
-    wrong = [call("write", path="calc.py", content="def add(a, b):\n    return a * b\n"),
-             call("finish", summary="done, tests pass")]
+    wrong = [reply for body in ("a * b", "a ** b", "a * b + 1")  # a new mistake each round
+             for reply in (call("write", path="calc.py", content=f"def add(a, b):\n    return "
+                                f"{body}\n"),
+                           call("finish", summary="done, tests pass"))]
     summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI)]),
-                  ScriptedModel(wrong * 3, name="coder"))
+                  ScriptedModel(wrong, name="coder"))
 
     assert summary["verdict"] == "fail" and summary["rounds"] == 3
     assert "still failing after 3 round(s)" in summary["reasons"][0]
@@ -309,6 +311,47 @@ def test_last_round_failing_leaves_the_user_branch_and_files_byte_for_byte(
     assert "2 uncommitted file(s)" in notes[0]["text"]
     assert cli.approve_main([summary["run_id"]]) == 1  # a failed run is refused
     assert fingerprint(repo) == before
+
+
+def same_mistake(rounds: int) -> ScriptedModel:
+    wrong = [call("write", path="calc.py", content="def add(a, b):\n    return a * b\n"),
+             call("finish", summary="done, tests pass")]
+    return ScriptedModel(wrong * rounds, name="coder")
+
+
+def test_a_round_that_repeats_the_one_before_ends_the_run(tmp_path: Path) -> None:
+    """Round 2 leaves calc.py as round 1 did and fails the same way (the test run's timing
+    aside), so round 3's coder would be given round 2's brief again: greedy, it would do the
+    same. The run stops there and says why."""
+    repo = make_repo(tmp_path)
+    coder = same_mistake(3)
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI)]), coder)
+
+    assert summary["verdict"] == "fail" and summary["rounds"] == 2
+    assert summary["reasons"][0].startswith(
+        "stopped after round 2: it left the checkout as round 1 did and failed the same way")
+    assert len(coder.calls) == 4  # round 3's coder never ran
+
+
+@pytest.mark.parametrize("loop", [{"stop_when_stalled": False},
+                                  {"coder": "files", "retry_temperature": 0.7}],
+                         ids=["turned-off", "sampled-retries"])
+def test_a_repeating_round_runs_on_when_the_next_coder_could_differ_or_it_is_turned_off(
+        tmp_path: Path, loop: dict[str, Any]) -> None:
+    repo = make_repo(tmp_path)
+    cfg = AgentConfig()
+    for key, value in loop.items():
+        setattr(cfg.loop, key, value)
+    if cfg.loop.coder == "files":  # each round: two whole-file replies, the same mistake
+        cfg.loop.coder_max_turns = 2
+        reply = text("calc.py\n```python\ndef add(a, b):\n    return a * b\n```\n")
+        coder = ScriptedModel([reply] * 6, name="coder")
+    else:
+        coder = same_mistake(3)
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI)]), coder, cfg=cfg)
+
+    assert summary["verdict"] == "fail" and summary["rounds"] == 3
+    assert "still failing after 3 round(s)" in summary["reasons"][0]
 
 
 def test_approve_refuses_when_the_user_changed_the_same_file(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -67,6 +68,8 @@ from agent_node.tools.bash import checkout_git
 ToolsFactory = Callable[[Path], dict[str, Any]]
 MAX_FILES_LISTED = 200
 TESTS_SHOWN_CHARS = 2_500  # the end of a test run's output, as the coder is shown it
+# "1 failed in 1.03s": what differs between two runs of the same tests on the same tree
+_TIMING = re.compile(r"\b\d+(?:\.\d+)?(?:s|ms| seconds?)\b")
 
 
 def default_tools(cfg: AgentConfig, sandbox: Sandbox) -> ToolsFactory:
@@ -222,6 +225,7 @@ class _Run:
                 start_tests = self.tests_now(test_cmd, "before any change")[1]
         verdict: Literal["fail", "pass"] = "fail"
         reasons, last_round = ["no round ran"], 0
+        stalled, last_state = "", None
         for round_no in range(1, self.cfg.loop.max_rounds + 1):
             last_round = self.round = round_no
             shown = repo_context(work, files, self.task, self.brief_chars())
@@ -258,7 +262,20 @@ class _Run:
             if edited and round_no < self.cfg.loop.max_rounds:
                 failures = self.put_tests_back(round_no, base, edited, test_cmd, fixes,
                                                gate.tests_failure)
-        if verdict == "fail" and last_round == self.cfg.loop.max_rounds:
+            # the next brief is this round's, but for its number, when this round left the
+            # checkout as the one before did and failed the same way
+            state = None if edited else (gate.diff.patch, [_TIMING.sub("#", f) for f in fixes])
+            if (state is not None and state == last_state and self.repeats_itself()
+                    and round_no < self.cfg.loop.max_rounds):
+                stalled = (f"stopped after round {round_no}: it left the checkout as round "
+                           f"{round_no - 1} did and failed the same way, so round "
+                           f"{round_no + 1}'s coder would get the same brief and, decoding "
+                           f"greedily, give the same replies (loop.stop_when_stalled)")
+                break
+            last_state = state
+        if stalled:
+            reasons = [stalled, *reasons]
+        elif verdict == "fail" and last_round == self.cfg.loop.max_rounds:
             reasons = [f"still failing after {last_round} round(s) (loop.max_rounds = "
                        f"{self.cfg.loop.max_rounds})", *reasons]
         if self.tested:  # the only commit that leaves the checkout, as the run's own branch
@@ -268,6 +285,13 @@ class _Run:
                              run_branch=self.run_branch if self.tested else ""))
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def repeats_itself(self) -> bool:
+        """Whether a fresh coder given the same brief on the same checkout would do the same:
+        its replies are greedy (the files coder samples retries at retry_temperature)."""
+        loop = self.cfg.loop
+        return loop.stop_when_stalled and not (loop.coder == "files"
+                                               and loop.retry_temperature > 0)
 
     def brief_chars(self) -> int:
         chars = self.cfg.loop.brief_chars
