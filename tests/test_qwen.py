@@ -9,6 +9,7 @@ for the session); the 1.5B only with STUDIO_CODER_TEST_QWEN_1_5B=1.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -50,13 +51,36 @@ def test_fixture_was_made_from_the_pinned_gguf():
     assert len(REFERENCE["chats"]) >= 3 and len(REFERENCE["tokenizer"]) >= 20
 
 
+@pytest.fixture(scope="module")
+def replies(qwen05_server) -> dict[str, dict]:
+    """The reference's chats and its tool chat, sent at once over gRPC, by reference text:
+    the engine decodes them in one batch, so each greedy reply must also not depend on what
+    else is in the batch (and the five cost about what one does on this memory-bound CPU)."""
+    import grpc
+
+    from inference_node.api import rpc
+    from studio_common.channel import MAX_MESSAGE_BYTES, channel_options
+
+    requests = {case["text"]: pb.ChatRequest(
+        model=MODEL, messages=as_messages(case["messages"]),
+        max_tokens=REFERENCE["max_new_tokens"]) for case in REFERENCE["chats"]}
+    tool_case = REFERENCE["tool_chat"]
+    requests[tool_case["text"]] = pb.ChatRequest(
+        model=MODEL, messages=as_messages(tool_case["messages"]),
+        tools=as_tools(tool_case["tools"]), max_tokens=len(tool_case["ids"]))
+    with grpc.insecure_channel(qwen05_server[1],
+                               options=channel_options(MAX_MESSAGE_BYTES)) as ch:
+        stub = rpc.InferenceStub(ch)
+        with ThreadPoolExecutor(len(requests)) as pool:
+            futures = {text: pool.submit(lambda r: collect(stub.Chat(r, timeout=900)), request)
+                       for text, request in requests.items()}
+            return {text: f.result() for text, f in futures.items()}
+
+
 @pytest.mark.parametrize("case", REFERENCE["chats"],
                          ids=lambda c: c["messages"][-1]["content"][:24])
-def test_greedy_text_over_grpc_matches_transformers_on_the_same_gguf(qwen05_server, stub_for,
-                                                                     case):
-    r = collect(stub_for(qwen05_server[1]).Chat(
-        pb.ChatRequest(model=MODEL, messages=as_messages(case["messages"]),
-                       max_tokens=REFERENCE["max_new_tokens"]), timeout=600))
+def test_greedy_text_over_grpc_matches_transformers_on_the_same_gguf(replies, case):
+    r = replies[case["text"]]
     assert r["admitted"].prompt_tokens == case["prompt_tokens"]
     assert r["content"] == case["text"]
     assert r["done"].usage.completion_tokens == len(case["ids"])
@@ -95,13 +119,11 @@ def test_template_is_qwens_own_with_its_default_system_prompt_and_tool_format(qw
     assert tokenizer.eos_token_ids == {151645}
 
 
-def test_with_tools_in_the_template_the_reply_matches_the_reference(qwen05_server, stub_for):
+def test_with_tools_in_the_template_the_reply_matches_the_reference(replies):
     """The template's tool section counts the same tokens, and the greedy reply is the same:
     a tool call comes back as tool_call events, text as text."""
     case = REFERENCE["tool_chat"]
-    r = collect(stub_for(qwen05_server[1]).Chat(
-        pb.ChatRequest(model=MODEL, messages=as_messages(case["messages"]),
-                       tools=as_tools(case["tools"]), max_tokens=len(case["ids"])), timeout=600))
+    r = replies[case["text"]]
     assert r["admitted"].prompt_tokens == case["prompt_tokens"]
     if "<tool_call>" in case["text"]:
         expected = json.loads(case["text"].split("<tool_call>")[1].split("</tool_call>")[0])
