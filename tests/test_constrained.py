@@ -2,12 +2,14 @@
 
 SmolLM2 (no native tool-call format) is run in-process through mlx-lm with the constraint's
 logits processor; the 20-of-20 checks go through mlx-lm's BatchGenerator, the path the engine
-uses, and the single checks through stream_generate. The model is dequantized to float32 here
-only because MLX's CPU quantized matmul is slow; the weights are SmolLM2's own.
+uses (from their shared system prompt's KV, as the engine's prompt cache gives it), and the
+single checks through stream_generate. The model is dequantized to float32 here only because
+MLX's CPU quantized matmul is slow; the weights are SmolLM2's own.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -18,6 +20,7 @@ import mlx.core as mx
 import pytest
 from mlx_lm import load, stream_generate
 from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.tokenizer_utils import load as load_tokenizer
 from mlx_lm.tool_parsers import json_tools
 from mlx_lm.utils import dequantize_model
@@ -102,11 +105,22 @@ def chat(tokenizer: Any, user: str, constraint: Constraint | None) -> list[int]:
 
 def generate_batch(smol: tuple[Any, Any], prompts: list[list[int]],
                    constraints: list[Constraint], max_tokens: int) -> list[str]:
+    """The prompts share their system prompt (and the constraint's instruction): its KV is
+    computed once and each sequence starts from a copy, as the engine's prompt cache gives it."""
     model, tokenizer = smol
+    shared = 0
+    while all(len(p) > shared + 1 and p[shared] == prompts[0][shared] for p in prompts):
+        shared += 1
+    prefix = prompts[0][:shared]
+    cache = make_prompt_cache(model)
+    model(mx.array([prefix]), cache=cache)
+    mx.eval([c.state for c in cache])
     gen = BatchGenerator(model, stop_tokens=[[i] for i in tokenizer.eos_token_ids],
                          completion_batch_size=len(prompts), prefill_batch_size=len(prompts))
     try:
-        uids = gen.insert(prompts, max_tokens=[max_tokens] * len(prompts),
+        uids = gen.insert([p[shared:] for p in prompts], max_tokens=[max_tokens] * len(prompts),
+                          caches=[copy.deepcopy(cache) for _ in prompts],
+                          all_tokens=[list(prefix) for _ in prompts],
                           logits_processors=[[c.logits_processor()] for c in constraints])
         out: dict[int, list[int]] = {u: [] for u in uids}
         finished: set[int] = set()
