@@ -84,6 +84,11 @@ class Engine:
         self._stop.set()
         self._thread.join(timeout=30)
 
+    @property
+    def stopped(self) -> bool:
+        """Its thread has ended: a request still in it gets no more events."""
+        return self._stop.is_set() and not self._thread.is_alive()
+
     # ------------------------------------------------------------ called from other threads
 
     def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:

@@ -246,6 +246,9 @@ class InferenceServicer:
                 except queue.Empty:
                     if not context.is_active():
                         job.cancelled.set()
+                    if self.engine.stopped and not job.events.qsize():
+                        raise Unavailable("the inference node stopped during this request; "
+                                          "retry when it is back") from None
                     continue
                 if event is DONE:
                     break

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from conftest import running_server
 
-from inference_node.api import pb
+from inference_node.api import pb, rpc
 
 
 def user(text: str) -> pb.Message:
@@ -355,3 +355,34 @@ def test_the_log_file_follows_newsyslog_rotation(tmp_path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="cannot write the log file .*drop --log-file"):
         log_to_file(tmp_path / "file" / "x.log")
+
+
+def test_stopping_the_server_mid_stream_ends_the_streams_handler(chain_models):
+    """Past the grace period the stream is cut off and the engine stopped; an engine busy in
+    a long step stops with the stream's request still in it. The handler must not wait on for
+    events a stopped engine will never send: it would hold its reservation and keep the
+    process from exiting (a launchd stop would end in SIGKILL). The engine is stopped first
+    here, as it is when its step outlasts the cut-off stream."""
+    with running_server([{"name": "loop", "path": str(chain_models["loop"])}]) as (srv, target):
+        step = srv.engine._step_batch  # a step of 20 ms: the stream is long in flight
+
+        def slow_step(lm: object) -> None:
+            time.sleep(0.02)
+            step(lm)
+
+        srv.engine._step_batch = slow_step
+        with grpc.insecure_channel(target) as ch:
+            call = rpc.InferenceStub(ch).Chat(pb.ChatRequest(
+                model="loop", messages=[user("go")], max_tokens=2000), timeout=60)
+            deltas = 0
+            for ev in call:
+                deltas += ev.WhichOneof("event") == "delta"
+                if deltas == 5:
+                    break
+            assert srv.admission.in_flight("loop") == 1
+            srv.engine.stop()
+            srv.stop(0)
+            deadline = time.monotonic() + 10
+            while srv.admission.in_flight("loop") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert srv.admission.in_flight("loop") == 0, "the handler still waits on the engine"
