@@ -135,10 +135,11 @@ def test_greedy_output_across_two_ranks_equals_one_rank_on_qwen_coder(
 def test_greedy_output_across_three_ranks_equals_one_rank_on_smollm2(
         tmp_path: Path, smollm2_dir: Path) -> None:
     # SmolLM2-135M's 9 heads and 3 KV heads divide among 3 ranks, not 2 (see below).
-    # One prompt: each token costs three processes' all-reduces on two shared cores (this test
-    # was 120 s of CI's 15 minutes with two); the two-rank tests above run several.
+    # One prompt, six tokens ("The capital of France is Paris"): three processes on two shared
+    # cores take about 1.5 s a step here, waiting on each other's all-reduces (this test was
+    # 120 s of CI's 15 minutes with two prompts of 12); the two-rank tests above run several.
     models = [{"name": "smollm2", "path": str(smollm2_dir)}]
-    prompts = [("smollm2", "What is the capital of France?", 12)]
+    prompts = [("smollm2", "What is the capital of France?", 6)]
     with serving_ranks(tmp_path, models, ranks=3) as node:
         with grpc.insecure_channel(node.target) as ch:
             stub = rpc.InferenceStub(ch)
