@@ -163,6 +163,13 @@ class LoopSection:
     # small orchestrator: the 1.5B's own review refused right fixes (README, Benchmarks).
     review: Literal["binding", "advisory"] = "binding"
 
+    def stops_when_stalled(self) -> bool:
+        """`stop_when_stalled`, where it applies: a fresh coder given the same brief on the
+        same checkout does the same, its replies greedy (the files coder samples a round's
+        later replies at retry_temperature, seeded by round, so its rounds can differ)."""
+        return self.stop_when_stalled and not (self.coder == "files"
+                                               and self.retry_temperature > 0)
+
 
 @dataclass
 class SandboxSection:

@@ -302,10 +302,15 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
 
 
 def loop_settings(cfg: Any, config: Path | None) -> dict[str, Any]:
-    """The loop's configuration the run used (`[loop]`), and where it came from."""
+    """The loop's configuration the run used (`[loop]`), and where it came from. A key that
+    changes nothing in this configuration is left out, so a record made before it existed
+    goes on (`stop_when_stalled` where the coder samples its retries)."""
     from dataclasses import asdict
 
-    return {"config": str(config) if config else "defaults", **asdict(cfg.loop)}
+    settings = asdict(cfg.loop)
+    if not cfg.loop.stops_when_stalled():
+        del settings["stop_when_stalled"]
+    return {"config": str(config) if config else "defaults", **settings}
 
 
 def pytest_config_above(path: Path) -> Path | None:

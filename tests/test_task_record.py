@@ -126,3 +126,17 @@ def test_a_run_stopped_by_sigterm_records_nothing_for_the_task_it_cut_off(
     assert "shout" not in [json.loads(r)["name"] for r in record.read_text().splitlines()[1:]]
     err = capsys.readouterr().err  # and the log does not call the stop the task's failure
     assert "shout: cut off by the stop, no result kept" in err and "shout: run_error" not in err
+
+
+
+def test_the_loop_settings_leave_out_a_key_that_changes_nothing_there() -> None:
+    """`stop_when_stalled` does nothing where the coder samples its retries (the bench's
+    small-coder loop): left out there, a record made before the key existed goes on; where
+    it applies, it is recorded."""
+    from agent_node.config import load_config
+
+    cfg = load_config(Path(agent_tasks.__file__).parents[1] / "examples" / "small-coder.toml")
+    assert cfg.loop.retry_temperature > 0
+    assert "stop_when_stalled" not in agent_tasks.loop_settings(cfg, None)
+    cfg.loop.retry_temperature = 0.0  # greedy: a stalled round would repeat itself
+    assert agent_tasks.loop_settings(cfg, None)["stop_when_stalled"] is True

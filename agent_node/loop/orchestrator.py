@@ -265,7 +265,7 @@ class _Run:
             # the next brief is this round's, but for its number, when this round left the
             # checkout as the one before did and failed the same way
             state = None if edited else (gate.diff.patch, [_TIMING.sub("#", f) for f in fixes])
-            if (state is not None and state == last_state and self.repeats_itself()
+            if (state is not None and state == last_state and self.cfg.loop.stops_when_stalled()
                     and round_no < self.cfg.loop.max_rounds):
                 stalled = (f"stopped after round {round_no}: it left the checkout as round "
                            f"{round_no - 1} did and failed the same way, so round "
@@ -285,13 +285,6 @@ class _Run:
                              run_branch=self.run_branch if self.tested else ""))
 
     # -- steps ---------------------------------------------------------------------------------
-
-    def repeats_itself(self) -> bool:
-        """Whether a fresh coder given the same brief on the same checkout would do the same:
-        its replies are greedy (the files coder samples retries at retry_temperature)."""
-        loop = self.cfg.loop
-        return loop.stop_when_stalled and not (loop.coder == "files"
-                                               and loop.retry_temperature > 0)
 
     def brief_chars(self) -> int:
         chars = self.cfg.loop.brief_chars
