@@ -235,7 +235,7 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
 
     def run_all(model: str, one: Callable[[Task], dict[str, Any]]) -> list[dict[str, Any]]:
         done = Record(record, {"model": model, "tasks_dir": str(Path(tasks_dir).resolve()),
-                               "limits": lim, "loop": loop_settings(cfg, None)})
+                               "limits": lim, "loop": loop_settings(cfg, config)})
         todo = [t for t in tasks if t.name not in done.rows]
         recorded.extend(t.name for t in tasks if t.name in done.rows)
         if len(todo) < len(tasks):

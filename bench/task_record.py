@@ -41,7 +41,7 @@ class Record:
         if not isinstance(head, dict) or not isinstance(head.get("settings"), dict):
             raise TaskError(f"--record {path} is not a bench record (its first line holds no "
                             "settings); give a new file")
-        if head["settings"] != self.settings:
+        if _compared(head["settings"]) != _compared(self.settings):
             raise TaskError(f"--record {path} was made with other settings "
                             f"({_differences(head['settings'], self.settings)}); run with those "
                             "settings to go on with it, or give a new file")
@@ -86,6 +86,15 @@ def _json(line: str) -> Any:
         return json.loads(line)
     except ValueError:
         return None
+
+
+def _compared(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that make two runs one: all but where the loop's came from (the same
+    `[loop]` from another file, or from the defaults, is the same loop)."""
+    loop = settings.get("loop")
+    if not isinstance(loop, dict):
+        return settings
+    return {**settings, "loop": {k: v for k, v in loop.items() if k != "config"}}
 
 
 def _differences(there: dict[str, Any], here: dict[str, Any]) -> str:

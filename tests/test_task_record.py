@@ -140,3 +140,17 @@ def test_the_loop_settings_leave_out_a_key_that_changes_nothing_there() -> None:
     assert "stop_when_stalled" not in agent_tasks.loop_settings(cfg, None)
     cfg.loop.retry_temperature = 0.0  # greedy: a stalled round would repeat itself
     assert agent_tasks.loop_settings(cfg, None)["stop_when_stalled"] is True
+
+
+def test_a_record_goes_on_with_the_same_loop_from_another_file_and_says_where_it_came_from(
+        tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    settings = {"model": "m", "loop": {"config": "examples/small-coder.toml", "coder": "files"}}
+    task_record.Record(path, settings)
+    assert json.loads(path.read_text())["settings"]["loop"]["config"] == \
+        "examples/small-coder.toml"
+    # the same [loop] copied elsewhere (or a record labelled "defaults" before --config was
+    # written down) is the same run
+    task_record.Record(path, {**settings, "loop": {**settings["loop"], "config": "mine.toml"}})
+    with pytest.raises(task_record.TaskError, match="coder \"files\" there, \"tools\" now"):
+        task_record.Record(path, {**settings, "loop": {"config": "mine.toml", "coder": "tools"}})
