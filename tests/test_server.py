@@ -10,7 +10,7 @@ import grpc
 import pytest
 from conftest import running_server
 
-from inference_node.api import pb, rpc
+from inference_node.api import pb
 
 
 def user(text: str) -> pb.Message:
@@ -357,7 +357,7 @@ def test_the_log_file_follows_newsyslog_rotation(tmp_path) -> None:
         log_to_file(tmp_path / "file" / "x.log")
 
 
-def test_stopping_the_server_mid_stream_ends_the_streams_handler(chain_models):
+def test_stopping_the_server_mid_stream_ends_the_streams_handler(chain_models, stub_for):
     """Past the grace period the stream is cut off and the engine stopped; an engine busy in
     a long step stops with the stream's request still in it. The handler must not wait on for
     events a stopped engine will never send: it would hold its reservation and keep the
@@ -371,18 +371,17 @@ def test_stopping_the_server_mid_stream_ends_the_streams_handler(chain_models):
             step(lm)
 
         srv.engine._step_batch = slow_step
-        with grpc.insecure_channel(target) as ch:
-            call = rpc.InferenceStub(ch).Chat(pb.ChatRequest(
-                model="loop", messages=[user("go")], max_tokens=2000), timeout=60)
-            deltas = 0
-            for ev in call:
-                deltas += ev.WhichOneof("event") == "delta"
-                if deltas == 5:
-                    break
-            assert srv.admission.in_flight("loop") == 1
-            srv.engine.stop()
-            srv.stop(0)
-            deadline = time.monotonic() + 10
-            while srv.admission.in_flight("loop") and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert srv.admission.in_flight("loop") == 0, "the handler still waits on the engine"
+        call = stub_for(target).Chat(pb.ChatRequest(
+            model="loop", messages=[user("go")], max_tokens=2000), timeout=60)
+        deltas = 0
+        for ev in call:
+            deltas += ev.WhichOneof("event") == "delta"
+            if deltas == 5:
+                break
+        assert srv.admission.in_flight("loop") == 1
+        srv.engine.stop()
+        srv.stop(0)
+        deadline = time.monotonic() + 10
+        while srv.admission.in_flight("loop") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.admission.in_flight("loop") == 0, "the handler still waits on the engine"
