@@ -19,6 +19,7 @@ import binascii
 import logging
 import re
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,13 +218,24 @@ def _extra_keys(cfg: TunnelSection) -> list[paramiko.PKey]:
 def authenticate(transport: paramiko.Transport, pkey: paramiko.PKey, cfg: TunnelSection,
                  source: str, transient: type[Exception]) -> None:
     """Offer `pkey` (then the agent's and ~/.ssh keys when allowed); AuthenticationFailed if
-    none is accepted, `transient` if the connection broke off meanwhile."""
+    none is accepted, `transient` if the connection broke off or sshd did not answer in time."""
     keys = [pkey, *_extra_keys(cfg)]
     last: Exception | None = None
     for key in keys:
+        started = time.monotonic()
         try:
             transport.auth_publickey(cfg.user, key)
         except paramiko.AuthenticationException as e:
+            # paramiko raises this one class for a refusal, for a connection that closed
+            # mid-auth (sshd restarting) and for no answer in auth_timeout (a busy host); only
+            # the refusal is the user's to fix, the others are worth another attempt.
+            if not transport.is_active():
+                raise transient(f"SSH authentication with {cfg.host}:{cfg.port} broke off: "
+                                f"the connection closed ({e})") from None
+            waited = time.monotonic() - started
+            if transport.auth_timeout and waited >= transport.auth_timeout:
+                raise transient(f"sshd on {cfg.host}:{cfg.port} did not answer the key offer "
+                                f"within {waited:.1f} s (tunnel.connect_timeout_s)") from None
             last = e
             continue
         except (paramiko.SSHException, OSError, EOFError) as e:

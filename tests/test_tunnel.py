@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -180,6 +181,40 @@ def test_wrong_user_key_is_fatal_with_a_clear_message(server, tmp_path):
         assert "refused user 'root'" in str(e.value) and "authorized_keys" in str(e.value)
         time.sleep(1.5)
         assert sshd.connections() == 1
+
+
+@pytest.mark.parametrize("trouble", ["stall", "drop"])
+def test_an_auth_that_breaks_off_or_times_out_is_retried_not_taken_for_a_refusal(
+        server, tmp_path, trouble):
+    """paramiko raises the same AuthenticationException for all three; only a refusal is fatal."""
+    # sshd runs an AuthorizedKeysCommand only from a path no one else can write (not /tmp).
+    bin_dir = Path(tempfile.mkdtemp(prefix="studio-coder-test-", dir="/run"))
+    try:
+        with Sshd(tmp_path, extra=(f"AuthorizedKeysCommand {bin_dir / 'keys'}",
+                                   "AuthorizedKeysCommandUser root")) as sshd:
+            key = sshd.authorized_keys.read_text()
+            sshd.authorized_keys.write_text("")  # the command is the only way in
+            flag = bin_dir / "trouble"
+            # stall: answer after the client gave up; drop: kill the sshd that asked.
+            script = bin_dir / "keys"
+            script.write_text(f"#!/bin/sh\ncase $(cat {flag} 2>/dev/null) in\n"
+                              f"  stall) sleep 3 ;;\n  drop) kill -9 $PPID ;;\nesac\n"
+                              f"echo '{key.strip()}'\n")
+            script.chmod(0o755)
+            flag.write_text(trouble)
+            tunnel = Tunnel(sshd.tunnel_section(server, connect_timeout_s=1.0))
+            tunnel.start()
+            try:
+                status = tunnel.status()
+                assert status.state == "rebuilding", status.describe()
+                assert ("did not answer the key offer" if trouble == "stall"
+                        else "broke off") in status.why, status.why
+                flag.unlink()
+                wait_until_up(tunnel)
+            finally:
+                tunnel.stop()
+    finally:
+        shutil.rmtree(bin_dir)
 
 
 def host_key_line(sshd: Sshd, marker: str = "", hosts: str = "") -> str:
