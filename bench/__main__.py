@@ -175,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         limit_s = args.time_limit or (TIME_LIMIT_S[True] if args.quick
                                       else FULL_LIMIT_S.get(name, TIME_LIMIT_S[False]))
         record["benchmarks"][name] = {"quick": args.quick, **run_one(name, args.quick, limit_s)}
+        if not record["benchmarks"][name]["ok"]:
+            failure = record["benchmarks"][name]
+            print(f"bench: {name} failed after {failure['seconds']} s: {failure['error']}\n"
+                  f"{failure['stderr_tail'][-1200:]}", file=sys.stderr, flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=1, default=str) + "\n")  # saved as it goes
     print(f"bench: results in {out}", file=sys.stderr)
@@ -187,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: wrote {args.doc} from {newest.name}", file=sys.stderr)
     failed = [n for n in names if not record["benchmarks"][n]["ok"]]
     if failed:
-        print(f"bench: failed: {', '.join(failed)}", file=sys.stderr)
+        print("bench: failed: " + "; ".join(f"{n} ({record['benchmarks'][n]['error']})"
+                                            for n in failed), file=sys.stderr)
     return 1 if failed else 0
 
 

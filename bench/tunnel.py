@@ -55,6 +55,15 @@ def _one(model, max_tokens: int) -> tuple[float, float]:
     return ttft, decode
 
 
+def _wait_for(tunnel, state: str, limit_s: float = 60.0) -> None:
+    """Until the tunnel is in `state`; an error naming where it is instead, never a hang."""
+    deadline = time.monotonic() + limit_s
+    while (status := tunnel.status()).state != state:
+        if status.state == "failed" or time.monotonic() > deadline:
+            raise RuntimeError(f"waited for the tunnel to be {state}: {status.describe()}")
+        time.sleep(0.01)
+
+
 def run(quick: bool) -> dict:
     from conftest import running_server  # sets STUDIO_CODER_HOME for the model store
     from sshd import Sshd
@@ -83,13 +92,11 @@ def run(quick: bool) -> dict:
                     rows["tunnel"].append(_one(tm, max_tokens))
                 assert tunneled.tunnel is not None
                 sshd.kill()
-                while tunneled.tunnel.status().state != "rebuilding":
-                    time.sleep(0.01)
+                _wait_for(tunneled.tunnel, "rebuilding")
                 time.sleep(1.0)  # sshd stays down a second, as after a crash
                 sshd.start()
                 t_back = time.monotonic()
-                while tunneled.tunnel.status().state != "up":
-                    time.sleep(0.01)
+                _wait_for(tunneled.tunnel, "up")
                 up_s = time.monotonic() - t_back
                 _one(tm, 8)
                 first_call_s = time.monotonic() - t_back

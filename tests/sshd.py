@@ -122,13 +122,14 @@ class Sshd:
         cmd = [SSHD, "-D", "-f", str(self.config), "-e"]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        seen = len(self.log_text())  # a restart appends: the dead instance said it listened too
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sshd exited with {self.proc.returncode}:\n{self.log_text()}")
-            if "Server listening" in self.log_text():
+            if "Server listening" in self.log_text()[seen:]:
                 return
             time.sleep(0.02)
         raise RuntimeError(f"sshd did not listen on {self.host}:{self.port} in {timeout} s")

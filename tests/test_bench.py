@@ -54,6 +54,21 @@ def test_a_failing_benchmark_is_recorded_not_raised() -> None:
     assert out["ok"] is False and "No module named" in out["error"]
 
 
+def test_a_failed_benchmark_is_named_with_its_error_as_it_fails_and_at_the_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import bench.__main__ as harness
+
+    monkeypatch.setattr(harness, "run_one", lambda name, quick, limit_s: {
+        "ok": False, "seconds": 120.0, "error": "timed out after 120 s",
+        "stderr_tail": "waited for the tunnel to be up: failed"})
+    assert harness.main(["--quick", "--only", "sandbox", "--results-dir", str(tmp_path),
+                         "--doc", str(tmp_path / "B.md")]) == 1
+    err = capsys.readouterr().err
+    assert "bench: sandbox failed after 120.0 s: timed out after 120 s\n" in err
+    assert "waited for the tunnel to be up: failed" in err
+    assert err.rstrip().endswith("bench: failed: sandbox (timed out after 120 s)")
+
+
 def test_machine_info_names_cpu_memory_os_and_mlx() -> None:
     info = machine()
     for key in ("host", "cpu", "cores", "memory_gb", "os", "mlx", "mlx_device", "mlx_lm"):
@@ -162,7 +177,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Pat
         [sys.executable, "-m", "bench", "--quick", "--results-dir", str(tmp), "--doc", str(doc),
          "--time-limit", "120"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-5000:]
     (results,) = [p for p in tmp.glob("*.json")]
     return json.loads(results.read_text()), results, doc
 
