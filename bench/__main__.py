@@ -91,6 +91,7 @@ def machine() -> dict[str, Any]:
         "memory_gb": _memory_gb(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "openblas_preloaded": blas.openblas() or "no (reference BLAS)",
+        "gemv_forwarder": blas.forwarder() or f"no: {blas.forwarder_problem()}",
     }
     try:
         import mlx.core as mx

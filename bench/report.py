@@ -427,7 +427,7 @@ def render(record: dict[str, Any], source: str = "") -> str:
            "## Machine", ""]
     out += _table(["", ""], [[k, str(m.get(k, "–"))] for k in (
         "host", "cpu", "cores", "memory_gb", "os", "mlx", "mlx_device", "mlx_lm", "python",
-        "openblas_preloaded", "load_average", "commit")])
+        "openblas_preloaded", "gemv_forwarder", "load_average", "commit")])
     out += ["## Conclusions", ""] + conclusions(record)
     out += ["## Targets", ""] + targets(b)
     engine = _ok(b.get("engine"))

@@ -3,7 +3,8 @@
 #   Debian/Ubuntu: chromium (visual QA), openssh-server (tunnel tests), libopenblas0-pthread
 #                  (MLX on the CPU is ~2.5x faster with OpenBLAS preloaded), bubblewrap (the
 #                  sandbox every command from the coder's side runs in; without it runs are
-#                  refused unless agent-node.toml says [sandbox] enabled = false).
+#                  refused unless agent-node.toml says [sandbox] enabled = false), gcc (builds
+#                  the gemv forwarder preloaded ahead of OpenBLAS; decode is 2x slower without).
 #   macOS:         brew install --cask chromium   (openssh, Accelerate and sandbox-exec ship
 #                  with the OS)
 set -euo pipefail
@@ -25,6 +26,8 @@ command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>
 [[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
 dpkg -s libopenblas0-pthread >/dev/null 2>&1 || missing+=(libopenblas0-pthread)
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+# builds inference_node/gemv_forward.c, which doubles MLX's decode on OpenBLAS (blas.py)
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 
 if ((${#missing[@]})); then
     sudo=""

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
+
+import pytest
 
 from inference_node import blas
 
@@ -27,5 +33,70 @@ def test_with_preload_adds_openblas_once_when_present():
     if blas.openblas() is None:
         assert "LD_PRELOAD" not in env
     else:
-        assert env["LD_PRELOAD"] == blas.openblas()
+        assert env["LD_PRELOAD"].split()[-1] == blas.openblas()
         assert blas.with_preload(env)["LD_PRELOAD"] == env["LD_PRELOAD"]
+
+
+def test_with_preload_puts_the_gemv_forwarder_ahead_of_openblas_and_drops_both():
+    if blas.openblas() is None or blas.forwarder() is None:
+        pytest.skip(f"no forwarder here: {blas.forwarder_problem() or 'no OpenBLAS'}")
+    env = blas.with_preload({"LD_PRELOAD": "/lib/libfoo.so"})
+    assert env["LD_PRELOAD"].split() == [blas.forwarder(), blas.openblas(), "/lib/libfoo.so"]
+    assert blas.with_preload(env) == env
+    assert blas.without_preload(env)["LD_PRELOAD"] == "/lib/libfoo.so"
+
+
+# Run under the forwarder and OpenBLAS: MLX's one-row and one-column products, every transpose,
+# alpha and beta (beta 0 over NaN, which BLAS must not read), against numpy; then how many went
+# to sgemv, which only those shapes should.
+FORWARDED = r"""
+import ctypes, json, sys
+import mlx.core as mx
+import numpy as np
+
+count = ctypes.c_ulong.in_dll(ctypes.CDLL(sys.argv[1]), "studio_gemv_forwarded")
+rng = np.random.default_rng(0)
+worst, counts = 0.0, {}
+for m, n, k in [(1, 300, 70), (5, 1, 70), (1, 1, 9), (1, 64, 1), (4, 6, 5)]:
+    before = count.value
+    A = rng.standard_normal((m, k), dtype=np.float32)
+    B = rng.standard_normal((k, n), dtype=np.float32)
+    C = np.full((m, n), np.nan, dtype=np.float32)
+    for a in (mx.array(A), mx.array(A.T).T):
+        for b in (mx.array(B), mx.array(B.T).T):
+            worst = max(worst, float(np.abs(np.array(a @ b) - A @ B).max()))
+            got = np.array(mx.addmm(mx.array(C), a, b, alpha=0.5, beta=0.0))
+            worst = max(worst, float(np.abs(got - 0.5 * (A @ B)).max()))
+            C2 = rng.standard_normal((m, n), dtype=np.float32)
+            got = np.array(mx.addmm(mx.array(C2), a, b, alpha=0.5, beta=2.0))
+            worst = max(worst, float(np.abs(got - (2 * C2 + 0.5 * (A @ B))).max()))
+    counts[f"{m}x{n}x{k}"] = count.value - before
+print(json.dumps({"worst": worst, "forwarded": counts}))
+"""
+
+
+def test_one_row_and_one_column_products_go_to_sgemv_and_equal_sgemm():
+    if blas.openblas() is None or blas.forwarder() is None:
+        pytest.skip(f"no forwarder here: {blas.forwarder_problem() or 'no OpenBLAS'}")
+    env = blas.with_preload(blas.without_preload())
+    done = subprocess.run([sys.executable, "-c", FORWARDED, blas.forwarder()], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["worst"] < 1e-4
+    assert out["forwarded"] == {"1x300x70": 12, "5x1x70": 12, "1x1x9": 12, "1x64x1": 12,
+                                "4x6x5": 0}
+
+
+def test_a_stale_forwarder_is_rebuilt_from_its_source(tmp_path, monkeypatch):
+    if blas.openblas() is None or not (os.environ.get("CC") or shutil.which("cc")):
+        pytest.skip("needs OpenBLAS and a C compiler")
+    built = tmp_path / "lib" / "libgemv_forward.so"
+    monkeypatch.setattr(blas, "FORWARDER", built)
+    assert blas.forwarder() == str(built) and built.stat().st_size > 0
+    os.utime(built, (0, 0))  # older than the source
+    assert blas.forwarder_problem() == "" and built.stat().st_mtime > 0
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    os.utime(built, (0, 0))
+    assert "could not build" in blas.forwarder_problem() or "cannot build" in \
+        blas.forwarder_problem()

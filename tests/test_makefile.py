@@ -24,6 +24,25 @@ def test_openblas_installed_by_setup_is_preloaded_in_the_same_make_run(tmp_path:
     assert f"preload=[{lib}]" in out
 
 
+def test_the_gemv_forwarder_goes_ahead_of_openblas_and_never_alone(tmp_path: Path) -> None:
+    lib = tmp_path / "libopenblas.so.0"
+    forwarder = tmp_path / ".venv" / "lib" / "studio-coder" / "libgemv_forward.so"
+    forwarder.parent.mkdir(parents=True)
+    forwarder.touch()
+    probe = tmp_path / "Makefile"
+    probe.write_text(f"include {REPO / 'Makefile'}\n.PHONY: show\n"
+                     "show:\n\t@echo \"preload=[$$LD_PRELOAD]\"\n")
+
+    def preload() -> str:
+        return subprocess.run(["make", "--no-print-directory", "-f", str(probe), "show",
+                               f"OPENBLAS_LIB={lib}"], cwd=tmp_path, capture_output=True,
+                              text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout
+
+    assert "preload=[]" in preload()  # the forwarder forwards to OpenBLAS: not without it
+    lib.touch()
+    assert f"preload=[{forwarder} {lib}]" in preload()
+
+
 def test_no_openblas_means_no_preload(tmp_path: Path) -> None:
     probe = tmp_path / "Makefile"
     probe.write_text(f"include {REPO / 'Makefile'}\n.PHONY: show\n"
