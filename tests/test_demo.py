@@ -17,7 +17,7 @@ def test_demo_runs_every_stage_and_leaves_a_complete_record(smol_server, tmp_pat
     monkeypatch.setenv("STUDIO_CODER_HOME", str(tmp_path / "home"))
     cfg = tmp_path / "agent-node.toml"
     cfg.write_text(f'[inference]\ntarget = "{smol_server[1]}"\ncoder = ["smollm2"]\n')
-    code = demo.main(["--config", str(cfg), "--rounds", "1", "--turns", "3",
+    code = demo.main(["--config", str(cfg), "--rounds", "1", "--turns", "2",
                       "--reply-tokens", "64"])
     out = capsys.readouterr().out
     assert code == 0, out
