@@ -94,6 +94,9 @@ class EngineConfig:
     # MLX's CPU backend runs quantized matmuls ~12x slower than float32 BLAS at prefill; with no
     # Metal device, quantized coder models are expanded to float32 at load (admission counts it).
     dequantize_on_cpu: bool = True
+    # With no Metal device, prefill attention runs through numpy (inference_node/cpu_attention.py):
+    # MLX's CPU softmax made up three quarters of a 2k-token prefill on the dev CPU.
+    numpy_attention_on_cpu: bool = True
     prompt_cache_mb: float = 512.0  # KV kept for prefix reuse; set aside from the budget; 0: off
     # Of prompt_cache_mb, what pinned prefixes may hold: the KV of prompts' system parts (system
     # messages and tool schemas), kept while the model is loaded; 0: none pinned.

@@ -23,7 +23,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from inference_node import batching, mlx_compat, speculative, vision
+from inference_node import batching, cpu_attention, mlx_compat, speculative, vision
 from inference_node.config import InferenceConfig
 from inference_node.errors import Cancelled, InferenceError, LoadFailed, ModelBusy, ModelUnloaded
 from inference_node.footprint import Footprint
@@ -74,6 +74,8 @@ class Engine:
         self._arriving_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
         self.dequantize = cfg.engine.dequantize_on_cpu and not mx.metal.is_available()
+        if cfg.engine.numpy_attention_on_cpu:
+            cpu_attention.install()
 
     # ------------------------------------------------------------ lifecycle
 

@@ -139,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     from inference_node.models import Catalog
 
     log.info("following rank 0 (%s)", cluster.label(0))
+    if cfg.engine.numpy_attention_on_cpu:  # as rank 0's engine does: the same math on each rank
+        from inference_node import cpu_attention
+
+        cpu_attention.install()
     return Follower(channel, Catalog.from_config(cfg), system_available_bytes).run()
 
 
