@@ -8,22 +8,25 @@ on SmolLM2, MLX's attention took 275 ms a layer, 250 of them in softmax; through
 Over a 2,000-token agent prompt that was three quarters of the prefill.
 
 mlx-lm's models all attend through `mlx_lm.models.base.scaled_dot_product_attention`; this
-replaces it with a function that sends float32 steps of at least MIN_QUERIES queries, causal,
-unmasked or with a batch's (B, 1, L, S) mask, to numpy (the same float32 math; outputs differ
-from MLX's by about 1e-7) and everything else (decode, other masks, attention sinks, quantized
-caches) to MLX's.
+replaces it (`mlx_compat.replace_attention`) with a function that sends float32 steps of at
+least MIN_QUERIES queries and MIN_SCORES scores a head, causal, unmasked or with a batch's
+(B, 1, L, S) mask, to numpy (the same float32 math; outputs differ from MLX's by about 1e-7)
+and everything else (decode, short prompts, other masks, attention sinks, quantized caches) to
+MLX's.
 With Metal nothing is installed: MLX's fused kernel is the fast path there.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import mlx.core as mx
 import numpy as np
 
 MIN_QUERIES = 16  # decode (1 query) and speculative verification stay on MLX
+# Below this many scores per head, numpy's per-layer sync costs more than MLX's softmax: a
+# 64-token prompt prefilled at 0.9x through numpy (bench/cpu.py).
+MIN_SCORES = 1 << 16
 
 _mlx_attention: Any = None
 
@@ -33,22 +36,16 @@ def install() -> bool:
     global _mlx_attention
     if mx.metal.is_available():
         return False
-    import mlx_lm.models.base as base
+    from inference_node import mlx_compat
 
-    if _mlx_attention is None:
-        _mlx_attention = base.scaled_dot_product_attention
-    base.scaled_dot_product_attention = attention
-    # Model modules imported earlier hold their own reference (`from .base import ...`).
-    for name, module in list(sys.modules.items()):
-        if name.startswith("mlx_lm.models.") and \
-                getattr(module, "scaled_dot_product_attention", None) is _mlx_attention:
-            setattr(module, "scaled_dot_product_attention", attention)  # noqa: B010
+    _mlx_attention = mlx_compat.replace_attention(attention)
     return True
 
 
 def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any, scale: float,
               mask: Any, sinks: Any = None) -> mx.array:
     if (sinks is not None or hasattr(cache, "bits") or queries.shape[2] < MIN_QUERIES
+            or queries.shape[2] * keys.shape[2] < MIN_SCORES
             or not _numpy_mask_ok(mask, queries.shape)
             or not queries.dtype == keys.dtype == values.dtype == mx.float32):
         return _mlx_attention(queries, keys, values, cache=cache, scale=scale, mask=mask,

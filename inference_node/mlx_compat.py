@@ -75,6 +75,8 @@ CONTRACT: list[tuple[str, str, tuple[str, ...]]] = [
                                                             "cache_type")),
     ("mlx_lm.models.cache", "LRUPromptCache.trim_to", ("n_sequences", "n_bytes")),
     ("mlx_lm.tool_parsers.json_tools", "parse_tool_call", ()),
+    ("mlx_lm.models.base", "scaled_dot_product_attention", (
+        "queries", "keys", "values", "cache", "scale", "mask", "sinks")),
 ]
 
 
@@ -167,6 +169,27 @@ def evaluate(model: Any) -> None:
         if i % 8 == 7:
             mx.clear_cache()
     mx.clear_cache()
+
+
+def replace_attention(attention: Callable[..., Any]) -> Callable[..., Any]:
+    """Make `attention` the one every mlx-lm model attends through; returns mlx-lm's own.
+
+    Models call `mlx_lm.models.base.scaled_dot_product_attention`, each module through its own
+    `from .base import` binding: the base's and those of model modules already imported are
+    replaced, and modules imported later bind the replacement."""
+    import sys
+
+    import mlx_lm.models.base as base
+
+    own = getattr(base, "_studio_coder_own_attention", base.scaled_dot_product_attention)
+    base._studio_coder_own_attention = own  # type: ignore[attr-defined]
+    current = base.scaled_dot_product_attention
+    for name, module in list(sys.modules.items()):
+        if name == "mlx_lm.models.base" or (
+                name.startswith("mlx_lm.models.")
+                and getattr(module, "scaled_dot_product_attention", None) in (own, current)):
+            setattr(module, "scaled_dot_product_attention", attention)  # noqa: B010
+    return own
 
 
 def dequantize_model(model: Any) -> Any:

@@ -127,9 +127,11 @@ NUMBERS: dict[str, list[str]] = {
     "control_plane": [f"levels.*.calls.*.{k}" for k in ("n", "median_ms", "p95_ms", "p99_ms",
                                                          "max_ms")]
                      + ["levels.2.calls.*.p99_over_idle", "levels.*.open_streams", "wall_s"],
-    "gemv": [f"per_context.*.{side}.{k}.median" for side in ("openblas", "forwarder")
-             for k in ("prefill_tps", "decode_tps")]
-            + ["per_context.*.decode_ratio", "per_context.*.prefill_ratio", "forwarded_calls"],
+    "cpu": [f"per_context.*.{side}.{k}.median" for side in ("mlx", "gemv", "gemv_numpy")
+            for k in ("prefill_tps", "decode_tps")]
+           + [f"per_context.*.{r}" for r in ("decode_ratio_gemv", "prefill_ratio_numpy_attention",
+                                              "decode_ratio_both", "prefill_ratio_both")]
+           + ["forwarded_calls"],
     "tunnel": ["ttft_s.direct", "ttft_s.tunnel", "decode_tps.direct", "decode_tps.tunnel",
                "recovery_s.tunnel_up_after_sshd_restart",
                "recovery_s.first_call_done_after_sshd_restart", "decode_ratio",
@@ -149,7 +151,7 @@ SMOKE_FIELDS: dict[str, dict[str, Any]] = {
     "coder_models": {"params.repeats": 1, "params.max_tokens": 4},
     "control_plane": {"seconds_per_level": 1.0, "levels.2.open_streams": 2},
     "speculative": {"params.repeats": 1, "params.max_tokens": 8, "greedy_identical": True},
-    "gemv": {"repeats": 1, "decode_tokens": 4, "targets.same_tokens": True},
+    "cpu": {"repeats": 1, "decode_tokens": 4, "contexts": [16, 64]},
 }
 
 
@@ -196,7 +198,7 @@ def test_smoke_run_records_each_benchmarks_numbers(
     record, _, _ = smoke_run
     out = record["benchmarks"][name]
     assert out["ok"], out
-    if "skipped" in out["result"]:  # what it measures is not on this machine (gemv: no OpenBLAS)
+    if "skipped" in out["result"]:  # what it measures is not on this machine (cpu: no OpenBLAS)
         pytest.skip(f"bench/{name}.py: {out['result']['skipped']}")
     for path in NUMBERS[name]:
         for where, value in _leaves(out["result"], path):

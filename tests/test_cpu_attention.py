@@ -34,7 +34,7 @@ def randn(*shape, seed):
 def test_prefill_steps_match_mlxs_attention(heads, kv_heads, n_q, n_k, mask):
     q, k, v = randn(1, heads, n_q, 64, seed=1), randn(1, kv_heads, n_k, 64, seed=2), \
         randn(1, kv_heads, n_k, 64, seed=3)
-    got = cpu_attention.attention(q, k, v, cache=None, scale=0.125, mask=mask)
+    got = cpu_attention.numpy_attention(q, k, v, 0.125, mask)
     want = mlx_attention(q, k, v, 0.125, mask)
     assert got.shape == want.shape and got.dtype == mx.float32
     assert float(mx.abs(got - want).max()) < 1e-5
@@ -45,7 +45,7 @@ def test_a_cache_view_is_read_in_place():
     q = randn(1, 6, 32, 32, seed=4)
     k_buf, v_buf = randn(1, 2, 256, 32, seed=5), randn(1, 2, 256, 32, seed=6)
     k, v = k_buf[:, :, :100, :], v_buf[:, :, :100, :]
-    got = cpu_attention.attention(q, k, v, cache=None, scale=0.2, mask="causal")
+    got = cpu_attention.numpy_attention(q, k, v, 0.2, "causal")
     assert float(mx.abs(got - mlx_attention(q, k, v, 0.2, "causal")).max()) < 1e-5
 
 
@@ -58,35 +58,39 @@ def test_a_batchs_causal_and_left_padding_mask_matches_mlxs_and_padding_stays_fi
     assert mask.shape == (2, 1, n_q, n_k) and mask.dtype == mx.bool_
     q, k, v = randn(2, 9, n_q, 64, seed=12), randn(2, 3, n_k, 64, seed=13), \
         randn(2, 3, n_k, 64, seed=14)
-    got = cpu_attention.attention(q, k, v, cache=None, scale=0.125, mask=mask)
+    got = cpu_attention.numpy_attention(q, k, v, 0.125, mask)
     want = mlx_attention(q, k, v, 0.125, mask)
     assert not mx.isnan(got).any()
     assert float(mx.abs(got[:, :, 30:] - want[:, :, 30:]).max()) < 1e-5  # the real queries
     assert float(mx.abs(got[0] - want[0]).max()) < 1e-5
     additive = mx.where(mask, 0.0, -1e9).astype(mx.float32)
-    got = cpu_attention.attention(q, k, v, cache=None, scale=0.125, mask=additive)
+    got = cpu_attention.numpy_attention(q, k, v, 0.125, additive)
     assert float(mx.abs(got[:, :, 30:] - want[:, :, 30:]).max()) < 1e-5
 
 
-def test_decode_other_masks_and_other_dtypes_stay_on_mlx(monkeypatch):
+def test_decode_short_prompts_other_masks_and_other_dtypes_stay_on_mlx(monkeypatch):
     calls = []
     monkeypatch.setattr(cpu_attention, "numpy_attention",
                         lambda *a, **k: calls.append("numpy"))
-    q1, k, v = randn(1, 2, 1, 16, seed=7), randn(1, 2, 40, 16, seed=8), randn(1, 2, 40, 16, seed=9)
+    k, v = randn(1, 2, 300, 16, seed=8), randn(1, 2, 300, 16, seed=9)
+    q1 = randn(1, 2, 1, 16, seed=7)
     cpu_attention.attention(q1, k, v, cache=None, scale=0.25, mask=None)  # decode: 1 query
-    q = randn(1, 2, 20, 16, seed=10)
-    per_head = mx.ones((1, 2, 20, 40), dtype=mx.bool_)  # not a batch's (B, 1, L, S) mask
+    short = randn(1, 2, 20, 16, seed=11)
+    cpu_attention.attention(short, k[:, :, :20], v[:, :, :20], cache=None, scale=0.25,
+                            mask="causal")  # 400 scores a head: a short prompt
+    q = randn(1, 2, 256, 16, seed=10)
+    per_head = mx.ones((1, 2, 256, 300), dtype=mx.bool_)  # not a batch's (B, 1, L, S) mask
     cpu_attention.attention(q, k, v, cache=None, scale=0.25, mask=per_head)
     half = q.astype(mx.float16), k.astype(mx.float16), v.astype(mx.float16)
     cpu_attention.attention(*half, cache=None, scale=0.25, mask="causal")
     assert calls == []
     cpu_attention.attention(q, k, v, cache=None, scale=0.25, mask="causal")
     cpu_attention.attention(q, k, v, cache=None, scale=0.25,
-                            mask=mx.ones((1, 1, 20, 40), dtype=mx.bool_))
+                            mask=mx.ones((1, 1, 256, 300), dtype=mx.bool_))
     assert calls == ["numpy", "numpy"]
 
 
-def test_a_loaded_models_prefill_logits_match_mlxs(tmp_path):
+def test_a_loaded_models_prefill_logits_match_mlxs(tmp_path, monkeypatch):
     from mlx_lm.models.cache import make_prompt_cache
     from tiny_models import write_random_chat_model
 
@@ -94,17 +98,22 @@ def test_a_loaded_models_prefill_logits_match_mlxs(tmp_path):
 
     path = write_random_chat_model(tmp_path / "m", "llama", seed=11)
     model, _ = mlx_compat.load_model(path, lazy=False)
-    ids = mx.array([[(7 * i) % 200 + 3 for i in range(200)]])
+    ids = mx.array([[(7 * i) % 200 + 3 for i in range(600)]])
 
     def prefill() -> mx.array:
         cache = make_prompt_cache(model)
-        first = model(ids[:, :120], cache=cache)  # a step, then one at an offset
-        return mx.concatenate([first, model(ids[:, 120:], cache=cache)], axis=1)
+        first = model(ids[:, :300], cache=cache)  # a step, then one at an offset: both numpy's
+        return mx.concatenate([first, model(ids[:, 300:], cache=cache)], axis=1)
 
     import mlx_lm.models.llama as llama
 
     assert llama.scaled_dot_product_attention is cpu_attention.attention
+    steps = []
+    through_numpy = cpu_attention.numpy_attention
+    monkeypatch.setattr(cpu_attention, "numpy_attention",
+                        lambda *a: steps.append(a[0].shape[2]) or through_numpy(*a))
     ours = prefill()
+    assert steps and set(steps) == {300}  # every layer's attention, both steps, went to numpy
     llama.scaled_dot_product_attention = cpu_attention._mlx_attention
     try:
         theirs = prefill()
