@@ -22,7 +22,7 @@ fi
 # Every file that serves SmolLM2 (the session's smol_server) is here: the other run then never
 # loads it, and its half of the machine goes to the work that waits on other processes.
 HEAVY=(tests/test_admission_server.py tests/test_constrained.py tests/test_demo.py
-       tests/test_distributed.py tests/test_isolation.py tests/test_qwen.py
+       tests/test_distributed.py tests/test_gguf.py tests/test_isolation.py tests/test_qwen.py
        tests/test_run_on_defaults.py tests/test_schemas.py tests/test_smollm2.py
        tests/test_speculative.py tests/test_structured.py)
 IGNORE=()
