@@ -112,26 +112,26 @@ def run(quick: bool) -> dict[str, Any]:
             for side in order:
                 rows[side].append(_side(path, side, forwarder, contexts, decode_tokens, lib))
 
-    def med(side: str, ctx: str, key: str) -> float:
-        return summary([r["contexts"][ctx][key] for r in rows[side]])["median"]
-
     def same(a: str, b: str, ctx: str) -> bool:
         return all(r["contexts"][ctx]["tokens"] == rows[a][0]["contexts"][ctx]["tokens"]
                    for r in rows[b])
 
     per_context: dict[str, Any] = {}
     for ctx in map(str, contexts):
+        stats = {side: {k: summary([r["contexts"][ctx][k] for r in rs])
+                        for k in ("prefill_tps", "decode_tps")} for side, rs in rows.items()}
+
+        def med(side: str, key: str) -> float:
+            return stats[side][key]["median"]  # noqa: B023 - used within this iteration
+
         per_context[ctx] = {
-            **{side: {k: summary([r["contexts"][ctx][k] for r in rs])
-                      for k in ("prefill_tps", "decode_tps")} for side, rs in rows.items()},
-            "decode_ratio_gemv": ratio(med("gemv", ctx, "decode_tps"),
-                                       med("mlx", ctx, "decode_tps")),
-            "prefill_ratio_numpy_attention": ratio(med("gemv_numpy", ctx, "prefill_tps"),
-                                                   med("gemv", ctx, "prefill_tps")),
-            "decode_ratio_both": ratio(med("gemv_numpy", ctx, "decode_tps"),
-                                       med("mlx", ctx, "decode_tps")),
-            "prefill_ratio_both": ratio(med("gemv_numpy", ctx, "prefill_tps"),
-                                        med("mlx", ctx, "prefill_tps")),
+            **stats,
+            "decode_ratio_gemv": ratio(med("gemv", "decode_tps"), med("mlx", "decode_tps")),
+            "prefill_ratio_numpy_attention": ratio(med("gemv_numpy", "prefill_tps"),
+                                                   med("gemv", "prefill_tps")),
+            "decode_ratio_both": ratio(med("gemv_numpy", "decode_tps"), med("mlx", "decode_tps")),
+            "prefill_ratio_both": ratio(med("gemv_numpy", "prefill_tps"),
+                                        med("mlx", "prefill_tps")),
             "same_tokens_gemv": same("mlx", "gemv", ctx),
             "same_tokens_numpy_attention": same("mlx", "gemv_numpy", ctx),
         }
