@@ -8,7 +8,9 @@ once it is mapped, so the browsers, git, sshd and shells they start never see it
 
 Ahead of OpenBLAS goes a small library of ours, gemv_forward.c, built with the system's C
 compiler on first use: MLX does decode's one-row products with sgemm, which this OpenBLAS does
-at a third of the speed of sgemv; the library sends them to sgemv (decode measured 2x faster).
+at a third of the speed of sgemv; the library sends them to sgemv (decode measured 2x faster),
+and a batch's products of 2 to 8 rows to a kernel of its own that reads the weights once
+(x86-64 with AVX2 and FMA; STUDIO_CODER_SMALL_ROWS=0 in the environment turns it off).
 Without a compiler, OpenBLAS is preloaded alone and `forwarder_problem()` says why.
 """
 

@@ -127,11 +127,13 @@ NUMBERS: dict[str, list[str]] = {
     "control_plane": [f"levels.*.calls.*.{k}" for k in ("n", "median_ms", "p95_ms", "p99_ms",
                                                          "max_ms")]
                      + ["levels.2.calls.*.p99_over_idle", "levels.*.open_streams", "wall_s"],
-    "cpu": [f"per_context.*.{side}.{k}.median" for side in ("mlx", "gemv", "gemv_numpy")
+    "cpu": [f"per_context.*.{side}.{k}.median" for side in ("mlx", "gemv", "rows", "gemv_numpy")
             for k in ("prefill_tps", "decode_tps")]
            + [f"per_context.*.{r}" for r in ("decode_ratio_gemv", "prefill_ratio_numpy_attention",
                                               "decode_ratio_both", "prefill_ratio_both")]
-           + ["forwarded_calls"],
+           + [f"per_batch.*.{side}.median" for side in ("mlx", "gemv", "rows", "gemv_numpy")]
+           + ["per_batch.*.decode_ratio_small_rows", "per_batch.*.decode_ratio_all",
+              "forwarded_calls", "small_rows_calls.gemv", "small_rows_calls.rows"],
     "tunnel": ["ttft_s.direct", "ttft_s.tunnel", "decode_tps.direct", "decode_tps.tunnel",
                "recovery_s.tunnel_up_after_sshd_restart",
                "recovery_s.first_call_done_after_sshd_restart", "decode_ratio",
@@ -151,7 +153,8 @@ SMOKE_FIELDS: dict[str, dict[str, Any]] = {
     "coder_models": {"params.repeats": 1, "params.max_tokens": 4},
     "control_plane": {"seconds_per_level": 1.0, "levels.2.open_streams": 2},
     "speculative": {"params.repeats": 1, "params.max_tokens": 8, "greedy_identical": True},
-    "cpu": {"repeats": 1, "decode_tokens": 4, "contexts": [16, 64]},
+    "cpu": {"repeats": 1, "decode_tokens": 4, "contexts": [16, 64], "batches": [2],
+            "small_rows_calls.gemv": 0},
 }
 
 

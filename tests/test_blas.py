@@ -46,36 +46,45 @@ def test_with_preload_puts_the_gemv_forwarder_ahead_of_openblas_and_drops_both()
     assert blas.without_preload(env)["LD_PRELOAD"] == "/lib/libfoo.so"
 
 
-# Run under the forwarder and OpenBLAS: MLX's one-row and one-column products, every transpose,
-# alpha and beta (beta 0 over NaN, which BLAS must not read), against numpy; then how many went
-# to sgemv, which only those shapes should.
+# Run under the forwarder and OpenBLAS: MLX's products of 1 to 9 rows or 1 column, every
+# transpose, alpha and beta (beta 0 over NaN, which BLAS must not read), against numpy; then
+# how many went to sgemv and to the small-rows kernel.
 FORWARDED = r"""
 import ctypes, json, sys
 import mlx.core as mx
 import numpy as np
 
-count = ctypes.c_ulong.in_dll(ctypes.CDLL(sys.argv[1]), "studio_gemv_forwarded")
+lib = ctypes.CDLL(sys.argv[1])
+gemv = ctypes.c_ulong.in_dll(lib, "studio_gemv_forwarded")
+rows = ctypes.c_ulong.in_dll(lib, "studio_small_rows")
 rng = np.random.default_rng(0)
 worst, counts = 0.0, {}
-for m, n, k in [(1, 300, 70), (5, 1, 70), (1, 1, 9), (1, 64, 1), (4, 6, 5)]:
-    before = count.value
+
+
+def transposed(x):  # x as the transpose of a row-major array: BLAS gets it with Trans
+    return mx.array(np.ascontiguousarray(x.T)).T
+
+
+for m, n, k in [(1, 300, 70), (5, 1, 70), (1, 1, 9), (1, 64, 1), (4, 6, 5), (2, 301, 70),
+                (8, 33, 17), (3, 2, 8), (7, 129, 200), (9, 40, 24)]:
+    before = gemv.value, rows.value
     A = rng.standard_normal((m, k), dtype=np.float32)
     B = rng.standard_normal((k, n), dtype=np.float32)
     C = np.full((m, n), np.nan, dtype=np.float32)
-    for a in (mx.array(A), mx.array(A.T).T):
-        for b in (mx.array(B), mx.array(B.T).T):
+    for a in (mx.array(A), transposed(A)):
+        for b in (mx.array(B), transposed(B)):
             worst = max(worst, float(np.abs(np.array(a @ b) - A @ B).max()))
             got = np.array(mx.addmm(mx.array(C), a, b, alpha=0.5, beta=0.0))
             worst = max(worst, float(np.abs(got - 0.5 * (A @ B)).max()))
             C2 = rng.standard_normal((m, n), dtype=np.float32)
             got = np.array(mx.addmm(mx.array(C2), a, b, alpha=0.5, beta=2.0))
             worst = max(worst, float(np.abs(got - (2 * C2 + 0.5 * (A @ B))).max()))
-    counts[f"{m}x{n}x{k}"] = count.value - before
+    counts[f"{m}x{n}x{k}"] = [gemv.value - before[0], rows.value - before[1]]
 print(json.dumps({"worst": worst, "forwarded": counts}))
 """
 
 
-def test_one_row_and_one_column_products_go_to_sgemv_and_equal_sgemm():
+def test_one_row_one_column_and_small_batches_are_forwarded_and_equal_sgemm():
     if blas.openblas() is None or blas.forwarder() is None:
         pytest.skip(f"no forwarder here: {blas.forwarder_problem() or 'no OpenBLAS'}")
     env = blas.with_preload(blas.without_preload())
@@ -84,8 +93,21 @@ def test_one_row_and_one_column_products_go_to_sgemv_and_equal_sgemm():
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["worst"] < 1e-4
-    assert out["forwarded"] == {"1x300x70": 12, "5x1x70": 12, "1x1x9": 12, "1x64x1": 12,
-                                "4x6x5": 0}
+    forwarded = out["forwarded"]
+    # A and B each as is and transposed, 3 products: one row or one column go to sgemv, all 12
+    for shape in ("1x300x70", "5x1x70", "1x1x9", "1x64x1"):
+        assert forwarded[shape] == [12, 0], shape
+    # 2 to 8 rows of A times a transposed B (x @ W.T, a batch's decode) go to the kernel where
+    # the CPU has AVX2 and FMA, 3 products; the rest, and 9 rows, to OpenBLAS
+    kernel = 3 if _has_avx2_fma() else 0
+    for shape in ("4x6x5", "2x301x70", "8x33x17", "3x2x8", "7x129x200"):
+        assert forwarded[shape] == [0, kernel], shape
+    assert forwarded["9x40x24"] == [0, 0]
+
+
+def _has_avx2_fma() -> bool:
+    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
+    return {"avx2", "fma"} <= set(flags.split()) and os.uname().machine == "x86_64"
 
 
 def test_a_stale_forwarder_is_rebuilt_from_its_source(tmp_path, monkeypatch):
