@@ -28,6 +28,9 @@ FORWARDER_SOURCE = Path(__file__).with_name("gemv_forward.c")
 # In the environment MLX runs from (the Makefile preloads .venv/lib/studio-coder/...).
 FORWARDER = Path(sys.prefix) / "lib" / "studio-coder" / "libgemv_forward.so"
 _PRELOADS = ("openblas", "gemv_forward")  # what is kept out of children
+# Builds that failed in this process, by (library, compiler, source mtime): not tried again on
+# every MLX process started (a broken compiler costs about 0.3 s a try).
+_FAILED: dict[tuple[str, str, float], str] = {}
 
 
 def openblas() -> str | None:
@@ -53,13 +56,25 @@ def forwarder_problem() -> str:
     if openblas() is None:
         return "no OpenBLAS to forward to"
     try:
-        if FORWARDER.is_file() and FORWARDER.stat().st_mtime >= FORWARDER_SOURCE.stat().st_mtime:
+        source_mtime = FORWARDER_SOURCE.stat().st_mtime
+        if FORWARDER.is_file() and FORWARDER.stat().st_mtime >= source_mtime:
             return ""
     except OSError as e:
         return f"{FORWARDER_SOURCE} cannot be read: {e}"
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return "no C compiler to build it (apt-get install gcc); decode runs about 2x slower"
+    key = (str(FORWARDER), cc, source_mtime)
+    if key in _FAILED:
+        return _FAILED[key]
+    problem = _build(cc)
+    if problem:
+        _FAILED[key] = problem
+    return problem
+
+
+def _build(cc: str) -> str:
+    """Build the forwarder with `cc`: '' or why it failed."""
     partial = FORWARDER.with_name(f".{FORWARDER.name}.{os.getpid()}")
     try:
         FORWARDER.parent.mkdir(parents=True, exist_ok=True)

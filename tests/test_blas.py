@@ -120,5 +120,22 @@ def test_a_stale_forwarder_is_rebuilt_from_its_source(tmp_path, monkeypatch):
     assert blas.forwarder_problem() == "" and built.stat().st_mtime > 0
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     os.utime(built, (0, 0))
-    assert "could not build" in blas.forwarder_problem() or "cannot build" in \
-        blas.forwarder_problem()
+    assert "cannot build" in blas.forwarder_problem()
+
+
+def test_a_compiler_that_fails_is_reported_and_not_run_again(tmp_path, monkeypatch):
+    if blas.openblas() is None:
+        pytest.skip("needs OpenBLAS")
+    monkeypatch.setattr(blas, "FORWARDER", tmp_path / "lib" / "libgemv_forward.so")
+    runs = tmp_path / "runs"
+    cc = tmp_path / "broken-cc"
+    cc.write_text(f"#!/bin/sh\necho run >> {runs}\necho 'cc1: internal compiler error' >&2\n"
+                  "exit 1\n")
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    problem = blas.forwarder_problem()
+    assert "could not build gemv_forward.c" in problem and "internal compiler error" in problem
+    assert blas.forwarder() is None and blas.forwarder_problem() == problem
+    assert runs.read_text() == "run\n"  # once in this process, however often MLX starts
+    env = blas.with_preload({"PATH": "/bin"})  # OpenBLAS alone, without the forwarder
+    assert env["LD_PRELOAD"] == blas.openblas()
