@@ -55,13 +55,13 @@ model, _ = mlx_compat.load_model(path, lazy=True)
 if dequantizes_on_load(True):  # as the engine serves it on a CPU: float32
     model = mlx_compat.dequantize_model(model)
 mlx_compat.evaluate(model)
-out = {}
-for ctx in contexts:
+
+
+def run(ids, step):  # prefill ids (streams x tokens) in steps, decode each stream greedily
     cache = make_prompt_cache(model)
-    ids = mx.array([[(i * 7919) % 1000 + 100 for i in range(ctx)]])
     t0 = time.perf_counter()
-    for i in range(0, ctx, 512):
-        logits = model(ids[:, i:i + 512], cache=cache)
+    for i in range(0, ids.shape[1], step):
+        logits = model(ids[:, i:i + step], cache=cache)
         mx.eval(logits)
     prefill_s = time.perf_counter() - t0
     token = mx.argmax(logits[:, -1, :], axis=-1, keepdims=True)
@@ -71,26 +71,21 @@ for ctx in contexts:
         logits = model(token, cache=cache)
         token = mx.argmax(logits[:, -1, :], axis=-1, keepdims=True)
         mx.eval(token)
-        tokens.append(token.item())
-    decode_s = time.perf_counter() - t0
-    out[str(ctx)] = {"prefill_tps": ctx / prefill_s, "decode_tps": decode_tokens / decode_s,
-                     "tokens": tokens}
-batched = {}
-for b in batches:  # b streams, different 64-token prompts, decoded together
-    cache = make_prompt_cache(model)
-    ids = mx.array([[(i * 7919 + s * 131) % 1000 + 100 for i in range(64)] for s in range(b)])
-    logits = model(ids, cache=cache)
-    token = mx.argmax(logits[:, -1, :], axis=-1, keepdims=True)
-    mx.eval(token)
-    tokens = []
-    t0 = time.perf_counter()
-    for _ in range(decode_tokens):
-        logits = model(token, cache=cache)
-        token = mx.argmax(logits[:, -1, :], axis=-1, keepdims=True)
-        mx.eval(token)
         tokens.append(token[:, 0].tolist())
-    batched[str(b)] = {"decode_tps": b * decode_tokens / (time.perf_counter() - t0),
-                       "tokens": tokens}
+    return prefill_s, time.perf_counter() - t0, tokens
+
+
+out = {}
+for ctx in contexts:
+    prefill_s, decode_s, tokens = run(mx.array([[(i * 7919) % 1000 + 100 for i in range(ctx)]]),
+                                      512)
+    out[str(ctx)] = {"prefill_tps": ctx / prefill_s, "decode_tps": decode_tokens / decode_s,
+                     "tokens": [t for (t,) in tokens]}
+batched = {}
+for b in batches:  # b streams, different 64-token prompts, prefilled and decoded together
+    _, decode_s, tokens = run(mx.array([[(i * 7919 + s * 131) % 1000 + 100 for i in range(64)]
+                                        for s in range(b)]), 64)
+    batched[str(b)] = {"decode_tps": b * decode_tokens / decode_s, "tokens": tokens}
 counts = {"forwarded_calls": None, "small_rows_calls": None}
 if forwarder:
     lib = ctypes.CDLL(forwarder)
