@@ -78,7 +78,7 @@ def _build(cc: str) -> str:
     partial = FORWARDER.with_name(f".{FORWARDER.name}.{os.getpid()}")
     try:
         FORWARDER.parent.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(partial),
+        done = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-pthread", "-o", str(partial),
                                str(FORWARDER_SOURCE), "-ldl"], capture_output=True, text=True,
                               timeout=120)
         if done.returncode != 0:
