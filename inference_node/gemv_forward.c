@@ -39,8 +39,10 @@ static sgemv_fn next_sgemv;
 unsigned long studio_gemv_forwarded;
 unsigned long studio_small_rows;
 
+#ifdef SMALL_ROWS
 static int small_rows_ok; /* this CPU has AVX2 and FMA, and STUDIO_CODER_SMALL_ROWS is not 0 */
 enum { SMALL_ROWS_MAX = 8 };
+#endif
 
 __attribute__((constructor)) static void find_next(void) {
     next_sgemm = (sgemm_fn)dlsym(RTLD_NEXT, "cblas_sgemm");
