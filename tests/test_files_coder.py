@@ -67,6 +67,14 @@ def test_an_unnamed_block_is_the_one_file_shown_only_when_no_block_has_a_path() 
     assert parse_files(reply, KNOWN, default="calc.py") == [("calc.py", GOOD_CALC)]
 
 
+def test_a_block_holding_only_a_path_names_the_block_after_it_and_is_never_content() -> None:
+    # the 0.5B wrote "```python\ntodo.py\n```" and the file in the next block (todo_pending),
+    # or the path alone in a block (rle): neither makes the file's content its own name
+    reply = "```python\ncalc.py\n```\n```python\nx = 1\n```"
+    assert parse_files(reply, KNOWN) == [("calc.py", "x = 1\n")]
+    assert parse_files("```python\ncalc.py\n```", KNOWN, default="calc.py") == []
+
+
 def test_a_file_written_twice_keeps_its_last_content_and_the_report_is_the_prose() -> None:
     reply = "First try.\n" + block("calc.py", BAD_CALC) + "Better:\n" + block("calc.py", GOOD_CALC)
     assert parse_files(reply, KNOWN) == [("calc.py", GOOD_CALC)]

@@ -100,3 +100,33 @@ def test_off_by_default_an_unchanged_reply_is_only_sent_back(tmp_path: Path) -> 
                   cfg=files_form(max_rounds=1, coder_max_turns=2), task="make `add` add")
     assert summary["verdict"] == "fail"
     assert all(len(c["messages"]) > 1 for c in coder.calls)  # never asked alone
+
+
+def test_a_reply_with_no_file_gets_the_named_function_asked_for_afresh_before_a_reminder(
+        tmp_path: Path) -> None:
+    # rle: asked to implement `encode` and `decode`, the 0.5B answered "```python\nrle.py\n```"
+    # (a path in an empty block) four times; top_words: the task's own words, four times.
+    repo = make_repo(tmp_path)
+    coder = ScriptedModel([text("```python\ncalc.py\n```"), text(FIXED)], name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form(rewrite_named=True), task="make `add` add")
+
+    assert summary["verdict"] == "pass" and summary["rounds"] == 1
+    (asked,) = coder.calls[1]["messages"]
+    assert "def add(a, b):\n    ...\n" in asked["content"]
+    assert len(coder.calls) == 2  # no reminder was needed
+
+
+def test_a_reply_with_no_file_after_a_change_is_reminded_not_rewritten(tmp_path: Path) -> None:
+    # once the checkout holds a change, prose in a reply does not put the functions afresh
+    # over it: the coder is reminded how to write a file
+    repo = make_repo(tmp_path)
+    half = BAD_CALC.replace("a - b", "a - b + 0")
+    coder = ScriptedModel([text(block("calc.py", half)), text("I changed add."),
+                           text(block("calc.py", half))], name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI)] + [as_json(PASS)] * 2), coder,
+                  cfg=files_form(rewrite_named=True, max_rounds=1, coder_max_turns=3),
+                  task="make `add` add")
+    assert summary["verdict"] == "fail"
+    assert all(len(c["messages"]) > 1 for c in coder.calls)  # never asked alone
+    assert "changed no file" in coder.calls[2]["messages"][-1]["content"]

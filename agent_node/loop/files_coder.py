@@ -66,10 +66,15 @@ def parse_files(text: str, known: list[str], default: str = "") -> list[tuple[st
     file must not replace it)."""
     out: dict[str, str] = {}
     unnamed: list[str] = []
+    named = ""  # a block holding only a path names the block after it (the 0.5B's habit)
     for m in FENCE.finditer(text):
-        before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
-        path = _path_in(m.group(2), known) or _path_in(before, known)
         body = m.group(3)
+        if _names_a_file(body.strip()) and "\n" not in body.strip():
+            named = _path_in(body, known)
+            continue
+        before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        path = _path_in(m.group(2), known) or _path_in(before, known) or named
+        named = ""
         body = body if body.endswith("\n") or not body else body + "\n"
         if path:
             out.pop(path, None)
@@ -167,43 +172,43 @@ def run_files_coder(
         messages.append({"role": "assistant", "content": reply.text})
         files = parse_files(reply.text, known, sources[0] if len(sources) == 1 else "")
         report = report_of(reply.text) or report
-        if not files:
-            if reminded or reply.finish_reason == "length":
-                why = "cut off before a whole file" if reply.finish_reason == "length" else ""
-                return result("answer", why)
-            reminded = True
-            example = sources[0] if sources else ""
-            messages.append({"role": "user", "content": prompts.render(
-                "loop/files_none", example=example, current=_read(root, example))})
-            continue
-        if checks.repeats:
+        if checks.repeats and files:
             if tuple(files) == last:
                 return result("repeat", f"reply {turns} gave back the files of the one before")
             last = tuple(files)
-        put_back: list[str] = []
-        if keep_definitions:  # what a whole file left out and the task never named (keep.py)
-            files, put_back = _keep_definitions(files, root, task, emit, round_no)
-        broken = {path: why for path, content in files
-                  if (why := _breaks(root, path, content))}
-        results = [(path, False, f"{path}: not written: {broken[path]}") if path in broken
-                   else _write(tools, root, path, content, emit, round_no)
-                   for path, content in files]
-        said = "\n".join(put_back + [output for _, _, output in results])
-        if checks.diff is not None:
-            said += "\n\n" + prompts.render("loop/files_diff", changed=_numstat(checks.diff()))
-        if broken:  # nothing to test: the checkout is not what the reply meant
-            messages.append({"role": "user", "content": prompts.render(
-                "loop/files_again", written=said, tests="")})
-            continue
-        if checks.changed is not None and not checks.changed():  # nothing to test yet
-            rewritten = "" if rewrote else _rewrite_named(model, task, root, sources + known,
-                                                           tools, emit, round_no)
-            rewrote = True
-            if not rewritten or not checks.changed():
+        said = ""
+        if files:
+            said, broken = _put(files, tools, root, task, keep_definitions, checks, emit,
+                                round_no)
+            if broken:  # nothing to test: the checkout is not what the reply meant
                 messages.append({"role": "user", "content": prompts.render(
-                    "loop/files_unchanged", written=said)})
+                    "loop/files_again", written=said, tests="")})
                 continue
-            said += "\n" + rewritten
+        unchanged = checks.changed is not None and not checks.changed()
+        if not files or unchanged:
+            # The checkout is as it was, whether the reply gave its files back or gave no file
+            # at all (the 0.5B answered stubs with the task's own words, or with the path in an
+            # empty block): the task's functions asked for afresh, once a round (rewrite.py).
+            rewritten = ""
+            if unchanged and not rewrote:
+                rewritten = _rewrite_named(model, task, root, sources + known, tools, emit,
+                                           round_no)
+                rewrote = True
+            if not rewritten or (checks.changed is not None and not checks.changed()):
+                if files:
+                    messages.append({"role": "user", "content": prompts.render(
+                        "loop/files_unchanged", written=said)})
+                    continue
+                if reminded or reply.finish_reason == "length":
+                    why = "cut off before a whole file" if reply.finish_reason == "length" \
+                        else ""
+                    return result("answer", why)
+                reminded = True
+                example = sources[0] if sources else ""
+                messages.append({"role": "user", "content": prompts.render(
+                    "loop/files_none", example=example, current=_read(root, example))})
+                continue
+            said = "\n".join(t for t in (said, rewritten) if t)
         if checks.tests is None:
             return result("finish")
         passed, tests = checks.tests()
@@ -216,6 +221,24 @@ def run_files_coder(
             return result("finish", "the tests pass")
         messages.append({"role": "user", "content": prompts.render(
             "loop/files_again", written=said, tests=tests)})
+
+
+def _put(files: list[tuple[str, str]], tools: dict[str, Any], root: Path, task: str,
+         keep_definitions: bool, checks: CoderChecks, emit: Emit,
+         round_no: int) -> tuple[str, bool]:
+    """Write a reply's files: what the model is told of it, and whether a file was refused
+    because it would not compile (then nothing is worth testing)."""
+    put_back: list[str] = []
+    if keep_definitions:  # what a whole file left out and the task never named (keep.py)
+        files, put_back = _keep_definitions(files, root, task, emit, round_no)
+    broken = {path: why for path, content in files if (why := _breaks(root, path, content))}
+    results = [(path, False, f"{path}: not written: {broken[path]}") if path in broken
+               else _write(tools, root, path, content, emit, round_no)
+               for path, content in files]
+    said = "\n".join(put_back + [output for _, _, output in results])
+    if checks.diff is not None:
+        said += "\n\n" + prompts.render("loop/files_diff", changed=_numstat(checks.diff()))
+    return said, bool(broken)
 
 
 def _define_missing(model: Model, task: str, missing: list[Unbound | Unset],
