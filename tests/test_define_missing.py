@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from scripted_model import ScriptedModel, as_json, text
 from test_files_coder import block, files_form
-from user_repo import GOOD_CALC, NOT_UI, PASS, isolate, make_repo, run
+from user_repo import GOOD_CALC, NOT_UI, PASS, TEST_CALC, isolate, make_repo, run
 
-from agent_node.loop.define import definition_of, insert, insert_member, member_of
+from agent_node.loop.define import add_import, definition_of, insert, insert_member, member_of
+from agent_node.loop.names import Unbound
 from agent_node.runs import read_events
 
 
@@ -153,16 +154,37 @@ def test_an_attribute_its_class_never_sets_is_asked_for_alone_and_put_in(tmp_pat
     assert done["stopped"] == "finish" and done["turns"] == 1
 
 
-def test_a_standard_library_module_is_left_to_the_coder_to_import(tmp_path: Path) -> None:
+def test_an_import_with_one_answer_is_put_in_by_the_loop_without_asking(tmp_path: Path) -> None:
     # slugify: asked for "the definition of `re`" alone, the 1.5B answered nothing usable;
-    # the import is the fix, and the tests' NameError shows the coder where.
-    uses_re = "def add(a, b):\n    return int(re.sub('[^0-9-]', '', str(a + b)))\n"
-    repo = make_repo(tmp_path)
-    coder = ScriptedModel([text(block("calc.py", uses_re)),
-                           text(block("calc.py", "import re\n\n\n" + uses_re))], name="coder")
+    # top_words: asked for `Counter`, the 0.5B wrote a class Counter; config_errors: told 29
+    # times that `ConfigError` is defined in errors.py, the 0.5B never imported it. Each has one
+    # import that binds it, and the loop writes that line; the code stays the model's.
+    uses = ('"""Sums."""\n\nimport math\n\n\ndef add(a, b):\n    if a is None:\n'
+            '        raise CalcError("no a")\n    seen = Counter([a, b])\n'
+            "    return int(re.sub('[^0-9-]', '', str(a + b))) + 0 * len(seen) + 0 * math.pi\n")
+    repo = make_repo(tmp_path, {"calc.py": GOOD_CALC, "errors.py": "class CalcError(Exception):\n"
+                                "    pass\n", "tests/test_calc.py": TEST_CALC})
+    coder = ScriptedModel([text(block("calc.py", uses))], name="coder")
     summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
                   cfg=files_form(define_missing=True))
 
-    assert summary["verdict"] == "pass" and len(coder.calls) == 2  # no call for `re` alone
-    again = coder.calls[1]["messages"][-1]["content"]
-    assert "NameError" in again
+    assert summary["verdict"] == "pass" and len(coder.calls) == 1  # no call for any of them
+    diff = (Path(summary["run_dir"]) / "round-1" / "diff.patch").read_text()
+    assert "+import math\n+from errors import CalcError\n+from collections import Counter\n" \
+        "+import re\n" in diff
+    notes = [e["text"] for e in read_events(Path(summary["run_dir"])) if e["type"] == "note"]
+    assert any("reads `Counter`, never imported: `from collections import Counter` put" in n
+               for n in notes)
+
+
+def test_a_name_two_modules_define_or_no_module_is_known_for_is_not_imported() -> None:
+    assert Unbound("a.py", 3, "Err", ("b.py", "c.py")).import_line() == ""
+    assert Unbound("a.py", 3, "Err", ("tests/helpers.py", "b.py")).import_line() \
+        == "from b import Err"
+    assert Unbound("pkg/a.py", 3, "Err", ("pkg/errors.py",)).import_line() \
+        == "from pkg.errors import Err"
+    assert Unbound("a.py", 3, "count").import_line() == ""
+    assert Unbound("a.py", 3, "json").import_line() == "import json"
+    assert Unbound("a.py", 3, "defaultdict").import_line() == "from collections import defaultdict"
+    assert add_import('"""Doc."""\n\n\nX = 1\n', "import re") == \
+        '"""Doc."""\n\nimport re\n\nX = 1\n'

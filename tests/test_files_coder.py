@@ -3,6 +3,7 @@ writes them, runs the tests and asks again while they fail."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -135,6 +136,39 @@ def test_a_reply_with_no_file_gets_one_reminder_then_the_round_ends(tmp_path: Pa
     assert "changed no file" in coder.calls[1]["messages"][-1]["content"]
     done = next(e for e in read_events(Path(summary["run_dir"])) if e["type"] == "coder_done")
     assert done["stopped"] == "answer" and done["turns"] == 2
+
+
+def test_an_existing_test_the_task_does_not_name_is_not_written_and_the_coder_is_told(
+        tmp_path: Path) -> None:
+    # signup_email: the 0.5B gave the code back as it was and changed the test's expected
+    # values until it passed; the review (advisory) let it through
+    repo = make_repo(tmp_path)
+    loosened = TEST_CALC.replace("== 5", "== -1")
+    coder = ScriptedModel([text(block("calc.py", BAD_CALC) + block("tests/test_calc.py", loosened)
+                                + block("tests/test_more.py", "x = 1\n")),
+                           text(block("calc.py", GOOD_CALC))], name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form())
+
+    assert summary["verdict"] == "pass"
+    told = coder.calls[1]["messages"][-1]["content"]
+    assert "tests/test_calc.py: not written: it is an existing test" in told
+    writes = [json.loads(e["arguments"])["path"] for e in read_events(Path(summary["run_dir"]))
+              if e["type"] == "tool_call"]
+    assert writes == ["tests/test_more.py", "calc.py"]  # a new test file is the coder's to add
+    diff = (Path(summary["run_dir"]) / "round-1" / "diff.patch").read_text()
+    assert "tests/test_calc.py" not in diff
+
+
+def test_a_test_the_task_names_is_the_coders_to_change(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    fixed_test = TEST_CALC + "assert calc.add(0, 0) == 0\n"
+    coder = ScriptedModel([text(block("calc.py", GOOD_CALC)
+                                + block("tests/test_calc.py", fixed_test))], name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form(), task="fix add and cover 0 + 0 in tests/test_calc.py")
+    diff = (Path(summary["run_dir"]) / "round-1" / "diff.patch").read_text()
+    assert summary["verdict"] == "pass" and "+assert calc.add(0, 0) == 0" in diff
 
 
 def test_a_path_outside_the_checkout_is_refused_like_any_write(tmp_path: Path) -> None:
@@ -288,8 +322,10 @@ def test_a_failed_rounds_edits_to_existing_tests_are_put_back_before_the_next(
         text(block("tests/test_calc.py", edited)),  # round 1: the test bent to the code
         text(block("calc.py", GOOD_CALC)),  # round 2: the code fixed
     ], name="coder")
+    # a task that names the test lets the coder write it; the gate holds it to the original
     summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
-                  cfg=files_form(coder_max_turns=1))
+                  cfg=files_form(coder_max_turns=1),
+                  task="make add() add, as tests/test_calc.py checks")
 
     assert summary["verdict"] == "pass" and summary["rounds"] == 2
     brief2 = coder.calls[1]["messages"][1]["content"]

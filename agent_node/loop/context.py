@@ -53,10 +53,15 @@ class Shown:
     chars: int = 0
 
 
+def named_in(path: str, task: str) -> bool:
+    """Whether the task names the file: its path, its name, or a stem longer than 3 letters."""
+    stem = Path(path).stem
+    return path in task or Path(path).name in task or (stem in task and len(stem) > 3)
+
+
 def _rank(path: str, task: str) -> tuple[int, int, str]:
     """Files the task names come first, then source, then tests, then the rest."""
-    name = Path(path).name
-    named = path in task or name in task or (Path(path).stem in task and len(Path(path).stem) > 3)
+    named = named_in(path, task)
     test = is_test_path(path)
     source = Path(path).suffix in (".py", ".js", ".ts", ".html", ".css", ".go", ".rs")
     kind = 0 if source and not test else 1 if test else 2

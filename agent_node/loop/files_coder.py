@@ -22,16 +22,23 @@ for path and byte for byte, ends the round at once (stopped "repeat"): the check
 holds them, the tests' verdict on it is known, and the turns left would ask from where this did.
 With `[loop] keep_definitions`, what a reply's Python file left out that the file had and the task
 does not name (a method, a constant, the docstring) is put back before it is written (keep.py).
+With `[loop] rewrite_named`, a reply that leaves the checkout as it was, whether it gave the files
+back or gave no file at all, gets the task's functions asked for afresh, once a round (rewrite.py).
+An existing test file the task does not name is not written when the reply changes or removes a
+line of it (new lines, and new test files, are): the tests are what the change is checked by,
+and the 0.5B bent a test's expectations to code it had left as it was (signup_email).
 
 A path is taken from the line just before a block (`stats.py`, `**stats.py**`, `# stats.py`,
 `File: stats.py:`) or from the fence's info string (```` ```python stats.py ````); a block with no
 path is the one source file shown, when the brief showed only one (`sources`: the source files
-it showed whole, tests left out, the ones the task names first). What the model writes outside
-the blocks is its report.
+it showed whole, tests left out, the ones the task names first). A block holding only a path
+names the block after it, and is never a file's content. What the model writes outside the
+blocks is its report.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import time
@@ -50,13 +57,15 @@ from agent_node.loop.coder import (
     call_tool,
     model_call,
 )
-from agent_node.loop.context import inside
+from agent_node.loop.context import inside, is_test_path, named_in
 from agent_node.loop.names import Unbound, Unset
 from agent_node.model import Model
 
 REPLY_TOKENS = 4096  # one reply's bound when [loop] coder_reply_tokens is 0: whole files
 DIFF_MARK = re.compile(r"^[+-]")  # a line a diff marks as added or removed
 FENCE = re.compile(r"^(`{3,}|~{3,})([^\n`]*)\n(.*?)\n?^\1[ \t]*$", re.M | re.S)
+TESTS_KEPT = ("it is an existing test, and the tests are what your change is checked by, as they "
+              "are: change the code until they pass")
 PATH = re.compile(r"[\w.\-/]*\w\.[A-Za-z0-9]+|[\w.\-/]*(?:Makefile|Dockerfile)")
 
 
@@ -231,11 +240,15 @@ def _put(files: list[tuple[str, str]], tools: dict[str, Any], root: Path, task: 
     put_back: list[str] = []
     if keep_definitions:  # what a whole file left out and the task never named (keep.py)
         files, put_back = _keep_definitions(files, root, task, emit, round_no)
+    refused = [f"{path}: not written: {TESTS_KEPT}" for path, content in files
+               if _edits_a_test(root, path, content, task)]
+    files = [(path, content) for path, content in files
+             if not _edits_a_test(root, path, content, task)]
     broken = {path: why for path, content in files if (why := _breaks(root, path, content))}
     results = [(path, False, f"{path}: not written: {broken[path]}") if path in broken
                else _write(tools, root, path, content, emit, round_no)
                for path, content in files]
-    said = "\n".join(put_back + [output for _, _, output in results])
+    said = "\n".join(put_back + refused + [output for _, _, output in results])
     if checks.diff is not None:
         said += "\n\n" + prompts.render("loop/files_diff", changed=_numstat(checks.diff()))
     return said, bool(broken)
@@ -243,12 +256,25 @@ def _put(files: list[tuple[str, str]], tools: dict[str, Any], root: Path, task: 
 
 def _define_missing(model: Model, task: str, missing: list[Unbound | Unset],
                     tools: dict[str, Any], root: Path, emit: Emit, round_no: int) -> str:
-    """Ask for each name the change reads and nothing defines (and each attribute a class
-    reads and never sets), alone, and put in what comes back (define.py). What the coder is
-    told of it: one line per name; "" if none was put in."""
+    """Put in the one import of each name the change reads with one to write (names.py), then
+    ask for each name nothing defines (and each attribute a class reads and never sets), alone,
+    and put in what comes back (define.py). What the coder is told of it: one line per name;
+    "" if none was put in."""
     said = []
     asked = {(u.path, getattr(u, "owner", ""), u.name): u for u in missing}
-    for u in list(asked.values())[:define.MAX_ASKED]:
+    for b in [u for u in asked.values() if isinstance(u, Unbound) and u.import_line()]:
+        line, source = b.import_line(), _read(root, b.path)
+        new = define.add_import(source, line) if source else ""
+        if not new:
+            continue
+        _, ok, output = _write(tools, root, b.path, new, emit, round_no)
+        emit(Note(text=f"{b.path}:{b.line} reads `{b.name}`, never imported: `{line}` put at "
+                  f"its top" + ("" if ok else f", and not written: {output}"), round=round_no))
+        if ok:
+            said.append(f"{b.path}: `{b.name}` was read and never imported; `{line}` is now at "
+                        f"the top of {b.path}. Keep it when you write the file again.")
+    for u in [u for u in asked.values() if not (isinstance(u, Unbound) and u.import_line())
+              ][:define.MAX_ASKED]:
         source = _read(root, u.path)
         if not source:
             continue
@@ -339,6 +365,21 @@ def _write(tools: dict[str, Any], root: Path, path: str, content: str, emit: Emi
     emit(ToolCall(round=round_no, name="write", arguments=json.dumps({"path": path}), ok=ok,
                   output_chars=len(output), seconds=round(time.monotonic() - t0, 3)))
     return path, ok, f"{path}: {output}"
+
+
+def _edits_a_test(root: Path, path: str, content: str, task: str) -> bool:
+    """Whether writing `content` changes or removes a line of an existing test file that the
+    task does not name: the tests are what the change is checked by. A new test file, and new
+    lines in one, are written; blank lines and line-end spaces are not counted."""
+    if not is_test_path(path) or named_in(path, task):
+        return False
+    old, new = (_lines(text) for text in (_read(root, path), content))
+    ops = difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes()
+    return any(op in ("replace", "delete") for op, *_ in ops)
+
+
+def _lines(text: str) -> list[str]:
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
 
 
 def _breaks(root: Path, path: str, content: str) -> str:

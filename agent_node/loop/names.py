@@ -24,6 +24,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent_node.loop.context import TEST_PATH
+
 MODULE_NAMES = frozenset({"__name__", "__file__", "__doc__", "__builtins__", "__spec__",
                           "__loader__", "__package__", "__path__", "__annotations__",
                           "__dict__", "__debug__", "__cached__", "__all__"})
@@ -33,6 +35,34 @@ HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@")
 
 
 MAX_UNBOUND = 8  # reads of undefined names listed for one change
+# Names a model reads without their import, and the standard library module each comes from
+# (the 0.5B wrote `Counter(words)` and no import; asked to define it, it wrote a class Counter).
+# Only names that one module is known for: `count` or `choice` could be anything.
+STDLIB_EXPORTS = {
+    **dict.fromkeys(("Counter", "defaultdict", "OrderedDict", "deque", "namedtuple",
+                     "ChainMap"), "collections"),
+    **dict.fromkeys(("dataclass", "asdict", "astuple"), "dataclasses"),
+    **dict.fromkeys(("Any", "Optional", "Union", "List", "Dict", "Tuple", "Callable",
+                     "Iterable", "Iterator", "Sequence", "Mapping", "TypeVar", "Generic",
+                     "Protocol", "NamedTuple", "TypedDict", "Literal"), "typing"),
+    "Path": "pathlib",
+    **dict.fromkeys(("datetime", "timedelta", "timezone"), "datetime"),
+    **dict.fromkeys(("Decimal", "ROUND_HALF_UP", "ROUND_HALF_EVEN"), "decimal"),
+    "Fraction": "fractions",
+    **dict.fromkeys(("reduce", "partial", "lru_cache", "wraps", "total_ordering",
+                     "cached_property"), "functools"),
+    **dict.fromkeys(("groupby", "islice", "zip_longest", "permutations", "combinations"),
+                    "itertools"),
+    **dict.fromkeys(("Enum", "IntEnum", "auto"), "enum"),
+    **dict.fromkeys(("ABC", "abstractmethod"), "abc"),
+    "contextmanager": "contextlib",
+    "deepcopy": "copy",
+    **dict.fromkeys(("heappush", "heappop", "heapify"), "heapq"),
+    **dict.fromkeys(("bisect_left", "bisect_right", "insort"), "bisect"),
+    **dict.fromkeys(("itemgetter", "attrgetter"), "operator"),
+    **dict.fromkeys(("ascii_lowercase", "ascii_uppercase", "ascii_letters"), "string"),
+    "dedent": "textwrap",
+}
 MAX_SCANNED = 500  # Python files searched for where a missing name is defined
 MAX_SCANNED_BYTES = 200_000
 SKIPPED_DIRS = frozenset({"node_modules", "site-packages", "venv", "__pycache__"})
@@ -49,6 +79,20 @@ class Unbound:
     def stdlib(self) -> bool:
         """A module of Python's standard library (`re`, `json`): its import is the fix."""
         return self.name in sys.stdlib_module_names and not self.defined_in
+
+    def import_line(self) -> str:
+        """The one import that binds the name, when there is one to write: from the one
+        module of the repository that defines it (tests left out), of a standard library
+        module, or of a name a standard library module is known for; "" otherwise."""
+        homes = [p for p in self.defined_in if not TEST_PATH.search(p)]
+        if len(homes) == 1:
+            return f"from {module_of(homes[0])} import {self.name}"
+        if self.defined_in:
+            return ""
+        if self.stdlib:
+            return f"import {self.name}"
+        module = STDLIB_EXPORTS.get(self.name)
+        return f"from {module} import {self.name}" if module else ""
 
     def failure(self) -> str:
         where = (f"; `{self.name}` is defined in {', '.join(self.defined_in)}: import it from "

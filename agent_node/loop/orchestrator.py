@@ -322,12 +322,13 @@ class _Run:
                          limits, emit=self.emit, round_no=round_no, checks=checks)
 
     def missing(self, base: str) -> list[Unbound | Unset]:
-        """What the change since `base` reads and nothing defines: names no file of the
-        checkout defines (one another file defines, or a standard library module, is the
-        coder's import to write), then attributes their class never sets."""
+        """What the change since `base` reads and nothing binds, that the loop can put in: names
+        with one import to write (names.Unbound.import_line), names no file of the checkout
+        defines (one that two files define is the coder's import to choose), then attributes
+        their class never sets."""
         work, patch = self.checkout.work, self.checkout.changes(base)
         names: list[Unbound | Unset] = [u for u in unbound_in_change(work, patch)
-                                        if not u.defined_in and not u.stdlib]
+                                        if u.import_line() or not (u.defined_in or u.stdlib)]
         return names + list(unset_in_change(work, patch))
 
     def tests_now(self, test_cmd: str, when: str = "after this change",
