@@ -13,6 +13,7 @@ again in `finally`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -56,6 +57,7 @@ from agent_node.loop.gate import (
 )
 from agent_node.loop.names import Unbound, Unset, failures, unbound_in_change, unset_in_change
 from agent_node.loop.repo import current_branch, dirty_paths, head_commit, repo_root
+from agent_node.loop.review import Reviewer, decide_round
 from agent_node.loop.structured import REVIEW, SPEC, ask_json
 from agent_node.loop.visual import serve_directory
 from agent_node.model import Model, Reply
@@ -250,8 +252,9 @@ class _Run:
 
             with activity.stage("gate", round_no=round_no):
                 gate = self.gate(round_no, base, test_cmd, kind.asks_for_change, spec, page)
-            passed, reasons, fixes, review, tests_ok = self.decide_round(
-                round_no, gate, coder.report, spec, test_cmd)
+            passed, reasons, fixes, review, tests_ok = decide_round(
+                gate, self.reviewer(round_no), task=self.task, spec=spec, report=coder.report,
+                test_cmd=test_cmd)
             verdict = "pass" if passed else "fail"
             self.emit(RoundVerdict(round=round_no, verdict=verdict, reasons=reasons,
                                    fixes=fixes, review=review))
@@ -394,6 +397,10 @@ class _Run:
                         budget_key="[loop] json_max_tokens",
                         timeout_s=self.cfg.inference.timeout_s)
 
+    def reviewer(self, round_no: int) -> Reviewer:
+        return Reviewer(functools.partial(self.ask, "review", schema=REVIEW, round_no=round_no),
+                        self.unfinished, self.cfg.loop, round_no)
+
     def unfinished(self, e: StructuredOutputError, fallback: str) -> None:
         """Say plainly that a structured call gave nothing usable, and what the run does now."""
         note = Note(text=f"{e}; {fallback}")
@@ -462,49 +469,6 @@ class _Run:
                 screenshots=[_relative(str(p), self.record.dir)
                              for p in gate.qa.screenshots.values()]))
         return gate
-
-    def decide_round(self, round_no: int, gate: GateResult, report: str,
-                     spec: list[str] | None, test_cmd: str
-                     ) -> tuple[bool, list[str], list[str], Literal["", "pass", "fail"], bool]:
-        """The round's verdict, from the gate's failures or else the code review (the visual
-        judge's verdict is among the gate's): (passed, reasons, fixes for the next round, the
-        review's own verdict, whether the review accepted the change's edits to existing tests;
-        when the gate fails it is not asked, and they are not). With loop.review = "advisory", a
-        change the gate passed passes whatever the review says, except a test change it calls
-        unasked."""
-        if not gate.passed:
-            return False, gate.failures + gate.flags, gate.failures, "", False
-        advisory = self.cfg.loop.review == "advisory"
-        t = gate.tests
-        prompt = prompts.render(
-            "loop/review", task=self.task, spec=spec or [], files=[p for _, p in gate.diff.files],
-            flags=gate.flags, test_cmd=test_cmd, report=report,
-            test_result=("not run" if t is None else f"exit {t.exit_code} in {t.seconds:.1f} s"),
-            diff=gate.diff.patch[: self.cfg.loop.output_limit * 2])
-        try:
-            with activity.stage("review", round_no=round_no):
-                review = self.ask("review", prompt, REVIEW, round_no)
-        except StructuredOutputError as e:
-            if advisory and not gate.test_files_touched:
-                self.unfinished(e, "the round passes on the gate: loop.review is advisory")
-                return True, [f"the review gave no usable verdict: {e}", *gate.flags], [], "", \
-                    False
-            self.unfinished(e, "the round fails: an unreviewed change is never passed")
-            return False, [f"the review gave no usable verdict: {e}"], [
-                "the change could not be reviewed; make it again, clearly and minimally"], "", \
-                False
-        reasons = list(review["reasons"]) + gate.flags
-        fixes = list(review["fixes"]) or list(review["reasons"])
-        passed = review["verdict"] == "pass"
-        if gate.test_files_touched and not review["tests_change_ok"]:
-            touched = ", ".join(gate.test_files_touched)
-            reasons.insert(0, f"the coder changed existing tests to get them passing: {touched}")
-            return False, reasons, fixes, review["verdict"], False  # the loop puts them back
-        if advisory and not passed:
-            reasons.insert(0, "the review did not accept this change; loop.review is advisory, "
-                           "so the round passes on the gate. Read its reasons before approving")
-            return True, reasons, [], review["verdict"], True
-        return passed, reasons, fixes, review["verdict"], bool(review["tests_change_ok"])
 
 
 def files_example(shown: list[tuple[str, str]]) -> str:
