@@ -58,7 +58,6 @@ LOCAL_HOST = "127.0.0.1"
 TICK_S = 0.2  # how often the monitor looks at the SSH transport between probes
 
 
-
 class _Transient(Exception):
     """An attempt failed in a way that may pass: refused connection, timeout, nothing listening."""
 

@@ -150,7 +150,6 @@ def qwen15_dir() -> Path:
         return install(KNOWN_MODELS["qwen2.5-coder-1.5b"], CACHE)[0]
 
 
-
 # Where the suite's 15 minutes go, by file: --durations names tests, and a file's time is
 # spread over many of them and its module fixtures.
 _FILE_SECONDS: dict[str, float] = {}

@@ -132,7 +132,6 @@ def test_empty_diff_for_a_change_fails(tmp_path: Path) -> None:
     assert any("no diff against the base" in r for r in summary["reasons"])
 
 
-
 def test_a_change_of_blank_lines_alone_is_no_change(tmp_path: Path) -> None:
     # A whole-file coder that copies the file back with a blank line gone has changed nothing
     # the task asked for; the visible tests passing must not make that a pass.

@@ -128,7 +128,6 @@ def test_a_run_stopped_by_sigterm_records_nothing_for_the_task_it_cut_off(
     assert "shout: cut off by the stop, no result kept" in err and "shout: run_error" not in err
 
 
-
 def test_the_loop_settings_leave_out_a_key_that_changes_nothing_there() -> None:
     """`stop_when_stalled` does nothing where the coder samples its retries (the bench's
     small-coder loop): left out there, a record made before the key existed goes on; where

@@ -130,10 +130,6 @@ def _insert_top(content: str, tree: ast.Module, old_tree: ast.Module, node: ast.
     return put_after(content, tree, prev, source_of(node, old_lines), gap(prev, node), node)
 
 
-
-
-
-
 def _insert_member(content: str, cls: ast.ClassDef, old_cls: ast.ClassDef, member: ast.stmt,
                    old_lines: list[str]) -> str:
     lines = content.splitlines()
@@ -161,7 +157,6 @@ def _kept_before(old_body: list[ast.stmt], node: ast.stmt,
     return None
 
 
-
 def _reindent(source: str, was: int, now: int) -> str:
     """A member's lines moved from a class body indented `was` to one indented `now`: each
     indent level as the reply's (4 -> 2: 8 -> 4), a continuation line shifted as its first."""
@@ -173,7 +168,6 @@ def _reindent(source: str, was: int, now: int) -> str:
         moved = lead * now // was if lead % was == 0 else lead + now - was
         out.append(" " * moved + line[lead:] if line.strip() else line)
     return "\n".join(out)
-
 
 
 def _bound_at(body: list[ast.stmt]) -> set[str]:
@@ -193,7 +187,6 @@ def _class(tree: ast.Module, name: str) -> ast.ClassDef | None:
 def _docstring(tree: ast.Module, lines: list[str]) -> str:
     """The module docstring's source as written; "" when there is none."""
     return source_of(tree.body[0], lines) if tree.body and is_docstring(tree.body[0]) else ""
-
 
 
 def _is_pass(node: ast.stmt) -> bool:

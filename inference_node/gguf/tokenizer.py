@@ -28,8 +28,6 @@ PRE_TOKENIZERS = {
 TOKEN_TYPE_NORMAL, TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED = 1, 2, 3, 4
 
 
-
-
 def _adds_bos(meta: dict[str, Any]) -> bool:
     # llama.cpp adds BOS by default for SentencePiece vocabularies, not for byte-level BPE.
     is_spm = meta.get("tokenizer.ggml.model") == "llama"
