@@ -11,8 +11,9 @@ from scripted_model import ScriptedModel, as_json, text
 from test_files_coder import block, files_form
 from user_repo import GOOD_CALC, NOT_UI, PASS, TEST_CALC, isolate, make_repo, run
 
-from agent_node.loop.define import add_import, definition_of, insert, insert_member, member_of
+from agent_node.loop.define import definition_of, insert, insert_member, member_of
 from agent_node.loop.names import Unbound
+from agent_node.loop.pysource import add_import
 from agent_node.runs import read_events
 
 

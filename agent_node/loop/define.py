@@ -96,18 +96,6 @@ def insert(source: str, definition: str) -> str:
     return put_after(source, tree, prev, definition.strip("\n"), gap(prev, node), node)
 
 
-def add_import(source: str, line: str) -> str:
-    """`source` with the import statement `line` after the imports at its top (after its
-    docstring, when it has none); "" when the file does not compile."""
-    tree = parse(source)
-    node = parse(line)
-    if tree is None or node is None or not node.body:
-        return ""
-    prev = top(tree)
-    between = "\n" if isinstance(prev, ast.Import | ast.ImportFrom) else "\n\n"
-    return put_after(source, tree, prev, line, between, node.body[0])
-
-
 def member_of(text: str, owner: str, name: str) -> str:
     """The source, unindented, of the statement in `text`'s code (its first fenced block, or the
     whole text) that binds `name` in class `owner`: at top level (the line alone) or in the body

@@ -59,6 +59,7 @@ from agent_node.loop.coder import (
 )
 from agent_node.loop.context import inside, is_test_path, named_in
 from agent_node.loop.names import Unbound, Unset
+from agent_node.loop.pysource import add_import
 from agent_node.model import Model
 
 REPLY_TOKENS = 4096  # one reply's bound when [loop] coder_reply_tokens is 0: whole files
@@ -240,10 +241,13 @@ def _put(files: list[tuple[str, str]], tools: dict[str, Any], root: Path, task: 
     put_back: list[str] = []
     if keep_definitions:  # what a whole file left out and the task never named (keep.py)
         files, put_back = _keep_definitions(files, root, task, emit, round_no)
-    refused = [f"{path}: not written: {TESTS_KEPT}" for path, content in files
-               if _edits_a_test(root, path, content, task)]
-    files = [(path, content) for path, content in files
-             if not _edits_a_test(root, path, content, task)]
+    refused, kept = [], []
+    for path, content in files:
+        if _edits_a_test(root, path, content, task):
+            refused.append(f"{path}: not written: {TESTS_KEPT}")
+        else:
+            kept.append((path, content))
+    files = kept
     broken = {path: why for path, content in files if (why := _breaks(root, path, content))}
     results = [(path, False, f"{path}: not written: {broken[path]}") if path in broken
                else _write(tools, root, path, content, emit, round_no)
@@ -262,9 +266,11 @@ def _define_missing(model: Model, task: str, missing: list[Unbound | Unset],
     "" if none was put in."""
     said = []
     asked = {(u.path, getattr(u, "owner", ""), u.name): u for u in missing}
-    for b in [u for u in asked.values() if isinstance(u, Unbound) and u.import_line()]:
-        line, source = b.import_line(), _read(root, b.path)
-        new = define.add_import(source, line) if source else ""
+    imports = {key: line for key, u in asked.items()
+               if isinstance(u, Unbound) and (line := u.import_line())}
+    for key, line in imports.items():
+        b, source = asked[key], _read(root, asked[key].path)
+        new = add_import(source, line) if source else ""
         if not new:
             continue
         _, ok, output = _write(tools, root, b.path, new, emit, round_no)
@@ -273,8 +279,7 @@ def _define_missing(model: Model, task: str, missing: list[Unbound | Unset],
         if ok:
             said.append(f"{b.path}: `{b.name}` was read and never imported; `{line}` is now at "
                         f"the top of {b.path}. Keep it when you write the file again.")
-    for u in [u for u in asked.values() if not (isinstance(u, Unbound) and u.import_line())
-              ][:define.MAX_ASKED]:
+    for u in [u for key, u in asked.items() if key not in imports][:define.MAX_ASKED]:
         source = _read(root, u.path)
         if not source:
             continue

@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 
 from agent_node.loop.pysource import (
+    add_import,
     binds,
     gap,
     is_docstring,
@@ -111,10 +112,7 @@ def _put_imports_back(content: str, tree: ast.Module,
         bound |= set(names)
     if not statements:
         return content, []
-    last = top(tree)
-    between = "\n" if isinstance(last, ast.Import | ast.ImportFrom) else "\n\n"
-    text = put_after(content, tree, last, "\n".join(statements), between, None)
-    return text, [f"import {n}" for n in names]
+    return add_import(content, "\n".join(statements)) or content, [f"import {n}" for n in names]
 
 
 def top_level_names(source: str) -> frozenset[str]:

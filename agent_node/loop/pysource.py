@@ -65,6 +65,18 @@ def put_after(content: str, tree: ast.Module, prev: ast.stmt | None, text: str, 
     return text + "\n"
 
 
+def add_import(source: str, line: str) -> str:
+    """`source` with the import statements `line` (one or more lines) after the imports at its
+    top (after its docstring, when it has none); "" when either does not compile."""
+    tree = parse(source)
+    node = parse(line)
+    if tree is None or node is None or not node.body:
+        return ""
+    prev = top(tree)
+    between = "\n" if isinstance(prev, ast.Import | ast.ImportFrom) else "\n\n"
+    return put_after(source, tree, prev, line, between, node.body[0])
+
+
 def gap(before: ast.stmt | None, after: ast.stmt | None) -> str:
     """Two blank lines next to a class or function, one between other statements (PEP 8)."""
     return "\n\n\n" if is_block(before) or is_block(after) else "\n\n"
