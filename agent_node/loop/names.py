@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent_node.loop.context import TEST_PATH
+from agent_node.loop.context import is_test_path
 
 MODULE_NAMES = frozenset({"__name__", "__file__", "__doc__", "__builtins__", "__spec__",
                           "__loader__", "__package__", "__path__", "__annotations__",
@@ -84,7 +84,7 @@ class Unbound:
         """The one import that binds the name, when there is one to write: from the one
         module of the repository that defines it (tests left out), of a standard library
         module, or of a name a standard library module is known for; "" otherwise."""
-        homes = [p for p in self.defined_in if not TEST_PATH.search(p)]
+        homes = [p for p in self.defined_in if not is_test_path(p)]
         if len(homes) == 1:
             return f"from {module_of(homes[0])} import {self.name}"
         if self.defined_in:
