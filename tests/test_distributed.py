@@ -211,6 +211,31 @@ def test_get_memory_has_a_row_per_host_with_its_part_of_the_weights(
     assert memory.budget_bytes == sum(h.budget_bytes for h in memory.hosts)
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_launcher_of_an_idle_node_sleeps(
+        two_ranks: tuple[Node, list[dict[str, Any]]]) -> None:
+    # mlx.launch as shipped waits on its ranks' always-writable stdin pipes and spun a core
+    # here (3.4 s of CPU in 3 s) with nothing to forward; the launcher serve runs does not.
+    node = two_ranks[0]
+    (launcher,) = [p for p in Path("/proc").iterdir() if p.name.isdigit() and
+                   b"inference_node.distributed.launcher" in _cmdline(p) and
+                   str(node.port).encode() in _cmdline(p)]
+    before = _cpu_seconds(int(launcher.name))
+    time.sleep(3)
+    assert _cpu_seconds(int(launcher.name)) - before < 0.3
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def test_a_model_too_big_for_one_host_is_admitted_across_two_and_one_too_big_for_both_is_not(
         tmp_path: Path) -> None:
     # ~94 MB of float32 weights: each of 2 ranks holds ~48 MB (the embeddings on both).

@@ -4,6 +4,7 @@
 
     supervisor.py   the process serve runs: mlx.launch, the port while the ranks are down,
                     relaunches
+    launcher.py     mlx.launch, without its idle spin on the ranks' stdin
     rank.py         what each rank runs: joins the group; rank 0 leads and serves gRPC,
                     the others follow and open no port
     cluster.py      the hosts: mlx's hostfile format, or N ranks on loopback

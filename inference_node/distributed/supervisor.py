@@ -18,6 +18,7 @@ SIGTERM / SIGINT: rank 0 drains its streams, tells the other ranks to exit, and 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -46,13 +47,12 @@ POLL_S = 0.2
 KILL_AFTER_S = 5.0
 
 
-def mlx_launch() -> str:
-    here = Path(sys.executable).with_name("mlx.launch")
-    found = str(here) if here.exists() else shutil.which("mlx.launch")
-    if not found:
-        raise ConfigError("mlx.launch is not installed next to this Python; install mlx "
+def mlx_launch() -> list[str]:
+    """mlx.launch as this Python runs it, without its idle spin (launcher.py)."""
+    if importlib.util.find_spec("mlx._distributed_utils.launch") is None:
+        raise ConfigError("mlx.launch is not installed with this Python; install mlx "
                           "(pip install 'studio-coder[inference]')")
-    return found
+    return [sys.executable, "-m", "inference_node.distributed.launcher"]
 
 
 def check_rank0_here(cluster: clusters.Cluster) -> None:
@@ -148,7 +148,7 @@ class Supervisor:
             rank_args += ["--log-file", str(self.log_file.resolve())]
         if self.cfg.server.allow_remote:
             rank_args.append("--allow-remote")
-        return [mlx_launch(), "--hostfile", str(hostfile), "--backend", self.cluster.backend,
+        return [*mlx_launch(), "--hostfile", str(hostfile), "--backend", self.cluster.backend,
                 "--starting-port", str(d.starting_port), "--python", d.python or sys.executable,
                 "--", *rank_args]
 
