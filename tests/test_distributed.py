@@ -102,40 +102,8 @@ def stub(two_ranks: tuple[Node, list[dict[str, Any]]]) -> Iterator[Any]:
         yield rpc.InferenceStub(ch)
 
 
-def test_greedy_output_across_two_ranks_equals_one_rank_on_a_tiny_llama(
-        two_ranks: tuple[Node, list[dict[str, Any]]], stub: Any) -> None:
-    prompts = [("tiny-llama", "hello w3 w4", 24),
-               # a long prompt: its insert goes to the other rank in more than one frame
-               ("tiny-llama", WORDS, 24)]
-    split = [chat(stub, m, t, n)[0] for m, t, n in prompts]
-    again, done = chat(stub, *prompts[1])  # the same prefix again, from the prompt cache
-    assert done.usage.cached_prompt_tokens > 0
-    whole = one_rank(two_ranks[1][:1], prompts)
-    assert all(len(s.split()) >= 3 for s in split), split
-    assert split == whole
-    assert again == whole[1]
-
-
-def test_greedy_output_of_a_pipeline_split_equals_one_rank(
-        two_ranks: tuple[Node, list[dict[str, Any]]], stub: Any) -> None:
-    prompts = [("tiny-qwen2", "hello w9 w10", 24), ("tiny-qwen2", WORDS, 24)]
-    split = [chat(stub, m, t, n)[0] for m, t, n in prompts]
-    memory = stub.GetMemory(pb.GetMemoryRequest(), timeout=10)
-    assert split == one_rank(two_ranks[1][1:2], prompts)
-    assert [h.rank for h in memory.hosts] == [0, 1]
-
-
-def test_greedy_output_across_two_ranks_equals_one_rank_on_qwen_coder(
-        two_ranks: tuple[Node, list[dict[str, Any]]], stub: Any) -> None:
-    if os.environ.get(QWEN_RANKS_ENV) != "1":
-        pytest.skip(f"{QWEN} on two ranks runs only with {QWEN_RANKS_ENV}=1 (about 2 minutes)")
-    if not any(m["name"] == QWEN for m in two_ranks[1]):
-        pytest.skip(f"{QWEN} is not installed in the store (`inference-node install {QWEN}`)")
-    prompts = [(QWEN, "Write a Python function that reverses a string.", 32)]
-    split = [chat(stub, m, t, n, timeout=900)[0] for m, t, n in prompts]
-    whole = one_rank([m for m in two_ranks[1] if m["name"] == QWEN], prompts)
-    assert "def" in split[0] and split == whole
-
+# Each of these starts its own node; the shared two-rank node below starts after them, so
+# its ranks (a follower spins a core while it waits: README, Idle CPU) are not up meanwhile.
 
 @pytest.mark.slow
 def test_greedy_output_across_three_ranks_equals_one_rank_on_smollm2(
@@ -154,86 +122,6 @@ def test_greedy_output_across_three_ranks_equals_one_rank_on_smollm2(
     assert len(memory.hosts) == 3
     assert "Paris" in split[0]
     assert split == one_rank(models, prompts)
-
-
-def test_smollm2_is_refused_on_two_ranks_naming_its_heads(stub: Any) -> None:
-    # SmolLM2-135M has 9 attention heads and 3 KV heads: mlx-lm splits llama by heads only.
-    with pytest.raises(grpc.RpcError) as e:
-        stub.LoadModel(pb.LoadModelRequest(name="smollm2"), timeout=600)
-    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "9 attention heads do not divide among 2 ranks" in e.value.details()
-    assert "3 ranks would divide them" in e.value.details()
-
-
-def test_two_concurrent_streams_and_a_cancel_stay_in_step(
-        two_ranks: tuple[Node, list[dict[str, Any]]], stub: Any) -> None:
-    # The chain model's words are fixed by its weights, so the text shows whether each rank
-    # ran the same batch: sequences joining, finishing at different lengths, one cancelled.
-    results: dict[int, tuple[str, pb.Done]] = {}
-
-    def run(n: int) -> None:
-        results[n] = chat(stub, "loop", "hi", n)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in (9, 20)]
-    for t in threads:
-        t.start()
-    request = pb.ChatRequest(model="loop", messages=[pb.Message(role="user", text="hi")],
-                             max_tokens=1500)
-    call = stub.Chat(request, timeout=900)
-    seen = 0
-    for ev in call:
-        if ev.WhichOneof("event") == "delta":
-            seen += 1
-            if seen == 5:
-                call.cancel()
-                break
-    for t in threads:
-        t.join(300)
-    cycle = "a b c d e f".split()
-    for n in (9, 20):
-        text, done = results[n]
-        assert text.split() == (cycle * 4)[:n] and done.finish_reason == "length"
-    # After the cancel the ranks still agree on the split model's arithmetic.
-    prompt = ("tiny-llama", "hello w1 w2", 24)
-    assert chat(stub, *prompt)[0] == one_rank(two_ranks[1][:1], [prompt])[0]
-    memory = stub.GetMemory(pb.GetMemoryRequest(), timeout=10)
-    assert all(h.reserved_bytes == 0 for h in memory.hosts)  # every reservation released
-
-
-def test_get_memory_has_a_row_per_host_with_its_part_of_the_weights(
-        two_ranks: tuple[Node, list[dict[str, Any]]], stub: Any) -> None:
-    chat(stub, "tiny-llama", "hello", 2)
-    memory = stub.GetMemory(pb.GetMemoryRequest(), timeout=10)
-    assert [h.host for h in memory.hosts] == ["rank 0 on 127.0.0.1", "rank 1 on 127.0.0.1"]
-    for h in memory.hosts:
-        assert h.budget_bytes > 0 and 0 < h.weights_bytes <= h.committed_bytes
-    assert memory.weights_bytes == sum(h.weights_bytes for h in memory.hosts)
-    assert memory.budget_bytes == sum(h.budget_bytes for h in memory.hosts)
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def test_the_launcher_of_an_idle_node_sleeps(
-        two_ranks: tuple[Node, list[dict[str, Any]]]) -> None:
-    # mlx.launch as shipped waits on its ranks' always-writable stdin pipes and spun a core
-    # here (3.4 s of CPU in 3 s) with nothing to forward; the launcher serve runs does not.
-    node = two_ranks[0]
-    (launcher,) = [p for p in Path("/proc").iterdir() if p.name.isdigit() and
-                   b"inference_node.distributed.launcher" in _cmdline(p) and
-                   str(node.port).encode() in _cmdline(p)]
-    before = _cpu_seconds(int(launcher.name))
-    time.sleep(3)
-    assert _cpu_seconds(int(launcher.name)) - before < 0.3
-
-
-def _cmdline(proc: Path) -> bytes:
-    try:
-        return (proc / "cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def test_a_model_too_big_for_one_host_is_admitted_across_two_and_one_too_big_for_both_is_not(
@@ -342,3 +230,118 @@ def test_a_hung_rank_is_unavailable_after_the_step_timeout_and_a_restart_restore
             assert node.stop() == 1  # it was down when stopped
             node.start()
             assert chat(stub, "loop", "hi", 6)[0] == "a b c d e f"
+
+
+def test_greedy_output_across_two_ranks_equals_one_rank_on_a_tiny_llama(
+        two_ranks: tuple[Node, list[dict[str, Any]]], stub: Any) -> None:
+    prompts = [("tiny-llama", "hello w3 w4", 24),
+               # a long prompt: its insert goes to the other rank in more than one frame
+               ("tiny-llama", WORDS, 24)]
+    split = [chat(stub, m, t, n)[0] for m, t, n in prompts]
+    again, done = chat(stub, *prompts[1])  # the same prefix again, from the prompt cache
+    assert done.usage.cached_prompt_tokens > 0
+    whole = one_rank(two_ranks[1][:1], prompts)
+    assert all(len(s.split()) >= 3 for s in split), split
+    assert split == whole
+    assert again == whole[1]
+
+
+def test_greedy_output_of_a_pipeline_split_equals_one_rank(
+        two_ranks: tuple[Node, list[dict[str, Any]]], stub: Any) -> None:
+    prompts = [("tiny-qwen2", "hello w9 w10", 24), ("tiny-qwen2", WORDS, 24)]
+    split = [chat(stub, m, t, n)[0] for m, t, n in prompts]
+    memory = stub.GetMemory(pb.GetMemoryRequest(), timeout=10)
+    assert split == one_rank(two_ranks[1][1:2], prompts)
+    assert [h.rank for h in memory.hosts] == [0, 1]
+
+
+def test_greedy_output_across_two_ranks_equals_one_rank_on_qwen_coder(
+        two_ranks: tuple[Node, list[dict[str, Any]]], stub: Any) -> None:
+    if os.environ.get(QWEN_RANKS_ENV) != "1":
+        pytest.skip(f"{QWEN} on two ranks runs only with {QWEN_RANKS_ENV}=1 (about 2 minutes)")
+    if not any(m["name"] == QWEN for m in two_ranks[1]):
+        pytest.skip(f"{QWEN} is not installed in the store (`inference-node install {QWEN}`)")
+    prompts = [(QWEN, "Write a Python function that reverses a string.", 32)]
+    split = [chat(stub, m, t, n, timeout=900)[0] for m, t, n in prompts]
+    whole = one_rank([m for m in two_ranks[1] if m["name"] == QWEN], prompts)
+    assert "def" in split[0] and split == whole
+
+
+def test_smollm2_is_refused_on_two_ranks_naming_its_heads(stub: Any) -> None:
+    # SmolLM2-135M has 9 attention heads and 3 KV heads: mlx-lm splits llama by heads only.
+    with pytest.raises(grpc.RpcError) as e:
+        stub.LoadModel(pb.LoadModelRequest(name="smollm2"), timeout=600)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "9 attention heads do not divide among 2 ranks" in e.value.details()
+    assert "3 ranks would divide them" in e.value.details()
+
+
+def test_two_concurrent_streams_and_a_cancel_stay_in_step(
+        two_ranks: tuple[Node, list[dict[str, Any]]], stub: Any) -> None:
+    # The chain model's words are fixed by its weights, so the text shows whether each rank
+    # ran the same batch: sequences joining, finishing at different lengths, one cancelled.
+    results: dict[int, tuple[str, pb.Done]] = {}
+
+    def run(n: int) -> None:
+        results[n] = chat(stub, "loop", "hi", n)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in (9, 20)]
+    for t in threads:
+        t.start()
+    request = pb.ChatRequest(model="loop", messages=[pb.Message(role="user", text="hi")],
+                             max_tokens=1500)
+    call = stub.Chat(request, timeout=900)
+    seen = 0
+    for ev in call:
+        if ev.WhichOneof("event") == "delta":
+            seen += 1
+            if seen == 5:
+                call.cancel()
+                break
+    for t in threads:
+        t.join(300)
+    cycle = "a b c d e f".split()
+    for n in (9, 20):
+        text, done = results[n]
+        assert text.split() == (cycle * 4)[:n] and done.finish_reason == "length"
+    # After the cancel the ranks still agree on the split model's arithmetic.
+    prompt = ("tiny-llama", "hello w1 w2", 24)
+    assert chat(stub, *prompt)[0] == one_rank(two_ranks[1][:1], [prompt])[0]
+    memory = stub.GetMemory(pb.GetMemoryRequest(), timeout=10)
+    assert all(h.reserved_bytes == 0 for h in memory.hosts)  # every reservation released
+
+
+def test_get_memory_has_a_row_per_host_with_its_part_of_the_weights(
+        two_ranks: tuple[Node, list[dict[str, Any]]], stub: Any) -> None:
+    chat(stub, "tiny-llama", "hello", 2)
+    memory = stub.GetMemory(pb.GetMemoryRequest(), timeout=10)
+    assert [h.host for h in memory.hosts] == ["rank 0 on 127.0.0.1", "rank 1 on 127.0.0.1"]
+    for h in memory.hosts:
+        assert h.budget_bytes > 0 and 0 < h.weights_bytes <= h.committed_bytes
+    assert memory.weights_bytes == sum(h.weights_bytes for h in memory.hosts)
+    assert memory.budget_bytes == sum(h.budget_bytes for h in memory.hosts)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_launcher_of_an_idle_node_sleeps(
+        two_ranks: tuple[Node, list[dict[str, Any]]]) -> None:
+    # mlx.launch as shipped waits on its ranks' always-writable stdin pipes and spun a core
+    # here (3.4 s of CPU in 3 s) with nothing to forward; the launcher serve runs does not.
+    node = two_ranks[0]
+    (launcher,) = [p for p in Path("/proc").iterdir() if p.name.isdigit() and
+                   b"inference_node.distributed.launcher" in _cmdline(p) and
+                   str(node.port).encode() in _cmdline(p)]
+    before = _cpu_seconds(int(launcher.name))
+    time.sleep(3)
+    assert _cpu_seconds(int(launcher.name)) - before < 0.3
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
