@@ -327,17 +327,24 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_the_launcher_of_an_idle_node_sleeps(
-        two_ranks: tuple[Node, list[dict[str, Any]]]) -> None:
+def test_the_launcher_and_the_other_rank_of_an_idle_node_sleep(
+        two_ranks: tuple[Node, list[dict[str, Any]]], stub: Any) -> None:
     # mlx.launch as shipped waits on its ranks' always-writable stdin pipes and spun a core
-    # here (3.4 s of CPU in 3 s) with nothing to forward; the launcher serve runs does not.
+    # here (3.4 s of CPU in 3 s) with nothing to forward; MLX's ring backend polls its sockets,
+    # so a rank waiting in a collective for rank 0's next message spun another. Once a
+    # heartbeat finds the group idle, the other rank waits on its wake-up line instead.
     node = two_ranks[0]
-    (launcher,) = [p for p in Path("/proc").iterdir() if p.name.isdigit() and
+    assert chat(stub, "loop", "hi", 6)[0] == "a b c d e f"
+    time.sleep(2.5)  # a heartbeat (every second when idle) parks rank 1
+    (launcher,) = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and
                    b"inference_node.distributed.launcher" in _cmdline(p) and
                    str(node.port).encode() in _cmdline(p)]
-    before = _cpu_seconds(int(launcher.name))
+    follower = rank_pids(node.port)[1]
+    before = {pid: _cpu_seconds(pid) for pid in (launcher, follower)}
     time.sleep(3)
-    assert _cpu_seconds(int(launcher.name)) - before < 0.3
+    used = {pid: _cpu_seconds(pid) - before[pid] for pid in before}
+    assert used[launcher] < 0.3 and used[follower] < 0.5, used
+    assert chat(stub, "loop", "hi", 6)[0] == "a b c d e f"  # rung awake, it follows again
 
 
 def _cmdline(proc: Path) -> bytes:

@@ -9,6 +9,7 @@
                     the others follow and open no port
     cluster.py      the hosts: mlx's hostfile format, or N ranks on loopback
     control.py      rank 0 -> all messages and all -> all readings, as collectives
+    doorbell.py     rank 0's wake-up line to the others, which sleep on it while idle
     sharding.py     tensor or pipeline split, as mlx-lm has it; per-rank plan from headers
     mirror.py       rank 0's batch and prompt cache, their changes queued for the others
     leader.py       rank 0's guard on every collective, watchdog, heartbeat, failure hooks

@@ -5,7 +5,8 @@ A follower waits for rank 0's next message (a collective), does what it says and
     load      plan and load this rank's part of a model; report how much memory it took
     unload    drop a model
     step      apply the queued ops (see mirror.py), then run one batch step with rank 0
-    ping      report this host's memory readings (the idle group's heartbeat)
+    ping      report this host's memory readings (the idle group's heartbeat); with
+              "park", then sleep on the wake-up line until rank 0 rings it (doorbell.py)
     stop      rank 0 is shutting down cleanly: exit 0
 
 A follower decides nothing: it samples no token of its own (it takes rank 0's, through the
@@ -25,6 +26,7 @@ import mlx.core as mx
 
 from inference_node import mlx_compat
 from inference_node.distributed.control import Channel, RankLost, follow_rank0, memory_readings
+from inference_node.distributed.doorbell import Line
 from inference_node.distributed.mirror import NEVER, digest
 from inference_node.distributed.sharding import ShardPlan, config_digest, load_shard
 from inference_node.models import Catalog
@@ -47,8 +49,10 @@ class FollowedModel:
 
 
 class Follower:
-    def __init__(self, channel: Channel, catalog: Catalog, available: Any) -> None:
+    def __init__(self, channel: Channel, catalog: Catalog, available: Any,
+                 line: Line | None = None) -> None:
         self.channel = channel
+        self.line = line  # rank 0's wake-up line (doorbell.py): parked on it while idle
         self.group = channel.group
         self.catalog = catalog
         self.available = available  # () -> this host's available system memory
@@ -91,6 +95,8 @@ class Follower:
                     self._unload(message["name"])
                 elif op == "ping":
                     self.channel.gather(memory_readings(self.available))
+                    if message.get("park") and self.line is not None:
+                        self.line.wait()  # idle: not inside a collective, which polls
                 elif op != "sync":
                     raise OutOfStep(f"unknown op {op!r}")
             except RankLost as e:

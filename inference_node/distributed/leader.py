@@ -7,7 +7,8 @@ collective alone:
 - every collective rank 0 runs is inside `guard(what, timeout)`, and a watchdog thread fails
   the group when one runs past its timeout (`step_timeout_s`, `load_timeout_s` for a load);
 - an idle group runs a heartbeat (a ping and a gather of each host's memory readings) every
-  `heartbeat_s`, so a rank lost between requests is noticed within seconds too;
+  `heartbeat_s`, so a rank lost between requests is noticed within seconds too; after it the
+  other ranks park on their wake-up lines (doorbell.py), rung before the next message;
 - ranks on this machine are also checked by process id, which names the one that died.
 
 On failure every hook runs once with a sentence that names the host(s): the engine fails
@@ -29,6 +30,7 @@ from typing import Any
 from inference_node.config import DistributedConfig
 from inference_node.distributed.cluster import Cluster
 from inference_node.distributed.control import Channel, RankLost, memory_readings
+from inference_node.distributed.doorbell import Bell
 from inference_node.errors import Unavailable
 
 log = logging.getLogger("inference_node.distributed.leader")
@@ -52,7 +54,8 @@ def alive(pid: int) -> bool:
 
 class Leader:
     def __init__(self, channel: Channel, cluster: Cluster, peers: list[dict[str, Any]],
-                 cfg: DistributedConfig, available: Callable[[], int]) -> None:
+                 cfg: DistributedConfig, available: Callable[[], int],
+                 bell: Bell | None = None) -> None:
         self.channel = channel
         self.group = channel.group
         self.cluster = cluster
@@ -61,6 +64,8 @@ class Leader:
         self.load_timeout_s = cfg.load_timeout_s
         self.heartbeat_s = cfg.heartbeat_s
         self.available = available
+        self.bell = bell  # the followers' wake-up lines (doorbell.py); None: they never park
+        self.parked = False
         self.pending: list[list[Any]] = []
         self.failed = ""
         self._op: tuple[str, float, float] | None = None
@@ -89,6 +94,9 @@ class Leader:
     def send(self, message: dict[str, Any]) -> None:
         """Broadcast `message` with the queued ops; call inside `guard`."""
         message["ops"], self.pending = self.pending, []
+        if self.parked and self.bell is not None:  # they wait on their lines, not the ring
+            self.bell.ring()
+            self.parked = False
         self.channel.broadcast(message)
 
     @contextmanager
@@ -108,9 +116,11 @@ class Leader:
 
     def ping(self) -> None:
         """The heartbeat: every rank answers with its memory readings."""
+        park = self.bell is not None  # the group is idle: after the ping, the others sleep
         with self.guard("a heartbeat", self.step_timeout_s):
-            self.send({"op": "ping"})
+            self.send({"op": "ping", "park": park})
             readings = self.channel.gather(memory_readings(self.available))
+            self.parked = park
         for hook in self._readings_hooks:
             hook(readings)
 

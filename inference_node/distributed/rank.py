@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from inference_node.config import load_config
     from inference_node.distributed import cluster as clusters
     from inference_node.distributed.control import Channel
+    from inference_node.distributed.doorbell import Bell, Line
 
     cfg = load_config(args.config)
     if args.allow_remote:
@@ -116,9 +117,18 @@ def main(argv: list[str] | None = None) -> int:
         budget -= cache
         source += f" − prompt cache {cfg.engine.prompt_cache_mb:.0f} MB"
     mlx_version, mlx_lm_version = _versions()
+    # The wake-up line (doorbell.py): rank 0 listens on its ring address, the others connect.
+    bell_ip = cluster.hosts[0].ips[0] if cluster.hosts[0].ips else ""
+    bell = None
+    if rank == 0 and bell_ip and cluster.size > 1:
+        try:
+            bell = Bell(bell_ip, list(range(1, cluster.size)))
+        except OSError as e:
+            log.warning("no wake-up line on %s (%s): the group will poll while idle", bell_ip, e)
     peers = channel.gather_json({"hostname": socket.gethostname(), "pid": os.getpid(),
                                  "budget_bytes": budget, "budget_source": source,
-                                 "mlx": mlx_version, "mlx_lm": mlx_lm_version})
+                                 "mlx": mlx_version, "mlx_lm": mlx_lm_version,
+                                 "bell_port": bell.port if bell else 0})
     mismatch = [f"{cluster.label(r)} has mlx {q['mlx']}, mlx-lm {q['mlx_lm']}"
                 for r, q in enumerate(peers)
                 if (q["mlx"], q["mlx_lm"]) != (peers[0]["mlx"], peers[0]["mlx_lm"])]
@@ -134,7 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     apply_mlx_limits(budget + cache, int(mem.cache_limit_gb * 2**30)
                      if mem.cache_limit_gb else None, mem.wired_limit_mb)
     if rank == 0:
-        return lead(cfg, cluster, channel, peers, args, system_available_bytes)
+        parks = bell is not None and bell.accept(d.step_timeout_s)
+        return lead(cfg, cluster, channel, peers, args, system_available_bytes,
+                    bell if parks else None)
+    line = None
+    if peers[0].get("bell_port"):
+        try:
+            line = Line(bell_ip, int(peers[0]["bell_port"]), rank, d.step_timeout_s)
+        except OSError as e:
+            log.warning("no wake-up line to rank 0 at %s (%s): this rank polls while idle",
+                        bell_ip, e)
     from inference_node.distributed.follower import Follower
     from inference_node.models import Catalog
 
@@ -143,11 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         from inference_node import cpu_attention
 
         cpu_attention.install()
-    return Follower(channel, Catalog.from_config(cfg), system_available_bytes).run()
+    return Follower(channel, Catalog.from_config(cfg), system_available_bytes, line).run()
 
 
 def lead(cfg: Any, cluster: Any, channel: Any, peers: list[dict[str, Any]],
-         args: argparse.Namespace, available: Any) -> int:
+         args: argparse.Namespace, available: Any, bell: Any = None) -> int:
     from grpc_health.v1 import health_pb2
 
     from inference_node.distributed.leader import Leader
@@ -162,7 +181,7 @@ def lead(cfg: Any, cluster: Any, channel: Any, peers: list[dict[str, Any]],
     hosts = [HostBudget(cluster.label(r), int(q["budget_bytes"]), str(q["budget_source"]))
              for r, q in enumerate(peers)]
     admission = RankedAdmission(cfg.memory, cfg.source, hosts, local_available=available)
-    leader = Leader(channel, cluster, peers, cfg.distributed, available)
+    leader = Leader(channel, cluster, peers, cfg.distributed, available, bell)
     leader.on_readings(admission.update_readings)
     engine = DistributedEngine(cfg, admission, leader)
     for entry in catalog.models.values():  # plan now, on this thread, not per ListModels
