@@ -15,6 +15,8 @@ Three parts, in one run:
    stated 80 Gb/s the same bytes give the bandwidth part of the cost there. The latency part is
    the number of collectives times the link's per-collective latency, which this machine cannot
    measure for JACCL's RDMA: it is given per microsecond of latency.
+4. Idle CPU: the cores each process of the idle 2-rank node uses (launcher, rank 0, rank 1),
+   and the same 2 sleeping ranks under mlx.launch as shipped and under our launcher.py.
 
 The full run serves Qwen2.5-Coder-0.5B when it is installed (qwen2, 24 layers, hidden 896), else
 a random-weight llama of its shape; --quick a smaller random llama; BENCH_SMOKE a tiny one.
@@ -130,11 +132,10 @@ def measure_ring(iterations: int, layers: int, hidden: int) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "probe.json"
-        launch = Path(sys.executable).with_name("mlx.launch")
-        subprocess.run([str(launch), "--backend", "ring", "-n", "2", "--starting-port",
-                        str(free_port_block(2)), "--python", sys.executable, "--", "-m",
-                        "bench.distributed", "probe", str(out), str(iterations), str(layers),
-                        str(hidden)],
+        subprocess.run([*LAUNCHERS["launcher.py"], "--backend", "ring", "-n", "2",
+                        "--starting-port", str(free_port_block(2)), "--python", sys.executable,
+                        "--", "-m", "bench.distributed", "probe", str(out), str(iterations),
+                        str(layers), str(hidden)],
                        cwd=REPO, check=True, timeout=600, stdin=subprocess.PIPE,
                        capture_output=True, env=blas.with_preload())
         probed = json.loads(out.read_text())
@@ -152,6 +153,55 @@ def measure_ring(iterations: int, layers: int, hidden: int) -> dict[str, Any]:
             "bandwidth_gb_s": (1 / slope) / 1e9 if slope > 0 else float("nan"),
             "token_collectives_ms": 1e3 * probed["token_s"],
             "iterations": iterations}
+
+
+LAUNCHERS = {"mlx.launch as shipped": [str(Path(sys.executable).with_name("mlx.launch"))],
+             "launcher.py": [sys.executable, "-m", "inference_node.distributed.launcher"]}
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds a process has used (user + system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cores_used(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """The cores each process kept busy over `seconds` (1.0: one core all the time)."""
+    before = {name: cpu_s(pid) for name, pid in pids.items()}
+    time.sleep(seconds)
+    return {name: (cpu_s(pid) - before[name]) / seconds for name, pid in pids.items()}
+
+
+def launcher_pid(port: int) -> int:
+    """The launcher serving `port` (its ranks' arguments name the port)."""
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes() if d.name.isdigit() else b""
+        except OSError:
+            continue
+        if b"inference_node.distributed.launcher" in cmd and str(port).encode() in cmd:
+            return int(d.name)
+    raise RuntimeError(f"no launcher for port {port}")
+
+
+def idle_launchers(seconds: float) -> dict[str, float]:
+    """Each launcher's own cores over `seconds`, its 2 ranks asleep: the launcher alone."""
+    from distributed_nodes import free_port_block
+
+    out = {}
+    for name, launcher in LAUNCHERS.items():
+        proc = subprocess.Popen([*launcher, "--backend", "ring", "-n", "2", "--starting-port",
+                                 str(free_port_block(2)), "--python", sys.executable, "--",
+                                 "-c", f"import time; time.sleep({seconds + 60})"],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            time.sleep(2.0)  # the ranks started
+            out[name] = cores_used({name: proc.pid}, seconds)[name]
+        finally:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    return out
 
 
 def per_token(layers: int, hidden: int, ring: dict[str, Any]) -> dict[str, Any]:
@@ -173,7 +223,7 @@ def per_token(layers: int, hidden: int, ring: dict[str, Any]) -> dict[str, Any]:
 def run(quick: bool) -> dict:
     import grpc
     from conftest import running_server
-    from distributed_nodes import serving_ranks
+    from distributed_nodes import rank_pids, serving_ranks
 
     from bench.stats import interleave, smoke, summary
     from inference_node.api import rpc
@@ -182,6 +232,7 @@ def run(quick: bool) -> dict:
     size = "smoke" if tiny else "quick" if quick else "full"
     repeats, prompt_words, max_tokens = {"smoke": (1, 16, 4), "quick": (3, 128, 24),
                                          "full": (5, 512, 64)}[size]
+    idle_s = {"smoke": 1.0, "quick": 3.0, "full": 5.0}[size]
     prompt = " ".join(f"w{i % 200}" for i in range(prompt_words))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -198,6 +249,10 @@ def run(quick: bool) -> dict:
                 runs = interleave({"1 rank": lambda: _request(s1, prompt, max_tokens),
                                    "2 ranks": lambda: _request(s2, prompt, max_tokens)},
                                   n=repeats, warmup=1)
+            ranks = {f"rank {r}": pid for r, pid in rank_pids(two.port).items()}
+            time.sleep(2.0)  # idle for a heartbeat (every 1 s), which parks rank 1
+            idle_node = cores_used({"launcher": launcher_pid(two.port), **ranks}, idle_s)
+    launchers = idle_launchers(idle_s)
     layers, hidden = int(cfg["num_hidden_layers"]), int(cfg["hidden_size"])
     ring = measure_ring(10 if tiny else 100, layers, hidden)
     served = {name: {k: summary([r[k] for r in rows]) for k in
@@ -224,6 +279,7 @@ def run(quick: bool) -> dict:
                       "large_model": {"name": LARGE["name"],
                                       **per_token(LARGE["layers"], LARGE["hidden"], ring)}},
         "tb5_gbit_s": TB5_GBIT_S,
+        "idle_cores": {"seconds": idle_s, "node": idle_node, "launchers": launchers},
         "cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
         "runs": runs,
     }

@@ -229,6 +229,14 @@ def distributed(res: dict[str, Any]) -> list[str]:
                "costs. Here, on one busy 2-core machine, a collective also waits for both ranks "
                "to be scheduled, which is most of what the second rank adds. A pipeline split "
                "moves one hidden state per stage boundary instead of two per layer.")
+    idle = res.get("idle_cores")
+    if idle:  # results from before 2026-12-04 have none
+        node = ", ".join(f"{name} {v:.2f}" for name, v in idle["node"].items())
+        launch = ", ".join(f"{name} {v:.2f}" for name, v in idle["launchers"].items())
+        out += ["", f"Idle, over {idle['seconds']:.0f} s, in cores kept busy: the 2-rank node's "
+                f"processes {node}; a launcher alone with 2 sleeping ranks: {launch}. MLX's "
+                "ring backend polls its sockets, so rank 1 sleeps only on its wake-up line "
+                "(doorbell.py), parked there by the idle group's heartbeat."]
     return out + [""]
 
 

@@ -118,7 +118,8 @@ NUMBERS: dict[str, list[str]] = {
                     "ring_loopback.bandwidth_gb_s", "ring_loopback.token_collectives_ms",
                     "per_token.*.collectives", "per_token.*.bytes",
                     "per_token.*.tb5_bandwidth_ms", "per_token.*.ms_per_us_of_latency",
-                    "per_token.measured_model.measured_ms", "ms_per_token_added_by_2_ranks"],
+                    "per_token.measured_model.measured_ms", "ms_per_token_added_by_2_ranks",
+                    "idle_cores.node.launcher", "idle_cores.node.*", "idle_cores.launchers.*"],
     "coder_models": [f"models.*.{side}.{k}" for side in ("grpc", "in_process")
                      for k in ("ttft_s.median", "prefill_tps.median", "decode_tps.median",
                                "peak_rss_mb", "load_s")] + ["wall_s"],
