@@ -102,8 +102,9 @@ def stub(two_ranks: tuple[Node, list[dict[str, Any]]]) -> Iterator[Any]:
         yield rpc.InferenceStub(ch)
 
 
-# Each of these starts its own node; the shared two-rank node below starts after them, so
-# its ranks (a follower spins a core while it waits: README, Idle CPU) are not up meanwhile.
+# Each of these starts its own node; the shared two-rank node below starts after them, so its
+# ranks (their memory, their heartbeats, a second of polling after each request) are not up
+# beside them.
 
 @pytest.mark.slow
 def test_greedy_output_across_three_ranks_equals_one_rank_on_smollm2(
