@@ -38,7 +38,7 @@ import openai
 
 from agent_node.client import Client
 from agent_node.config import AgentConfig
-from bench.servers import dequantizes, engine_toml, mlx_server_folder
+from bench.servers import dequantizes, engine_toml, mlx_server_folder, prepare_model
 from bench.stats import smoke
 from inference_node import blas
 from studio_common.net import free_port
@@ -177,10 +177,32 @@ def run(quick: bool) -> dict[str, Any]:
     repeats, max_tokens, warmup_tokens = (1, 4, 2) if smoke() else (
         5 if quick else 10, 64 if quick else 256, 16)
     STORE.mkdir(parents=True, exist_ok=True)
-    model_dir = ensure_default_model(STORE)
     rows: dict[str, list[dict[str, float]]] = {"bridge": [], "mlx_lm": [], "grpc": []}
-    with tempfile.TemporaryDirectory(prefix="bench-bridge-") as tmp, \
-            _sides(model_dir, Path(tmp)) as urls:
+    with tempfile.TemporaryDirectory(prefix="bench-bridge-") as tmp:
+        # the smoke run: a tiny scripted model, which loads in no time on all three sides
+        model_dir = prepare_model(Path(tmp))[0] if smoke() else ensure_default_model(STORE)
+        _measure(model_dir, Path(tmp), rows, repeats, max_tokens, warmup_tokens)
+    med = {side: {"ttft_s": _median(r, "ttft_s"), "decode_tps": _median(r, "decode_tps"),
+                  "tokens": _median(r, "tokens")} for side, r in rows.items()}
+    return {
+        "machine": {"cpus": os.cpu_count(), "platform": sys.platform},
+        "model": "tiny-chain (smoke)" if smoke() else
+                 "SmolLM2-135M-Instruct (GGUF import)" + (
+                     ", dequantized to float32 on both sides" if dequantizes() else ""),
+        "repeats": repeats, "max_tokens": max_tokens, "quick": quick,
+        "median": med,
+        "ratio_bridge_over_mlx_lm": {
+            "ttft": med["bridge"]["ttft_s"] / med["mlx_lm"]["ttft_s"],
+            "decode_tps": med["bridge"]["decode_tps"] / med["mlx_lm"]["decode_tps"],
+        },
+        "bridge_hop_ttft_s": med["bridge"]["ttft_s"] - med["grpc"]["ttft_s"],
+        "runs": rows,
+    }
+
+
+def _measure(model_dir: Path, tmp: Path, rows: dict[str, list[dict[str, float]]],
+             repeats: int, max_tokens: int, warmup_tokens: int) -> None:
+    with _sides(model_dir, tmp) as urls:
         cfg = AgentConfig()
         cfg.inference.target = urls.pop("grpc")
         cfg.inference.coder = ["smollm2"]
@@ -202,21 +224,6 @@ def run(quick: bool) -> dict[str, Any]:
                     rows[side].append(once(side, i, max_tokens))
         for sdk in sdks.values():
             sdk.close()
-    med = {side: {"ttft_s": _median(r, "ttft_s"), "decode_tps": _median(r, "decode_tps"),
-                  "tokens": _median(r, "tokens")} for side, r in rows.items()}
-    return {
-        "machine": {"cpus": os.cpu_count(), "platform": sys.platform},
-        "model": "SmolLM2-135M-Instruct (GGUF import)" + (
-            ", dequantized to float32 on both sides" if dequantizes() else ""),
-        "repeats": repeats, "max_tokens": max_tokens, "quick": quick,
-        "median": med,
-        "ratio_bridge_over_mlx_lm": {
-            "ttft": med["bridge"]["ttft_s"] / med["mlx_lm"]["ttft_s"],
-            "decode_tps": med["bridge"]["decode_tps"] / med["mlx_lm"]["decode_tps"],
-        },
-        "bridge_hop_ttft_s": med["bridge"]["ttft_s"] - med["grpc"]["ttft_s"],
-        "runs": rows,
-    }
 
 
 def _summary(res: dict[str, Any]) -> str:

@@ -196,7 +196,7 @@ def idle_launchers(seconds: float) -> dict[str, float]:
                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            time.sleep(2.0)  # the ranks started
+            time.sleep(min(2.0, seconds))  # the launcher's threads and the ranks started
             out[name] = cores_used({name: proc.pid}, seconds)[name]
         finally:
             os.killpg(proc.pid, 9)
@@ -232,7 +232,7 @@ def run(quick: bool) -> dict:
     size = "smoke" if tiny else "quick" if quick else "full"
     repeats, prompt_words, max_tokens = {"smoke": (1, 16, 4), "quick": (3, 128, 24),
                                          "full": (5, 512, 64)}[size]
-    idle_s = {"smoke": 1.0, "quick": 3.0, "full": 5.0}[size]
+    idle_s = {"smoke": 0.5, "quick": 3.0, "full": 5.0}[size]
     prompt = " ".join(f"w{i % 200}" for i in range(prompt_words))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -250,7 +250,7 @@ def run(quick: bool) -> dict:
                                    "2 ranks": lambda: _request(s2, prompt, max_tokens)},
                                   n=repeats, warmup=1)
             ranks = {f"rank {r}": pid for r, pid in rank_pids(two.port).items()}
-            time.sleep(2.0)  # idle for a heartbeat (every 1 s), which parks rank 1
+            time.sleep(1.5)  # idle for a heartbeat (every 1 s), which parks rank 1
             idle_node = cores_used({"launcher": launcher_pid(two.port), **ranks}, idle_s)
     launchers = idle_launchers(idle_s)
     layers, hidden = int(cfg["num_hidden_layers"]), int(cfg["hidden_size"])
