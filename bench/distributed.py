@@ -159,14 +159,10 @@ LAUNCHERS = {"mlx.launch as shipped": [str(Path(sys.executable).with_name("mlx.l
              "launcher.py": [sys.executable, "-m", "inference_node.distributed.launcher"]}
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds a process has used (user + system), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def cores_used(pids: dict[str, int], seconds: float) -> dict[str, float]:
     """The cores each process kept busy over `seconds` (1.0: one core all the time)."""
+    from distributed_nodes import cpu_seconds as cpu_s
+
     before = {name: cpu_s(pid) for name, pid in pids.items()}
     time.sleep(seconds)
     return {name: (cpu_s(pid) - before[name]) / seconds for name, pid in pids.items()}

@@ -89,6 +89,12 @@ def rank_pids(port: int) -> dict[int, int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds a process has used (user + system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def health(target: str, timeout: float = 2.0) -> str:
     """SERVING / NOT_SERVING, or UNREACHABLE when nothing answers."""
     import grpc

@@ -20,7 +20,14 @@ from typing import Any
 import grpc
 import pytest
 from conftest import running_server
-from distributed_nodes import Node, health, rank_pids, serving_ranks, wait_for_health
+from distributed_nodes import (
+    Node,
+    cpu_seconds,
+    health,
+    rank_pids,
+    serving_ranks,
+    wait_for_health,
+)
 from tiny_models import build_chain_model, write_random_chat_model
 
 from inference_node.api import pb, rpc
@@ -323,11 +330,6 @@ def test_get_memory_has_a_row_per_host_with_its_part_of_the_weights(
     assert memory.budget_bytes == sum(h.budget_bytes for h in memory.hosts)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_the_launcher_and_the_other_rank_of_an_idle_node_sleep(
         two_ranks: tuple[Node, list[dict[str, Any]]], stub: Any) -> None:
     # mlx.launch as shipped waits on its ranks' always-writable stdin pipes and spun a core
@@ -341,9 +343,9 @@ def test_the_launcher_and_the_other_rank_of_an_idle_node_sleep(
                    b"inference_node.distributed.launcher" in _cmdline(p) and
                    str(node.port).encode() in _cmdline(p)]
     follower = rank_pids(node.port)[1]
-    before = {pid: _cpu_seconds(pid) for pid in (launcher, follower)}
+    before = {pid: cpu_seconds(pid) for pid in (launcher, follower)}
     time.sleep(3)
-    used = {pid: _cpu_seconds(pid) - before[pid] for pid in before}
+    used = {pid: cpu_seconds(pid) - before[pid] for pid in before}
     assert used[launcher] < 0.3 and used[follower] < 0.5, used
     assert chat(stub, "loop", "hi", 6)[0] == "a b c d e f"  # rung awake, it follows again
 
