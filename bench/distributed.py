@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from inference_node.distributed.supervisor import mlx_launch
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -156,7 +158,7 @@ def measure_ring(iterations: int, layers: int, hidden: int) -> dict[str, Any]:
 
 
 LAUNCHERS = {"mlx.launch as shipped": [str(Path(sys.executable).with_name("mlx.launch"))],
-             "launcher.py": [sys.executable, "-m", "inference_node.distributed.launcher"]}
+             "launcher.py": mlx_launch()}  # as serve runs it
 
 
 def cores_used(pids: dict[str, int], seconds: float) -> dict[str, float]:
@@ -166,18 +168,6 @@ def cores_used(pids: dict[str, int], seconds: float) -> dict[str, float]:
     before = {name: cpu_s(pid) for name, pid in pids.items()}
     time.sleep(seconds)
     return {name: (cpu_s(pid) - before[name]) / seconds for name, pid in pids.items()}
-
-
-def launcher_pid(port: int) -> int:
-    """The launcher serving `port` (its ranks' arguments name the port)."""
-    for d in Path("/proc").iterdir():
-        try:
-            cmd = (d / "cmdline").read_bytes() if d.name.isdigit() else b""
-        except OSError:
-            continue
-        if b"inference_node.distributed.launcher" in cmd and str(port).encode() in cmd:
-            return int(d.name)
-    raise RuntimeError(f"no launcher for port {port}")
 
 
 def idle_launchers(seconds: float) -> dict[str, float]:
@@ -219,7 +209,7 @@ def per_token(layers: int, hidden: int, ring: dict[str, Any]) -> dict[str, Any]:
 def run(quick: bool) -> dict:
     import grpc
     from conftest import running_server
-    from distributed_nodes import rank_pids, serving_ranks
+    from distributed_nodes import launcher_pid, rank_pids, serving_ranks
 
     from bench.stats import interleave, smoke, summary
     from inference_node.api import rpc

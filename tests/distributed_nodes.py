@@ -70,6 +70,18 @@ def free_port_block(n: int) -> int:
     raise RuntimeError(f"no {n} consecutive free ports")
 
 
+def launcher_pid(port: int) -> int:
+    """The launcher (inference_node.distributed.launcher) of the ranks serving `port`."""
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes() if d.name.isdigit() else b""
+        except OSError:
+            continue
+        if b"inference_node.distributed.launcher" in cmd and str(port).encode() in cmd:
+            return int(d.name)
+    raise AssertionError(f"no launcher for the ranks serving port {port}")
+
+
 def rank_pids(port: int) -> dict[int, int]:
     """MLX_RANK -> pid of the rank processes serving `port`."""
     out = {}

@@ -24,6 +24,7 @@ from distributed_nodes import (
     Node,
     cpu_seconds,
     health,
+    launcher_pid,
     rank_pids,
     serving_ranks,
     wait_for_health,
@@ -339,19 +340,10 @@ def test_the_launcher_and_the_other_rank_of_an_idle_node_sleep(
     node = two_ranks[0]
     assert chat(stub, "loop", "hi", 6)[0] == "a b c d e f"
     time.sleep(2.5)  # a heartbeat (every second when idle) parks rank 1
-    (launcher,) = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and
-                   b"inference_node.distributed.launcher" in _cmdline(p) and
-                   str(node.port).encode() in _cmdline(p)]
+    launcher = launcher_pid(node.port)
     follower = rank_pids(node.port)[1]
     before = {pid: cpu_seconds(pid) for pid in (launcher, follower)}
     time.sleep(3)
     used = {pid: cpu_seconds(pid) - before[pid] for pid in before}
     assert used[launcher] < 0.3 and used[follower] < 0.5, used
     assert chat(stub, "loop", "hi", 6)[0] == "a b c d e f"  # rung awake, it follows again
-
-
-def _cmdline(proc: Path) -> bytes:
-    try:
-        return (proc / "cmdline").read_bytes()
-    except OSError:
-        return b""
