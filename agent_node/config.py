@@ -156,6 +156,12 @@ class LoopSection:
     # backticks are asked for afresh, once a round, shown with their bodies left out, and what
     # the model writes replaces them (agent_node/loop/rewrite.py).
     rewrite_named: bool = False
+    # The calls and commands the task writes out with their result ("`mean([2, 4])` should be
+    # 3.0", "`python greet.py Ada --shout` prints `HELLO, ADA!`") are run on every change, in
+    # the sandbox: the gate fails a change that gets one wrong, and the files coder is shown
+    # it with the tests' output. With rewrite_named too, a reply that gets one wrong has the
+    # task's functions asked for afresh (agent_node/loop/examples.py).
+    task_examples: bool = False
     # What the code review's verdict does once the gate passed. "binding": a fail fails the
     # round and its fixes go to the next coder. "advisory": the review still runs and its
     # verdict and reasons go to the record and to you at approval, but a change the gate passed

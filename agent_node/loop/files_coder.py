@@ -24,6 +24,9 @@ With `[loop] keep_definitions`, what a reply's Python file left out that the fil
 does not name (a method, a constant, the docstring) is put back before it is written (keep.py).
 With `[loop] rewrite_named`, a reply that leaves the checkout as it was, whether it gave the files
 back or gave no file at all, gets the task's functions asked for afresh, once a round (rewrite.py).
+With `[loop] task_examples` too, a reply whose change gets one of the task's own examples wrong
+(examples.py) has them asked for afresh the same way, the run's first time greedily and sampled
+after that; what comes back is kept only when it gets fewer of the examples wrong.
 An existing test file the task does not name is not written when the reply changes or removes a
 line of it (new lines, and new test files, are): the tests are what the change is checked by,
 and the 0.5B bent a test's expectations to code it had left as it was (signup_email).
@@ -146,6 +149,7 @@ def run_files_coder(
     report = ""
     last: tuple[tuple[str, str], ...] = ()  # the files the reply before gave
     rewrote = not rewrite_named  # the task's functions asked for afresh (rewrite.py), once
+    afresh = 0  # ... and how often since a reply got the task's examples wrong
 
     def result(stopped: str, why: str = "") -> CoderResult:
         # The coder's own words, or none: what it wrote and what the tests said are facts the
@@ -226,6 +230,16 @@ def run_files_coder(
             put_in = _define_missing(model, task, checks.missing(), tools, root, emit, round_no)
             if put_in:
                 said += "\n" + put_in
+                passed, tests = checks.tests()
+        wrong = checks.examples() if not passed and rewrite_named and checks.examples else []
+        if wrong:  # the first ask of a run greedy, the ones after it sampled, each its seed
+            sampling = {**retry, "seed": round_no * 1000 + 500 + afresh} \
+                if retry and (afresh or round_no > 1) else None
+            afresh += 1
+            rewritten = _rewrite_for_examples(model, task, root, sources + known, tools, emit,
+                                              round_no, wrong, checks, sampling)
+            if rewritten:
+                said += "\n" + rewritten
                 passed, tests = checks.tests()
         if passed:
             return result("finish", "the tests pass")
@@ -330,6 +344,43 @@ def _rewrite_named(model: Model, task: str, root: Path, paths: list[str], tools:
               f"and put in {path}", round=round_no))
     return (f"{path}: your reply changed nothing; asked to write {what} afresh from their "
             f"signatures, you wrote them, and they are now in {path}.")
+
+
+def _rewrite_for_examples(model: Model, task: str, root: Path, paths: list[str],
+                          tools: dict[str, Any], emit: Emit, round_no: int, wrong: list[str],
+                          checks: CoderChecks, sampling: dict[str, Any] | None) -> str:
+    """The reply got the task's examples wrong (`wrong`): ask for the functions the task names
+    afresh, their bodies left out, put in the imports they need ([loop] define_missing), and
+    keep what comes back when it gets fewer of the examples wrong; else the reply's file goes
+    back. What the coder is told of it; "" if nothing was kept."""
+    path, names = rewrite.named_functions(task, root, list(dict.fromkeys(paths)))
+    source = _read(root, path) if path else ""
+    if not source:
+        return ""
+    got = rewrite.ask(model, task, path, names, source, sampling)
+    emit(model_call(got.reply, role="coder", round_no=round_no))
+    what = ", ".join(f"`{n}`" for n in names)
+    if not got.source:
+        emit(Note(text=f"the change got the task's examples wrong; asked for {what} afresh, "
+                  f"their bodies left out: {got.why}", round=round_no))
+        return ""
+    _, ok, output = _write(tools, root, path, got.source, emit, round_no)
+    if ok and checks.missing is not None:
+        _define_missing(model, task, [m for m in checks.missing() if m.path == path], tools,
+                        root, emit, round_no)
+    still = checks.examples() if ok and checks.examples else wrong
+    if ok and len(still) < len(wrong):
+        emit(Note(text=f"the change got the task's examples wrong; {what} asked for afresh, "
+                  f"their bodies left out, and put in {path} ({len(wrong) - len(still)} of "
+                  f"{len(wrong)} now right)", round=round_no))
+        return (f"{path}: your change got the task's examples wrong; asked to write {what} "
+                f"afresh from their signatures, you wrote them, and they are now in {path}.")
+    if ok:
+        _write(tools, root, path, source, emit, round_no)
+    emit(Note(text=f"the change got the task's examples wrong; {what} asked for afresh got "
+              f"them no more right, so {path} stays as the reply wrote it"
+              + ("" if ok else f" (not written: {output})"), round=round_no))
+    return ""
 
 
 def _keep_definitions(files: list[tuple[str, str]], root: Path, task: str, emit: Emit,

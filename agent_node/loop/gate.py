@@ -6,8 +6,9 @@ the repo's test command there, in the sandbox (the tests may be the coder's own 
 only to that folder and a private tmp, reach no network, and their whole process tree dies at
 the end or the timeout, with bounded output), flags a diff that changes or deletes tests, fails
 an empty diff for a task that asks for a change (a diff of blank lines and line-end spaces alone
-counts as empty) and a Python line the change added that reads a name nothing defines
-(names.py), and for UI work runs visual QA against the spec. What passes is that commit, and
+counts as empty), a Python line the change added that reads a name nothing defines
+(names.py) and a change that gets one of the task's own examples wrong (examples.py), and for UI
+work runs visual QA against the spec. What passes is that commit, and
 only that commit is what approve brings over.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from agent_node import activity
 from agent_node.events import GateChecked
+from agent_node.loop import examples as task_examples
 from agent_node.loop import names
 from agent_node.loop.checkout import Diff
 from agent_node.qa.result import QAResult
@@ -133,6 +135,7 @@ def run_gate(
     qa: QACheck | None = None,
     qa_dir: Path | None = None,
     sandbox: Sandbox | None = None,
+    examples: list[task_examples.Example] | None = None,
 ) -> GateResult:
     """Check `diff` and the commit whose files are in `tree` (see the module docstring)."""
     failures: list[str] = []
@@ -168,6 +171,10 @@ def run_gate(
         tests_failure = (f"the test command `{tests.cmd}` {how}; its output:\n"
                          + tail(tests.output, output_limit))
         failures.append(tests_failure)
+    if examples:
+        with activity.stage("examples"):
+            ran = task_examples.run(examples, tree, sandbox or Sandbox.from_config())
+        failures += [o.failure() for o in ran if not o.holds]
 
     outcome = None
     if ui_url and spec:

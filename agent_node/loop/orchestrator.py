@@ -40,6 +40,7 @@ from agent_node.events import (
     Stage,
     VisualQAChecked,
 )
+from agent_node.loop import examples as task_examples
 from agent_node.loop.checkout import Checkout, checkouts_root
 from agent_node.loop.coder import CoderChecks, CoderLimits, CoderResult, model_call, run_coder
 from agent_node.loop.context import FILES_BRIEF_CHARS, repo_context, shown_sources
@@ -184,6 +185,7 @@ class _Run:
         self.tested = ""  # the last commit the gate tested; the one approve can bring over
         self.start = ""  # the tree the next round's coder starts from, when not `tested`
         self.round = 0  # the round running now (or the last one)
+        self.examples: list[task_examples.Example] = []  # the task's own, to check ([loop])
 
     def go(self) -> None:
         base = head_commit(self.root)
@@ -225,6 +227,8 @@ class _Run:
         if test_cmd and self.cfg.loop.tests_first:
             with activity.stage("tests", when="start"):
                 start_tests = self.tests_now(test_cmd, "before any change")[1]
+        if self.cfg.loop.task_examples and kind.asks_for_change:
+            self.examples = self.find_examples(files)
         verdict: Literal["fail", "pass"] = "fail"
         reasons, last_round = ["no round ran"], 0
         stalled, last_state = "", None
@@ -312,6 +316,8 @@ class _Run:
             checks.diff = lambda: self.checkout.changes(since, "--numstat")
             if loop.define_missing:  # names the round's lines read and no file defines, and
                 checks.missing = lambda: self.missing(base)  # attributes no class sets
+            if self.examples:  # the task's own, which a reply got wrong
+                checks.examples = self.examples_now
             sources = shown_sources(shown)
             return run_files_coder(
                 self.coder_model, prompts.render("loop/coder_files_system"), brief, tools,
@@ -323,6 +329,31 @@ class _Run:
                 keep_definitions=loop.keep_definitions, rewrite_named=loop.rewrite_named)
         return run_coder(self.coder_model, prompts.render("loop/coder_system"), brief, tools,
                          limits, emit=self.emit, round_no=round_no, checks=checks)
+
+    def find_examples(self, files: list[str]) -> list[task_examples.Example]:
+        """The task's examples that the code before the change does not already give, said in
+        the record."""
+        work = self.checkout.work
+        found = task_examples.find(self.task, work, files)
+        if not found:
+            return []
+        kept, dropped = task_examples.usable(found, work, self.sandbox,
+                                             read_only=checkout_git(work))
+        said = ["the task's examples, checked on every change: "
+                + ("; ".join(e.describe() for e in kept) if kept else "none")]
+        if dropped:
+            said.append("left out, as the code gives them already: "
+                        + "; ".join(f"{o.example.describe()} (it gives `{o.got}`)"
+                                    for o in dropped))
+        self.emit(Note(text=". ".join(said)))
+        return kept
+
+    def examples_now(self) -> list[str]:
+        """What the task's examples say of the coder's checkout as it stands: each one it gets
+        wrong, with what it gave."""
+        work = self.checkout.work
+        return [o.failure() for o in task_examples.run(
+            self.examples, work, self.sandbox, read_only=checkout_git(work)) if not o.holds]
 
     def missing(self, base: str) -> list[Unbound | Unset]:
         """What the change since `base` reads and nothing binds, that the loop can put in: names
@@ -354,7 +385,10 @@ class _Run:
         unbound = failures(unbound_in_change(work, self.checkout.changes(base)))
         if unbound:
             text += "\n" + prompts.render("loop/names_unbound", failures=unbound)
-        return t.passed and not unbound, text
+        wrong = self.examples_now() if self.examples else []
+        if wrong:
+            text += "\n" + prompts.render("loop/examples_wrong", failures=wrong)
+        return t.passed and not unbound and not wrong, text
 
     def coder_checks(self, base: str, test_cmd: str, asks_for_change: bool) -> CoderChecks:
         loop = self.cfg.loop
@@ -451,7 +485,8 @@ class _Run:
                 tree, co.diff(base, commit), test_cmd=test_cmd,
                 timeout_s=self.cfg.loop.test_timeout_s, asks_for_change=asks_for_change,
                 output_limit=self.cfg.loop.output_limit, ui_url=f"{url}/{page}" if url else "",
-                spec=spec, qa=self.qa, qa_dir=qa_dir, sandbox=self.sandbox)
+                spec=spec, qa=self.qa, qa_dir=qa_dir, sandbox=self.sandbox,
+                examples=self.examples)
         if qa_dir.exists():
             make_private(qa_dir)  # screenshots the browser wrote
         self.tested = commit

@@ -18,9 +18,10 @@ import ast
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent_node import prompts
-from agent_node.loop.pysource import first_block, is_docstring, parse, reindent, source_of
+from agent_node.loop.pysource import blocks, is_docstring, parse, reindent, source_of
 from agent_node.model import Model, Reply
 
 MAX_NAMED = 3  # functions asked for at once
@@ -74,11 +75,14 @@ def blanked(source: str, names: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ask(model: Model, task: str, path: str, names: tuple[str, ...], source: str) -> Rewritten:
-    """Ask `model` to write the functions `names` of `path` (now `source`) afresh."""
+def ask(model: Model, task: str, path: str, names: tuple[str, ...], source: str,
+        sampling: dict[str, Any] | None = None) -> Rewritten:
+    """Ask `model` to write the functions `names` of `path` (now `source`) afresh (greedy, or
+    with `sampling`)."""
     prompt = prompts.render("loop/rewrite_named", task=task, path=path,
                             source=blanked(source, names).rstrip("\n"), names=names)
-    reply = model.chat([{"role": "user", "content": prompt}], max_tokens=REWRITE_TOKENS)
+    reply = model.chat([{"role": "user", "content": prompt}], max_tokens=REWRITE_TOKENS,
+                       sampling=sampling)
     new = splice(source, reply.text, names)
     if not new:
         return Rewritten(path, names, reply, "", "its reply has none of "
@@ -87,11 +91,14 @@ def ask(model: Model, task: str, path: str, names: tuple[str, ...], source: str)
 
 
 def splice(source: str, text: str, names: tuple[str, ...]) -> str:
-    """`source` with each of `names` that `text`'s code (its first fenced block) defines put in
-    place of the function of that name, re-indented to it; "" when none is, or when the file
-    would not compile."""
-    code = first_block(text)
-    written = parse(code)
+    """`source` with each of `names` that `text`'s code (its first fenced block that compiles
+    and defines one of them) defines put in place of the function of that name, re-indented to
+    it; "" when none is, or when the file would not compile. The 0.5B put the file's path in a
+    block of its own before the code."""
+    code, written = next(((code, tree) for code in blocks(text)
+                          if (tree := parse(code)) is not None
+                          and any(_function(tree, n) or _function(tree, n.rsplit(".", 1)[-1])
+                                  for n in names)), ("", None))
     if written is None:
         return ""
     out, replaced = source, False
