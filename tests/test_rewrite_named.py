@@ -63,6 +63,10 @@ def test_what_the_model_writes_replaces_each_function_where_it_was_reindented() 
         "def page_count(total, per_page):\n    return (total + per_page - 1) // per_page\n\n\n"
         "class Pager:\n    def page(self, items, n):\n        start = (n - 1) * 3\n"
         "        return items[start:start + 3]\n")
+    # the 0.5B's habit: the file's path in a block of its own, then the code
+    assert splice(PAGES, "```python\npages.py\n```\n" + reply.split("\n\n", 1)[1],
+                  ("page_count", "Pager.page")) == splice(PAGES, reply,
+                                                          ("page_count", "Pager.page"))
     assert splice(PAGES, "```\ndef other():\n    pass\n```", ("page_count",)) == ""
     assert splice(PAGES, "```\ndef page_count(:\n```", ("page_count",)) == ""
     unchanged = "```\ndef page_count(total: int, per_page: int) -> int:\n" \

@@ -96,6 +96,22 @@ def first_block(text: str) -> str:
     return body if end < 0 else body[:end]
 
 
+def blocks(text: str) -> list[str]:
+    """The code of each of a reply's fenced blocks, in order; [text] when it has none."""
+    out, rest = [], text
+    while (start := rest.find(FENCE)) >= 0:
+        line_end = rest.find("\n", start)
+        if line_end < 0:
+            break
+        body = rest[line_end + 1:]
+        end = body.find(FENCE)
+        out.append(body if end < 0 else body[:end])
+        if end < 0:
+            break
+        rest = body[end + len(FENCE):]
+    return out or [text]
+
+
 def reindent(source: str, was: int, now: int) -> str:
     """`source`'s lines moved from indent `was` to indent `now`, blank lines left blank."""
     if was == now:
