@@ -22,7 +22,9 @@ what most invalidates the rest to what is most specific:
                        at line ends): the coder finished without changing a file's code
                        (or kept trying to finish, refused by the loop, until a limit stopped it;
                        that is checked before limit)
-    visible_tests_fail the gate's run of the repository's tests failed in the final round
+    visible_tests_fail the gate's run of the repository's tests failed in the final round, or
+                       the change got one of the task's own examples wrong ([loop]
+                       task_examples: the gate checks them as it runs the tests)
     visual_qa_failed   UI task: the visual gate (two viewports, logs, judge) did not pass in
                        the final round
     hidden_tests_fail  the final diff fails the hidden tests (or the original visible ones)
@@ -48,6 +50,7 @@ from agent_node.events import (
     VisualQAChecked,
     parse_events,
 )
+from agent_node.loop.examples import FAILURE as EXAMPLE_FAILURE
 from bench.task_grading import Grade
 
 FAILURES = ("run_error", "tests_edited", "tool_errors", "limit", "no_change",
@@ -207,6 +210,9 @@ def classify(
                              f"{last.number}; {what}")
     if last.tests_ran and not last.tests_passed:
         return "visible_tests_fail", _first_line(last.gate_failures, "the test command failed")
+    wrong = [f for f in last.gate_failures if f.startswith(EXAMPLE_FAILURE)]
+    if wrong:
+        return "visible_tests_fail", _first_line(wrong, "")
     if ui and not (last.qa_ran and last.qa_passed):
         why = last.qa_note if not last.qa_ran else _first_line(
             [f for f in last.gate_failures if f.startswith("visual QA")], last.qa_note)

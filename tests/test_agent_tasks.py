@@ -234,6 +234,22 @@ def test_a_change_of_blank_lines_alone_is_scored_as_no_change(tmp_path: Path) ->
     assert (row["failure"], row["verdict"]) == ("no_change", "fail"), row["failure_detail"]
     assert "only blank lines and line-end spaces changed" in row["failure_detail"]
 
+def test_a_change_that_gets_the_tasks_example_wrong_fails_the_visible_checks(
+        tmp_path: Path) -> None:
+    # [loop] task_examples: mean_bug's task says `mean([2, 4])` should be 3.0; the visible test
+    # (mean > 0) passes `len(xs) - 1`, and the gate, checking the example too, does not
+    config = tmp_path / "agent-node.toml"
+    config.write_text("[loop]\ntask_examples = true\n")
+    cfg = configure({"rounds": 1, "turns": 4}, quick=True, config=config)
+    kept = "def mean(xs):\n    if not xs:\n        raise ValueError('empty')\n" \
+        "    return sum(xs) / (len(xs) - 1)\n"
+    row = run_one(task("mean_bug"), LoopScript([call("write", path="stats.py", content=kept)]),
+                  cfg, tmp_path, qa_for=_qa_factory(cfg, None))
+    assert (row["failure"], row["verdict"]) == ("visible_tests_fail", "fail")
+    assert row["failure_detail"] == ("the task's example `mean([2, 4])` (from stats.py) should "
+                                     "give `3.0`; it gave `6.0`")
+
+
 def test_the_reviews_verdicts_are_scored_against_the_hidden_tests(tmp_path: Path) -> None:
     refused = run_scripted(tmp_path / "a", "mean_bug",
                            [call("write", path="stats.py", content=MEAN_FIXED)], review="fail")
