@@ -304,12 +304,14 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
 def loop_settings(cfg: Any, config: Path | None) -> dict[str, Any]:
     """The loop's configuration the run used (`[loop]`), and where it came from. A key that
     changes nothing in this configuration is left out, so a record made before it existed
-    goes on (`stop_when_stalled` where the coder samples its retries)."""
+    goes on (`stop_when_stalled` where the coder samples its retries, `task_examples` off)."""
     from dataclasses import asdict
 
     settings = asdict(cfg.loop)
     if not cfg.loop.stops_when_stalled():
         del settings["stop_when_stalled"]
+    if not cfg.loop.task_examples:
+        del settings["task_examples"]
     return {"config": str(config) if config else "defaults", **settings}
 
 

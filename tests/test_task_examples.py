@@ -5,6 +5,7 @@ rewrite_named the files coder asks for the task's functions afresh (agent_node/l
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -195,3 +196,25 @@ def test_what_comes_back_no_more_right_is_not_kept(tmp_path: Path) -> None:
     notes = [e["text"] for e in read_events(Path(summary["run_dir"])) if e["type"] == "note"]
     assert any("got them no more right, so stats.py stays as the reply wrote it" in n
                for n in notes)
+
+
+def test_the_bench_tasks_examples_hold_for_their_solutions_and_not_at_their_start(
+        tmp_path: Path) -> None:
+    # the rule reads the seven tasks that write a call or command out, and nothing else
+    from bench.task_grading import TASKS
+
+    sandbox, found = Sandbox.from_config(), {}
+    for task in sorted(p for p in TASKS.iterdir() if (p / "task.md").is_file()):
+        repo = task / "repo"
+        files = [str(f.relative_to(repo)) for f in repo.rglob("*") if f.is_file()]
+        examples = find((task / "task.md").read_text(), repo, files)
+        if not examples:
+            continue
+        found[task.name] = len(examples)
+        work = tmp_path / task.name
+        shutil.copytree(repo, work)
+        assert not any(o.holds for o in run_examples(examples, work, sandbox)), task.name
+        shutil.copytree(task / "solution", work, dirs_exist_ok=True)
+        assert all(o.holds for o in run_examples(examples, work, sandbox)), task.name
+    assert found == {"duration_bug": 1, "greet_shout": 1, "mean_bug": 1, "paginate_bug": 1,
+                     "rle": 2, "slugify": 1, "temperature_bug": 2}

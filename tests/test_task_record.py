@@ -139,6 +139,9 @@ def test_the_loop_settings_leave_out_a_key_that_changes_nothing_there() -> None:
     assert "stop_when_stalled" not in agent_tasks.loop_settings(cfg, None)
     cfg.loop.retry_temperature = 0.0  # greedy: a stalled round would repeat itself
     assert agent_tasks.loop_settings(cfg, None)["stop_when_stalled"] is True
+    assert agent_tasks.loop_settings(cfg, None)["task_examples"] is True  # on in small-coder
+    cfg.loop.task_examples = False  # off, as every record made before it existed ran
+    assert "task_examples" not in agent_tasks.loop_settings(cfg, None)
 
 
 def test_a_record_goes_on_with_the_same_loop_from_another_file_and_says_where_it_came_from(
