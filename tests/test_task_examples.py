@@ -194,8 +194,31 @@ def test_what_comes_back_no_more_right_is_not_kept(tmp_path: Path) -> None:
     diff = (Path(summary["run_dir"]) / "round-1" / "diff.patch").read_text()
     assert "raise ValueError" in diff and "* 2" not in diff
     notes = [e["text"] for e in read_events(Path(summary["run_dir"])) if e["type"] == "note"]
-    assert any("got them no more right, so stats.py stays as the reply wrote it" in n
+    assert any("none got more of them right, so stats.py stays as the reply wrote it" in n
                for n in notes)
+
+
+def test_sampled_asks_go_on_until_one_gets_the_examples_right(tmp_path: Path) -> None:
+    # temperature_bug, measured: told the examples its code got wrong, the 0.5B wrote `f_to_c`
+    # right in 1 of 3 samples; not told, in none of 9. The examples pick the right one.
+    repo = make_repo(tmp_path, FILES)
+    worse = "```python\ndef mean(xs):\n    return sum(xs) * 2\n```\n"
+    right = "```python\n" + GOOD_MEAN + "```\n"
+    coder = ScriptedModel([text(block("stats.py", CHECKED_ONLY)), text(worse), text(right)],
+                          name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form(task_examples=True, rewrite_named=True, max_rounds=1,
+                                 coder_max_turns=1, retry_temperature=0.7),
+                  task=TASK, test_cmd=stats_test_cmd())
+
+    assert summary["verdict"] == "pass" and len(coder.calls) == 3
+    first, second = coder.calls[1], coder.calls[2]
+    assert first["sampling"] is None and second["sampling"]["temperature"] == 0.7
+    for asked in (first, second):  # each told what the reply's code got wrong
+        assert "`mean([2, 4])` (from stats.py) should give `3.0`; it gave `6.0`" in \
+            asked["messages"][0]["content"]
+    diff = (Path(summary["run_dir"]) / "round-1" / "diff.patch").read_text()
+    assert "+    return sum(xs) / len(xs)" in diff
 
 
 def test_the_bench_tasks_examples_hold_for_their_solutions_and_not_at_their_start(

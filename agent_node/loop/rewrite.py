@@ -76,11 +76,12 @@ def blanked(source: str, names: tuple[str, ...]) -> str:
 
 
 def ask(model: Model, task: str, path: str, names: tuple[str, ...], source: str,
-        sampling: dict[str, Any] | None = None) -> Rewritten:
+        sampling: dict[str, Any] | None = None, wrong: list[str] | None = None) -> Rewritten:
     """Ask `model` to write the functions `names` of `path` (now `source`) afresh (greedy, or
-    with `sampling`)."""
+    with `sampling`); `wrong`: the task's examples the code as it is gets wrong, said too."""
     prompt = prompts.render("loop/rewrite_named", task=task, path=path,
-                            source=blanked(source, names).rstrip("\n"), names=names)
+                            source=blanked(source, names).rstrip("\n"), names=names,
+                            wrong=wrong or [])
     reply = model.chat([{"role": "user", "content": prompt}], max_tokens=REWRITE_TOKENS,
                        sampling=sampling)
     new = splice(source, reply.text, names)
