@@ -25,8 +25,9 @@ does not name (a method, a constant, the docstring) is put back before it is wri
 With `[loop] rewrite_named`, a reply that leaves the checkout as it was, whether it gave the files
 back or gave no file at all, gets the task's functions asked for afresh, once a round (rewrite.py).
 With `[loop] task_examples` too, a reply whose change gets one of the task's own examples wrong
-(examples.py) has them asked for afresh the same way, the run's first time greedily and sampled
-after that; what comes back is kept only when it gets fewer of the examples wrong.
+(examples.py) has them asked for afresh the same way, told which examples it got wrong, up to
+EXAMPLE_TRIES times (the run's first ask greedy, the rest sampled) until one gets them all right;
+what comes back is kept only when it gets fewer of the examples wrong.
 An existing test file the task does not name is not written when the reply changes or removes a
 line of it (new lines, and new test files, are): the tests are what the change is checked by,
 and the 0.5B bent a test's expectations to code it had left as it was (signup_email).
@@ -331,8 +332,7 @@ def _rewrite_named(model: Model, task: str, root: Path, paths: list[str], tools:
                    emit: Emit, round_no: int) -> str:
     """Ask for the functions the task names afresh, their bodies left out, and put what comes
     back in their place (rewrite.py). What the coder is told of it; "" if nothing was put in."""
-    path, names = rewrite.named_functions(task, root, list(dict.fromkeys(paths)))
-    source = _read(root, path) if path else ""
+    path, names, source = _named_source(task, root, paths)
     if not source:
         return ""
     got = rewrite.ask(model, task, path, names, source)
@@ -352,6 +352,13 @@ def _rewrite_named(model: Model, task: str, root: Path, paths: list[str], tools:
             f"signatures, you wrote them, and they are now in {path}.")
 
 
+def _named_source(task: str, root: Path, paths: list[str]) -> tuple[str, tuple[str, ...], str]:
+    """The file defining the functions the task names, those names, and the file as it is now
+    ("" when there is none to ask for): what both asks afresh start from (rewrite.py)."""
+    path, names = rewrite.named_functions(task, root, list(dict.fromkeys(paths)))
+    return path, names, _read(root, path) if path else ""
+
+
 def _rewrite_for_examples(model: Model, task: str, root: Path, paths: list[str],
                           tools: dict[str, Any], emit: Emit, round_no: int, wrong: list[str],
                           checks: CoderChecks, samplings: list[dict[str, Any] | None]) -> str:
@@ -360,8 +367,7 @@ def _rewrite_for_examples(model: Model, task: str, root: Path, paths: list[str],
     greedy) until what comes back gets them all right, with the imports it needs put in ([loop]
     define_missing). The version that gets the fewest wrong is kept if it gets fewer wrong than
     the reply did; else the reply's file goes back. What the coder is told; "" if none kept."""
-    path, names = rewrite.named_functions(task, root, list(dict.fromkeys(paths)))
-    source = _read(root, path) if path else ""
+    path, names, source = _named_source(task, root, paths)
     if not source:
         return ""
     what = ", ".join(f"`{n}`" for n in names)
@@ -379,7 +385,7 @@ def _rewrite_for_examples(model: Model, task: str, root: Path, paths: list[str],
         if checks.missing is not None:
             _define_missing(model, task, [m for m in checks.missing() if m.path == path], tools,
                             root, emit, round_no)
-        still = checks.examples() if checks.examples else wrong
+        still = checks.examples() if checks.examples else []
         if len(still) < len(fewest):
             best, fewest = _read(root, path), still
         if not still:
