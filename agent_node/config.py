@@ -141,7 +141,8 @@ class LoopSection:
     coder: Literal["tools", "files"] = "tools"
     # With coder = "files": the temperature of a coder's second and later replies in a round
     # (top_p 0.8, a seed per turn, so a run repeats); 0: greedy, which gives a small model's
-    # rejected reply back word for word. The first reply of a round is always greedy.
+    # rejected reply back word for word. A round's first reply is greedy (but see
+    # retry_from_start).
     retry_temperature: float = 0.0
     # With coder = "files": a name a reply's lines read that no file of the repository defines,
     # or an attribute a method reads that its class never sets, is asked for alone, and the
@@ -162,6 +163,11 @@ class LoopSection:
     # it with the tests' output. With rewrite_named too, a reply that gets one wrong has the
     # task's functions asked for afresh (agent_node/loop/examples.py).
     task_examples: bool = False
+    # A round whose change fails the tests or the task's examples is undone before the next:
+    # that round's coder starts again from the start, told what was wrong with the attempt,
+    # instead of fixing it in place. With coder = "files" and retry_temperature, its first
+    # reply is sampled too: a fresh draw, not round 1's greedy reply again.
+    retry_from_start: bool = False
     # What the code review's verdict does once the gate passed. "binding": a fail fails the
     # round and its fixes go to the next coder. "advisory": the review still runs and its
     # verdict and reasons go to the record and to you at approval, but a change the gate passed

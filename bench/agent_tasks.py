@@ -304,14 +304,16 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
 def loop_settings(cfg: Any, config: Path | None) -> dict[str, Any]:
     """The loop's configuration the run used (`[loop]`), and where it came from. A key that
     changes nothing in this configuration is left out, so a record made before it existed
-    goes on (`stop_when_stalled` where the coder samples its retries, `task_examples` off)."""
+    goes on (`stop_when_stalled` where the coder samples its retries, `task_examples` and
+    `retry_from_start` off)."""
     from dataclasses import asdict
 
     settings = asdict(cfg.loop)
     if not cfg.loop.stops_when_stalled():
         del settings["stop_when_stalled"]
-    if not cfg.loop.task_examples:
-        del settings["task_examples"]
+    for lever in ("task_examples", "retry_from_start"):  # off: as before they existed
+        if not getattr(cfg.loop, lever):
+            del settings[lever]
     return {"config": str(config) if config else "defaults", **settings}
 
 

@@ -132,6 +132,19 @@ class Checkout:
         if paths:
             self._git(["checkout", "-q", commit, "--", *paths], env={"GIT_LITERAL_PATHSPECS": "1"})
 
+    def undo(self, base: str) -> list[str]:
+        """Put the working tree back as `base` has it: each file the change modified or deleted
+        restored, each it added removed (ignored files are left). The paths it put back."""
+        listing = self.changes(base, "--name-status", "--no-renames", "-z")
+        parts = [p for p in listing.split("\0") if p]
+        changed = list(zip(parts[::2], parts[1::2], strict=False))
+        self.restore(base, [path for status, path in changed if status != "A"])
+        for path in [path for status, path in changed if status == "A"]:
+            where = self.work / path  # a link is removed, never followed
+            if where.parent.resolve().is_relative_to(self.work.resolve()):
+                where.unlink(missing_ok=True)
+        return [path for _, path in changed]
+
     def snapshot(self, base: str, message: str) -> str:
         """Commit the working tree as it stands (untracked files too, ignored ones and build
         droppings not) as one commit on `base`, on the private branch; its id."""

@@ -15,11 +15,13 @@ told the line and why, and the checkout keeps the file's last good version (both
 copied the `+`/`-` marks of a diff into files they wrote). After each reply the model is told
 which files the round has changed so far, by how many lines, and not shown the diff itself.
 A greedy small model told its reply was wrong gives the same reply again, so `retry` (from
-`[loop] retry_temperature`) samples every reply after a round's first. Sampled, the 1.5B still
-gave the same files back (bank_errors: one reply eight times over, two rounds of four turns);
-with `[loop] refuse_repeats` a reply that gives back the files the reply before it gave, path
-for path and byte for byte, ends the round at once (stopped "repeat"): the checkout already
-holds them, the tests' verdict on it is known, and the turns left would ask from where this did.
+`[loop] retry_temperature`) samples every reply after a round's first, and the first too in a
+round that starts again from the start (`sample_first`, `[loop] retry_from_start`). Sampled,
+the 1.5B still gave the same files back (bank_errors: one reply eight times over, two rounds
+of four turns); with `[loop] refuse_repeats` a reply that gives back the files the reply before
+it gave, path for path and byte for byte, ends the round at once (stopped "repeat"): the
+checkout already holds them, the tests' verdict on it is known, and the turns left would ask
+from where this did.
 With `[loop] keep_definitions`, what a reply's Python file left out that the file had and the task
 does not name (a method, a constant, the docstring) is put back before it is written (keep.py).
 With `[loop] rewrite_named`, a reply that leaves the checkout as it was, whether it gave the files
@@ -142,7 +144,12 @@ def run_files_coder(
     task: str = "",
     keep_definitions: bool = False,
     rewrite_named: bool = False,
+    sample_first: bool = False,
 ) -> CoderResult:
+    """One round's coder in the whole-file form (see the module docstring). `sample_first`:
+    the round's first reply and its first ask afresh are sampled too (`retry`), as in a round
+    that starts again from the start (`[loop] retry_from_start`): greedy, they would be the
+    first round's again."""
     checks = checks or CoderChecks()
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": system_prompt},
@@ -172,7 +179,8 @@ def run_files_coder(
             return result("wall_time", f"stopped at {limits.wall_s:.0f} s")
         try:
             # the first reply greedy, the ones after it sampled (`retry`), each turn its seed
-            sampling = {**retry, "seed": round_no * 1000 + turns} if retry and turns else None
+            sampling = {**retry, "seed": round_no * 1000 + turns} \
+                if retry and (turns or sample_first) else None
             reply = model.chat(messages, max_tokens=limits.reply_tokens or REPLY_TOKENS,
                                sampling=sampling)
         except DeadlineExceeded as e:
@@ -210,8 +218,9 @@ def run_files_coder(
             # empty block): the task's functions asked for afresh, once a round (rewrite.py).
             rewritten = ""
             if unchanged and not rewrote:
-                rewritten = _rewrite_named(model, task, root, sources + known, tools, emit,
-                                           round_no)
+                rewritten = _rewrite_named(
+                    model, task, root, sources + known, tools, emit, round_no,
+                    {**retry, "seed": round_no * 1000 + 400} if retry and sample_first else None)
                 rewrote = True
             if not rewritten or (checks.changed is not None and not checks.changed()):
                 if files:
@@ -329,13 +338,14 @@ def _define_missing(model: Model, task: str, missing: list[Unbound | Unset],
 
 
 def _rewrite_named(model: Model, task: str, root: Path, paths: list[str], tools: dict[str, Any],
-                   emit: Emit, round_no: int) -> str:
+                   emit: Emit, round_no: int, sampling: dict[str, Any] | None = None) -> str:
     """Ask for the functions the task names afresh, their bodies left out, and put what comes
-    back in their place (rewrite.py). What the coder is told of it; "" if nothing was put in."""
+    back in their place (rewrite.py); `sampling` None: greedy. What the coder is told of it; ""
+    if nothing was put in."""
     path, names, source = _named_source(task, root, paths)
     if not source:
         return ""
-    got = rewrite.ask(model, task, path, names, source)
+    got = rewrite.ask(model, task, path, names, source, sampling)
     emit(model_call(got.reply, role="coder", round_no=round_no))
     what = ", ".join(f"`{n}`" for n in names)
     if not got.source:

@@ -232,6 +232,7 @@ class _Run:
         verdict: Literal["fail", "pass"] = "fail"
         reasons, last_round = ["no round ran"], 0
         stalled, last_state = "", None
+        again = False  # this round starts from the start (retry_from_start)
         for round_no in range(1, self.cfg.loop.max_rounds + 1):
             last_round = self.round = round_no
             shown = repo_context(work, files, self.task, self.brief_chars())
@@ -239,16 +240,16 @@ class _Run:
                 "loop/brief", task=self.task, files=files[:MAX_FILES_LISTED],
                 files_more=len(files) if len(files) > MAX_FILES_LISTED else 0,
                 shown=shown.whole, outlines=shown.outlines,
-                start_tests=start_tests if round_no == 1 else "",
+                start_tests=start_tests if round_no == 1 or again else "",
                 test_cmd=test_cmd, asks_for_change=kind.asks_for_change, spec=spec or [],
-                page=page, failures=failures, round=round_no,
+                page=page, failures=failures, round=round_no, again=again,
                 files_form=files_example(shown.whole) if self.cfg.loop.coder == "files"
                 else "")
             self.record.write_text(f"round-{round_no}/brief.md", brief)
             self.emit(RoundStarted(round=round_no, brief_file=f"round-{round_no}/brief.md"))
             with activity.stage("coder", round_no=round_no):
                 coder = self.code(round_no, brief, base, test_cmd, kind.asks_for_change,
-                                  shown.whole)
+                                  shown.whole, again)
             self.record.write_text(f"round-{round_no}/coder.json",
                                    json.dumps(coder.messages, indent=1, default=str))
             self.emit(CoderDone(round=round_no, report=coder.report, turns=coder.turns,
@@ -264,9 +265,13 @@ class _Run:
                                    fixes=fixes, review=review))
             if passed:
                 break
-            failures = fixes
+            failures, self.start = fixes, ""
             edited = [] if tests_ok else [path for _, path in tests_touched(gate.diff)]
-            if edited and round_no < self.cfg.loop.max_rounds:
+            again = (self.cfg.loop.retry_from_start and round_no < self.cfg.loop.max_rounds
+                     and not gate.diff.empty and _broken(gate))
+            if again:
+                failures = self.start_again(round_no, base, edited, fixes, gate.tests_failure)
+            elif edited and round_no < self.cfg.loop.max_rounds:
                 failures = self.put_tests_back(round_no, base, edited, test_cmd, fixes,
                                                gate.tests_failure)
             # the next brief is this round's, but for its number, when this round left the
@@ -298,8 +303,9 @@ class _Run:
         return (chars or FILES_BRIEF_CHARS) if self.cfg.loop.coder == "files" else chars
 
     def code(self, round_no: int, brief: str, base: str, test_cmd: str, asks_for_change: bool,
-             shown: list[tuple[str, str]]) -> CoderResult:
-        """One round's fresh coder, in the form `[loop] coder` names."""
+             shown: list[tuple[str, str]], again: bool = False) -> CoderResult:
+        """One round's fresh coder, in the form `[loop] coder` names; `again`: the round
+        starts from the start (retry_from_start), so the files coder samples its first reply."""
         loop = self.cfg.loop
         limits = CoderLimits(loop.coder_max_turns, loop.coder_max_tokens, loop.coder_wall_s,
                              loop.coder_reply_tokens or None, self.cfg.inference.timeout_s)
@@ -326,7 +332,8 @@ class _Run:
                 sources=sources, checks=checks,
                 retry={"temperature": loop.retry_temperature, "top_p": 0.8}
                 if loop.retry_temperature > 0 else None, task=self.task,
-                keep_definitions=loop.keep_definitions, rewrite_named=loop.rewrite_named)
+                keep_definitions=loop.keep_definitions, rewrite_named=loop.rewrite_named,
+                sample_first=again)
         return run_coder(self.coder_model, prompts.render("loop/coder_system"), brief, tools,
                          limits, emit=self.emit, round_no=round_no, checks=checks)
 
@@ -421,6 +428,22 @@ class _Run:
                 rest.insert(0, now.strip())
         return [said, *rest]
 
+    def start_again(self, round_no: int, base: str, edited: list[str], fixes: list[str],
+                    stale: str) -> list[str]:
+        """Undo a round whose change the gate found wrong (retry_from_start): the next round's
+        coder starts from the start, told what was wrong with the attempt. The next brief's
+        failures; the test output of tests the change edited is left out, as it came from them."""
+        undone = self.checkout.undo(base)
+        self.start = base
+        self.emit(Note(text=f"round {round_no}'s change ({', '.join(undone)}) is undone: round "
+                       f"{round_no + 1} starts again from the start ([loop] retry_from_start)",
+                       round=round_no))
+        rest = [f for f in fixes if not (edited and stale and f == stale)]
+        if edited:
+            rest.insert(0, f"it edited existing tests ({', '.join(edited)}), which must stay "
+                        "as they are: change the code until they pass")
+        return rest
+
     def ask(self, role: str, prompt: str, schema: dict[str, Any], round_no: int = 0) -> Any:
         def log(reply: Reply) -> None:
             self.emit(model_call(reply, role=role, round_no=round_no))
@@ -504,6 +527,13 @@ class _Run:
                 screenshots=[_relative(str(p), self.record.dir)
                              for p in gate.qa.screenshots.values()]))
         return gate
+
+
+def _broken(gate: GateResult) -> bool:
+    """Whether the gate found the change's code wrong: the tests fail, or it gets one of the
+    task's examples wrong (not only the page or the review found something)."""
+    return bool(gate.tests_failure) or any(
+        f.startswith(task_examples.FAILURE) for f in gate.failures)
 
 
 def files_example(shown: list[tuple[str, str]]) -> str:
