@@ -53,6 +53,7 @@ from bench.task_grading import (
     check_tasks,
     grade,
     load_tasks,
+    python_on_path,
     start_repo,
 )
 from bench.task_models import SMOKE_CALLS, MeteredModel, SmokeModel, inference, log
@@ -107,6 +108,7 @@ def run_one(task: Task, model: Any, cfg: Any, work: Path, *, qa_for: QAFactory |
     from agent_node.loop import run_task
     from agent_node.runs import read_events
 
+    python_on_path()  # TEST_CMD names the interpreter, not its path
     here = work / task.name
     repo = start_repo(task, here / "repo")
     spec, allow = _read_spec(task)

@@ -36,7 +36,12 @@ GRADE_TIMEOUT_S = 120.0
 # own tests here. A task that needs a plugin names it in conftest.py (`pytest_plugins = [...]`).
 TEST_ARGS = ["-m", "pytest", "-q", "-p", "no:cacheprovider"]
 TEST_ENV = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-TEST_CMD = " ".join([*(f"{k}={v}" for k, v in TEST_ENV.items()), shlex.quote(sys.executable),
+# The interpreter by name, found first on PATH (`python_on_path`): the brief shows this command,
+# and a path to this checkout in it made the coder's prompt, and so a small model's replies,
+# depend on where the bench was checked out (two worktrees of one commit differed by 2 tokens
+# and, on signup_email, by the outcome).
+PYTHON = Path(sys.executable).name
+TEST_CMD = " ".join([*(f"{k}={v}" for k, v in TEST_ENV.items()), shlex.quote(PYTHON),
                      *TEST_ARGS, "tests"])
 # Files that decide how the tests run: a diff that changes them changes the tests.
 TEST_CONFIG = re.compile(r"(^|/)conftest\.py$|^(pytest\.ini|tox\.ini|setup\.cfg)$")
@@ -73,6 +78,15 @@ class Task:
     def solution(self) -> Path | None:
         path = self.dir / "solution"
         return path if path.is_dir() else None
+
+
+def python_on_path() -> None:
+    """Put this interpreter's folder first on PATH, so TEST_CMD's `PYTHON` is this interpreter
+    in the gate's shell (which inherits the environment) and in grading."""
+    folder = str(Path(sys.executable).parent)
+    paths = os.environ.get("PATH", "").split(os.pathsep)
+    if paths[0] != folder:
+        os.environ["PATH"] = os.pathsep.join([folder, *(p for p in paths if p != folder)])
 
 
 def _check(task: Task) -> Task:

@@ -26,7 +26,16 @@ from agent_node.runs import read_events
 from bench import agent_tasks, task_totals
 from bench.agent_tasks import _qa_factory, configure, run_one
 from bench.task_failures import FAILURES
-from bench.task_grading import TASKS, Task, TaskError, check_tasks, grade, load_tasks, start_repo
+from bench.task_grading import (
+    TASKS,
+    TEST_CMD,
+    Task,
+    TaskError,
+    check_tasks,
+    grade,
+    load_tasks,
+    start_repo,
+)
 from bench.task_models import inference, store_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -292,6 +301,17 @@ def test_a_right_change_passes_and_its_tokens_come_from_the_run_record(tmp_path:
     by_stage = task_totals.totals([row, row])["cache_by_stage"]
     assert by_stage["coder"] == {"calls": 4, "prompt_tokens": 400, "cached_prompt_tokens": 240,
                                  "cache_share": 0.6}
+
+
+def test_the_brief_names_the_interpreter_not_where_the_bench_is_checked_out(
+        tmp_path: Path) -> None:
+    # a path in the test command made two checkouts of one commit give the 0.5B different
+    # prompts, and different results
+    row = run_scripted(tmp_path, "mean_bug", [call("write", path="stats.py", content=MEAN_FIXED)])
+    brief = (Path(row["run_dir"]) / "round-1" / "brief.md").read_text()
+    assert TEST_CMD in brief and "/" not in TEST_CMD
+    assert str(Path(sys.executable).parent) not in brief
+    assert row["pass_final"]  # the command the brief names is the one the gate ran
 
 
 def test_a_second_round_that_fixes_it_passes_finally_but_not_in_round_one(
