@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -41,6 +40,7 @@ from agent_node.events import (
     VisualQAChecked,
 )
 from agent_node.loop import examples as task_examples
+from agent_node.loop.between import Between
 from agent_node.loop.checkout import Checkout, checkouts_root
 from agent_node.loop.coder import CoderChecks, CoderLimits, CoderResult, model_call, run_coder
 from agent_node.loop.context import FILES_BRIEF_CHARS, repo_context, shown_sources
@@ -54,7 +54,6 @@ from agent_node.loop.gate import (
     run_gate,
     run_tests,
     tail,
-    tests_touched,
 )
 from agent_node.loop.names import Unbound, Unset, failures, unbound_in_change, unset_in_change
 from agent_node.loop.repo import current_branch, dirty_paths, head_commit, repo_root
@@ -71,8 +70,6 @@ from agent_node.tools.bash import checkout_git
 ToolsFactory = Callable[[Path], dict[str, Any]]
 MAX_FILES_LISTED = 200
 TESTS_SHOWN_CHARS = 2_500  # the end of a test run's output, as the coder is shown it
-# "1 failed in 1.03s": what differs between two runs of the same tests on the same tree
-_TIMING = re.compile(r"\b\d+(?:\.\d+)?(?:s|ms| seconds?)\b")
 
 
 def default_tools(cfg: AgentConfig, sandbox: Sandbox) -> ToolsFactory:
@@ -204,6 +201,8 @@ class _Run:
                            f"part of this run (it is based on HEAD {base[:12]}); they are left "
                            "as they are"))
         self.checkout = Checkout.create(self.root, self.checkout.dir, base)
+        between = Between(self.checkout, self.emit, self.record.run_id, self.cfg.loop,
+                          lambda cmd, when: self.tests_now(cmd, when))
         work = self.checkout.work
         files = self.checkout.files()
 
@@ -231,7 +230,7 @@ class _Run:
             self.examples = self.find_examples(files)
         verdict: Literal["fail", "pass"] = "fail"
         reasons, last_round = ["no round ran"], 0
-        stalled, last_state = "", None
+        stalled = ""
         again = False  # this round starts from the start (retry_from_start)
         for round_no in range(1, self.cfg.loop.max_rounds + 1):
             last_round = self.round = round_no
@@ -265,26 +264,10 @@ class _Run:
                                    fixes=fixes, review=review))
             if passed:
                 break
-            failures, self.start = fixes, ""
-            edited = [] if tests_ok else [path for _, path in tests_touched(gate.diff)]
-            again = (self.cfg.loop.retry_from_start and round_no < self.cfg.loop.max_rounds
-                     and not gate.diff.empty and _broken(gate))
-            if again:
-                failures = self.start_again(round_no, base, edited, fixes, gate.tests_failure)
-            elif edited and round_no < self.cfg.loop.max_rounds:
-                failures = self.put_tests_back(round_no, base, edited, test_cmd, fixes,
-                                               gate.tests_failure)
-            # the next brief is this round's, but for its number, when this round left the
-            # checkout as the one before did and failed the same way
-            state = None if edited else (gate.diff.patch, [_TIMING.sub("#", f) for f in fixes])
-            if (state is not None and state == last_state and self.cfg.loop.stops_when_stalled()
-                    and round_no < self.cfg.loop.max_rounds):
-                stalled = (f"stopped after round {round_no}: it left the checkout as round "
-                           f"{round_no - 1} did and failed the same way, so round "
-                           f"{round_no + 1}'s coder would get the same brief and, decoding "
-                           f"greedily, give the same replies (loop.stop_when_stalled)")
+            nxt = between.after(round_no, base, gate, fixes, tests_ok, test_cmd)
+            failures, self.start, again, stalled = nxt.failures, nxt.start, nxt.again, nxt.stalled
+            if stalled:
                 break
-            last_state = state
         if stalled:
             reasons = [stalled, *reasons]
         elif verdict == "fail" and last_round == self.cfg.loop.max_rounds:
@@ -408,42 +391,6 @@ class _Run:
             first=("edit", "write") if loop.edit_first and loop.brief_chars > 0
             and asks_for_change else ())
 
-    def put_tests_back(self, round_no: int, base: str, paths: list[str], test_cmd: str,
-                       fixes: list[str], stale: str) -> list[str]:
-        """Undo a failed round's edits to existing tests before the next round: its coder starts
-        from the tests the gate holds it to, and is told so, with what they say now (the gate's
-        output, `stale`, came from the edited ones). The next brief's failures."""
-        self.checkout.restore(base, paths)
-        self.start = self.checkout.snapshot(
-            base, f"studio-coder run {self.record.run_id} round {round_no}, its test edits undone")
-        named = ", ".join(paths)
-        self.emit(Note(text=f"round {round_no} edited existing tests ({named}); they are put "
-                       f"back as they were before round {round_no + 1}", round=round_no))
-        said = (f"your change edited existing tests ({named}); they are back as they were, and "
-                "must stay so: change the code until they pass as they are")
-        rest = [f for f in fixes if not (stale and f == stale)]
-        if test_cmd:
-            passed, now = self.tests_now(test_cmd, "on the code as it is, with the tests put back")
-            if not passed:
-                rest.insert(0, now.strip())
-        return [said, *rest]
-
-    def start_again(self, round_no: int, base: str, edited: list[str], fixes: list[str],
-                    stale: str) -> list[str]:
-        """Undo a round whose change the gate found wrong (retry_from_start): the next round's
-        coder starts from the start, told what was wrong with the attempt. The next brief's
-        failures; the test output of tests the change edited is left out, as it came from them."""
-        undone = self.checkout.undo(base)
-        self.start = base
-        self.emit(Note(text=f"round {round_no}'s change ({', '.join(undone)}) is undone: round "
-                       f"{round_no + 1} starts again from the start ([loop] retry_from_start)",
-                       round=round_no))
-        rest = [f for f in fixes if not (edited and stale and f == stale)]
-        if edited:
-            rest.insert(0, f"it edited existing tests ({', '.join(edited)}), which must stay "
-                        "as they are: change the code until they pass")
-        return rest
-
     def ask(self, role: str, prompt: str, schema: dict[str, Any], round_no: int = 0) -> Any:
         def log(reply: Reply) -> None:
             self.emit(model_call(reply, role=role, round_no=round_no))
@@ -527,13 +474,6 @@ class _Run:
                 screenshots=[_relative(str(p), self.record.dir)
                              for p in gate.qa.screenshots.values()]))
         return gate
-
-
-def _broken(gate: GateResult) -> bool:
-    """Whether the gate found the change's code wrong: the tests fail, or it gets one of the
-    task's examples wrong (not only the page or the review found something)."""
-    return bool(gate.tests_failure) or any(
-        f.startswith(task_examples.FAILURE) for f in gate.failures)
 
 
 def files_example(shown: list[tuple[str, str]]) -> str:
