@@ -49,6 +49,17 @@ def running_server(models: list[dict], engine: dict | None = None, **memory: obj
         _ = grpc
 
 
+def cancel_after_deltas(call: Iterator[object], n: int = 5) -> None:
+    """Read a Chat stream until its `n`th delta, then cancel the call from the client's side."""
+    seen = 0
+    for ev in call:
+        if ev.WhichOneof("event") == "delta":  # type: ignore[attr-defined]
+            seen += 1
+            if seen == n:
+                call.cancel()  # type: ignore[attr-defined]
+                return
+
+
 @pytest.fixture
 def stub_for() -> Iterator[Callable[[str], object]]:
     """stub_for(target) -> an Inference stub with the project's channel options."""

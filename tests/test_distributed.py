@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import running_server
+from conftest import cancel_after_deltas, running_server
 from distributed_nodes import (
     Node,
     cpu_seconds,
@@ -300,13 +300,7 @@ def test_two_concurrent_streams_and_a_cancel_stay_in_step(
     request = pb.ChatRequest(model="loop", messages=[pb.Message(role="user", text="hi")],
                              max_tokens=1500)
     call = stub.Chat(request, timeout=900)
-    seen = 0
-    for ev in call:
-        if ev.WhichOneof("event") == "delta":
-            seen += 1
-            if seen == 5:
-                call.cancel()
-                break
+    cancel_after_deltas(call)
     for t in threads:
         t.join(300)
     cycle = "a b c d e f".split()

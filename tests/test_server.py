@@ -8,7 +8,7 @@ import time
 
 import grpc
 import pytest
-from conftest import running_server
+from conftest import cancel_after_deltas, running_server
 
 from inference_node.api import pb
 
@@ -122,13 +122,7 @@ def test_cancel_mid_stream_stops_generation_and_next_call_succeeds(server, stub)
     srv, _ = server
     call = stub.Chat(pb.ChatRequest(model="loop", messages=[user("go")], max_tokens=1500),
                      timeout=60)
-    seen = 0
-    for ev in call:
-        if ev.WhichOneof("event") == "delta":
-            seen += 1
-            if seen == 5:
-                call.cancel()
-                break
+    cancel_after_deltas(call)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and srv.engine.loaded["loop"].active:
         time.sleep(0.02)
