@@ -27,11 +27,13 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from agent_node import activity, prompts
 from agent_node.events import Event, ModelCall, Note, ToolCall
 from agent_node.exceptions import DeadlineExceeded
+from agent_node.loop.context import inside
 from agent_node.loop.names import Unbound, Unset
 from agent_node.model import Model, Reply
 from agent_node.schemas import bounded_tool
@@ -231,3 +233,18 @@ def _cut_report(reason: str, amount: str, last_text: str) -> str:
 def _short(arguments: dict[str, Any], limit: int = 400) -> str:
     text = json.dumps(arguments, ensure_ascii=False, default=str)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+
+def write_file(tools: dict[str, Any], root: Path, path: str, content: str, emit: Emit,
+               round_no: int) -> tuple[str, bool, str]:
+    """Write one file through the write tool; a file given back as it is is not written."""
+    try:
+        if inside(root, root / path) and (root / path).read_text(encoding="utf-8") == content:
+            return path, False, f"{path}: unchanged (your reply gave it back as it was)"
+    except (OSError, UnicodeDecodeError, ValueError):
+        pass  # a new file, or one the write tool will refuse and say why
+    t0 = time.monotonic()
+    ok, output, _ = call_tool(tools, "write", {"path": path, "content": content})
+    emit(ToolCall(round=round_no, name="write", arguments=json.dumps({"path": path}), ok=ok,
+                  output_chars=len(output), seconds=round(time.monotonic() - t0, 3)))
+    return path, ok, f"{path}: {output}"

@@ -94,3 +94,13 @@ def repo_context(work: Path, files: list[str], task: str, budget_chars: int) -> 
                 shown.outlines.append((path, lines))
                 shown.chars += cost
     return shown
+
+
+def read_file(root: Path, path: str) -> str:
+    """A file of the checkout as text; "" when there is none (a new file to write) or it is a
+    link out of the checkout."""
+    try:
+        return (root / path).read_text(encoding="utf-8") if path and inside(root, root / path) \
+            else ""
+    except (OSError, UnicodeDecodeError):
+        return ""

@@ -45,27 +45,24 @@ blocks is its report.
 from __future__ import annotations
 
 import difflib
-import json
 import re
 import time
 from pathlib import Path
 from typing import Any
 
 from agent_node import prompts
-from agent_node.events import Note, ToolCall
+from agent_node.events import Note
 from agent_node.exceptions import DeadlineExceeded
-from agent_node.loop import define, keep, rewrite
+from agent_node.loop import asks, keep
 from agent_node.loop.coder import (
     CoderChecks,
     CoderLimits,
     CoderResult,
     Emit,
-    call_tool,
     model_call,
+    write_file,
 )
-from agent_node.loop.context import inside, is_test_path, named_in
-from agent_node.loop.names import Unbound, Unset
-from agent_node.loop.pysource import add_import
+from agent_node.loop.context import inside, is_test_path, named_in, read_file
 from agent_node.model import Model
 
 REPLY_TOKENS = 4096  # one reply's bound when [loop] coder_reply_tokens is 0: whole files
@@ -218,7 +215,7 @@ def run_files_coder(
             # empty block): the task's functions asked for afresh, once a round (rewrite.py).
             rewritten = ""
             if unchanged and not rewrote:
-                rewritten = _rewrite_named(
+                rewritten = asks.rewrite_named(
                     model, task, root, sources + known, tools, emit, round_no,
                     {**retry, "seed": round_no * 1000 + 400} if retry and sample_first else None)
                 rewrote = True
@@ -234,14 +231,15 @@ def run_files_coder(
                 reminded = True
                 example = sources[0] if sources else ""
                 messages.append({"role": "user", "content": prompts.render(
-                    "loop/files_none", example=example, current=_read(root, example))})
+                    "loop/files_none", example=example, current=read_file(root, example))})
                 continue
             said = "\n".join(t for t in (said, rewritten) if t)
         if checks.tests is None:
             return result("finish")
         passed, tests = checks.tests()
         if not passed and checks.missing is not None:
-            put_in = _define_missing(model, task, checks.missing(), tools, root, emit, round_no)
+            put_in = asks.define_missing(model, task, checks.missing(), tools, root, emit,
+                                         round_no)
             if put_in:
                 said += "\n" + put_in
                 passed, tests = checks.tests()
@@ -250,7 +248,7 @@ def run_files_coder(
             seeds = [None if i == 0 and afresh == 0 and round_no == 1 else
                      round_no * 1000 + 500 + 10 * afresh + i for i in range(EXAMPLE_TRIES)]
             afresh += 1
-            rewritten = _rewrite_for_examples(
+            rewritten = asks.rewrite_for_examples(
                 model, task, root, sources + known, tools, emit, round_no, wrong, checks,
                 [None if seed is None else {**retry, "seed": seed} for seed in seeds]
                 if retry else [None])
@@ -280,139 +278,12 @@ def _put(files: list[tuple[str, str]], tools: dict[str, Any], root: Path, task: 
     files = kept
     broken = {path: why for path, content in files if (why := _breaks(root, path, content))}
     results = [(path, False, f"{path}: not written: {broken[path]}") if path in broken
-               else _write(tools, root, path, content, emit, round_no)
+               else write_file(tools, root, path, content, emit, round_no)
                for path, content in files]
     said = "\n".join(put_back + refused + [output for _, _, output in results])
     if checks.diff is not None:
         said += "\n\n" + prompts.render("loop/files_diff", changed=_numstat(checks.diff()))
     return said, bool(broken)
-
-
-def _define_missing(model: Model, task: str, missing: list[Unbound | Unset],
-                    tools: dict[str, Any], root: Path, emit: Emit, round_no: int) -> str:
-    """Put in the one import of each name the change reads with one to write (names.py), then
-    ask for each name nothing defines (and each attribute a class reads and never sets), alone,
-    and put in what comes back (define.py). What the coder is told of it: one line per name;
-    "" if none was put in."""
-    said = []
-    asked = {(u.path, getattr(u, "owner", ""), u.name): u for u in missing}
-    imports = {key: line for key, u in asked.items()
-               if isinstance(u, Unbound) and (line := u.import_line())}
-    for key, line in imports.items():
-        b, source = asked[key], _read(root, asked[key].path)
-        new = add_import(source, line) if source else ""
-        if not new:
-            continue
-        _, ok, output = _write(tools, root, b.path, new, emit, round_no)
-        emit(Note(text=f"{b.path}:{b.line} reads `{b.name}`, never imported: `{line}` put at "
-                  f"its top" + ("" if ok else f", and not written: {output}"), round=round_no))
-        if ok:
-            said.append(f"{b.path}: `{b.name}` was read and never imported; `{line}` is now at "
-                        f"the top of {b.path}. Keep it when you write the file again.")
-    for u in [u for key, u in asked.items() if key not in imports][:define.MAX_ASKED]:
-        source = _read(root, u.path)
-        if not source:
-            continue
-        got = define.ask(model, task, u, source)
-        emit(model_call(got.reply, role="coder", round_no=round_no))
-        member = isinstance(u, Unset)
-        what = f"`{u.owner}.{u.name}`" if isinstance(u, Unset) else f"`{u.name}`"
-        if not got.source:
-            why = "its class never sets it" if member else "nothing defines it"
-            emit(Note(text=f"asked for the definition of {what} alone ({u.path}:{u.line} "
-                      f"reads it, and {why}): {got.why}", round=round_no))
-            continue
-        _, ok, output = _write(tools, root, u.path, got.source, emit, round_no)
-        if not ok:
-            emit(Note(text=f"the definition of {what} was not written: {output}",
-                      round=round_no))
-        elif isinstance(u, Unset):
-            said.append(f"{u.path}: `{u.owner}` read `self.{u.name}` and never set it; asked "
-                        f"for it alone, you wrote it, and it is now in `{u.owner}`'s body. "
-                        "Keep it when you write the file again.")
-        else:
-            said.append(f"{u.path}: `{u.name}` was not defined anywhere; asked for it alone, "
-                        f"you wrote its definition, and it is now in {u.path}, after the "
-                        "imports. Keep it when you write the file again.")
-    return "\n".join(said)
-
-
-def _rewrite_named(model: Model, task: str, root: Path, paths: list[str], tools: dict[str, Any],
-                   emit: Emit, round_no: int, sampling: dict[str, Any] | None = None) -> str:
-    """Ask for the functions the task names afresh, their bodies left out, and put what comes
-    back in their place (rewrite.py); `sampling` None: greedy. What the coder is told of it; ""
-    if nothing was put in."""
-    path, names, source = _named_source(task, root, paths)
-    if not source:
-        return ""
-    got = rewrite.ask(model, task, path, names, source, sampling)
-    emit(model_call(got.reply, role="coder", round_no=round_no))
-    what = ", ".join(f"`{n}`" for n in names)
-    if not got.source:
-        emit(Note(text=f"the reply changed nothing; asked for {what} afresh, their bodies left "
-                  f"out: {got.why}", round=round_no))
-        return ""
-    _, ok, output = _write(tools, root, path, got.source, emit, round_no)
-    if not ok:
-        emit(Note(text=f"{what} written afresh were not written: {output}", round=round_no))
-        return ""
-    emit(Note(text=f"the reply changed nothing; {what} asked for afresh, their bodies left out, "
-              f"and put in {path}", round=round_no))
-    return (f"{path}: your reply changed nothing; asked to write {what} afresh from their "
-            f"signatures, you wrote them, and they are now in {path}.")
-
-
-def _named_source(task: str, root: Path, paths: list[str]) -> tuple[str, tuple[str, ...], str]:
-    """The file defining the functions the task names, those names, and the file as it is now
-    ("" when there is none to ask for): what both asks afresh start from (rewrite.py)."""
-    path, names = rewrite.named_functions(task, root, list(dict.fromkeys(paths)))
-    return path, names, _read(root, path) if path else ""
-
-
-def _rewrite_for_examples(model: Model, task: str, root: Path, paths: list[str],
-                          tools: dict[str, Any], emit: Emit, round_no: int, wrong: list[str],
-                          checks: CoderChecks, samplings: list[dict[str, Any] | None]) -> str:
-    """The reply got the task's examples wrong (`wrong`): ask for the functions the task names
-    afresh, their bodies left out and those examples said, once per entry of `samplings` (None:
-    greedy) until what comes back gets them all right, with the imports it needs put in ([loop]
-    define_missing). The version that gets the fewest wrong is kept if it gets fewer wrong than
-    the reply did; else the reply's file goes back. What the coder is told; "" if none kept."""
-    path, names, source = _named_source(task, root, paths)
-    if not source:
-        return ""
-    what = ", ".join(f"`{n}`" for n in names)
-    best, fewest, why = "", wrong, ""
-    for sampling in samplings:
-        got = rewrite.ask(model, task, path, names, source, sampling, wrong)
-        emit(model_call(got.reply, role="coder", round_no=round_no))
-        if not got.source:
-            why = got.why
-            continue
-        _, ok, output = _write(tools, root, path, got.source, emit, round_no)
-        if not ok:
-            why = f"not written: {output}"
-            continue
-        if checks.missing is not None:
-            _define_missing(model, task, [m for m in checks.missing() if m.path == path], tools,
-                            root, emit, round_no)
-        still = checks.examples() if checks.examples else []
-        if len(still) < len(fewest):
-            best, fewest = _read(root, path), still
-        if not still:
-            break
-    asked = f"{what} asked for afresh {len(samplings)} time(s) at most, their bodies left out"
-    if not best:
-        _write(tools, root, path, source, emit, round_no)
-        emit(Note(text=f"the change got the task's examples wrong; {asked}: none got more of "
-                  f"them right, so {path} stays as the reply wrote it"
-                  + (f" (last: {why})" if why else ""), round=round_no))
-        return ""
-    if _read(root, path) != best:
-        _write(tools, root, path, best, emit, round_no)
-    emit(Note(text=f"the change got the task's examples wrong; {asked}: put in {path} "
-              f"({len(wrong) - len(fewest)} of {len(wrong)} now right)", round=round_no))
-    return (f"{path}: your change got the task's examples wrong; asked to write {what} afresh "
-            f"from their signatures, you wrote them, and they are now in {path}.")
 
 
 def _keep_definitions(files: list[tuple[str, str]], root: Path, task: str, emit: Emit,
@@ -423,7 +294,7 @@ def _keep_definitions(files: list[tuple[str, str]], root: Path, task: str, emit:
                if path.endswith(".py")}
     out, said = [], []
     for path, content in files:
-        old = _read(root, path) if path.endswith(".py") else ""
+        old = read_file(root, path) if path.endswith(".py") else ""
         if old:
             elsewhere = frozenset().union(*(n for p, n in defined.items() if p != path))
             kept = keep.put_back(old, content, task, elsewhere)
@@ -440,28 +311,13 @@ def _keep_definitions(files: list[tuple[str, str]], root: Path, task: str, emit:
     return out, said
 
 
-def _write(tools: dict[str, Any], root: Path, path: str, content: str, emit: Emit,
-           round_no: int) -> tuple[str, bool, str]:
-    """Write one file through the write tool; a file given back as it is is not written."""
-    try:
-        if inside(root, root / path) and (root / path).read_text(encoding="utf-8") == content:
-            return path, False, f"{path}: unchanged (your reply gave it back as it was)"
-    except (OSError, UnicodeDecodeError, ValueError):
-        pass  # a new file, or one the write tool will refuse and say why
-    t0 = time.monotonic()
-    ok, output, _ = call_tool(tools, "write", {"path": path, "content": content})
-    emit(ToolCall(round=round_no, name="write", arguments=json.dumps({"path": path}), ok=ok,
-                  output_chars=len(output), seconds=round(time.monotonic() - t0, 3)))
-    return path, ok, f"{path}: {output}"
-
-
 def _edits_a_test(root: Path, path: str, content: str, task: str) -> bool:
     """Whether writing `content` changes or removes a line of an existing test file that the
     task does not name: the tests are what the change is checked by. A new test file, and new
     lines in one, are written; blank lines and line-end spaces are not counted."""
     if not is_test_path(path) or named_in(path, task):
         return False
-    old, new = (_lines(text) for text in (_read(root, path), content))
+    old, new = (_lines(text) for text in (read_file(root, path), content))
     ops = difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes()
     return any(op in ("replace", "delete") for op, *_ in ops)
 
@@ -475,7 +331,7 @@ def _breaks(root: Path, path: str, content: str) -> str:
     it would not (or the file is new, is not Python, or does not compile now either: a file in
     a newer Python than this one's is not judged)."""
     if not (path.endswith(".py") and inside(root, root / path)) \
-            or _compile_error(_read(root, path), path) is not None:
+            or _compile_error(read_file(root, path), path) is not None:
         return ""
     e = _compile_error(content, path)
     if e is None:
@@ -512,13 +368,3 @@ def _numstat(numstat: str) -> list[tuple[str, int, int]]:
             out.append((path, int(added) if added.isdigit() else 0,
                         int(removed) if removed.isdigit() else 0))
     return out
-
-
-def _read(root: Path, path: str) -> str:
-    """A file of the checkout as text; "" when there is none (a new file to write) or it is a
-    link out of the checkout."""
-    try:
-        return (root / path).read_text(encoding="utf-8") if path and inside(root, root / path) \
-            else ""
-    except (OSError, UnicodeDecodeError):
-        return ""
