@@ -74,6 +74,21 @@ def test_what_the_model_writes_replaces_each_function_where_it_was_reindented() 
     assert splice(PAGES, unchanged, ("page_count",)) == ""
 
 
+@pytest.mark.parametrize(("reply", "why"), [
+    ("```\ndef other():\n    pass\n```", "its reply has none of `page_count` as a function "
+     "that compiles"),
+    # the 0.5B gave back the wrong body it was asked to replace, three times sampled
+    ("```\ndef page_count(total: int, per_page: int) -> int:\n"
+     '    """How many pages `total` items fill."""\n    return total // per_page + 1\n```',
+     "its reply gave `page_count` back as they are"),
+])
+def test_an_ask_that_puts_nothing_in_says_why(reply: str, why: str) -> None:
+    from agent_node.loop.rewrite import ask
+
+    got = ask(ScriptedModel([text(reply)]), TASK, "pages.py", ("page_count",), PAGES)
+    assert (got.source, got.why) == ("", why)
+
+
 FIXED = "```python\ndef add(a, b):\n    return a + b\n```\n"
 
 

@@ -86,23 +86,33 @@ def ask(model: Model, task: str, path: str, names: tuple[str, ...], source: str,
                        sampling=sampling)
     new = splice(source, reply.text, names)
     if not new:
-        return Rewritten(path, names, reply, "", "its reply has none of "
-                         + ", ".join(f"`{n}`" for n in names) + " as a function that compiles")
+        what, put = ", ".join(f"`{n}`" for n in names), _put_in(source, reply.text, names)
+        why = (f"its reply has none of {what} as a function that compiles" if put is None
+               else f"its reply gave {what} back as they are" if put == source
+               else f"{path} would not compile with its {what}")
+        return Rewritten(path, names, reply, "", why)
     return Rewritten(path, names, reply, new)
 
 
 def splice(source: str, text: str, names: tuple[str, ...]) -> str:
     """`source` with each of `names` that `text`'s code (its first fenced block that compiles
     and defines one of them) defines put in place of the function of that name, re-indented to
-    it; "" when none is, or when the file would not compile. The 0.5B put the file's path in a
-    block of its own before the code."""
+    it; "" when none is, when that changes nothing, or when the file would not compile. The 0.5B
+    put the file's path in a block of its own before the code."""
+    out = _put_in(source, text, names)
+    return out if out is not None and out != source and parse(out) is not None else ""
+
+
+def _put_in(source: str, text: str, names: tuple[str, ...]) -> str | None:
+    """`source` with the functions `text` writes put in (see `splice`); None when it writes
+    none of them."""
     code, written = next(((code, tree) for code in blocks(text)
                           if (tree := parse(code)) is not None
                           and any(_function(tree, n) or _function(tree, n.rsplit(".", 1)[-1])
                                   for n in names)), ("", None))
     if written is None:
-        return ""
-    out, replaced = source, False
+        return None
+    out = source
     for name in names:
         new = _function(written, name) or _function(written, name.rsplit(".", 1)[-1])
         tree = parse(out)
@@ -113,8 +123,8 @@ def splice(source: str, text: str, names: tuple[str, ...]) -> str:
         lines = out.splitlines()
         first = min([old.lineno] + [d.lineno for d in old.decorator_list])
         lines[first - 1:old.end_lineno or old.lineno] = text_new.splitlines()
-        out, replaced = "\n".join(lines) + "\n", True
-    return out if replaced and out != source and parse(out) is not None else ""
+        out = "\n".join(lines) + "\n"
+    return out
 
 
 def _function(tree: ast.Module, name: str) -> Function | None:
