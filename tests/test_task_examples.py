@@ -86,6 +86,51 @@ def test_what_the_task_does_not_state_plainly_is_not_taken(tmp_path: Path, task:
     assert find(task, root, list(SOURCES)) == []
 
 
+RLE = {"rle.py": "def encode(text):\n    ...\n\n\ndef decode(text):\n    ...\n",
+       "other.py": "def shout(s):\n    ...\n"}
+RLE_TASK = ("`encode(\"aaab\")` is `\"3a1b\"` and `encode(\"a\" * 12)` is `\"12a\"`; "
+            "`decode(text)` turns it back, so `decode(encode(s)) == s`.")
+
+
+def test_an_identity_the_task_writes_out_is_checked_on_its_other_examples(
+        tmp_path: Path) -> None:
+    root = write(tmp_path, RLE)
+    found = find(RLE_TASK, root, list(RLE))
+    assert [e.text for e in found] == [
+        'encode("aaab")', 'encode("a" * 12)',
+        "decode(encode('aaab'))", "decode(encode('a' * 12))"]
+    assert found[3] == Example("decode(encode('a' * 12))", "'a' * 12", "rle", "decode",
+                               more=(("rle", "encode"),), identity=True)
+
+
+@pytest.mark.parametrize("identity", [
+    "`decode(encode(s)) == t`",  # two variables: nothing says what t is
+    "`decode(encode(s)) != s`",
+    "`undefined(encode(s)) == s`",  # a function no source file defines
+    "`decode(shout(s)) == s`",  # nothing gives shout an argument to try
+    "`decode(encode(s, 2)) == s`",
+])
+def test_an_identity_without_a_plain_case_to_try_is_not_taken(tmp_path: Path,
+                                                              identity: str) -> None:
+    root = write(tmp_path, RLE)
+    found = find("`encode(\"aaab\")` is `\"3a1b\"`. " + identity, root, list(RLE))
+    assert [e.text for e in found] == ['encode("aaab")']
+
+
+def test_an_identity_runs_with_both_functions_from_their_modules(tmp_path: Path) -> None:
+    root = write(tmp_path, {
+        "rle.py": "from itertools import groupby\n\n\ndef encode(text):\n"
+                  "    return ''.join(f'{len(list(g))}{c}' for c, g in groupby(text))\n\n\n"
+                  "def decode(text):\n    return text\n"})
+    found = find(RLE_TASK, root, ["rle.py"])
+    outcomes = run_examples(found, root, Sandbox.from_config())
+    assert [(o.holds, o.got) for o in outcomes] == [
+        (True, "'3a1b'"), (True, "'12a'"), (False, "'3a1b'"), (False, "'12a'")]
+    assert outcomes[2].failure() == (
+        "the task's example `decode(encode('aaab'))` (from rle.py) should give `'aaab'`; it "
+        "gave `'3a1b'`")
+
+
 def test_examples_run_in_the_sandbox_and_say_what_the_code_gave(tmp_path: Path) -> None:
     root = write(tmp_path, {
         "calc.py": "def half(x):\n    return x / 3\n\n\ndef third(x):\n    return x / 3\n\n\n"
@@ -240,4 +285,4 @@ def test_the_bench_tasks_examples_hold_for_their_solutions_and_not_at_their_star
         shutil.copytree(task / "solution", work, dirs_exist_ok=True)
         assert all(o.holds for o in run_examples(examples, work, sandbox)), task.name
     assert found == {"duration_bug": 1, "greet_shout": 1, "mean_bug": 1, "paginate_bug": 1,
-                     "rle": 2, "slugify": 1, "temperature_bug": 2}
+                     "rle": 4, "slugify": 1, "temperature_bug": 2}

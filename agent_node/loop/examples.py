@@ -6,6 +6,7 @@
     `slugify("Hello, World!")` is `"hello-world"`
     `parse_duration("1h30m")` returns 1800 instead of 5400 seconds        ... == 5400
     `python greet.py Ada --shout` prints `HELLO, ADA!`                 its output, stripped
+    `decode(encode(s)) == s`, and `encode("aaab")` given   decode(encode("aaab")) == "aaab"
 
 A user who writes "`f(x)` should be y" has written a test. A small coder's change can pass the
 repository's tests and still get the task's own example wrong (the 0.5B kept `len(xs) - 1` in
@@ -17,9 +18,11 @@ function that one source file of the repository defines at its top level, whose 
 Python's builtins (so `paginate(list(range(10)), 1, 3)`, not `page_count(total, per_page)`),
 followed by "should be", "should return", "is", "returns", "gives" or "prints" and a literal
 (backticked or not); "returns A instead of B" expects B. A command is `python FILE ...` with
-FILE a source file of the repository, and what it prints. An example the code already gives
-before the change is dropped (`usable`): it checks nothing the task asks to change, and a
-misread sentence would otherwise fail a right change.
+FILE a source file of the repository, and what it prints. An identity, `A == B` in backticks
+over such functions and one variable (`decode(encode(s)) == s`), is checked for each argument
+the task's other examples give the function applied to that variable (`encode("aaab")`).
+An example the code already gives before the change is dropped (`usable`): it checks nothing
+the task asks to change, and a misread sentence would otherwise fail a right change.
 
 The examples run in the sandbox, in one process, on the tree under test; the code under test
 runs inside it, so, like the test command, a hostile change could fake their result. They make
@@ -66,6 +69,8 @@ class Example:
     module: str = ""  # the module that defines the function called ("" for a command)
     name: str = ""  # the function called
     command: bool = False
+    more: tuple[tuple[str, str], ...] = ()  # other (module, function) an identity calls
+    identity: bool = False  # `expected` is an expression too, evaluated with the call
 
     def describe(self) -> str:
         what = "prints" if self.command else "should give"
@@ -98,6 +103,8 @@ def find(task: str, root: Path, sources: list[str]) -> list[Example]:
         example = _call(m.group(1), result, defined) or _command(m.group(1), result, scripts)
         if example is not None and example not in out:
             out.append(example)
+    for m in _TICKED.finditer(task):
+        out += [e for e in _identity(m.group(1), out, defined) if e not in out]
     return out[:MAX_EXAMPLES]
 
 
@@ -149,6 +156,52 @@ def _call(text: str, result: str, defined: dict[str, str]) -> Example | None:
     return Example(text, result, defined[name], name)
 
 
+def _identity(text: str, found: list[Example], defined: dict[str, str]) -> list[Example]:
+    """`decode(encode(s)) == s`, one example for each argument the calls in `found` give a
+    function that the identity applies to its one variable alone (`encode("aaab")` found:
+    `decode(encode("aaab"))` expected to give `"aaab"`)."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return []
+    body = tree.body
+    if not (isinstance(body, ast.Compare) and len(body.ops) == 1
+            and isinstance(body.ops[0], ast.Eq)):
+        return []
+    calls = [n for n in ast.walk(body) if isinstance(n, ast.Call)]
+    called = {c.func.id for c in calls if isinstance(c.func, ast.Name)}
+    if len(called) != len(calls) or not called or not called <= defined.keys():
+        return []
+    free = {n.id for n in ast.walk(body) if isinstance(n, ast.Name)} - called - _BUILTINS
+    if len(free) != 1:
+        return []
+    (var,) = free
+    applied = {c.func.id for c in calls if isinstance(c.func, ast.Name) and not c.keywords
+               and len(c.args) == 1 and isinstance(c.args[0], ast.Name) and c.args[0].id == var}
+    names = sorted(called)
+    out = []
+    for e in found:
+        if e.command or e.name not in applied or e.more:
+            continue
+        arg = ast.parse(e.text, mode="eval").body
+        if not (isinstance(arg, ast.Call) and len(arg.args) == 1 and not arg.keywords):
+            continue
+        value = arg.args[0]
+        filled = _Fill(var, value).visit(ast.parse(text, mode="eval")).body
+        out.append(Example(ast.unparse(filled.left), ast.unparse(filled.comparators[0]),
+                           defined[names[0]], names[0],
+                           more=tuple((defined[n], n) for n in names[1:]), identity=True))
+    return out
+
+
+class _Fill(ast.NodeTransformer):
+    def __init__(self, name: str, value: ast.expr) -> None:
+        self.name, self.value = name, value
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        return self.value if node.id == self.name else node
+
+
 def _command(text: str, result: str, scripts: set[str]) -> Example | None:
     try:
         words = shlex.split(text)
@@ -185,12 +238,13 @@ def _unticked(text: str) -> str:
 
 def _script(examples: list[Example], mark: str) -> str:
     """A Python program printing, after `mark`, [[holds, what it gave], ...]."""
-    cases = [[e.command, e.module, e.name, e.text, e.expected] for e in examples]
+    cases = [[e.command, [[e.module, e.name], *e.more], e.text, e.expected, e.identity]
+             for e in examples]
     return f"""\
 import ast, importlib, json, math, shlex, subprocess, sys
 sys.path.insert(0, ".")
 out = []
-for command, module, name, text, expected in {cases!r}:
+for command, names, text, expected, identity in {cases!r}:
     try:
         if command:
             words = shlex.split(text)
@@ -201,8 +255,10 @@ for command, module, name, text, expected in {cases!r}:
             if not ok and done.returncode:
                 got += " (exit %d) " % done.returncode + done.stderr.strip()[-300:]
         else:
-            value = eval(text, {{name: getattr(importlib.import_module(module), name)}})
-            want = ast.literal_eval(expected)
+            functions = {{name: getattr(importlib.import_module(module), name)
+                          for module, name in names}}
+            value = eval(text, dict(functions))
+            want = eval(expected, dict(functions)) if identity else ast.literal_eval(expected)
             numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
                           for v in (value, want))
             ok = (math.isclose(value, want, rel_tol=1e-6, abs_tol=1e-9) if numbers
