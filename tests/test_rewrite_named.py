@@ -53,6 +53,24 @@ def test_their_bodies_are_left_out_and_their_signatures_and_docstrings_kept() ->
         "        start = n * 3\n        return items[start:start + 3]\n", "        ...\n")
 
 
+CONVERT = ('def c_to_f(c):\n    """Celsius to Fahrenheit."""\n    return c * 9 / 5 + 32\n\n\n'
+           'def f_to_c(f):\n    """Fahrenheit to Celsius."""\n    return f * 9 / 5 + 32\n')
+
+
+def test_asked_again_for_the_examples_the_other_functions_bodies_are_left_out_too() -> None:
+    # temperature_bug: shown `c_to_f` whole beside `f_to_c` blanked, the 0.5B copied its body
+    from agent_node.loop.rewrite import ask
+
+    model = ScriptedModel([text("```\ndef f_to_c(f):\n    return (f - 32) * 5 / 9\n```")] * 2)
+    ask(model, "fix `f_to_c`", "convert.py", ("f_to_c",), CONVERT,
+        wrong=["the task's example `f_to_c(32)` should give `0.0`; it gave `89.6`"])
+    ask(model, "fix `f_to_c`", "convert.py", ("f_to_c",), CONVERT)
+    with_examples, without = (r["messages"][0]["content"] for r in model.calls)
+    assert "return c * 9 / 5 + 32" not in with_examples
+    assert '    """Celsius to Fahrenheit."""\n    ...\n' in with_examples
+    assert "return c * 9 / 5 + 32" in without and "return f * 9 / 5" not in without
+
+
 def test_what_the_model_writes_replaces_each_function_where_it_was_reindented() -> None:
     reply = ("Here:\n\n```python\ndef page_count(total, per_page):\n"
              "    return (total + per_page - 1) // per_page\n\n\n"

@@ -59,13 +59,16 @@ def named_functions(task: str, root: Path, paths: list[str]) -> tuple[str, tuple
     return "", ()
 
 
-def blanked(source: str, names: tuple[str, ...]) -> str:
-    """`source` with each named function's body left out: its docstring, if any, then `...`."""
+def blanked(source: str, names: tuple[str, ...], others: bool = False) -> str:
+    """`source` with each named function's body left out: its docstring, if any, then `...`;
+    with `others`, every other function's and method's body too."""
     tree = parse(source)
     if tree is None:
         return source
     lines = source.splitlines()
     found = [f for n in names if (f := _function(tree, n)) is not None]
+    if others:
+        found += [f for f in _functions(tree) if f not in found]
     for f in sorted(found, key=lambda f: f.lineno, reverse=True):  # bottom up: lines stay put
         body = f.body[1:] if is_docstring(f.body[0]) and len(f.body) > 1 else f.body
         if body is f.body and is_docstring(f.body[0]):
@@ -78,10 +81,13 @@ def blanked(source: str, names: tuple[str, ...]) -> str:
 def ask(model: Model, task: str, path: str, names: tuple[str, ...], source: str,
         sampling: dict[str, Any] | None = None, wrong: list[str] | None = None) -> Rewritten:
     """Ask `model` to write the functions `names` of `path` (now `source`) afresh (greedy, or
-    with `sampling`); `wrong`: the task's examples the code as it is gets wrong, said too."""
+    with `sampling`); `wrong`: the task's examples the code as it is gets wrong, said too, and
+    then the bodies of the file's other functions are left out as well: shown the wrong
+    `f_to_c` blanked beside `c_to_f` whole, the 0.5B wrote `c_to_f`'s body into it, greedy and
+    sampled alike, and wrote the conversion right once `c_to_f`'s body was left out too."""
     prompt = prompts.render("loop/rewrite_named", task=task, path=path,
-                            source=blanked(source, names).rstrip("\n"), names=names,
-                            wrong=wrong or [])
+                            source=blanked(source, names, others=bool(wrong)).rstrip("\n"),
+                            names=names, wrong=wrong or [])
     reply = model.chat([{"role": "user", "content": prompt}], max_tokens=REWRITE_TOKENS,
                        sampling=sampling)
     new = splice(source, reply.text, names)
@@ -124,6 +130,15 @@ def _put_in(source: str, text: str, names: tuple[str, ...]) -> str | None:
         first = min([old.lineno] + [d.lineno for d in old.decorator_list])
         lines[first - 1:old.end_lineno or old.lineno] = text_new.splitlines()
         out = "\n".join(lines) + "\n"
+    return out
+
+
+def _functions(tree: ast.Module) -> list[Function]:
+    """The top-level functions of `tree` and the methods of its top-level classes."""
+    out: list[Function] = []
+    for node in tree.body:
+        body = node.body if isinstance(node, ast.ClassDef) else [node]
+        out += [n for n in body if isinstance(n, Function)]
     return out
 
 
