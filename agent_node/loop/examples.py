@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import copy
 import json
 import re
 import secrets
@@ -181,13 +182,12 @@ def _identity(text: str, found: list[Example], defined: dict[str, str]) -> list[
     names = sorted(called)
     out = []
     for e in found:
-        if e.command or e.name not in applied or e.more:
+        if e.command or e.identity or e.name not in applied:
             continue
         arg = ast.parse(e.text, mode="eval").body
         if not (isinstance(arg, ast.Call) and len(arg.args) == 1 and not arg.keywords):
             continue
-        value = arg.args[0]
-        filled = _Fill(var, value).visit(ast.parse(text, mode="eval")).body
+        filled = _Fill(var, arg.args[0]).visit(copy.deepcopy(body))
         out.append(Example(ast.unparse(filled.left), ast.unparse(filled.comparators[0]),
                            defined[names[0]], names[0],
                            more=tuple((defined[n], n) for n in names[1:]), identity=True))

@@ -202,7 +202,7 @@ class _Run:
                            "as they are"))
         self.checkout = Checkout.create(self.root, self.checkout.dir, base)
         between = Between(self.checkout, self.emit, self.record.run_id, self.cfg.loop,
-                          lambda cmd, when: self.tests_now(cmd, when))
+                          self.tests_now)
         work = self.checkout.work
         files = self.checkout.files()
 
