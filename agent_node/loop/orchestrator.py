@@ -55,7 +55,13 @@ from agent_node.loop.gate import (
     run_tests,
     tail,
 )
-from agent_node.loop.names import Unbound, Unset, failures, unbound_in_change, unset_in_change
+from agent_node.loop.names import (
+    Unbound,
+    Unset,
+    broken_by_change,
+    unbound_in_change,
+    unset_in_change,
+)
 from agent_node.loop.repo import current_branch, dirty_paths, head_commit, repo_root
 from agent_node.loop.review import Reviewer, decide_round
 from agent_node.loop.structured import REVIEW, SPEC, ask_json
@@ -359,8 +365,9 @@ class _Run:
                   base: str = "") -> tuple[bool, str]:
         """The test command on the coder's checkout as it stands (in the sandbox, its git
         read-only), as the coder is shown it: passed or not, and the end of the output. With
-        `base`, the gate's undefined-name check of the change since `base` too: a read of a
-        name nothing defines fails as the gate would fail it (names.py)."""
+        `base`, the gate's names checks of the change since `base` too: a read of a name nothing
+        defines, or a use elsewhere of a name the change took away, fails as the gate would fail
+        it (names.py)."""
         work = self.checkout.work
         loop = self.cfg.loop  # bounded as the gate bounds it, and as any coder command is
         t = run_tests(test_cmd, work, min(loop.test_timeout_s, loop.tool_timeout_s),
@@ -372,7 +379,7 @@ class _Run:
             output=tail(t.output.strip(), TESTS_SHOWN_CHARS))
         if not base:
             return t.passed, text
-        unbound = failures(unbound_in_change(work, self.checkout.changes(base)))
+        unbound = broken_by_change(work, self.checkout.changes(base))
         if unbound:
             text += "\n" + prompts.render("loop/names_unbound", failures=unbound)
         wrong = self.examples_now() if self.examples else []
