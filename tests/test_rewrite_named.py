@@ -167,3 +167,45 @@ def test_a_reply_with_no_file_after_a_change_is_reminded_not_rewritten(tmp_path:
     assert summary["verdict"] == "fail"
     assert all(len(c["messages"]) > 1 for c in coder.calls)  # never asked alone
     assert "changed no file" in coder.calls[2]["messages"][-1]["content"]
+
+
+TWO = "def add(a, b):\n    return a - b\n\n\ndef sub(a, b):\n    return a + b\n"
+# the visible test holds `add` to the task, and only keeps `sub` from breaking
+TEST_TWO = ("import sys\n\nsys.path.insert(0, '.')\nimport calc\n\n"
+            "assert calc.add(2, 3) == 5\nassert calc.sub(3, 1) in (2, 4)\n")
+
+
+@pytest.mark.parametrize("sub, kept", [("return a - b", True), ("return 0", False)])
+def test_a_named_function_a_passing_change_left_alone_is_asked_for_afresh(
+        tmp_path: Path, sub: str, kept: bool) -> None:
+    # bank_errors: the 0.5B made `withdraw` raise for a zero amount, left `deposit` (which the
+    # task names beside it) as it was, and the visible tests, which only withdraw, passed it
+    repo = make_repo(tmp_path, {"calc.py": TWO, "tests/test_calc.py": TEST_TWO})
+    fixed_add = TWO.replace("return a - b", "return a + b", 1)
+    coder = ScriptedModel([text(block("calc.py", fixed_add)),
+                           text(f"```python\ndef sub(a, b):\n    {sub}\n```")], name="coder")
+    summary = run(tmp_path, repo, ScriptedModel([as_json(NOT_UI), as_json(PASS)]), coder,
+                  cfg=files_form(rewrite_named=True), task="Fix `add` and `sub` in `calc.py`.")
+
+    assert summary["verdict"] == "pass" and summary["rounds"] == 1
+    (asked,) = coder.calls[1]["messages"]  # alone: `sub` blanked, the changed `add` whole
+    assert "def sub(a, b):\n    ...\n" in asked["content"]
+    assert "def add(a, b):\n    return a + b" in asked["content"]
+    notes = [e["text"] for e in read_events(Path(summary["run_dir"])) if e["type"] == "note"]
+    said = next(n for n in notes if "left `sub`, which the task names, as it was" in n)
+    diff = (Path(summary["run_dir"]) / "round-1" / "diff.patch").read_text()
+    assert "+    return a + b" in diff
+    if kept:
+        assert "put in calc.py, and the checks still pass" in said
+        assert "+    return a - b" in diff
+    else:
+        assert "the checks fail with it, so calc.py stays as the change left it" in said
+        assert "return 0" not in diff
+
+
+def test_a_bare_method_name_one_class_defines_is_that_method(tmp_path: Path) -> None:
+    (tmp_path / "bank.py").write_text("class Account:\n    def deposit(self, a):\n        pass\n\n"
+                                      "    def withdraw(self, a):\n        pass\n")
+    task = "Make `Account.withdraw(amount)` raise, and both `deposit` and `withdraw` check."
+    assert named_functions(task, tmp_path, ["bank.py"]) == (
+        "bank.py", ("Account.withdraw", "Account.deposit"))

@@ -3,7 +3,10 @@
 - `define_missing` ([loop] define_missing): the one import a name the change reads needs, put
   in; a name nothing defines, or an attribute its class never sets, asked for alone (define.py).
 - `rewrite_named` ([loop] rewrite_named): a reply that changed nothing gets the functions the
-  task names asked for afresh, their bodies left out (rewrite.py).
+  task names asked for afresh, their bodies left out (rewrite.py); when the repository defines
+  none of them, the new functions the task names are asked for alone (`add_named`, added.py);
+  and once the checks pass, the named functions the change left as they were while it changed
+  others are asked for afresh, kept only if the checks still pass (`complete_named`).
 - `rewrite_for_examples` ([loop] task_examples): a change that gets the task's own examples wrong
   gets those functions asked for afresh, told which examples, and kept only when more are right.
 
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_node.events import Note
-from agent_node.loop import define, rewrite
+from agent_node.loop import added, define, rewrite
 from agent_node.loop.coder import CoderChecks, Emit, model_call, write_file
 from agent_node.loop.context import read_file
 from agent_node.loop.names import Unbound, Unset
@@ -81,7 +84,7 @@ def rewrite_named(model: Model, task: str, root: Path, paths: list[str], tools: 
     if nothing was put in."""
     path, names, source = _named_source(task, root, paths)
     if not source:
-        return ""
+        return add_named(model, task, root, paths, tools, emit, round_no, sampling)
     got = rewrite.ask(model, task, path, names, source, sampling)
     emit(model_call(got.reply, role="coder", round_no=round_no))
     what = ", ".join(f"`{n}`" for n in names)
@@ -97,6 +100,70 @@ def rewrite_named(model: Model, task: str, root: Path, paths: list[str], tools: 
               f"and put in {path}", round=round_no))
     return (f"{path}: your reply changed nothing; asked to write {what} afresh from their "
             f"signatures, you wrote them, and they are now in {path}.")
+
+
+def add_named(model: Model, task: str, root: Path, paths: list[str], tools: dict[str, Any],
+              emit: Emit, round_no: int, sampling: dict[str, Any] | None = None) -> str:
+    """Ask for the new functions the task names alone, and put what comes back at the end of
+    their class or file (added.py); `sampling` None: greedy. What the coder is told of it; ""
+    if nothing was put in."""
+    want = added.wanted(task, root, list(dict.fromkeys(paths)))
+    source = read_file(root, want.path) if want else ""
+    if want is None or not source:
+        return ""
+    got = added.ask(model, task, want, source, sampling)
+    emit(model_call(got.reply, role="coder", round_no=round_no))
+    what = ", ".join(f"`{n}`" for n in want.names)
+    where = f"`{want.owner}` in {want.path}" if want.owner else want.path
+    if not got.source:
+        emit(Note(text=f"the reply changed nothing; asked for {what}, new in {where}, alone: "
+                  f"{got.why}", round=round_no))
+        return ""
+    _, ok, output = write_file(tools, root, want.path, got.source, emit, round_no)
+    if not ok:
+        emit(Note(text=f"{what} were not written: {output}", round=round_no))
+        return ""
+    emit(Note(text=f"the reply changed nothing; {what} asked for alone and put at the end of "
+              f"{where}", round=round_no))
+    return (f"{want.path}: your reply changed nothing; asked to write {what} alone, you wrote "
+            f"them, and they are now at the end of {where}.")
+
+
+def named_at_start(task: str, root: Path, paths: list[str]) -> dict[str, str]:
+    """The functions the task names as the round found them: `path:name` -> source."""
+    path, names, source = _named_source(task, root, paths)
+    return {f"{path}:{n}": text for n, text in rewrite.function_sources(source, names).items()}
+
+
+def complete_named(model: Model, task: str, root: Path, paths: list[str], tools: dict[str, Any],
+                   emit: Emit, round_no: int, before: dict[str, str], checks: CoderChecks,
+                   sampling: dict[str, Any] | None = None) -> None:
+    """The checks pass, and the change rewrote some of the functions the task names but left
+    others as the round found them (`before`: `named_at_start`): the 0.5B made `withdraw` raise
+    for an amount of zero and left `deposit`, which the task names beside it, as it was. Ask for
+    those afresh, their bodies left out (rewrite.py), and keep what comes back only if the
+    checks still pass with it; else the file goes back as the change left it."""
+    path, names, source = _named_source(task, root, paths)
+    now = rewrite.function_sources(source, names) if source else {}
+    same = tuple(n for n in now if before.get(f"{path}:{n}") == now[n])
+    if not same or len(same) == len(now) or checks.tests is None:
+        return
+    got = rewrite.ask(model, task, path, same, source, sampling)
+    emit(model_call(got.reply, role="coder", round_no=round_no))
+    what = ", ".join(f"`{n}`" for n in same)
+    asked = (f"the checks pass, and the change left {what}, which the task names, as it was; "
+             f"asked for afresh, the body left out")
+    if not got.source:
+        emit(Note(text=f"{asked}: {got.why}", round=round_no))
+        return
+    _, ok, output = write_file(tools, root, path, got.source, emit, round_no)
+    if ok and checks.tests()[0]:
+        emit(Note(text=f"{asked}: put in {path}, and the checks still pass", round=round_no))
+        return
+    write_file(tools, root, path, source, emit, round_no)
+    emit(Note(text=f"{asked}: " + (f"not written: {output}" if not ok else
+                                   f"the checks fail with it, so {path} stays as the change "
+                                   "left it"), round=round_no))
 
 
 def _named_source(task: str, root: Path, paths: list[str]) -> tuple[str, tuple[str, ...], str]:

@@ -158,6 +158,8 @@ def run_files_coder(
     report = ""
     last: tuple[tuple[str, str], ...] = ()  # the files the reply before gave
     rewrote = not rewrite_named  # the task's functions asked for afresh (rewrite.py), once
+    # ... and as the round found them, for the ones a passing change leaves alone, once
+    named = asks.named_at_start(task, root, sources + known) if rewrite_named else {}
     afresh = 0  # ... and how often since a reply got the task's examples wrong
 
     def result(stopped: str, why: str = "") -> CoderResult:
@@ -256,6 +258,10 @@ def run_files_coder(
                 said += "\n" + rewritten
                 passed, tests = checks.tests()
         if passed:
+            if named:
+                asks.complete_named(
+                    model, task, root, sources + known, tools, emit, round_no, named, checks,
+                    {**retry, "seed": round_no * 1000 + 700} if retry and sample_first else None)
             return result("finish", "the tests pass")
         messages.append({"role": "user", "content": prompts.render(
             "loop/files_again", written=said, tests=tests)})

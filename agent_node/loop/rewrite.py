@@ -43,9 +43,43 @@ class Rewritten:
 
 def named_functions(task: str, root: Path, paths: list[str]) -> tuple[str, tuple[str, ...]]:
     """The first Python file of `paths` (tests left out) that defines functions the task names
-    in backticks, and those names (`name` or `Class.method`); ("", ()) when there is none."""
+    in backticks, and those names (`name` or `Class.method`; a bare `deposit` that one class
+    defines is `Account.deposit`); ("", ()) when there is none."""
     wanted = list(dict.fromkeys(NAMED.findall(task)))
-    for path in paths:
+    for path, tree in python_files(root, paths).items():
+        found = list(dict.fromkeys(q for n in wanted if (q := _qualified(tree, n))))
+        if found:
+            return path, tuple(found[:MAX_NAMED])
+    return "", ()
+
+
+def _qualified(tree: ast.Module, name: str) -> str:
+    """`name` as `tree` defines it: a top-level function or `Class.method` as given, or a bare
+    method name (`deposit`) that exactly one top-level class defines, as `Class.method`; ""
+    when it defines none."""
+    if _function(tree, name) is not None:
+        return name
+    if "." in name:
+        return ""
+    owners = [n.name for n in tree.body if isinstance(n, ast.ClassDef)
+              and _function(tree, f"{n.name}.{name}") is not None]
+    return f"{owners[0]}.{name}" if len(owners) == 1 else ""
+
+
+def function_sources(source: str, names: tuple[str, ...]) -> dict[str, str]:
+    """The source of each of `names` (`name` or `Class.method`) that `source` defines, as
+    written, by name."""
+    tree = parse(source)
+    lines = source.splitlines()
+    return {n: source_of(f, lines) for n in names
+            if tree is not None and (f := _function(tree, n)) is not None}
+
+
+def python_files(root: Path, paths: list[str]) -> dict[str, ast.Module]:
+    """The Python files of `paths` that compile, tests left out, by path in their order; links
+    and files out of bounds are not read."""
+    out: dict[str, ast.Module] = {}
+    for path in dict.fromkeys(paths):
         name = path.rsplit("/", 1)[-1]
         if not path.endswith(".py") or name.startswith("test_") or path.startswith("tests/"):
             continue
@@ -53,10 +87,9 @@ def named_functions(task: str, root: Path, paths: list[str]) -> tuple[str, tuple
         if f.is_symlink() or not f.resolve().is_relative_to(root.resolve()) or not f.is_file():
             continue
         tree = parse(f.read_text(errors="replace"))
-        found = [n for n in wanted if tree is not None and _function(tree, n) is not None]
-        if found:
-            return path, tuple(found[:MAX_NAMED])
-    return "", ()
+        if tree is not None:
+            out[path] = tree
+    return out
 
 
 def blanked(source: str, names: tuple[str, ...], others: bool = False) -> str:
