@@ -91,6 +91,20 @@ def test_overflow_only_at_phone_width_is_caught_on_phone_not_desktop(
     assert overflow["offenders"][0]["selector"] == "body > div.pricing-table"
 
 
+def test_items_of_a_flex_row_that_does_not_wrap_name_the_row_as_the_cause(
+    site: str, capturer: Capturer
+) -> None:
+    # ui_nav_wrap: told to keep the sixth link within 390px, the 0.5B gave that link
+    # max-width: 100%; the row's `flex-wrap: nowrap` was what held it past the edge
+    facts = facts_of(capturer.capture(f"{site}/nav-nowrap.html"))
+    assert kinds(facts, "desktop") == [] and kinds(facts, "phone") == ["overflow"]
+    worst = facts[0].detail["offenders"][0]
+    assert worst["selector"].startswith("header > nav > ul > li:nth-of-type(")
+    assert worst["cause"] == {"kind": "flex-nowrap", "selector": "body > header > nav > ul"}
+    assert facts_of(capturer.capture(f"{site}/phone-overflow.html"))[0].detail[
+        "offenders"][0]["cause"] is None
+
+
 def test_console_error_thrown_a_second_after_load_is_caught(
     site: str, capturer: Capturer
 ) -> None:

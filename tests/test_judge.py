@@ -110,6 +110,17 @@ def test_overflow_fails_the_page_with_a_fix_naming_the_element() -> None:
     assert "div.pricing-table" in v.failures[0].evidence and "max-width" in v.failures[0].fix
 
 
+def test_overflow_from_a_flex_row_that_does_not_wrap_gets_the_rows_fix() -> None:
+    cap = capture()
+    cap.viewports["phone"].layout.update(document_width=711, offenders=[
+        {"selector": "header > nav > ul > li:nth-of-type(6)", "left": 585, "top": 60,
+         "width": 126, "height": 40, "overshoot": 321,
+         "cause": {"kind": "flex-nowrap", "selector": "header > nav > ul"}}])
+    (failure,) = judge(SPEC, facts_of(cap), no_descriptions(), model=None).failures
+    assert failure.fix.startswith("header > nav > ul is a flex row that does not wrap")
+    assert "flex-wrap: wrap on header > nav > ul" in failure.fix
+
+
 def test_an_allowed_exception_in_the_spec_is_honoured() -> None:
     spec = parse_spec("- The order button is visible.\nallow: console-error /favicon\\.ico/\n")
     favicon = ConsoleEntry("error", "Failed to load resource: the server responded with a "

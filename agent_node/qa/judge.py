@@ -177,6 +177,12 @@ def _fix(f: Fact) -> str:
     d = f.detail
     if f.kind == "overflow":
         worst = d["offenders"][0]["selector"] if d.get("offenders") else "the widest element"
+        cause = (d.get("offenders") or [{}])[0].get("cause") or {}
+        if cause.get("kind") == "flex-nowrap":  # the row's rule is the fix, not the item's
+            return (f"{cause['selector']} is a flex row that does not wrap (flex-wrap: nowrap), "
+                    f"so its items run past the edge: let it wrap (flex-wrap: wrap on "
+                    f"{cause['selector']}), or stack its items in a media query for widths "
+                    f"under {d['document_width']}px.")
         return (f"Keep {worst} within {d['viewport_width']}px: give it max-width: 100% instead "
                 "of a fixed width, let rows wrap (flex-wrap: wrap) or stack them in a media "
                 f"query for widths under {d['document_width']}px.")

@@ -35,6 +35,18 @@
     }
     return false;
   };
+  // Why an element runs past the edge, where the page says so plainly: it is an item of a flex
+  // row that does not wrap (the fix is the row's, not the item's).
+  const causeOf = (el) => {
+    const p = el.parentElement;
+    if (!p) return null;
+    const ps = getComputedStyle(p);
+    if ((ps.display === 'flex' || ps.display === 'inline-flex') && ps.flexWrap === 'nowrap'
+        && !ps.flexDirection.startsWith('column')) {
+      return { kind: 'flex-nowrap', selector: selectorOf(p) };
+    }
+    return null;
+  };
   const all = [...document.body ? document.body.querySelectorAll('*') : []].slice(0, 5000);
   const crossing = new Set();
   const offenders = [];
@@ -47,7 +59,7 @@
     const r = el.getBoundingClientRect();
     offenders.push({ selector: selectorOf(el), left: Math.round(r.left), top: Math.round(r.top),
       width: Math.round(r.width), height: Math.round(r.height),
-      overshoot: Math.round(r.right - vw) });
+      overshoot: Math.round(r.right - vw), cause: causeOf(el) });
   }
   offenders.sort((a, b) => b.overshoot - a.overshoot);
   const small = [];
