@@ -168,6 +168,10 @@ class LoopSection:
     # instead of fixing it in place. With coder = "files" and retry_temperature, its first
     # reply is sampled too: a fresh draw, not round 1's greedy reply again.
     retry_from_start: bool = False
+    # A round whose change fails the visual checks: the page's stylesheet is asked for on its
+    # own before the next round, told what the checks found, and the rules the model writes
+    # are merged into it, for the next coder to start from (agent_node/loop/restyle.py).
+    restyle: bool = False
     # What the code review's verdict does once the gate passed. "binding": a fail fails the
     # round and its fixes go to the next coder. "advisory": the review still runs and its
     # verdict and reasons go to the record and to you at approval, but a change the gate passed

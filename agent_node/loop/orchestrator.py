@@ -40,6 +40,7 @@ from agent_node.events import (
     VisualQAChecked,
 )
 from agent_node.loop import examples as task_examples
+from agent_node.loop import restyle
 from agent_node.loop.between import Between
 from agent_node.loop.checkout import Checkout, checkouts_root
 from agent_node.loop.coder import CoderChecks, CoderLimits, CoderResult, model_call, run_coder
@@ -272,6 +273,11 @@ class _Run:
                 break
             nxt = between.after(round_no, base, gate, fixes, tests_ok, test_cmd)
             failures, self.start, again, stalled = nxt.failures, nxt.start, nxt.again, nxt.stalled
+            seen = [f for f in gate.failures if f.startswith("visual QA")]
+            if self.cfg.loop.restyle and seen and not (again or stalled) \
+                    and round_no < self.cfg.loop.max_rounds:
+                restyle.before_next_round(self.coder_model, self.task, work, page,
+                                          self.checkout.files(), seen, self.emit, round_no)
             if stalled:
                 break
         if stalled:
