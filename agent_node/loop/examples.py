@@ -141,6 +141,17 @@ def usable(examples: list[Example], tree: Path, sandbox: Sandbox, *,
     return [o.example for o in outcomes if not o.holds], [o for o in outcomes if o.holds]
 
 
+def said(kept: list[Example], dropped: list[Outcome]) -> str:
+    """What the record says of the task's examples: those checked on every change, and those
+    left out because the code before the change gives them already (`usable`)."""
+    out = ["the task's examples, checked on every change: "
+           + ("; ".join(e.describe() for e in kept) if kept else "none")]
+    if dropped:
+        out.append("left out, as the code gives them already: "
+                   + "; ".join(f"{o.example.describe()} (it gives `{o.got}`)" for o in dropped))
+    return ". ".join(out)
+
+
 def _call(text: str, result: str, defined: dict[str, str]) -> Example | None:
     try:
         tree = ast.parse(text, mode="eval")

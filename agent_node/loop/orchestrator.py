@@ -341,13 +341,7 @@ class _Run:
             return []
         kept, dropped = task_examples.usable(found, work, self.sandbox,
                                              read_only=checkout_git(work))
-        said = ["the task's examples, checked on every change: "
-                + ("; ".join(e.describe() for e in kept) if kept else "none")]
-        if dropped:
-            said.append("left out, as the code gives them already: "
-                        + "; ".join(f"{o.example.describe()} (it gives `{o.got}`)"
-                                    for o in dropped))
-        self.emit(Note(text=". ".join(said)))
+        self.emit(Note(text=task_examples.said(kept, dropped)))
         return kept
 
     def examples_now(self) -> list[str]:
