@@ -86,20 +86,13 @@ def rewrite_named(model: Model, task: str, root: Path, paths: list[str], tools: 
     if not source:
         return add_named(model, task, root, paths, tools, emit, round_no, sampling)
     got = rewrite.ask(model, task, path, names, source, sampling)
-    emit(model_call(got.reply, role="coder", round_no=round_no))
     what = ", ".join(f"`{n}`" for n in names)
-    if not got.source:
-        emit(Note(text=f"the reply changed nothing; asked for {what} afresh, their bodies left "
-                  f"out: {got.why}", round=round_no))
-        return ""
-    _, ok, output = write_file(tools, root, path, got.source, emit, round_no)
-    if not ok:
-        emit(Note(text=f"{what} written afresh were not written: {output}", round=round_no))
-        return ""
-    emit(Note(text=f"the reply changed nothing; {what} asked for afresh, their bodies left out, "
-              f"and put in {path}", round=round_no))
-    return (f"{path}: your reply changed nothing; asked to write {what} afresh from their "
-            f"signatures, you wrote them, and they are now in {path}.")
+    return _put_in(got, tools, root, emit, round_no,
+                   f"the reply changed nothing; asked for {what} afresh, their bodies left out",
+                   f"the reply changed nothing; {what} asked for afresh, their bodies left out, "
+                   f"and put in {path}",
+                   f"{path}: your reply changed nothing; asked to write {what} afresh from "
+                   f"their signatures, you wrote them, and they are now in {path}.")
 
 
 def add_named(model: Model, task: str, root: Path, paths: list[str], tools: dict[str, Any],
@@ -112,21 +105,31 @@ def add_named(model: Model, task: str, root: Path, paths: list[str], tools: dict
     if want is None or not source:
         return ""
     got = added.ask(model, task, want, source, sampling)
-    emit(model_call(got.reply, role="coder", round_no=round_no))
     what = ", ".join(f"`{n}`" for n in want.names)
     where = f"`{want.owner}` in {want.path}" if want.owner else want.path
+    return _put_in(got, tools, root, emit, round_no,
+                   f"the reply changed nothing; asked for {what}, new in {where}, alone",
+                   f"the reply changed nothing; {what} asked for alone and put at the end of "
+                   f"{where}",
+                   f"{want.path}: your reply changed nothing; asked to write {what} alone, you "
+                   f"wrote them, and they are now at the end of {where}.")
+
+
+def _put_in(got: rewrite.Rewritten, tools: dict[str, Any], root: Path, emit: Emit,
+            round_no: int, asked: str, done: str, told: str) -> str:
+    """Record an ask's reply and write the file it gave (`got.source`, when it gave one): the
+    record says `asked` and why nothing was put in, or `done`; the coder is told `told`, or ""
+    when nothing was put in."""
+    emit(model_call(got.reply, role="coder", round_no=round_no))
     if not got.source:
-        emit(Note(text=f"the reply changed nothing; asked for {what}, new in {where}, alone: "
-                  f"{got.why}", round=round_no))
+        emit(Note(text=f"{asked}: {got.why}", round=round_no))
         return ""
-    _, ok, output = write_file(tools, root, want.path, got.source, emit, round_no)
+    _, ok, output = write_file(tools, root, got.path, got.source, emit, round_no)
     if not ok:
-        emit(Note(text=f"{what} were not written: {output}", round=round_no))
+        emit(Note(text=f"{asked}: not written: {output}", round=round_no))
         return ""
-    emit(Note(text=f"the reply changed nothing; {what} asked for alone and put at the end of "
-              f"{where}", round=round_no))
-    return (f"{want.path}: your reply changed nothing; asked to write {what} alone, you wrote "
-            f"them, and they are now at the end of {where}.")
+    emit(Note(text=done, round=round_no))
+    return told
 
 
 def named_at_start(task: str, root: Path, paths: list[str]) -> dict[str, str]:
