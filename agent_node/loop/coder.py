@@ -65,6 +65,9 @@ class CoderChecks:
     # Reads of names no file defines, and of attributes their class never sets, on the lines
     # the round added ([loop] define_missing; files form): each is asked for alone (define.py).
     missing: Callable[[], list[Unbound | Unset]] | None = None
+    # A rename the round made, carried to the uses it missed (rename.py; [loop] define_missing,
+    # files form): what the coder is told of it, "" when there were none.
+    renamed: Callable[[], str] | None = None
     # The task's own examples the checkout gets wrong now ([loop] task_examples; files form):
     # with rewrite_named, the task's functions are then asked for afresh (examples.py).
     examples: Callable[[], list[str]] | None = None

@@ -245,6 +245,9 @@ def run_files_coder(
             if put_in:
                 said += "\n" + put_in
                 passed, tests = checks.tests()
+        if not passed and checks.renamed is not None and (carried := checks.renamed()):
+            said += "\n" + carried
+            passed, tests = checks.tests()
         wrong = checks.examples() if not passed and rewrite_named and checks.examples else []
         if wrong:  # the run's first ask greedy, the ones after it sampled, each its seed
             seeds = [None if i == 0 and afresh == 0 and round_no == 1 else

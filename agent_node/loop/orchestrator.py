@@ -40,7 +40,7 @@ from agent_node.events import (
     VisualQAChecked,
 )
 from agent_node.loop import examples as task_examples
-from agent_node.loop import restyle
+from agent_node.loop import rename, restyle
 from agent_node.loop.between import Between
 from agent_node.loop.checkout import Checkout, checkouts_root
 from agent_node.loop.coder import CoderChecks, CoderLimits, CoderResult, model_call, run_coder
@@ -316,7 +316,9 @@ class _Run:
                 checks.changed = lambda: self.checkout.changed(since)
             checks.diff = lambda: self.checkout.changes(since, "--numstat")
             if loop.define_missing:  # names the round's lines read and no file defines, and
-                checks.missing = lambda: self.missing(base)  # attributes no class sets
+                checks.missing = lambda: self.missing(base)  # attributes no class sets, and
+                checks.renamed = lambda: rename.carry(  # a rename's uses it missed
+                    self.checkout.work, self.checkout.changes(base), self.emit, round_no)
             if self.examples:  # the task's own, which a reply got wrong
                 checks.examples = self.examples_now
             sources = shown_sources(shown)
