@@ -24,7 +24,9 @@ what most invalidates the rest to what is most specific:
                        that is checked before limit)
     visible_tests_fail the gate's run of the repository's tests failed in the final round, or
                        the change got one of the task's own examples wrong ([loop]
-                       task_examples: the gate checks them as it runs the tests)
+                       task_examples: the gate checks them as it runs the tests), or the
+                       gate's names check failed it (a line reads a name nothing defines, or
+                       uses one the change took away)
     visual_qa_failed   UI task: the visual gate (two viewports, logs, judge) did not pass in
                        the final round
     hidden_tests_fail  the final diff fails the hidden tests (or the original visible ones)
@@ -51,6 +53,7 @@ from agent_node.events import (
     parse_events,
 )
 from agent_node.loop.examples import FAILURE as EXAMPLE_FAILURE
+from agent_node.loop.names import FAILURE as NAMES_FAILURE
 from bench.task_grading import Grade
 
 FAILURES = ("run_error", "tests_edited", "tool_errors", "limit", "no_change",
@@ -210,7 +213,8 @@ def classify(
                              f"{last.number}; {what}")
     if last.tests_ran and not last.tests_passed:
         return "visible_tests_fail", _first_line(last.gate_failures, "the test command failed")
-    wrong = [f for f in last.gate_failures if f.startswith(EXAMPLE_FAILURE)]
+    wrong = [f for f in last.gate_failures
+             if f.startswith(EXAMPLE_FAILURE) or NAMES_FAILURE.match(f)]
     if wrong:
         return "visible_tests_fail", _first_line(wrong, "")
     if ui and not (last.qa_ran and last.qa_passed):

@@ -259,6 +259,17 @@ def test_a_change_that_gets_the_tasks_example_wrong_fails_the_visible_checks(
                                      "give `3.0`; it gave `6.0`")
 
 
+def test_a_rename_that_misses_a_use_fails_the_visible_checks(tmp_path: Path) -> None:
+    # rename_fetch_user: renamed in db.py and api.py, report.py still calls `db.fetch_usr`;
+    # no visible test imports report.py, and the gate's names check fails the change
+    repo = TASKS / "rename_fetch_user" / "repo"
+    writes = [call("write", path=p, content=(repo / p).read_text().replace(
+        "fetch_usr", "fetch_user")) for p in ("db.py", "api.py")]
+    row = run_scripted(tmp_path, "rename_fetch_user", writes)
+    assert (row["failure"], row["verdict"]) == ("visible_tests_fail", "fail")
+    assert row["failure_detail"].startswith("report.py:9 uses `fetch_usr` from db.py")
+
+
 def test_the_reviews_verdicts_are_scored_against_the_hidden_tests(tmp_path: Path) -> None:
     refused = run_scripted(tmp_path / "a", "mean_bug",
                            [call("write", path="stats.py", content=MEAN_FIXED)], review="fail")

@@ -38,6 +38,8 @@ HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@")
 
 
 MAX_UNBOUND = 8  # reads of undefined names listed for one change
+# How each failure this module reports begins ("calc.py:7 reads `x`", "report.py:9 uses `f`")
+FAILURE = re.compile(r"^\S+:\d+ (?:reads|uses) `")
 # Names a model reads without their import, and the standard library module each comes from
 # (the 0.5B wrote `Counter(words)` and no import; asked to define it, it wrote a class Counter).
 # Only names that one module is known for: `count` or `choice` could be anything.
