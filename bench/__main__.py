@@ -34,11 +34,15 @@ TIME_LIMIT_S = {True: 900, False: 3600}  # per benchmark, quick / full
 # The full agent-task bench runs 22 tasks through the loop (SmolLM2 took ~140 s a task here).
 FULL_LIMIT_S = {"agent_tasks": 3 * 3600}
 # The child maps OpenBLAS (MLX's speed) then drops it from its environment: browsers it starts
-# hang with it preloaded (see inference_node/blas.py).
-RUN_ONE = ("import json, sys; from importlib import import_module; "
+# hang with it preloaded (see inference_node/blas.py). Once its result is written it leaves
+# without running native destructors: with OpenBLAS preloaded, the describe benchmark's process
+# aborted at exit ("terminate called without an active exception") in about 1 run of 3, after
+# every number was out.
+RUN_ONE = ("import json, os, sys; from importlib import import_module; "
            "from inference_node import blas; blas.drop_from_environ(); "
            "r = import_module('bench.' + sys.argv[1]).run(sys.argv[2] == '1'); "
-           "json.dump(r, open(sys.argv[3], 'w'), indent=1, default=str)")
+           "f = open(sys.argv[3], 'w'); json.dump(r, f, indent=1, default=str); f.close(); "
+           "sys.stdout.flush(); sys.stderr.flush(); os._exit(0)")
 
 
 def discover() -> list[str]:
