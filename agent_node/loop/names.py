@@ -24,6 +24,7 @@ import builtins
 import re
 import symtable
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -258,8 +259,18 @@ def defined_in(tree: Path, names: set[str]) -> dict[str, list[str]]:
     pattern = re.compile(r"^(?:class|def|async\s+def)\s+(" + "|".join(map(re.escape, names))
                          + r")\b|^(" + "|".join(map(re.escape, names)) + r")\s*(?::[^=]*)?=",
                          re.M)
-    root = tree.resolve()
     out: dict[str, list[str]] = {}
+    for rel, f in python_files(tree):
+        for m in pattern.finditer(f.read_text(errors="replace")):
+            out.setdefault(m.group(1) or m.group(2), []).append(rel)
+    return {k: sorted(set(v)) for k, v in out.items()}
+
+
+def python_files(tree: Path) -> Iterator[tuple[str, Path]]:
+    """(path, file) of the first MAX_SCANNED Python files of `tree`, in path order, that are
+    worth reading: no link, nothing hidden or vendored, nothing out of bounds or over
+    MAX_SCANNED_BYTES."""
+    root = tree.resolve()
     for n, f in enumerate(sorted(tree.rglob("*.py"))):
         if n >= MAX_SCANNED:
             break
@@ -269,9 +280,7 @@ def defined_in(tree: Path, names: set[str]) -> dict[str, list[str]]:
                 or not f.resolve().is_relative_to(root) or not f.is_file()
                 or f.stat().st_size > MAX_SCANNED_BYTES):
             continue
-        for m in pattern.finditer(f.read_text(errors="replace")):
-            out.setdefault(m.group(1) or m.group(2), []).append(rel)
-    return {k: sorted(set(v)) for k, v in out.items()}
+        yield rel, f
 
 
 # ---------------------------------------------------------------- names other files still use
@@ -336,12 +345,8 @@ def stale_uses(tree: Path, patch: str) -> list[Stale]:
     if not gone:
         return []
     found: list[Stale] = []
-    for n, f in enumerate(sorted(tree.rglob("*.py"))):
-        rel = f.relative_to(tree).as_posix()
-        if (n >= MAX_SCANNED or is_test_path(rel) or f.is_symlink()
-                or any(part.startswith(".") or part in SKIPPED_DIRS for part in rel.split("/"))
-                or not f.resolve().is_relative_to(root) or not f.is_file()
-                or f.stat().st_size > MAX_SCANNED_BYTES):
+    for rel, f in python_files(tree):
+        if is_test_path(rel):
             continue
         try:
             found += _uses(ast.parse(f.read_text(errors="replace")), rel, gone)

@@ -1,6 +1,6 @@
 """A stylesheet's rules asked for alone when the page fails its visual checks.
 
-    [loop] restyle = true      # with coder = "files"
+    [loop] restyle = true
 
 Asked to make a blog's navigation wrap on a phone and to add a Contact link, Qwen2.5-Coder 0.5B
 added the link to index.html in every round of every run and never touched style.css, told
@@ -8,9 +8,9 @@ each time that the sixth link stood 321 px past the phone's edge: shown two whol
 small model writes back the one it can change. So when a round's change fails the visual
 checks, the page's stylesheet is asked for on its own before the next round: the task, what
 the visual checks found, the stylesheet as it is, and "write the rules that must change or be
-added". Each rule that comes back replaces the stylesheet's rule of the same selector, or is
-added at its end; the next round's coder is shown the result. The rules are the model's; only
-their place is the loop's.
+added". Each rule that comes back is merged into the stylesheet's rule of the same selector
+(`merged`), or added at its end; the next round's coder is shown the result. The rules are the
+model's; only their place is the loop's.
 """
 
 from __future__ import annotations
