@@ -268,6 +268,21 @@ def test_a_name_the_module_still_binds_or_never_had_is_not_reported(tmp_path: Pa
     assert stale_uses(repo2, patch2) == []
 
 
+def test_a_name_bound_only_inside_a_function_does_not_keep_it_in_the_module(
+        tmp_path: Path) -> None:
+    """A local of the same name binds nothing at module level: `db.fetch_usr` is still gone.
+    One assigned through `global`, or in a module-level block, does keep it."""
+    renamed_db = DB.replace("fetch_usr", "fetch_user")
+    repo, patch = renamed(tmp_path, renamed_db + "\n\ndef cached():\n    fetch_usr = fetch_user"
+                          "\n    return fetch_usr\n", {"report.py": REPORT})
+    assert [(s.path, s.name) for s in stale_uses(repo, patch)] == [("report.py", "fetch_usr")]
+    kept_by = ("\n\ndef alias():\n    global fetch_usr\n    fetch_usr = fetch_user\n",
+               "\ntry:\n    fetch_usr = fetch_user\nexcept NameError:\n    pass\n")
+    for i, kept in enumerate(kept_by):
+        repo, patch = renamed(tmp_path / str(i), renamed_db + kept, {"report.py": REPORT})
+        assert stale_uses(repo, patch) == []
+
+
 def test_a_deleted_module_breaks_every_use_of_its_names(tmp_path: Path) -> None:
     repo, patch = renamed(tmp_path, "", {"report.py": REPORT})
     assert [(s.path, s.name) for s in stale_uses(repo, patch)] == [("report.py", "USERS"),

@@ -356,16 +356,26 @@ def stale_uses(tree: Path, patch: str) -> list[Stale]:
 
 
 def _top_level_bound(tree: ast.Module) -> set[str]:
+    """The names a module binds in its own scope: its top-level classes, functions, imports and
+    assignments, in any block (`if`, `try`, `with`, `for`), and names a function declares
+    `global`. A function's or a class's own names (its locals, its methods) are not."""
     out: set[str] = set()
-    for node in tree.body:
-        for n in ast.walk(node):
+
+    def visit(node: ast.AST) -> None:
+        for n in ast.iter_child_nodes(node):
             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 out.add(n.name)
-            elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                continue  # its body binds names of its own scope
+            if isinstance(n, ast.Lambda):
+                continue
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
                 out.add(n.id)
             elif isinstance(n, ast.Import | ast.ImportFrom):
-                out |= {(a.asname or a.name).split(".")[0] for a in n.names}
-    return out
+                out.update((a.asname or a.name).split(".")[0] for a in n.names)
+            visit(n)
+
+    visit(tree)
+    return out | {name for n in ast.walk(tree) if isinstance(n, ast.Global) for name in n.names}
 
 
 def _uses(tree: ast.Module, path: str, gone: dict[str, tuple[str, set[str]]]) -> list[Stale]:
