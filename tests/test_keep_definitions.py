@@ -123,3 +123,16 @@ def test_a_partial_reply_keeps_the_file_and_its_imports_around_it() -> None:
     kept = put_back(VALIDATE, partial, "Add `is_valid_email(email)` to validate.py.")
     assert kept.names == ("USERNAME_CHARS", "is_valid_username", "import string")
     assert kept.content == VALIDATE + "\n\n" + partial
+
+
+def test_the_coder_is_told_an_import_came_back_because_the_file_reads_it() -> None:
+    """An import goes back because the file still reads its name, named in the task or not
+    (rename_fetch_user's api.py read `fetch_usr`); only a definition is one the task does
+    not name."""
+    from agent_node.loop.files_coder import _kept_said
+    alone = _kept_said("api.py", ("import fetch_usr",))
+    assert "does not name" not in alone
+    assert "api.py still reads `fetch_usr`, and your file dropped the import" in alone
+    both = _kept_said("validate.py", ("USERNAME_CHARS", "import string"))
+    assert "left out `USERNAME_CHARS`, which validate.py had and the task does not name" in both
+    assert "still reads `string`" in both and "`import string`" not in both

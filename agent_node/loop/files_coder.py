@@ -295,6 +295,21 @@ def _put(files: list[tuple[str, str]], tools: dict[str, Any], root: Path, task: 
     return said, bool(broken)
 
 
+def _kept_said(path: str, names: tuple[str, ...]) -> str:
+    """What the coder is told of what keep.put_back put back into `path`: the definitions the
+    task does not name, and the imports of names the file still reads."""
+    defs = ", ".join("its docstring" if n == "docstring" else f"`{n}`"
+                     for n in names if not n.startswith("import "))
+    imports = ", ".join(f"`{n.removeprefix('import ')}`" for n in names
+                        if n.startswith("import "))
+    said = [f"{path}: your file left out {defs}, which {path} had and the task does not name; "
+            "put back as it was."] if defs else []
+    if imports:
+        said.append(f"{path} still reads {imports}, and your file dropped the import; the "
+                    f"import {path} had is back.")
+    return " ".join(said) + " Keep it when you write the file again."
+
+
 def _keep_definitions(files: list[tuple[str, str]], root: Path, task: str, emit: Emit,
                       round_no: int) -> tuple[list[tuple[str, str]], list[str]]:
     """The reply's files with what each Python file left out put back (keep.py), and a line
@@ -308,11 +323,9 @@ def _keep_definitions(files: list[tuple[str, str]], root: Path, task: str, emit:
             elsewhere = frozenset().union(*(n for p, n in defined.items() if p != path))
             kept = keep.put_back(old, content, task, elsewhere)
             if kept.names:
+                said.append(_kept_said(path, kept.names))
                 what = ", ".join("its docstring" if n == "docstring" else f"`{n}`"
                                  for n in kept.names)
-                said.append(f"{path}: your file left out {what}, which {path} had and the task "
-                            "does not name; put back as it was. Keep it when you write the "
-                            "file again.")
                 emit(Note(text=f"{path}: the reply left out {what}; put back as it was",
                           round=round_no))
                 content = kept.content
