@@ -8,11 +8,11 @@ token per loop turn so they interleave with the batch. A coder model configured 
 model decodes a request speculatively while it is the only one running, and batches again as
 soon as another joins (speculative.py). A cancelled job leaves before the next step; a step
 that fails fails its own request, and the batch is rebuilt for the rest (isolation.py).
+Loads and unloads run on this thread too (loading.py).
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import queue
 import threading
@@ -23,9 +23,9 @@ from typing import Any
 
 import mlx.core as mx
 
-from inference_node import batching, cpu_attention, mlx_compat, speculative, vision
+from inference_node import batching, cpu_attention, loading, mlx_compat, speculative, vision
 from inference_node.config import InferenceConfig
-from inference_node.errors import Cancelled, InferenceError, LoadFailed, ModelBusy, ModelUnloaded
+from inference_node.errors import Cancelled, InferenceError, ModelUnloaded
 from inference_node.footprint import Footprint
 from inference_node.isolation import StepFailed, generation_failed, reset_random_state
 from inference_node.jobs import DONE, Job, Ledger, LoadedModel
@@ -117,7 +117,7 @@ class Engine:
         return self.call(lambda: self._load(entry))  # type: ignore[no-any-return]
 
     def load(self, entry: CatalogModel) -> tuple[LoadedModel, list[str]]:
-        return self.call(lambda: self._load_reporting(entry))  # type: ignore[no-any-return]
+        return self.call(lambda: loading.load(self, entry))  # type: ignore[no-any-return]
 
     def unload(self, name: str) -> bool:
         return bool(self.call(lambda: self._unload(name)))
@@ -178,7 +178,7 @@ class Engine:
                     if lm.waiting:
                         self._start_waiting(lm)
                     if lm.spec is not None:
-                        self._step_spec(lm)
+                        speculative.step_alone(self, lm)
                     if lm.active:
                         self._step_batch(lm)
                 except Exception as e:  # a failed step fails its own request, or its batch
@@ -212,71 +212,7 @@ class Engine:
             except queue.Empty:
                 pass
 
-    # ------------------------------------------------------------ loading
-
-    def _load_reporting(self, entry: CatalogModel) -> tuple[LoadedModel, list[str]]:
-        """Admit, evict what admission names, load, then correct the estimate by measurement;
-        then the model's draft, if it has one and it fits."""
-        if entry.name in self.loaded:
-            return self.loaded[entry.name], []
-        fp = self.footprint(entry)
-        estimated = fp.resident_bytes
-        victims = list(self.admission.admit_load(entry.name, estimated, pinned=entry.pinned))
-        for v in victims:
-            log.info("evicting %s to make room for %s", v, entry.name)
-            self._unload(v)
-        mx.synchronize()
-        before = mx.get_active_memory()
-        t0 = time.perf_counter()
-        try:
-            if not entry.is_vision:
-                mlx_compat.require()
-            lm = self._load_vision(entry) if entry.is_vision else self._load_coder(entry)
-        except InferenceError:
-            self.admission.load_failed(entry.name)
-            raise
-        except Exception as e:
-            self.admission.load_failed(entry.name)
-            raise LoadFailed(f"could not load {entry.name} from {entry.path}: {e}",
-                             model=entry.name) from e
-        mx.synchronize()
-        # What MLX gained over the load, but never less than the weights the model holds: an
-        # array freed meanwhile (a finished request's KV, garbage from an earlier model) would
-        # otherwise be subtracted from this one's measurement.
-        lm.measured_bytes = max(held_bytes(lm.model), mx.get_active_memory() - before)
-        lm.estimated_bytes = estimated
-        lm.kv_per_token = fp.kv_per_token
-        lm.kv_fixed_bytes = fp.kv_fixed_bytes
-        self.admission.loaded(entry.name, estimated, lm.measured_bytes)
-        self.loaded[entry.name] = lm
-        log.info(
-            "loaded %s in %.1fs: estimated %.1f MiB (weights + overhead), measured %.1f MiB",
-            entry.name, time.perf_counter() - t0, estimated / 2**20, lm.measured_bytes / 2**20,
-        )
-        victims += self._attach_draft(lm)
-        return lm, victims
-
-    def _attach_draft(self, lm: LoadedModel) -> list[str]:
-        """Load `lm`'s draft model (admitted like any load) and pair them; a draft that
-        cannot load leaves `lm` decoding without one, and the log says why."""
-        draft_entry = self.drafts(lm.name) if not lm.entry.is_vision else None
-        if draft_entry is None:
-            return []
-        try:
-            draft, victims = self._load_reporting(draft_entry)
-            speculative.check_pair(lm, draft)
-        except InferenceError as e:
-            log.warning("%s decodes without speculative decoding: its draft %s cannot be "
-                        "used: %s", lm.name, draft_entry.name, e)
-            return []
-        if lm.name not in self.loaded:  # admission made room for the draft with lm itself
-            log.warning("%s was evicted to load its draft %s; it loads again without one",
-                        lm.name, draft.name)
-            return victims
-        lm.draft = draft
-        log.info("%s: speculative decoding with %s drafting %d tokens a step while it runs "
-                 "one request alone", lm.name, draft.name, self.cfg.engine.draft_tokens)
-        return victims
+    # ------------------------------------------------------------ loading: seams (loading.py)
 
     def footprint(self, entry: CatalogModel) -> Footprint:
         from inference_node.footprint import estimate
@@ -286,7 +222,7 @@ class Engine:
                         dequantize=self.dequantize and not entry.is_vision)
 
     def _load(self, entry: CatalogModel) -> LoadedModel:
-        return self._load_reporting(entry)[0]
+        return loading.load(self, entry)[0]
 
     def _load_coder(self, entry: CatalogModel) -> LoadedModel:
         dequantize = self.dequantize and bool(entry.config.get("quantization"))
@@ -300,33 +236,8 @@ class Engine:
                                     prefill_batch_size=e.max_concurrent,
                                     prefill_step_size=e.prefill_step_size)
 
-    def _load_vision(self, entry: CatalogModel) -> LoadedModel:
-        model, processor, tokenizer = vision.load(str(entry.path))
-        return LoadedModel(entry=entry, model=model, tokenizer=tokenizer, processor=processor)
-
-    def _unload(self, name: str) -> bool:
-        lm = self.loaded.get(name)
-        if lm is None:
-            return False
-        busy = lm.busy + sum(1 for j in self._vision_jobs if j.model == name)
-        if busy:
-            raise ModelBusy(f"{name} has {busy} requests in flight; unload it when they finish",
-                            model=name, in_flight=busy)
-        for other in self.loaded.values():  # models it drafts for decode without it from now
-            if other.draft is lm:
-                if other.spec is not None:
-                    self._spec_to_batch(other)
-                other.draft = None
-                log.info("%s decodes without speculative decoding: its draft %s is unloaded",
-                         other.name, name)
-        del self.loaded[name]
-        self.prompt_cache.drop(name)
-        del lm
-        gc.collect()
-        mx.clear_cache()  # memory freed is memory returned
-        self.admission.unloaded(name)
-        log.info("unloaded %s", name)
-        return True
+    def _unload(self, name: str) -> bool:  # a seam: distributed/ unloads every rank's part
+        return loading.unload(self, name)
 
     # ------------------------------------------------------------ jobs
 
@@ -346,13 +257,13 @@ class Engine:
             self._vision_jobs.append(job)
             return
         if lm.spec is not None:  # a second stream: both decode in the batch from now on
-            self._spec_to_batch(lm)
+            speculative.hand_to_batch(self, lm)
         if lm.waiting:
             log.info("%s: request %s waits behind %d others to join the batch", lm.name,
                      job.request_id, len(lm.waiting))
             lm.waiting.append(job)
             return
-        if not lm.active and self._speculate(lm, job):
+        if not lm.active and speculative.begin(self, lm, job):
             return
         if not self._fits_in_batch(lm, job):
             log.info("%s: request %s waits to join the batch of %d: padded to the longest "
@@ -452,55 +363,6 @@ class Engine:
                     self.prompt_cache.insert(job.model, r.tokens, r.cache, len(job.prompt))
                 self._finish(job, None, r.finish_reason)
 
-    # ------------------------------------------------------------ speculative decoding
-
-    def _speculate(self, lm: LoadedModel, job: Job) -> bool:
-        """Start `job` decoding speculatively, if `lm` has a draft and its KV fits."""
-        if lm.draft is None or lm.draft.name not in self.loaded:
-            return False
-        spec = speculative.start(lm, job, self.prompt_cache, self.admission,
-                                 self.cfg.engine.draft_tokens,
-                                 self.cfg.engine.prefill_step_size)
-        if spec is None:
-            return False
-        if job.seed is not None:
-            mx.random.seed(job.seed)
-        lm.spec = spec
-        self.admission.touch(lm.draft.name)
-        return True
-
-    def _step_spec(self, lm: LoadedModel) -> None:
-        spec = lm.spec
-        assert spec is not None
-        if spec.job.cancelled.is_set():
-            lm.spec = None
-            self._finish(spec.job, Cancelled("the client went away"))
-            return
-        finish = spec.step(self.prompt_cache)
-        if finish is not None:
-            lm.spec = None
-            self._finish(spec.job, None, finish)
-
-    def _spec_to_batch(self, lm: LoadedModel) -> None:
-        """The job decoding speculatively goes on in the batch, from the KV it has."""
-        spec = lm.spec
-        assert spec is not None and lm.batch is not None
-        lm.spec = None
-        job = spec.job
-        if job.cancelled.is_set():
-            self._finish(job, Cancelled("the client went away"))
-            return
-        try:
-            uid = spec.to_batch(lm.batch, self.prompt_cache)
-        except Exception as e:
-            log.exception("could not move request %s into %s's batch", job.request_id, lm.name)
-            self._finish(job, generation_failed(job, e, alone=True))
-            return
-        lm.active[uid] = job
-        log.info("%s: request %s decodes in the batch from now on (another request joined); "
-                 "the draft model had %d of %d proposed tokens accepted", lm.name,
-                 job.request_id, job.accepted, job.drafted)
-
     # ------------------------------------------------------------ vision and endings
 
     def _step_vision(self) -> None:
@@ -544,10 +406,3 @@ class Engine:
             self._finish(job, error)
         self._vision_jobs.clear()
 
-
-def held_bytes(model: Any) -> int:
-    """Bytes of the arrays a loaded model holds (its parameters)."""
-    from mlx.utils import tree_flatten
-
-    leaves: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
-    return sum(int(v.nbytes) for _, v in leaves)

@@ -17,24 +17,28 @@ batch; a grammar's matcher is rewound past proposals that were not kept (`rewind
 
 It runs while the request is the model's only one (the engine hands it to the batch when
 another joins: `to_batch`); a draft model must share the served model's vocabulary. It is
-not available across the ranks of a distributed group (config.validate refuses it).
+not available across the ranks of a distributed group (config.validate refuses it). The
+engine drives it through `begin`, `step_alone` and `hand_to_batch`, which take the engine.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 
 from inference_node import batching, mlx_compat
 from inference_node.admission import kv_tokens
-from inference_node.errors import LoadFailed
-from inference_node.isolation import guarded
+from inference_node.errors import Cancelled, LoadFailed
+from inference_node.isolation import generation_failed, guarded
 from inference_node.jobs import Job, Ledger, LoadedModel
 from inference_node.mlx_compat import Cache, LogitsProcessor
 from inference_node.prompt_cache import PromptCache
+
+if TYPE_CHECKING:
+    from inference_node.engine import Engine
 
 log = logging.getLogger("inference_node.engine")
 
@@ -250,6 +254,59 @@ class Speculation:
                             cache=self.target_kv if self.target_len else None,
                             cached=tokens[:self.target_len], sampler=sampler,
                             processors=self.processors, stop=job.stop_sequences)
+
+
+# ---------------------------------------------------------------- on the engine's thread
+
+
+def begin(engine: Engine, lm: LoadedModel, job: Job) -> bool:
+    """Start `job` decoding speculatively, if `lm` has a draft and its KV fits."""
+    if lm.draft is None or lm.draft.name not in engine.loaded:
+        return False
+    spec = start(lm, job, engine.prompt_cache, engine.admission,
+                 engine.cfg.engine.draft_tokens, engine.cfg.engine.prefill_step_size)
+    if spec is None:
+        return False
+    if job.seed is not None:
+        mx.random.seed(job.seed)
+    lm.spec = spec
+    engine.admission.touch(lm.draft.name)
+    return True
+
+
+def step_alone(engine: Engine, lm: LoadedModel) -> None:
+    """One engine turn of `lm`'s speculative job; it ends there when done or cancelled."""
+    spec = lm.spec
+    assert spec is not None
+    if spec.job.cancelled.is_set():
+        lm.spec = None
+        engine._finish(spec.job, Cancelled("the client went away"))
+        return
+    finish = spec.step(engine.prompt_cache)
+    if finish is not None:
+        lm.spec = None
+        engine._finish(spec.job, None, finish)
+
+
+def hand_to_batch(engine: Engine, lm: LoadedModel) -> None:
+    """The job decoding speculatively goes on in the batch, from the KV it has."""
+    spec = lm.spec
+    assert spec is not None and lm.batch is not None
+    lm.spec = None
+    job = spec.job
+    if job.cancelled.is_set():
+        engine._finish(job, Cancelled("the client went away"))
+        return
+    try:
+        uid = spec.to_batch(lm.batch, engine.prompt_cache)
+    except Exception as e:
+        log.exception("could not move request %s into %s's batch", job.request_id, lm.name)
+        engine._finish(job, generation_failed(job, e, alone=True))
+        return
+    lm.active[uid] = job
+    log.info("%s: request %s decodes in the batch from now on (another request joined); "
+             "the draft model had %d of %d proposed tokens accepted", lm.name,
+             job.request_id, job.accepted, job.drafted)
 
 
 def _feed(model: Any, kv: Cache, tokens: list[int]) -> None:
