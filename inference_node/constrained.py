@@ -39,6 +39,7 @@ applies is read from the prompt on the processor's first call, where mlx-lm pass
 Compiling the llguidance tokenizer takes ~0.4 s, so it is done once per loaded tokenizer and
 cached; compiling a grammar per request takes a few milliseconds. The processor holds no locks
 and no memory beyond one token mask, so cancellation and admission need nothing from it.
+The schemas themselves are checked, closed and bounded before compiling (json_schema.py).
 """
 
 from __future__ import annotations
@@ -47,9 +48,8 @@ import json
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import jsonschema
 import llguidance
 import llguidance.hf
 import mlx.core as mx
@@ -57,22 +57,18 @@ import numpy as np
 from llguidance.numpy import fill_next_token_bitmask
 
 from inference_node.errors import BadRequest
-from studio_common import json_bounds
+from inference_node.json_schema import (
+    JSON_OPTIONS,
+    answer_chars,
+    check_schema,
+    closed_objects,
+    json_for_lark,
+    tool_call_schema,
+)
 
 FORMAT_FIELD = "response_format.schema_json"
 
-if TYPE_CHECKING:
-    from llguidance._lib import JsonCompileOptions
-
 TOOL_MODES = ("auto", "none", "required", "named")
-
-# Compact JSON without free whitespace: a small model given free whitespace can spend its
-# whole token budget on newlines; the separators match what models see in training text.
-JSON_OPTIONS: JsonCompileOptions = {
-    "whitespace_flexible": False,
-    "item_separator": ", ",
-    "key_separator": ": ",
-}
 
 TOOLS_INSTRUCTION = (
     "\n\nTools:\n{tools}\n"
@@ -274,11 +270,11 @@ def compile_response_format(
         instruction = SCHEMA_INSTRUCTION.format(schema=json.dumps(schema))
     lltok = ll_tokenizer(tokenizer)
     grammar = _json_grammar(schema, lltok, "response_format schema", FORMAT_FIELD)
-    answer = f"answer: %json {json.dumps(_json_for_lark(schema))}\n"
+    answer = f"answer: %json {json.dumps(json_for_lark(schema))}\n"
     return Constraint(lltok, grammar, "response_format", instruction=instruction,
                       thinking=_thinking(answer, tokenizer, lltok, "response_format schema",
                                          FORMAT_FIELD),
-                      answer_chars=_answer_chars(schema))
+                      answer_chars=answer_chars(schema))
 
 
 def compile_tool_choice(
@@ -336,83 +332,26 @@ def compile_tool_choice(
             for t in tools
             if t.get("name") in by_name
         )
-        answer = f"answer: %json {json.dumps(_json_for_lark(schema))}\n"
+        answer = f"answer: %json {json.dumps(json_for_lark(schema))}\n"
         return Constraint(
             lltok, body, "tool_call",
             instruction=TOOLS_INSTRUCTION.format(tools=listed), fallback_reason=reason,
             thinking=_thinking(answer, tokenizer, lltok, "tool parameters", "tools"),
-            answer_chars=_answer_chars(schema),
+            answer_chars=answer_chars(schema),
         )
     start, end = native
     answer = (
         f"answer: {_literal(start, tokenizer, lltok)} \"\\n\" body \"\\n\" "
         f"{_literal(end, tokenizer, lltok)}\n"
-        f"body: %json {json.dumps(_json_for_lark(schema))}\n"  # compact, as templates render it
+        f"body: %json {json.dumps(json_for_lark(schema))}\n"  # compact, as templates render it
     )
     grammar = llguidance.LLMatcher.grammar_from_lark("start: answer\n" + answer)
     _validate(grammar, lltok, "tool parameters", "tools")
-    body_chars = _answer_chars(schema)
+    body_chars = answer_chars(schema)
     return Constraint(lltok, grammar, "tool_call", native=native,
                       thinking=_thinking(answer, tokenizer, lltok, "tool parameters", "tools"),
                       answer_chars=(None if body_chars is None
                                     else len(start) + 1 + body_chars + 1 + len(end)))
-
-
-def tool_call_schema(params_by_name: dict[str, dict]) -> dict:
-    """`{"name": <tool>, "arguments": <its parameters>}`, one anyOf branch per tool."""
-    branches = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": tname}, "arguments": params},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for tname, params in params_by_name.items()
-    ]
-    return branches[0] if len(branches) == 1 else {"anyOf": branches}
-
-
-def check_schema(schema: Any, what: str, field: str = "") -> None:
-    """BadRequest unless `schema` is valid against its JSON Schema meta-schema.
-
-    `field` names the request field it came from, for the error's metadata.
-    """
-    if not isinstance(schema, dict | bool):
-        raise BadRequest(f"{what} must be a JSON object, got {type(schema).__name__}",
-                         field=field, expected="a JSON Schema object")
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as e:
-        path = "/".join(str(p) for p in e.absolute_path) or "(root)"
-        raise BadRequest(
-            f"{what} is not valid JSON Schema: at {path}: {e.message}; fix the schema",
-            field=field, value=f"at {path}: {e.message}", expected="valid JSON Schema",
-        ) from None
-
-
-def closed_objects(schema: Any) -> Any:
-    """`schema` with `additionalProperties: false` wherever an object lists its properties
-    and says nothing about others.
-
-    Every reply this allows is still valid against the original; without it a small model
-    wanders off into inventing keys and runs out of tokens before closing the object.
-    """
-    if isinstance(schema, list):
-        return [closed_objects(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = dict(schema)
-    for key in ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas"):
-        if isinstance(out.get(key), dict):
-            out[key] = {k: closed_objects(v) for k, v in out[key].items()}
-    for key in ("items", "prefixItems", "anyOf", "oneOf", "allOf", "additionalProperties",
-                "not", "if", "then", "else", "contains"):
-        if key in out:
-            out[key] = closed_objects(out[key])
-    open_keys = ("additionalProperties", "patternProperties", "unevaluatedProperties")
-    if "properties" in out and not any(k in out for k in open_keys):
-        out["additionalProperties"] = False
-    return out
 
 
 def _json_grammar(schema: dict, lltok: llguidance.LLTokenizer, what: str, field: str) -> str:
@@ -425,17 +364,6 @@ def _json_grammar(schema: dict, lltok: llguidance.LLTokenizer, what: str, field:
                          expected="a JSON Schema llguidance can compile") from None
     _validate(grammar, lltok, what, field)
     return grammar
-
-
-def _answer_chars(schema: dict) -> int | None:
-    """The most characters a reply the grammar allows can take, or None if it is unbounded."""
-    closed = closed_objects(schema)
-    return None if json_bounds.unbounded(closed) else json_bounds.answer_chars(closed)
-
-
-def _json_for_lark(schema: dict) -> dict:
-    """The schema as `%json` in a lark grammar takes it, with the compact-JSON options."""
-    return {**closed_objects(schema), "x-guidance": JSON_OPTIONS}
 
 
 def _thinking(answer: str, tokenizer: Any, lltok: llguidance.LLTokenizer, what: str,

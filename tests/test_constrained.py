@@ -27,12 +27,12 @@ from mlx_lm.utils import dequantize_model
 
 from inference_node.constrained import (
     Constraint,
-    closed_objects,
     compile_response_format,
     compile_tool_choice,
     ll_tokenizer,
 )
 from inference_node.errors import BadRequest
+from inference_node.json_schema import closed_objects
 from inference_node.service import default_max_tokens
 from studio_common.json_bounds import REPLY_SLACK_TOKENS, answer_chars
 
