@@ -74,7 +74,8 @@ class ChatFold:
         d = self.done
         if d is not None:
             reply.usage = Usage(d.usage.prompt_tokens, d.usage.completion_tokens,
-                                d.usage.reasoning_tokens, d.usage.cached_prompt_tokens)
+                                d.usage.reasoning_tokens, d.usage.cached_prompt_tokens,
+                                d.usage.recomputed_prompt_tokens, d.usage.recompute_cause)
             reply.cut_off_while_reasoning = d.cut_off_while_reasoning
             reply.decode_tps = d.timings.decode_tokens_per_second
             reply.seconds = d.timings.total_seconds

@@ -118,6 +118,10 @@ class ModelCall(RunEvent):
     decode_tps: float
     finish_reason: str
     cut_off_while_reasoning: bool
+    recomputed_prompt_tokens: int = _doc("prompt tokens the node had run before and computed "
+                                         "again", 0)
+    recompute_cause: str = _doc("why: evicted, rerendered, retokenized or reasoning_dropped",
+                                "")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,6 +30,10 @@ class Usage:
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     cached_prompt_tokens: int = 0  # prompt tokens whose KV the server reused (its prompt cache)
+    # prompt tokens the server had run before and computed again, and why (evicted,
+    # rerendered, retokenized, reasoning_dropped); the other uncached ones were new to it
+    recomputed_prompt_tokens: int = 0
+    recompute_cause: str = ""
 
 
 @dataclass

@@ -152,9 +152,11 @@ def run_one(task: Task, model: Any, cfg: Any, work: Path, *, qa_for: QAFactory |
     tokens = usage(events)
     for k, v in judge.usage.items():  # the judge's calls are not in the run record
         tokens[k] = tokens.get(k, 0) + v
+    for cause, n in judge.recomputed.items():
+        tokens["recomputed"][cause] = tokens["recomputed"].get(cause, 0) + n
     if judge.usage["calls"]:
         add_stage(tokens["stages"], "visual_judge", judge.usage["calls"], judge.usage["prompt"],
-                   judge.usage["cached"])
+                   judge.usage["cached"], sum(judge.recomputed.values()))
     return {
         "name": task.name,
         "ui": bool(spec),
@@ -166,6 +168,7 @@ def run_one(task: Task, model: Any, cfg: Any, work: Path, *, qa_for: QAFactory |
         "cached_prompt_tokens": tokens["cached"],
         "model_calls": tokens["calls"],
         "cache_by_stage": tokens["stages"],
+        "recomputed_by_cause": tokens["recomputed"],
         "wall_s": round(wall, 1),
         "tool_calls": sum(r.tool_calls for r in rounds),
         "malformed_tool_calls": sum(r.malformed for r in rounds),

@@ -31,6 +31,7 @@ class MeteredModel:
         self.inner = inner
         self.max_tokens = max_tokens
         self.usage = {"calls": 0, "prompt": 0, "cached": 0, "generated": 0}
+        self.recomputed: dict[str, int] = {}  # cause -> prompt tokens seen before, run again
 
     def chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
              tool_choice: str | dict[str, Any] = "auto",
@@ -47,6 +48,9 @@ class MeteredModel:
         self.usage["prompt"] += u.prompt_tokens
         self.usage["cached"] += u.cached_prompt_tokens
         self.usage["generated"] += u.completion_tokens  # reasoning is counted among them
+        if u.recomputed_prompt_tokens:
+            cause = u.recompute_cause or "unknown"
+            self.recomputed[cause] = self.recomputed.get(cause, 0) + u.recomputed_prompt_tokens
         return reply
 
     @property

@@ -14,7 +14,8 @@ def usage(events: list[dict[str, Any]]) -> dict[str, Any]:
     completion tokens: the node counts reasoning among them."""
     from agent_node.events import ModelCall, parse_events
 
-    out: dict[str, Any] = {"calls": 0, "prompt": 0, "cached": 0, "generated": 0, "stages": {}}
+    out: dict[str, Any] = {"calls": 0, "prompt": 0, "cached": 0, "generated": 0, "stages": {},
+                           "recomputed": {}}
     for e in parse_events(events):
         if isinstance(e, ModelCall):
             out["calls"] += 1
@@ -22,16 +23,24 @@ def usage(events: list[dict[str, Any]]) -> dict[str, Any]:
             out["cached"] += e.cached_prompt_tokens
             out["generated"] += e.completion_tokens
             add_stage(out["stages"], e.role or "other", 1, e.prompt_tokens,
-                       e.cached_prompt_tokens)
+                       e.cached_prompt_tokens, e.recomputed_prompt_tokens)
+            if e.recomputed_prompt_tokens:
+                cause = e.recompute_cause or "unknown"
+                out["recomputed"][cause] = (out["recomputed"].get(cause, 0)
+                                            + e.recomputed_prompt_tokens)
     return out
 
 
 def add_stage(stages: dict[str, dict[str, int]], stage: str, calls: int, prompt: int,
-               cached: int) -> None:
-    s = stages.setdefault(stage, {"calls": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0})
+               cached: int, recomputed: int = 0) -> None:
+    """Add calls to `stage`'s figures. `recomputed`: prompt tokens the node had seen before
+    and computed again; the rest of the uncached ones were new to it."""
+    s = stages.setdefault(stage, {"calls": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0,
+                                  "recomputed_prompt_tokens": 0})
     s["calls"] += calls
     s["prompt_tokens"] += prompt
     s["cached_prompt_tokens"] += cached
+    s["recomputed_prompt_tokens"] = s.get("recomputed_prompt_tokens", 0) + recomputed
 
 
 def cache_by_stage(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -39,7 +48,8 @@ def cache_by_stage(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     stages: dict[str, dict[str, int]] = {}
     for r in rows:
         for stage, s in r.get("cache_by_stage", {}).items():
-            add_stage(stages, stage, s["calls"], s["prompt_tokens"], s["cached_prompt_tokens"])
+            add_stage(stages, stage, s["calls"], s["prompt_tokens"], s["cached_prompt_tokens"],
+                      s.get("recomputed_prompt_tokens", 0))
     return {k: {**v, "cache_share": round(v["cached_prompt_tokens"] / v["prompt_tokens"], 3)
                 if v["prompt_tokens"] else 0.0} for k, v in sorted(stages.items())}
 
@@ -61,10 +71,21 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "cached_prompt_tokens": cached,
         "cache_share": round(cached / prompt, 3) if prompt else 0.0,
         "cache_by_stage": cache_by_stage(rows),
+        "recomputed_by_cause": recomputed_by_cause(rows),
         "tool_calls": sum(r["tool_calls"] for r in rows),
         "malformed_tool_calls": sum(r["malformed_tool_calls"] for r in rows),
         "review_final": review_agreement(rows),
     }
+
+
+def recomputed_by_cause(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """The prompt tokens the node had seen before and computed again, summed by its cause
+    (evicted, rerendered, retokenized, reasoning_dropped)."""
+    out: dict[str, int] = {}
+    for r in rows:
+        for cause, n in r.get("recomputed_by_cause", {}).items():
+            out[cause] = out.get(cause, 0) + n
+    return dict(sorted(out.items()))
 
 
 def review_agreement(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -95,6 +116,8 @@ def table(result: dict[str, Any]) -> str:
               f"from the cache: {100 * result['cache_share']:.0f}%"]
     if result.get("cache_by_stage"):
         lines.append("cached, by stage: " + stage_shares(result["cache_by_stage"]))
+    if "recomputed_by_cause" in result:
+        lines.append(misses(result))
     if result["failures"]:
         lines.append("failures: " + ", ".join(f"{k} {v}" for k, v in result["failures"].items()))
     rv = result.get("review_final") or {}
@@ -104,6 +127,15 @@ def table(result: dict[str, Any]) -> str:
                      f"refused; on ones they fail: {rv['wrong_change_refused']} refused, "
                      f"{rv['wrong_change_accepted']} accepted")
     return "\n".join(lines)
+
+
+def misses(result: dict[str, Any]) -> str:
+    """The prompt tokens not served from the cache: new to it, or seen before and why not."""
+    by_cause = result["recomputed_by_cause"]
+    again = sum(by_cause.values())
+    new = result["prompt_tokens"] - result["cached_prompt_tokens"] - again
+    why = (" (" + ", ".join(f"{k} {v:,}" for k, v in by_cause.items()) + ")") if again else ""
+    return f"not served from the cache: {new:,} prompt tokens new to it, {again:,} seen before{why}"
 
 
 def stage_shares(by_stage: dict[str, dict[str, Any]]) -> str:

@@ -66,6 +66,14 @@ def lookup(cache: PromptCache, job: Job, tokens: list[int], *, account: bool) ->
     return found
 
 
+def served(job: Job, found: Lookup) -> None:
+    """What the cache served of `job`'s prompt, and what it had seen and computed again."""
+    job.cached_tokens = found.cached
+    miss = found.miss
+    if miss is not None and miss.tokens and miss.cause != "off":
+        job.recomputed_tokens, job.recompute_cause = miss.tokens, miss.cause
+
+
 def segments(cache: PromptCache, job: Job, tokens: list[int], found: Lookup) -> list[list[int]]:
     """The tokens still to run, split where the system part ends when that part is still to
     be pinned: prefill stops there and its KV is taken (`job.pin_at`)."""
@@ -100,7 +108,7 @@ def insert(lm: LoadedModel, cache: PromptCache, job: Job) -> int:
     tokens = job.prompt + job.generated
     found = lookup(cache, job, tokens, account=not resumed)
     if not resumed:
-        job.cached_tokens = found.cached
+        served(job, found)
     pieces = segments(cache, job, tokens, found) if not resumed else [found.rest]
     processors = job.logits_processors
     if resumed and job.rebuild_processors is not None:

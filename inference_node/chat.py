@@ -267,6 +267,8 @@ def done_event(job: Any, finish_reason: str) -> pb.ChatEvent:
             cached_prompt_tokens=job.cached_tokens,
             draft_tokens=job.drafted,
             accepted_draft_tokens=job.accepted,
+            recomputed_prompt_tokens=job.recomputed_tokens,
+            recompute_cause=job.recompute_cause,
         ),
         timings=pb.Timings(
             queue_seconds=job.queue_seconds,

@@ -99,6 +99,9 @@ class Job:
     t_first: float = 0.0
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens whose KV came from the prompt cache
+    # Prompt tokens seen before that were computed again, and why (prompt_cache.Miss)
+    recomputed_tokens: int = 0
+    recompute_cause: str = ""
     detokenizer: Any = None  # mlx-lm's streaming detokenizer
     stream: Any = None  # vision jobs: the mlx-vlm generator
     reservation: Held | None = None  # held by this job (grown for padding, drafts)

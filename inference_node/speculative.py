@@ -78,7 +78,7 @@ def start(lm: LoadedModel, job: Job, cache: PromptCache, admission: Ledger, draf
                  "now", lm.name, job.request_id, need / 2**20)
         return None
     found = batching.lookup(cache, job, job.prompt, account=True)
-    job.cached_tokens = found.cached
+    batching.served(job, found)
     batching.segments(cache, job, job.prompt, found)  # sets job.pin_at when a pin is due
     drafted = cache.fetch(draft.name, job.prompt, account=False)
     return Speculation(lm, draft, job, found.cache, found.cached, drafted.cache, drafted.cached,

@@ -152,7 +152,8 @@ class LoopScript:
     (then calls finish). Every reply reports the same usage, with part of the prompt cached."""
 
     name = "scripted"
-    usage = Usage(prompt_tokens=100, completion_tokens=7, cached_prompt_tokens=60)
+    usage = Usage(prompt_tokens=100, completion_tokens=7, cached_prompt_tokens=60,
+                  recomputed_prompt_tokens=10, recompute_cause="evicted")
 
     def __init__(self, coder: list[Reply | Exception], review: str = "pass") -> None:
         self.coder = list(coder)
@@ -306,12 +307,21 @@ def test_a_right_change_passes_and_its_tokens_come_from_the_run_record(tmp_path:
     events = read_events(Path(row["run_dir"]))
     assert [e["cached_prompt_tokens"] for e in events if e["type"] == "model_call"] == [60] * 4
     assert row["cache_by_stage"] == {
-        "classify": {"calls": 1, "prompt_tokens": 100, "cached_prompt_tokens": 60},
-        "coder": {"calls": 2, "prompt_tokens": 200, "cached_prompt_tokens": 120},
-        "review": {"calls": 1, "prompt_tokens": 100, "cached_prompt_tokens": 60}}
-    by_stage = task_totals.totals([row, row])["cache_by_stage"]
-    assert by_stage["coder"] == {"calls": 4, "prompt_tokens": 400, "cached_prompt_tokens": 240,
-                                 "cache_share": 0.6}
+        "classify": {"calls": 1, "prompt_tokens": 100, "cached_prompt_tokens": 60,
+                     "recomputed_prompt_tokens": 10},
+        "coder": {"calls": 2, "prompt_tokens": 200, "cached_prompt_tokens": 120,
+                  "recomputed_prompt_tokens": 20},
+        "review": {"calls": 1, "prompt_tokens": 100, "cached_prompt_tokens": 60,
+                   "recomputed_prompt_tokens": 10}}
+    # what the cache had seen and did not serve, and why, from the record's model calls
+    assert row["recomputed_by_cause"] == {"evicted": 40}
+    done = task_totals.totals([row, row])
+    assert done["cache_by_stage"]["coder"] == {
+        "calls": 4, "prompt_tokens": 400, "cached_prompt_tokens": 240,
+        "recomputed_prompt_tokens": 40, "cache_share": 0.6}
+    assert done["recomputed_by_cause"] == {"evicted": 80}
+    assert task_totals.misses(done) == ("not served from the cache: 240 prompt tokens new to "
+                                        "it, 80 seen before (evicted 80)")
 
 
 def test_the_brief_names_the_interpreter_not_where_the_bench_is_checked_out(

@@ -113,6 +113,32 @@ def test_another_task_s_first_turn_is_no_miss_and_a_rewritten_past_is_one(
     assert stats["m"].misses.get("rerendered", 0) > rerendered
 
 
+def test_each_reply_says_what_it_computed_again_and_why(
+        cached: tuple[Any, str], stub_for: Any) -> None:
+    stub, engine = stub_for(cached[1]), cached[0].engine
+    words = " ".join(f"w{i}" for i in range(140, 160))
+    first = [msg("system", SYSTEM), msg("user", "task w96 w97 w98")]
+    reply, done = ask(stub, first)
+    assert (done.usage.recomputed_prompt_tokens, done.usage.recompute_cause) == (0, "")
+    # the next turn, its past as it was: served, nothing computed again
+    _, done = ask(stub, [*first, msg("assistant", reply), msg("user", words)])
+    assert (done.usage.recomputed_prompt_tokens, done.usage.recompute_cause) == (0, "")
+    # the same turn with the first message written another way: its past is computed again
+    _, done = ask(stub, [msg("system", SYSTEM), msg("user", "task w96 w97 w99"),
+                         msg("assistant", reply), msg("user", words)])
+    assert done.usage.recompute_cause == "rerendered"
+    assert done.usage.recomputed_prompt_tokens >= len(reply.split())
+    assert done.usage.cached_prompt_tokens + done.usage.recomputed_prompt_tokens \
+        <= done.usage.prompt_tokens
+    # the LRU forgets everything: the conversation's next turn had been seen, and is gone
+    engine.call(lambda: engine.prompt_cache.lru.trim_to(n_sequences=0))
+    _, done = ask(stub, [*first, msg("assistant", reply), msg("user", words + " w161")])
+    assert done.usage.recompute_cause == "evicted"
+    assert done.usage.recomputed_prompt_tokens > len(words.split())
+    assert done.usage.cached_prompt_tokens + done.usage.recomputed_prompt_tokens \
+        <= done.usage.prompt_tokens
+
+
 def test_cached_kv_stays_inside_the_prompt_cache_cap_set_aside_from_the_budget(
         cached: tuple[Any, str], uncached: tuple[Any, str]) -> None:
     srv, _ = cached

@@ -225,6 +225,8 @@ def model_call(reply: Reply, *, role: str, round_no: int) -> ModelCall:
         decode_tps=round(reply.decode_tps, 1),
         finish_reason=reply.finish_reason,
         cut_off_while_reasoning=reply.cut_off_while_reasoning,
+        recomputed_prompt_tokens=reply.usage.recomputed_prompt_tokens,
+        recompute_cause=reply.usage.recompute_cause,
     )
 
 
