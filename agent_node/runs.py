@@ -212,7 +212,9 @@ def summarize(run_dir: Path, events: list[dict[str, Any]] | None = None,
         "rounds": 0,
         "reasons": [],
         "models": [],
-        "tokens": {"prompt": 0, "completion": 0, "reasoning": 0},
+        # cached: prompt tokens the node served from its cache; recomputed: ones it had run
+        # before and computed again (evicted, or the conversation's past sent changed)
+        "tokens": {"prompt": 0, "cached": 0, "recomputed": 0, "completion": 0, "reasoning": 0},
         "state": "",
         "integrity": problem,
     }
@@ -230,6 +232,8 @@ def summarize(run_dir: Path, events: list[dict[str, Any]] | None = None,
                 if e.model and e.model not in models:
                     models.append(e.model)
                 out["tokens"]["prompt"] += e.prompt_tokens
+                out["tokens"]["cached"] += e.cached_prompt_tokens
+                out["tokens"]["recomputed"] += e.recomputed_prompt_tokens
                 out["tokens"]["completion"] += e.completion_tokens
                 out["tokens"]["reasoning"] += e.reasoning_tokens
             case RunVerdict():
