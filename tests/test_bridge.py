@@ -82,6 +82,19 @@ def test_non_streaming_reply_with_usage(sdk):
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
+def test_the_next_turn_says_how_much_of_its_prompt_the_node_s_cache_served(sdk):
+    turn1 = [{"role": "user", "content": "hi, a first turn no other test sends"}]
+    first = sdk.chat.completions.create(model="hello", messages=turn1)
+    assert first.usage.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens
+    turn2 = [*turn1, first.choices[0].message.model_dump(exclude_none=True),
+             {"role": "user", "content": "and once more"}]
+    second = sdk.chat.completions.create(model="hello", messages=turn2, stream=True,
+                                         stream_options={"include_usage": True})
+    usage = list(second)[-1].usage
+    assert usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
+    assert usage.prompt_tokens_details.cached_tokens < usage.prompt_tokens
+
+
 def test_streaming_reply_ends_with_usage_when_asked(sdk):
     chunks = list(sdk.chat.completions.create(
         model="hello", messages=HI, stream=True, stream_options={"include_usage": True},

@@ -45,6 +45,8 @@ class Completion:
         u = self.fold.done.usage
         return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
                 "total_tokens": u.prompt_tokens + u.completion_tokens,
+                # what the node's prompt cache served, where OpenAI's clients look for it
+                "prompt_tokens_details": {"cached_tokens": u.cached_prompt_tokens},
                 "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens}}
 
     def _head(self, kind: str) -> dict[str, Any]:
