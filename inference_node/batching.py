@@ -19,6 +19,7 @@ from inference_node.prompt_cache import Lookup, PromptCache
 
 log = logging.getLogger("inference_node.engine")
 MIN_PINNED = 16  # a shorter system part is not worth a pin
+MIN_SHARED = 32  # nor a part shared with another request's prompt this much past the system part
 
 
 def batch_peak_tokens(seqs: list[tuple[int, int]]) -> int:
@@ -75,11 +76,16 @@ def served(job: Job, found: Lookup) -> None:
 
 
 def segments(cache: PromptCache, job: Job, tokens: list[int], found: Lookup) -> list[list[int]]:
-    """The tokens still to run, split where the system part ends when that part is still to
-    be pinned: prefill stops there and its KV is taken (`job.pin_at`)."""
+    """The tokens still to run, split where the prefix to pin ends when it is not pinned yet:
+    prefill stops there and its KV is taken (`job.pin_at`). That prefix is the system part, or
+    the longer part the prompt shares with another request's (PromptCache.shared_prefix)."""
     rest = found.rest
     end = job.system_prefix
     job.pin_at = 0
+    if cache.pinned_bytes:
+        shared = cache.shared_prefix(job.model, tokens)
+        if shared >= max(end, cache.pinned_len(job.model, tokens)) + MIN_SHARED:
+            end = shared
     if (not cache.pinned_bytes or end < MIN_PINNED or end >= len(tokens) - 1
             or cache.has_pin(job.model, tokens[:end])):
         return [rest]
@@ -130,7 +136,7 @@ def pin_reached(lm: LoadedModel, cache: PromptCache, uid: int) -> None:
     kv, tokens = lm.batch.extract(uid)
     if len(tokens) == job.pin_at:
         cache.pin(job.model, tokens, kv)
-        log.info("prompt cache: %s: pinned a %d-token system prefix (%.1f MiB of pins)",
+        log.info("prompt cache: %s: pinned a %d-token prefix (%.1f MiB of pins)",
                  lm.name, len(tokens), cache.pinned_nbytes() / 2**20)
         job.pin_at = 0
 

@@ -7,8 +7,12 @@ system prompt and tool schemas. Two stores serve them:
   first when `max_bytes` is reached;
 - pinned prefixes: the system part of a prompt (system messages and tool schemas, up to where
   the first user message starts), computed once and kept while the model is loaded, out of the
-  LRU's reach. They are bounded too (`pinned_bytes`, the least recently used pin goes first),
-  so a client that varies its system prompt on every call cannot fill memory with them.
+  LRU's reach; and the part a prompt shares with another request's prompt that went on
+  differently (`shared_prefix`): instructions a client sends at the start of every call of a
+  kind in a user message (an orchestrator's review or classify prompt), or a task's brief that
+  a later round sends again with more after it. They are bounded too (`pinned_bytes`, the
+  least recently used pin goes first), so a client that varies its prompts on every call
+  cannot fill memory with them.
 
 `fetch` answers with the longer of the two, and says why tokens it has seen before were not
 served (`Miss`): an earlier sequence that is gone (evicted), or one this prompt parts from
@@ -200,6 +204,27 @@ class PromptCache:
             pins.popitem(last=False)
         pins[key] = _Pin(np.asarray(tokens, dtype=np.int64), cache, nbytes)
         return True
+
+    def shared_prefix(self, model: str, tokens: list[int]) -> int:
+        """How many tokens `tokens` shares with the prompt of another request seen recently
+        that went on differently inside its prompt: the same opening, then another task or
+        more. 0 when none did (a new text, or a conversation carrying its own reply on)."""
+        seen = self._history.get(model)
+        if not seen:
+            return 0
+        arr = np.asarray(tokens, dtype=np.int64)
+        best = 0
+        for s in seen:
+            n = _common_prefix(s.tokens, arr)
+            if best < n < min(s.prompt, len(arr) - 1):
+                best = n
+        return best
+
+    def pinned_len(self, model: str, tokens: list[int]) -> int:
+        """How much of `tokens` the pins hold (their order untouched)."""
+        arr = np.asarray(tokens, dtype=np.int64)
+        return max((min(_common_prefix(p.tokens, arr), len(p.tokens))
+                    for p in self._pins.get(model, {}).values()), default=0)
 
     def has_pin(self, model: str, tokens: list[int]) -> bool:
         pins = self._pins.get(model)

@@ -139,6 +139,28 @@ def test_each_reply_says_what_it_computed_again_and_why(
         <= done.usage.prompt_tokens
 
 
+def test_instructions_two_requests_open_with_stay_cached_after_the_lru_forgets(
+        cached: tuple[Any, str], uncached: tuple[Any, str], stub_for: Any) -> None:
+    # an orchestrator's review prompt: the same instructions in a user message, then the task
+    with_cache, without = stub_for(cached[1]), stub_for(uncached[1])
+    cache = cached[0].engine.prompt_cache
+    rules = " ".join(f"w{i}" for i in range(160, 200))
+    ask(with_cache, [msg("user", f"{rules} task w1 w2")])
+    pins = len(cache.pins("m"))
+    ask(with_cache, [msg("user", f"{rules} task w3 w4")])  # the second to open that way
+    assert len(cache.pins("m")) == pins + 1 and cache.pins("m")[-1] >= 40
+    cached[0].engine.call(lambda: cache.lru.trim_to(n_sequences=0))  # the LRU forgets
+    third = [msg("user", f"{rules} task w5 w6")]
+    reply, done = ask(with_cache, third)
+    assert done.usage.cached_prompt_tokens >= 40
+    assert (done.usage.recomputed_prompt_tokens, done.usage.recompute_cause) == (0, "")
+    assert reply == ask(without, third)[0]
+    # a conversation carrying its own reply on shares no opening with another request
+    pins = cache.pins("m")
+    ask(with_cache, [*third, msg("assistant", reply), msg("user", "w7 w8")])
+    assert cache.pins("m")[:-1] == pins[:-1] and len(cache.pins("m")) == len(pins)
+
+
 def test_cached_kv_stays_inside_the_prompt_cache_cap_set_aside_from_the_budget(
         cached: tuple[Any, str], uncached: tuple[Any, str]) -> None:
     srv, _ = cached
