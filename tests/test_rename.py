@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from scripted_model import ScriptedModel, as_json, text
 from test_files_coder import block, files_form
-from test_names import DB, REPORT, renamed
+from test_stale import DB, REPORT, renamed
 from user_repo import NOT_UI, PASS, isolate, make_repo, run
 
 from agent_node.loop.rename import carry, renames

@@ -6,10 +6,10 @@ the repo's test command there, in the sandbox (the tests may be the coder's own 
 only to that folder and a private tmp, reach no network, and their whole process tree dies at
 the end or the timeout, with bounded output), flags a diff that changes or deletes tests, fails
 an empty diff for a task that asks for a change (a diff of blank lines and line-end spaces alone
-counts as empty), a Python line the change added that reads a name nothing defines or a line
-elsewhere that uses a name the change took away (names.py), and a change that gets one of the
-task's own examples wrong (examples.py), and for UI work runs visual QA against the spec. What
-passes is that commit, and only that commit is what approve brings over.
+counts as empty), a Python line the change added that reads a name nothing defines (names.py)
+or a line elsewhere that uses a name the change took away (stale.py), and a change that gets one
+of the task's own examples wrong (examples.py), and for UI work runs visual QA against the spec.
+What passes is that commit, and only that commit is what approve brings over.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 from agent_node import activity
 from agent_node.events import GateChecked
 from agent_node.loop import examples as task_examples
-from agent_node.loop import names
+from agent_node.loop import stale
 from agent_node.loop.checkout import Diff
 from agent_node.qa.result import QAResult
 from agent_node.sandbox import Sandbox
@@ -152,7 +152,7 @@ def run_gate(
                for st, path in tests_touched(diff)]
     if touched:
         flags.append("the diff changes or deletes existing tests: " + ", ".join(touched))
-    failures += names.broken_by_change(tree, diff.patch)
+    failures += stale.broken_by_change(tree, diff.patch)
 
     tests, tests_failure = None, ""
     if test_cmd:

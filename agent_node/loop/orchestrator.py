@@ -59,12 +59,12 @@ from agent_node.loop.gate import (
 from agent_node.loop.names import (
     Unbound,
     Unset,
-    broken_by_change,
     unbound_in_change,
     unset_in_change,
 )
 from agent_node.loop.repo import current_branch, dirty_paths, head_commit, repo_root
 from agent_node.loop.review import Reviewer, decide_round
+from agent_node.loop.stale import broken_by_change
 from agent_node.loop.structured import REVIEW, SPEC, ask_json
 from agent_node.loop.visual import serve_directory
 from agent_node.model import Model, Reply
@@ -369,7 +369,7 @@ class _Run:
         read-only), as the coder is shown it: passed or not, and the end of the output. With
         `base`, the gate's names checks of the change since `base` too: a read of a name nothing
         defines, or a use elsewhere of a name the change took away, fails as the gate would fail
-        it (names.py)."""
+        it (names.py, stale.py)."""
         work = self.checkout.work
         loop = self.cfg.loop  # bounded as the gate bounds it, and as any coder command is
         t = run_tests(test_cmd, work, min(loop.test_timeout_s, loop.tool_timeout_s),

@@ -4,7 +4,7 @@
 
 Asked to rename `fetch_usr` to `fetch_user` everywhere, Qwen2.5-Coder 0.5B renamed it in db.py
 and api.py and gave report.py back as it was, still calling `db.fetch_usr`, told by the names
-check (names.stale_uses) that the line fails. Which name is now which is the model's decision,
+check (stale.stale_uses) that the line fails. Which name is now which is the model's decision,
 written in its own change: a line that removed `def fetch_usr(user_id: int) -> dict | None:`
 and a line that added the same `def` under the new name, in one module. So when the checks
 fail and a file still uses a name the change renamed that way, the loop writes the new name in
@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from agent_node.events import Note
-from agent_node.loop.names import Stale, module_of, stale_uses
+from agent_node.loop.names import module_of
+from agent_node.loop.stale import Stale, stale_uses
 
 DEF = re.compile(r"^([-+])((?:async\s+)?def|class)\s+([A-Za-z_]\w*)(.*)$")
 
