@@ -295,11 +295,15 @@ def _put(files: list[tuple[str, str]], tools: dict[str, Any], root: Path, task: 
     return said, bool(broken)
 
 
+def _kept_name(name: str) -> str:
+    # keep.put_back reports a file's docstring as "docstring", a name no message should quote
+    return "its docstring" if name == "docstring" else f"`{name}`"
+
+
 def _kept_said(path: str, names: tuple[str, ...]) -> str:
     """What the coder is told of what keep.put_back put back into `path`: the definitions the
     task does not name, and the imports of names the file still reads."""
-    defs = ", ".join("its docstring" if n == "docstring" else f"`{n}`"
-                     for n in names if not n.startswith("import "))
+    defs = ", ".join(_kept_name(n) for n in names if not n.startswith("import "))
     imports = ", ".join(f"`{n.removeprefix('import ')}`" for n in names
                         if n.startswith("import "))
     said = [f"{path}: your file left out {defs}, which {path} had and the task does not name; "
@@ -324,8 +328,7 @@ def _keep_definitions(files: list[tuple[str, str]], root: Path, task: str, emit:
             kept = keep.put_back(old, content, task, elsewhere)
             if kept.names:
                 said.append(_kept_said(path, kept.names))
-                what = ", ".join("its docstring" if n == "docstring" else f"`{n}`"
-                                 for n in kept.names)
+                what = ", ".join(_kept_name(n) for n in kept.names)
                 emit(Note(text=f"{path}: the reply left out {what}; put back as it was",
                           round=round_no))
                 content = kept.content
