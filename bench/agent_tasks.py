@@ -58,7 +58,7 @@ from bench.task_grading import (
 )
 from bench.task_models import SMOKE_CALLS, MeteredModel, SmokeModel, inference, log
 from bench.task_record import Record
-from bench.task_totals import add_stage, table, totals, usage
+from bench.task_totals import add_recomputed, add_stage, table, totals, usage
 
 QUICK_TASKS = ["fizzbuzz", "mean_bug"]
 SMOKE_TASKS = ["fizzbuzz", "ui_signup_button"]  # one plain task, one through the visual gate
@@ -153,7 +153,7 @@ def run_one(task: Task, model: Any, cfg: Any, work: Path, *, qa_for: QAFactory |
     for k, v in judge.usage.items():  # the judge's calls are not in the run record
         tokens[k] = tokens.get(k, 0) + v
     for cause, n in judge.recomputed.items():
-        tokens["recomputed"][cause] = tokens["recomputed"].get(cause, 0) + n
+        add_recomputed(tokens["recomputed"], cause, n)
     if judge.usage["calls"]:
         add_stage(tokens["stages"], "visual_judge", judge.usage["calls"], judge.usage["prompt"],
                    judge.usage["cached"], sum(judge.recomputed.values()))

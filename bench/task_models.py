@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.task_grading import TaskError
+from bench.task_totals import add_recomputed
 
 DEFAULT_BUDGET_GB = 8.0
 
@@ -48,9 +49,7 @@ class MeteredModel:
         self.usage["prompt"] += u.prompt_tokens
         self.usage["cached"] += u.cached_prompt_tokens
         self.usage["generated"] += u.completion_tokens  # reasoning is counted among them
-        if u.recomputed_prompt_tokens:
-            cause = u.recompute_cause or "unknown"
-            self.recomputed[cause] = self.recomputed.get(cause, 0) + u.recomputed_prompt_tokens
+        add_recomputed(self.recomputed, u.recompute_cause, u.recomputed_prompt_tokens)
         return reply
 
     @property

@@ -24,11 +24,14 @@ def usage(events: list[dict[str, Any]]) -> dict[str, Any]:
             out["generated"] += e.completion_tokens
             add_stage(out["stages"], e.role or "other", 1, e.prompt_tokens,
                        e.cached_prompt_tokens, e.recomputed_prompt_tokens)
-            if e.recomputed_prompt_tokens:
-                cause = e.recompute_cause or "unknown"
-                out["recomputed"][cause] = (out["recomputed"].get(cause, 0)
-                                            + e.recomputed_prompt_tokens)
+            add_recomputed(out["recomputed"], e.recompute_cause, e.recomputed_prompt_tokens)
     return out
+
+
+def add_recomputed(by_cause: dict[str, int], cause: str, tokens: int) -> None:
+    """Count `tokens` prompt tokens seen before and computed again under `cause`."""
+    if tokens:
+        by_cause[cause or "unknown"] = by_cause.get(cause or "unknown", 0) + tokens
 
 
 def add_stage(stages: dict[str, dict[str, int]], stage: str, calls: int, prompt: int,
@@ -84,7 +87,7 @@ def recomputed_by_cause(rows: list[dict[str, Any]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in rows:
         for cause, n in r.get("recomputed_by_cause", {}).items():
-            out[cause] = out.get(cause, 0) + n
+            add_recomputed(out, cause, n)
     return dict(sorted(out.items()))
 
 
