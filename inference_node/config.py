@@ -97,6 +97,9 @@ class EngineConfig:
     # With no Metal device, prefill attention runs through numpy (inference_node/cpu_attention.py):
     # MLX's CPU softmax made up three quarters of a 2k-token prefill on the dev CPU.
     numpy_attention_on_cpu: bool = True
+    # One product for each layer's q, k and v projections and one for its gate and up, where the
+    # weights are float (inference_node/fused.py): fewer, larger matmuls a decode step.
+    fuse_projections: bool = True
     prompt_cache_mb: float = 512.0  # KV kept for prefix reuse; set aside from the budget; 0: off
     # Of prompt_cache_mb, what pinned prefixes may hold: the KV of prompts' system parts (system
     # messages and tool schemas), kept while the model is loaded; 0: none pinned.

@@ -23,7 +23,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from inference_node import batching, cpu_attention, loading, mlx_compat, speculative, vision
+from inference_node import batching, cpu_attention, fused, loading, mlx_compat, speculative, vision
 from inference_node.config import InferenceConfig
 from inference_node.errors import Cancelled, InferenceError, ModelUnloaded
 from inference_node.footprint import Footprint
@@ -227,6 +227,8 @@ class Engine:
     def _load_coder(self, entry: CatalogModel) -> LoadedModel:
         dequantize = self.dequantize and bool(entry.config.get("quantization"))
         model, tokenizer = mlx_compat.load(entry.path, dequantize=dequantize)
+        if self.cfg.engine.fuse_projections:
+            fused.fuse_projections(model)
         return LoadedModel(entry=entry, model=model, tokenizer=tokenizer,
                            batch=self._new_batch(model))
 
