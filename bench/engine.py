@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench.engine [--quick]      # JSON on stdout, progress on stderr
     .venv/bin/python -m bench.engine --concurrency  # part 2 alone, at full size
+    .venv/bin/python -m bench.engine --concurrency --unfused  # and our server without
+                                                    # engine.fuse_projections, a third contender
 
 1. single stream: time to first token (client side, request sent -> first text) and decode
    tokens/s ((tokens - 1) / (last token - first token)) for a short (~100-token) and a long
@@ -33,6 +35,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,6 +240,10 @@ def concurrency(servers: dict[str, Callable[..., Sample]], messages: list[dict],
         row["aggregate_ratio_grpc_vs_mlx_server"] = round(ratio(
             row["grpc"]["aggregate_tps"]["median"],
             row["mlx_lm_server"]["aggregate_tps"]["median"]), 3)
+        if "grpc_unfused" in row:
+            row["aggregate_ratio_grpc_vs_unfused"] = round(ratio(
+                row["grpc"]["aggregate_tps"]["median"],
+                row["grpc_unfused"]["aggregate_tps"]["median"]), 3)
         out[str(n)] = row
     return out
 
@@ -274,23 +281,28 @@ def overhead(tmp: Path, p: Params) -> dict[str, Any]:
     return out
 
 
-def run_concurrency() -> dict:
+def run_concurrency(unfused: bool = False) -> dict:
     """Part 2 alone at the full run's size: a quiet-machine figure without the ~20 minutes of
-    4k-token prefills that part 1 takes on a CPU."""
+    4k-token prefills that part 1 takes on a CPU. `unfused`: a second server of ours, with
+    engine.fuse_projections off, runs interleaved with the other two."""
     p = params(False)
     t_start = time.monotonic()
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d, ExitStack() as stack:
         tmp = Path(d)
         path, model_info = prepare_model(tmp)
         msgs = prompts(InProcess(path).tokenizer, p)
-        with grpc_server(path, "bench-model", tmp) as target, \
-                mlx_server(mlx_server_folder(path), tmp) as url:
-            ours = Grpc(target, "bench-model")
-            try:
-                conc = concurrency({"grpc": ours, "mlx_lm_server": MlxHttp(url)},
-                                   msgs["short"], p)
-            finally:
-                ours.close()
+        contenders: dict[str, Any] = {}
+        target = stack.enter_context(grpc_server(path, "bench-model", tmp))
+        contenders["grpc"] = stack.enter_context(closing(Grpc(target, "bench-model")))
+        if unfused:
+            (tmp / "unfused").mkdir()
+            target = stack.enter_context(grpc_server(path, "bench-model", tmp / "unfused",
+                                                     fuse=False))
+            contenders["grpc_unfused"] = stack.enter_context(closing(Grpc(target,
+                                                                          "bench-model")))
+        url = stack.enter_context(mlx_server(mlx_server_folder(path), tmp))
+        contenders["mlx_lm_server"] = MlxHttp(url)
+        conc = concurrency(contenders, msgs["short"], p)
     return {"model": model_info, "params": p.__dict__, "concurrency": conc,
             "targets": concurrency_targets(conc), "wall_s": round(time.monotonic() - t_start, 1)}
 
@@ -352,6 +364,6 @@ def run(quick: bool) -> dict:
 
 if __name__ == "__main__":
     if "--concurrency" in sys.argv:
-        print(json.dumps(run_concurrency(), indent=2))
+        print(json.dumps(run_concurrency("--unfused" in sys.argv), indent=2))
     else:
         print(json.dumps(run("--quick" in sys.argv), indent=2))

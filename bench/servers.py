@@ -101,11 +101,13 @@ def mlx_server_folder(path: Path) -> Path:
     return dst
 
 
-def engine_toml(prompt_cache: bool = True) -> str:
+def engine_toml(prompt_cache: bool = True, fuse: bool = True) -> str:
     """The [engine] section of a node config: dequantize at load exactly when `dequantizes()`;
-    without `prompt_cache`, no prefix reuse (a repeated prompt would skip the prefill)."""
+    without `prompt_cache`, no prefix reuse (a repeated prompt would skip the prefill); without
+    `fuse`, each projection its own matmul (engine.fuse_projections)."""
     lines = [] if dequantizes() else ["dequantize_on_cpu = false"]
     lines += [] if prompt_cache else ["prompt_cache_mb = 0"]
+    lines += [] if fuse else ["fuse_projections = false"]
     return "[engine]\n" + "".join(f"{line}\n" for line in lines) + "\n" if lines else ""
 
 
@@ -147,12 +149,12 @@ def server_env() -> dict[str, str]:
 
 @contextmanager
 def grpc_server(model: Path, name: str, tmp: Path, *, prompt_cache: bool = False,
-                budget_gb: float = 8.0) -> Iterator[str]:
+                budget_gb: float = 8.0, fuse: bool = True) -> Iterator[str]:
     """`inference-node serve` in a subprocess; yields its target. The prompt cache is off
     unless asked for: the engine benchmark repeats prompts and times their prefill."""
     port = free_port()
     conf = tmp / "inference-node.toml"
-    conf.write_text(f'{engine_toml(prompt_cache=prompt_cache)}'
+    conf.write_text(f'{engine_toml(prompt_cache=prompt_cache, fuse=fuse)}'
                     f'[memory]\nbudget_gb = {budget_gb}\nfloor_gb = 0.0\n\n'
                     f'[[models]]\nname = "{name}"\npath = "{model}"\n')
     cmd = [PY, "-m", "inference_node.cli", "serve", "--config", str(conf), "--port", str(port)]
