@@ -42,7 +42,8 @@ class Product:
         if x is not self._x or index in self._taken:
             w = self.owner.weight
             y = mx.addmm(self.owner.bias, x, w.T) if "bias" in self.owner else x @ w.T
-            self._x, self._outputs, self._taken = x, mx.split(y, self.offsets, axis=-1), set()
+            self._x, self._taken = x, set()
+            self._outputs = list(mx.split(y, self.offsets, axis=-1))
         self._taken.add(index)
         out = self._outputs[index]
         if len(self._taken) == self.parts:
@@ -75,7 +76,7 @@ def fuse_projections(model: Any) -> int:
             linears = [getattr(block, n, None) for n in names]
             if block is None or not _fusable(linears):
                 continue
-            _fuse(block, names, linears)
+            _fuse(block, names, [m for m in linears if m is not None])
             fused += 1
         if fused and fused % 8 == 0:
             mx.clear_cache()
