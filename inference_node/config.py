@@ -88,8 +88,9 @@ class EngineConfig:
     prefill_step_size: int = 512
     # Requests sent together are prefilled together: when a request joins while others are still
     # being read and tokenized, the engine waits for them, up to this long, before its next
-    # step. A lone request never waits. 0: never wait (2 streams sent together then lost one
-    # prefill step in three runs of bench/engine.py --concurrency).
+    # step. One that starts an idle batch waits a fortieth of its expected prefill (at most
+    # this) for requests not read yet (engine.HOLD_SHARE). 0: never wait (2 streams sent
+    # together then lost one prefill step in three runs of bench/engine.py --concurrency).
     gather_ms: float = 50.0
     # MLX's CPU backend runs quantized matmuls ~12x slower than float32 BLAS at prefill; with no
     # Metal device, quantized coder models are expanded to float32 at load (admission counts it).

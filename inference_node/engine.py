@@ -38,6 +38,11 @@ log = logging.getLogger("inference_node.engine")
 
 
 GATHER_POLL_S = 0.005
+# A request that starts an idle batch holds its prefill for up to this share of the time the
+# prefill is expected to take, for requests sent with it that are not read yet: the first of
+# a burst would otherwise prefill alone while the rest queue behind that step.
+HOLD_SHARE = 0.025
+MIN_MEASURED = 16  # prompt tokens computed, below which a prefill's time says little of its rate
 
 
 class Arrival:
@@ -71,6 +76,9 @@ class Engine:
         self.prompt_cache: PromptCache = self._prompt_cache()
         self._stop = threading.Event()
         self._arriving = 0  # requests read but not yet submitted (arrival())
+        self._hold_until = 0.0  # a step waits until then for more requests (hold_for)
+        # Seconds per computed prompt token of the last request that prefilled alone
+        self.prefill_s_per_token: float | None = None
         self._arriving_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
         self.dequantize = cfg.engine.dequantize_on_cpu and not mx.metal.is_available()
@@ -201,16 +209,28 @@ class Engine:
 
     def _gather(self) -> None:
         """After starting requests: while others are still arriving (read, not yet submitted),
-        take them too, up to engine.gather_ms, so one prefill step serves them all."""
+        take them too, up to engine.gather_ms, so one prefill step serves them all; and while
+        a request that started an idle batch holds it (`hold_for`), take those that come."""
         deadline = time.monotonic() + self.cfg.engine.gather_ms / 1000
-        while self._arriving > 0:
-            left = deadline - time.monotonic()
-            if left <= 0:
+        while True:
+            now = time.monotonic()
+            until = max(self._hold_until, deadline if self._arriving > 0 else 0.0)
+            if now >= until:
                 return
             try:  # short waits: an arrival refused before it is submitted posts nothing
-                self._drain(self._inbox.get(timeout=min(left, GATHER_POLL_S)))
+                self._drain(self._inbox.get(timeout=min(until - now, GATHER_POLL_S)))
             except queue.Empty:
                 pass
+
+    def hold_for(self, job: Job) -> float:
+        """How long `job`, starting an idle batch, waits for requests sent with it: HOLD_SHARE
+        of its expected prefill (the last lone prefill's rate), at most engine.gather_ms; 0
+        before any prefill was measured."""
+        rate = self.prefill_s_per_token
+        if rate is None:
+            return 0.0
+        computed = len(job.prompt) - job.cached_tokens
+        return min(self.cfg.engine.gather_ms / 1000, HOLD_SHARE * rate * computed)
 
     # ------------------------------------------------------------ loading: seams (loading.py)
 
@@ -305,7 +325,19 @@ class Engine:
             log.exception("could not add request %s to %s's batch", job.request_id, lm.name)
             self._finish(job, generation_failed(job, e, alone=True))
             return
+        idle = not lm.active
+        for other in lm.active.values():
+            other.alone = False  # its first token now waits for this one's prefill too
         lm.active[uid] = job
+        if idle and not job.generated:
+            job.alone = True
+            self._hold_until = time.monotonic() + self.hold_for(job)
+
+    def _measure_prefill(self, job: Job, now: float) -> None:
+        """A lone request's first token: the prefill rate that `hold_for` expects."""
+        computed = len(job.prompt) - job.cached_tokens
+        if job.alone and computed >= MIN_MEASURED:
+            self.prefill_s_per_token = (now - job.t_start) / computed
 
     def _recover(self, lm: LoadedModel, error: Exception) -> None:
         """After a failed step: fail the request that caused it (every request of the batch
@@ -357,7 +389,9 @@ class Engine:
             job = lm.active.get(r.uid)
             if job is None:
                 continue
-            job.t_first = job.t_first or now
+            if not job.t_first:
+                job.t_first = now
+                self._measure_prefill(job, now)
             batching.emit(job, r.token, r.finish_reason)
             if r.finish_reason is not None:
                 del lm.active[r.uid]

@@ -109,6 +109,9 @@ class Job:
     seed: int | None = None  # seeds MLX's random state when the job joins the batch
     generated: list[int] = field(default_factory=list)  # tokens emitted so far
     pin_at: int = 0  # a prefix length whose KV is pinned when prefill reaches it (0: none)
+    # It started an idle batch and nothing joined before its first token: its time to it
+    # measures the prefill rate (Engine.hold_for).
+    alone: bool = False
     # Fresh logits processors resuming after `generated` (a grammar's matcher has state), for
     # when the batch is rebuilt after another request's step failed; None: reuse them.
     rebuild_processors: Callable[[], list[LogitsProcessor]] | None = None

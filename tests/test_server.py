@@ -191,6 +191,65 @@ def test_requests_sent_together_are_prefilled_in_one_step(chain_models, stub_for
         assert len(steps[0]) == 2  # the first step prefilled both
 
 
+def test_the_first_request_of_a_burst_holds_its_prefill_for_the_rest(chain_models, stub_for):
+    """A request that starts an idle batch waits a share of its expected prefill (HOLD_SHARE)
+    for requests sent with it that the server has not read yet: here the second is sent only
+    once the first is in the batch, and still shares its first step."""
+    from inference_node.engine import HOLD_SHARE
+
+    models = [{"name": name, "path": str(path)} for name, path in chain_models.items()]
+    with running_server(models, engine={"gather_ms": 30_000}) as (srv, target):
+        stub = stub_for(target)
+        engine = srv.engine
+        collect(stub.Chat(pb.ChatRequest(model="loop", messages=[user("warm up " * 10)],
+                                         max_tokens=2), timeout=60))
+        assert engine.prefill_s_per_token is not None  # measured on that lone request
+        lm = engine.loaded["loop"]
+        steps: list[set[int]] = []
+        step = lm.batch.step
+
+        def spy():
+            prefilled, emitted = step()
+            steps.append({p.uid for p in prefilled})
+            return prefilled, emitted
+
+        lm.batch.step = spy
+        # as if a prefill ran at 0.4 s a token: the first request holds ~HOLD_SHARE of that
+        engine.prefill_s_per_token = 0.4
+        results: list[dict] = []
+
+        def one(text: str) -> None:
+            results.append(collect(stub.Chat(pb.ChatRequest(
+                model="loop", messages=[user(text)], max_tokens=3), timeout=60)))
+
+        threads = [threading.Thread(target=one, args=(t * 30,)) for t in ("first ", "second ")]
+        threads[0].start()
+        _wait_for(lambda: len(lm.active) == 1, "the first request joined the batch")
+        first = next(iter(lm.active.values()))
+        hold = engine.hold_for(first)
+        computed = len(first.prompt) - first.cached_tokens
+        assert hold == pytest.approx(HOLD_SHARE * 0.4 * computed) and hold > 0.1
+        threads[1].start()
+        for t in threads:
+            t.join(60)
+        assert [r["done"].usage.completion_tokens for r in results] == [3, 3]
+        assert len(steps[0]) == 2  # the first step prefilled both
+
+
+def test_a_lone_request_holds_no_longer_than_gather_ms(chain_models, stub_for):
+    models = [{"name": name, "path": str(path)} for name, path in chain_models.items()]
+    with running_server(models, engine={"gather_ms": 100}) as (srv, target):
+        stub = stub_for(target)
+        srv.engine.prefill_s_per_token = 1000.0  # a wildly slow estimate
+        t0 = time.monotonic()
+        out = collect(stub.Chat(pb.ChatRequest(model="loop", messages=[user("go " * 30)],
+                                               max_tokens=3), timeout=60))
+        assert out["done"].usage.completion_tokens == 3
+        assert time.monotonic() - t0 < 5.0  # held 0.1 s at most, not HOLD_SHARE x 1000 s
+        # and its own time to the first token is the new estimate
+        assert srv.engine.prefill_s_per_token < 1000.0
+
+
 def test_a_request_that_never_arrives_holds_the_others_only_so_long(chain_models, stub_for):
     models = [{"name": name, "path": str(path)} for name, path in chain_models.items()]
     with running_server(models, engine={"gather_ms": 200}) as (srv, target):
