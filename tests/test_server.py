@@ -155,6 +155,29 @@ def _wait_for(check, what: str, seconds: float = 30.0) -> None:
         time.sleep(0.01)
 
 
+def _spy_on_steps(lm) -> list[set[int]]:
+    """The uids each step of `lm`'s batch prefills, from now on."""
+    steps: list[set[int]] = []
+    step = lm.batch.step
+
+    def spy():
+        prefilled, emitted = step()
+        steps.append({p.uid for p in prefilled})
+        return prefilled, emitted
+
+    lm.batch.step = spy
+    return steps
+
+
+def _chats(stub, texts: list[str], results: list[dict]) -> list[threading.Thread]:
+    """One thread a text, each a 3-token chat with the "loop" model into `results`; unstarted."""
+    def one(text: str) -> None:
+        results.append(collect(stub.Chat(pb.ChatRequest(
+            model="loop", messages=[user(text)], max_tokens=3), timeout=60)))
+
+    return [threading.Thread(target=one, args=(t,)) for t in texts]
+
+
 def test_requests_sent_together_are_prefilled_in_one_step(chain_models, stub_for):
     models = [{"name": name, "path": str(path)} for name, path in chain_models.items()]
     with running_server(models, engine={"gather_ms": 30_000}) as (srv, target):
@@ -162,23 +185,10 @@ def test_requests_sent_together_are_prefilled_in_one_step(chain_models, stub_for
         collect(stub.Chat(pb.ChatRequest(model="loop", messages=[user("warm up")],
                                          max_tokens=2), timeout=60))
         lm = srv.engine.loaded["loop"]
-        steps: list[set[int]] = []
-        step = lm.batch.step
-
-        def spy():
-            prefilled, emitted = step()
-            steps.append({p.uid for p in prefilled})
-            return prefilled, emitted
-
-        lm.batch.step = spy
+        steps = _spy_on_steps(lm)
         slow = srv.engine.arrival()  # a third request, still being read
         results: list[dict] = []
-
-        def one(text: str) -> None:
-            results.append(collect(stub.Chat(pb.ChatRequest(
-                model="loop", messages=[user(text)], max_tokens=3), timeout=60)))
-
-        threads = [threading.Thread(target=one, args=(t,)) for t in ("first", "second")]
+        threads = _chats(stub, ["first", "second"], results)
         threads[0].start()
         _wait_for(lambda: len(lm.active) == 1, "the first request joined the batch")
         threads[1].start()
@@ -205,24 +215,11 @@ def test_the_first_request_of_a_burst_holds_its_prefill_for_the_rest(chain_model
                                          max_tokens=2), timeout=60))
         assert engine.prefill_s_per_token is not None  # measured on that lone request
         lm = engine.loaded["loop"]
-        steps: list[set[int]] = []
-        step = lm.batch.step
-
-        def spy():
-            prefilled, emitted = step()
-            steps.append({p.uid for p in prefilled})
-            return prefilled, emitted
-
-        lm.batch.step = spy
+        steps = _spy_on_steps(lm)
         # as if a prefill ran at 0.4 s a token: the first request holds ~HOLD_SHARE of that
         engine.prefill_s_per_token = 0.4
         results: list[dict] = []
-
-        def one(text: str) -> None:
-            results.append(collect(stub.Chat(pb.ChatRequest(
-                model="loop", messages=[user(text)], max_tokens=3), timeout=60)))
-
-        threads = [threading.Thread(target=one, args=(t * 30,)) for t in ("first ", "second ")]
+        threads = _chats(stub, ["first " * 30, "second " * 30], results)
         threads[0].start()
         _wait_for(lambda: len(lm.active) == 1, "the first request joined the batch")
         first = next(iter(lm.active.values()))
