@@ -90,11 +90,11 @@ def test_quantized_and_unknown_models_are_left_as_they_are(dirs: dict[str, Path]
 
 
 @pytest.fixture(scope="module")
-def servers(dirs: dict[str, Path]) -> Iterator[dict[bool, str]]:
+def servers(dirs: dict[str, Path]) -> Iterator[dict[bool, tuple[Any, str]]]:
     models = [{"name": "qwen", "path": str(dirs["qwen2"])}]
     with running_server(models, engine={"fuse_projections": True}) as on, \
             running_server(models, engine={"fuse_projections": False}) as off:
-        yield {True: on[1], False: off[1]}
+        yield {True: on, False: off}
 
 
 def replies(stub: Any, prompts: list[str]) -> list[str]:
@@ -117,8 +117,11 @@ def replies(stub: Any, prompts: list[str]) -> list[str]:
 
 
 def test_the_served_replies_are_word_for_word_those_of_the_unfused_engine(
-        servers: dict[bool, str], stub_for: Any) -> None:
+        servers: dict[bool, tuple[Any, str]], stub_for: Any) -> None:
     prompts = ["hello w1 w2", "what is the weather in Paris", "w9 w8 w7 w6 w5 w4 w3 w2 w1"]
-    plain = replies(stub_for(servers[False]), prompts)
+    plain = replies(stub_for(servers[False][1]), prompts)
     assert all(len(r) >= 20 for r in plain), plain  # words, joined without spaces here
-    assert replies(stub_for(servers[True]), prompts) == plain
+    assert replies(stub_for(servers[True][1]), prompts) == plain
+    for on, (srv, _) in servers.items():  # engine.fuse_projections, and only it, fused
+        attn = srv.engine.loaded["qwen"].model.model.layers[0].self_attn
+        assert isinstance(attn.k_proj, fused.Part) is on
