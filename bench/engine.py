@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.engine --concurrency  # part 2 alone, at full size
     .venv/bin/python -m bench.engine --concurrency --unfused  # and our server without
                                                     # engine.fuse_projections, a third contender
+    .venv/bin/python -m bench.engine --concurrency --repeats=6  # 6 bursts a level, not 3
 
 1. single stream: time to first token (client side, request sent -> first text) and decode
    tokens/s ((tokens - 1) / (last token - first token)) for a short (~100-token) and a long
@@ -281,11 +282,14 @@ def overhead(tmp: Path, p: Params) -> dict[str, Any]:
     return out
 
 
-def run_concurrency(unfused: bool = False) -> dict:
+def run_concurrency(unfused: bool = False, level_repeats: int | None = None) -> dict:
     """Part 2 alone at the full run's size: a quiet-machine figure without the ~20 minutes of
     4k-token prefills that part 1 takes on a CPU. `unfused`: a second server of ours, with
-    engine.fuse_projections off, runs interleaved with the other two."""
+    engine.fuse_projections off, runs interleaved with the other two. `level_repeats`: bursts
+    per level and contender (3 in the full run)."""
     p = params(False)
+    if level_repeats:
+        p.level_repeats = level_repeats
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory() as d, ExitStack() as stack:
         tmp = Path(d)
@@ -364,6 +368,8 @@ def run(quick: bool) -> dict:
 
 if __name__ == "__main__":
     if "--concurrency" in sys.argv:
-        print(json.dumps(run_concurrency("--unfused" in sys.argv), indent=2))
+        repeats = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--repeats=")]
+        print(json.dumps(run_concurrency("--unfused" in sys.argv,
+                                         int(repeats[0]) if repeats else None), indent=2))
     else:
         print(json.dumps(run("--quick" in sys.argv), indent=2))
