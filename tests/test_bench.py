@@ -135,6 +135,9 @@ NUMBERS: dict[str, list[str]] = {
            + [f"per_batch.*.{side}.median" for side in ("mlx", "gemv", "rows", "gemv_numpy")]
            + ["per_batch.*.decode_ratio_small_rows", "per_batch.*.decode_ratio_all",
               "forwarded_calls", "small_rows_calls.gemv", "small_rows_calls.rows"],
+    "fused": ["models.*.fused_groups", "models.*.logits_max_abs_diff", "wall_s"]
+             + [f"models.*.{n}.{k}" for n in ("1", "2", "4", "8")
+                for k in ("plain.median_ms", "fused.median_ms", "speedup")],
     "tunnel": ["ttft_s.direct", "ttft_s.tunnel", "decode_tps.direct", "decode_tps.tunnel",
                "recovery_s.tunnel_up_after_sshd_restart",
                "recovery_s.first_call_done_after_sshd_restart", "decode_ratio",
@@ -156,6 +159,7 @@ SMOKE_FIELDS: dict[str, dict[str, Any]] = {
     "speculative": {"params.repeats": 1, "params.max_tokens": 8, "greedy_identical": True},
     "cpu": {"repeats": 1, "decode_tokens": 4, "contexts": [16, 64], "batches": [2],
             "small_rows_calls.gemv": 0},
+    "fused": {"blocks": 2, "steps_per_block": 2, "models.*.greedy_same": True},
 }
 
 
