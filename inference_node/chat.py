@@ -274,7 +274,7 @@ def done_event(job: Any, finish_reason: str) -> pb.ChatEvent:
             queue_seconds=job.queue_seconds,
             time_to_first_token_seconds=first - job.t_start,
             prefill_tokens_per_second=(
-                (len(job.prompt) - job.cached_tokens) / prefill_s if prefill_s > 0 else 0.0
+                job.computed_tokens / prefill_s if prefill_s > 0 else 0.0
             ),
             decode_tokens_per_second=(
                 (job.completion_tokens - 1) / decode_s if decode_s > 0 else 0.0

@@ -229,8 +229,7 @@ class Engine:
         rate = self.prefill_s_per_token
         if rate is None:
             return 0.0
-        computed = len(job.prompt) - job.cached_tokens
-        return min(self.cfg.engine.gather_ms / 1000, HOLD_SHARE * rate * computed)
+        return min(self.cfg.engine.gather_ms / 1000, HOLD_SHARE * rate * job.computed_tokens)
 
     # ------------------------------------------------------------ loading: seams (loading.py)
 
@@ -335,9 +334,8 @@ class Engine:
 
     def _measure_prefill(self, job: Job, now: float) -> None:
         """A lone request's first token: the prefill rate that `hold_for` expects."""
-        computed = len(job.prompt) - job.cached_tokens
-        if job.alone and computed >= MIN_MEASURED:
-            self.prefill_s_per_token = (now - job.t_start) / computed
+        if job.alone and job.computed_tokens >= MIN_MEASURED:
+            self.prefill_s_per_token = (now - job.t_start) / job.computed_tokens
 
     def _recover(self, lm: LoadedModel, error: Exception) -> None:
         """After a failed step: fail the request that caused it (every request of the batch

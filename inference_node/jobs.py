@@ -118,3 +118,8 @@ class Job:
     # Speculative decoding: tokens the draft proposed, and how many of them the model kept.
     drafted: int = 0
     accepted: int = 0
+
+    @property
+    def computed_tokens(self) -> int:
+        """Prompt tokens this request prefills itself: its prompt less what the cache served."""
+        return len(self.prompt) - self.cached_tokens

@@ -225,6 +225,7 @@ def test_the_first_request_of_a_burst_holds_its_prefill_for_the_rest(chain_model
         first = next(iter(lm.active.values()))
         hold = engine.hold_for(first)
         computed = len(first.prompt) - first.cached_tokens
+        assert computed == first.computed_tokens
         assert hold == pytest.approx(HOLD_SHARE * 0.4 * computed) and hold > 0.1
         threads[1].start()
         for t in threads:
