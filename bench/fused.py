@@ -14,7 +14,6 @@ The first prompt's logits of both copies are compared too: the fusion must not c
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from typing import Any
 
 from bench.coder_models import model_folders
 from bench.servers import prepare_model
-from bench.stats import smoke
+from bench.stats import ratio, smoke, summary
 
 LEVELS = [1, 2, 4, 8]
 PROMPT = 144
@@ -85,11 +84,9 @@ def compare(path: Path, blocks: int, per_block: int) -> dict[str, Any]:
                     t = time.perf_counter()
                     steps[side]()
                     times[side].append(time.perf_counter() - t)
-        row = {side: {"median_ms": round(1000 * statistics.median(v), 2),
-                      "p25_ms": round(1000 * statistics.quantiles(v, n=4)[0], 2),
-                      "p75_ms": round(1000 * statistics.quantiles(v, n=4)[2], 2)}
-               for side, v in times.items()}
-        row["speedup"] = round(row["plain"]["median_ms"] / row["fused"]["median_ms"], 3)
+        row: dict[str, Any] = {side: summary([1000 * t for t in v], 2)  # ms
+                               for side, v in times.items()}
+        row["speedup"] = round(ratio(row["plain"]["median"], row["fused"]["median"]), 3)
         out[str(n)] = row
     del plain, model
     mx.clear_cache()

@@ -137,7 +137,7 @@ NUMBERS: dict[str, list[str]] = {
               "forwarded_calls", "small_rows_calls.gemv", "small_rows_calls.rows"],
     "fused": ["models.*.fused_groups", "models.*.logits_max_abs_diff", "wall_s"]
              + [f"models.*.{n}.{k}" for n in ("1", "2", "4", "8")
-                for k in ("plain.median_ms", "fused.median_ms", "speedup")],
+                for k in ("plain.median", "fused.median", "speedup")],
     "tunnel": ["ttft_s.direct", "ttft_s.tunnel", "decode_tps.direct", "decode_tps.tunnel",
                "recovery_s.tunnel_up_after_sshd_restart",
                "recovery_s.first_call_done_after_sshd_restart", "decode_ratio",
