@@ -188,11 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(record, indent=1, default=str) + "\n")  # saved as it goes
     print(f"bench: results in {out}", file=sys.stderr)
 
-    from bench.report import newest_results, render
+    from bench.report import newest_results, render, write_doc
 
     newest = newest_results(args.results_dir) or out
     args.doc.parent.mkdir(parents=True, exist_ok=True)
-    args.doc.write_text(render(json.loads(newest.read_text()), newest.name))
+    write_doc(args.doc, render(json.loads(newest.read_text()), newest.name, args.results_dir))
     print(f"bench: wrote {args.doc} from {newest.name}", file=sys.stderr)
     failed = [n for n in names if not record["benchmarks"][n]["ok"]]
     if failed:

@@ -59,6 +59,7 @@ from bench.task_grading import (
 from bench.task_models import SMOKE_CALLS, MeteredModel, SmokeModel, inference, log
 from bench.task_record import Record
 from bench.task_totals import add_recomputed, add_stage, table, totals, usage
+from bench.task_totals import targets as task_targets
 
 QUICK_TASKS = ["fizzbuzz", "mean_bug"]
 SMOKE_TASKS = ["fizzbuzz", "ui_signup_button"]  # one plain task, one through the visual gate
@@ -286,9 +287,7 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
                         t, GrpcModel(client, [served] if served else []), cfg, tmp,
                         qa_for=_qa_factory(cfg, describer), max_tokens=lim["max_tokens"]))
     done = totals(rows)
-    # issue 21's target is set for the 0.5B on the whole bench
-    targets = ({"agent_prompt_cache_share_ge_0.80": done["cache_share"] >= 0.80}
-               if "0.5b" in str(model_info.get("name", "")).lower() else {})
+    targets = task_targets(str(model_info.get("name", "")), done["cache_share"])
     return {
         "model": model_info,
         "tasks_dir": str(Path(tasks_dir).resolve()),

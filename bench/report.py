@@ -18,6 +18,20 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAMED = re.compile(r"^\d{4}-\d{2}-\d{2}-.+\.json$")
+# What follows this line in docs/BENCHMARKS.md is written by hand (runs made apart from the full
+# one, and what was learnt from them): regenerating the doc rewrites what is above it only.
+KEPT = ("<!-- Written by hand from here on: `make bench` regenerates what is above this line "
+        "and keeps the rest as it is. -->")
+# Benchmarks run on their own (`python -m bench.<name>`, the task bench with --record), kept in
+# bench/results beside the full runs: their targets join the Targets table, each row saying
+# where it comes from. (label, file, the run in a file that holds several, or "")
+APART: tuple[tuple[str, str, str], ...] = (
+    ("engine --concurrency", "concurrency_hold.json", "F2"),
+    ("speculative", "speculative.json", ""),
+    ("control_plane", "control_plane.json", ""),
+    ("cpu", "cpu.json", ""),
+    ("agent_tasks, all 22", "agent_tasks_0.5b.fused.record.jsonl", ""),
+)
 
 
 def newest_results(root: Path = RESULTS) -> Path | None:
@@ -282,13 +296,49 @@ def flat(result: Any, prefix: str = "", limit: int = 40) -> list[tuple[str, str]
     return rows[:limit]
 
 
-def targets(benchmarks: dict[str, Any]) -> list[str]:
+def targets(benchmarks: dict[str, Any], source: str = "",
+            apart: list[list[str]] | None = None) -> list[str]:
+    """The targets of the run the doc is generated from, then those of the runs made apart
+    from it (`apart_targets`)."""
     rows = []
     for name, b in benchmarks.items():
         res = _ok(b)
         for k, v in (res or {}).get("targets", {}).items():
-            rows.append([name, k, "met" if v else "**missed**"])
-    return _table(["benchmark", "target", "result"], rows) if rows else []
+            rows.append([name, k, "met" if v else "**missed**", f"this run ({source})"])
+    rows += apart or []
+    return _table(["benchmark", "target", "result", "from"], rows) if rows else []
+
+
+def apart_targets(root: Path = RESULTS) -> list[list[str]]:
+    """Rows of the Targets table for the runs in APART that `root` holds: a results file's
+    targets (of the run named, in a file of several), or a task record's totals' targets."""
+    from bench import task_totals
+
+    rows = []
+    for label, name, key in APART:
+        path = root / name
+        if not path.is_file():
+            continue
+        if name.endswith(".jsonl"):  # a task record: its settings line, then a row per task
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            tasks = [r for r in lines if "name" in r]
+            model = next((r["settings"]["model"] for r in lines if "settings" in r), "")
+            got = task_totals.targets(str(model), task_totals.totals(tasks)["cache_share"])
+            when = re.search(r"/(\d{4})(\d\d)(\d\d)-\d{6}-", tasks[0].get("run_dir", "")) \
+                if tasks else None
+            said = [f"{model}, {len(tasks)} tasks"] + (["-".join(when.groups())] if when else [])
+        else:
+            data = json.loads(path.read_text())
+            run = data.get(key, {}) if key else data
+            got = run.get("targets", {})
+            started = str(data.get("run", {}).get("started", ""))[:10]
+            commit = data.get("commit") or data.get("commits", {}).get(key) \
+                or data.get("run", {}).get("commit")
+            said = [x for x in (data.get("date") or started, commit) if x]
+        where = f"`{name}`" + (f" {key}" if key else "") + (f" ({', '.join(said)})" if said
+                                                              else "")
+        rows += [[label, k, "met" if v else "**missed**", where] for k, v in got.items()]
+    return rows
 
 
 def conclusions(record: dict[str, Any]) -> list[str]:
@@ -419,7 +469,8 @@ def _faster(r: float) -> str:
 # ------------------------------------------------------------------ the page
 
 
-def render(record: dict[str, Any], source: str = "") -> str:
+def render(record: dict[str, Any], source: str = "", root: Path | None = None) -> str:
+    """The generated doc; `root`: where the runs made apart (APART) are, none when None."""
     m = record.get("machine", {})
     b = record.get("benchmarks", {})
     mode = "smoke" if record.get("smoke") else "quick" if record.get("quick") else "full"
@@ -437,7 +488,7 @@ def render(record: dict[str, Any], source: str = "") -> str:
         "host", "cpu", "cores", "memory_gb", "os", "mlx", "mlx_device", "mlx_lm", "python",
         "openblas_preloaded", "gemv_forwarder", "load_average", "commit")])
     out += ["## Conclusions", ""] + conclusions(record)
-    out += ["## Targets", ""] + targets(b)
+    out += ["## Targets", ""] + targets(b, source, apart_targets(root) if root else None)
     engine = _ok(b.get("engine"))
     if engine:
         out += ["## Engine: mlx-lm in process vs our gRPC server vs `mlx_lm.server`", ""]
@@ -466,6 +517,14 @@ def render(record: dict[str, Any], source: str = "") -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def write_doc(doc: Path, text: str) -> None:
+    """Write the generated `text` to `doc`, and after it what `doc` holds from the KEPT line on:
+    the part written by hand is never lost to a regeneration."""
+    old = doc.read_text() if doc.is_file() else ""
+    at = old.find(KEPT)
+    doc.write_text(text + ("\n" + old[at:] if at >= 0 else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     path = Path(argv[0]) if argv else newest_results()
@@ -474,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     doc = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
-    doc.write_text(render(json.loads(path.read_text()), path.name))
+    write_doc(doc, render(json.loads(path.read_text()), path.name, path.parent))
     print(f"bench.report: wrote {doc} from {path.name}", file=sys.stderr)
     return 0
 

@@ -81,6 +81,12 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def targets(model: str, cache_share: float) -> dict[str, bool]:
+    """Issue 21's target, set for the 0.5B on the whole bench; none for another model."""
+    return {"agent_prompt_cache_share_ge_0.80": cache_share >= 0.80} if "0.5b" in model.lower() \
+        else {}
+
+
 def recomputed_by_cause(rows: list[dict[str, Any]]) -> dict[str, int]:
     """The prompt tokens the node had seen before and computed again, summed by its cause
     (evicted, rerendered, retokenized, reasoning_dropped)."""

@@ -20,7 +20,7 @@ import pytest
 
 from bench import stats
 from bench.__main__ import discover, machine, run_one
-from bench.report import render
+from bench.report import KEPT, apart_targets, render, targets, write_doc
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -257,7 +257,56 @@ def test_smoke_run_records_every_field_and_writes_the_doc(
     assert "## Machine" in text and "## Conclusions" in text
     assert "mlx-lm in process" in text and "### Concurrency" in text
     assert "## Agent-loop tasks" in text
-    assert render(record, results.name) == text
+    assert render(record, results.name, results.parent) == text
+
+
+def test_regenerating_the_doc_keeps_what_is_written_by_hand(tmp_path: Path) -> None:
+    doc = tmp_path / "BENCHMARKS.md"
+    by_hand = KEPT + "\n\n## A run made apart\nkept\n"
+    doc.write_text("# Benchmarks\nold tables\n" + by_hand)
+    write_doc(doc, "# Benchmarks\nnew tables\n")
+    assert doc.read_text() == "# Benchmarks\nnew tables\n\n" + by_hand
+    write_doc(doc, "# Benchmarks\nnewer\n")  # and again: the kept part is not doubled
+    assert doc.read_text().count("kept") == 1 and doc.read_text().count(KEPT) == 1
+    plain = tmp_path / "plain.md"  # no line marks a kept part: the whole doc is generated
+    plain.write_text("old\n")
+    write_doc(plain, "new\n")
+    assert plain.read_text() == "new\n"
+
+
+def _task_row(name: str, prompt: int, cached: int) -> dict[str, Any]:
+    return {"name": name, "prompt_tokens": prompt, "cached_prompt_tokens": cached,
+            "failure": None, "pass_round1": True, "pass_final": True, "tokens_generated": 1,
+            "tool_calls": 0, "malformed_tool_calls": 0,
+            "run_dir": f"/tmp/x/{name}/home/runs/20261205-124306-cf3eef"}
+
+
+def test_the_targets_of_runs_made_apart_join_the_table_saying_where_they_come_from(
+        tmp_path: Path) -> None:
+    (tmp_path / "concurrency_hold.json").write_text(json.dumps({
+        "date": "2026-12-05", "commits": {"E1": "aaaaaaa", "F2": "bbbbbbb"},
+        "E1": {"targets": {"concurrency_ratio_ge_1.0_at_2": False}},
+        "F2": {"targets": {"concurrency_ratio_ge_1.0_at_2": True}}}))
+    (tmp_path / "speculative.json").write_text(json.dumps({
+        "targets": {"speculative_decode_speedup_ge_1.3": False},
+        "run": {"started": "2026-12-01T23:16:30Z", "commit": "ccccccc"}}))
+    rows = [_task_row("fizzbuzz", 1000, 900), _task_row("roman", 1000, 650)]  # 0.775
+    (tmp_path / "agent_tasks_0.5b.fused.record.jsonl").write_text("\n".join(
+        json.dumps(r) for r in [{"settings": {"model": "qwen2.5-coder-0.5b"}}, *rows]) + "\n")
+
+    got = apart_targets(tmp_path)
+    assert got == [
+        ["engine --concurrency", "concurrency_ratio_ge_1.0_at_2", "met",
+         "`concurrency_hold.json` F2 (2026-12-05, bbbbbbb)"],  # the run named, not the first
+        ["speculative", "speculative_decode_speedup_ge_1.3", "**missed**",
+         "`speculative.json` (2026-12-01, ccccccc)"],
+        ["agent_tasks, all 22", "agent_prompt_cache_share_ge_0.80", "**missed**",
+         "`agent_tasks_0.5b.fused.record.jsonl` (qwen2.5-coder-0.5b, 2 tasks, 2026-12-05)"]]
+    table = "\n".join(targets({"tunnel": {"ok": True, "result": {"targets": {
+        "recovery_lt_3s": True}}}}, "2026-11-24-vm.json", got))
+    assert "| tunnel | recovery_lt_3s | met | this run (2026-11-24-vm.json) |" in table
+    assert "| speculative | speculative_decode_speedup_ge_1.3 | **missed** |" in table
+    assert apart_targets(tmp_path / "none") == []  # a checkout without those files: no rows
 
 
 def test_engine_concurrency_alone_records_both_servers_and_its_targets() -> None:
