@@ -108,6 +108,9 @@ class EngineConfig:
     # Speculative decoding (a model with `draft` in [[models]]): tokens the draft proposes per
     # step of the served model.
     draft_tokens: int = 3
+    # ... with `prompt_lookup` instead: tokens taken from the request's own text per step. They
+    # cost nothing to propose, only to check, so more are proposed than a draft model would.
+    lookup_tokens: int = 5
 
 
 @dataclass
@@ -133,6 +136,10 @@ class ModelEntry:
     # Another coder model of [[models]], with the same tokenizer, that drafts tokens for this
     # one (speculative decoding) while it serves one request alone; "": none.
     draft: str = ""
+    # Speculative decoding with no draft model: the tokens that followed the last few tokens
+    # where they appeared earlier in the request (prompt lookup: a rewritten file, a quoted
+    # test), checked by the model at once while it serves one request alone.
+    prompt_lookup: bool = False
 
 
 @dataclass
@@ -253,11 +260,16 @@ def _check_drafts(cfg: InferenceConfig) -> None:
     e = cfg.engine
     if e.draft_tokens < 1 or e.draft_tokens > 16:
         raise ConfigError(f"{where}: engine.draft_tokens must be 1 to 16, not {e.draft_tokens}")
+    if e.lookup_tokens < 1 or e.lookup_tokens > 16:
+        raise ConfigError(f"{where}: engine.lookup_tokens must be 1 to 16, not "
+                          f"{e.lookup_tokens}")
     if e.pinned_prefix_mb < 0:
         raise ConfigError(f"{where}: engine.pinned_prefix_mb must be 0 (off) or more, not "
                           f"{e.pinned_prefix_mb}")
     by_name = {m.name: m for m in cfg.models}
     for m in cfg.models:
+        if m.prompt_lookup:
+            _check_lookup(cfg, m)
         if not m.draft:
             continue
         draft = by_name.get(m.draft)
@@ -276,3 +288,18 @@ def _check_drafts(cfg: InferenceConfig) -> None:
                 "model split across ranks ([distributed]): every rank would have to run the "
                 "draft's steps in lockstep, which the group does not do; remove draft, or "
                 "serve the model on one host")
+
+
+def _check_lookup(cfg: InferenceConfig, m: ModelEntry) -> None:
+    where = cfg.source
+    if m.draft:
+        raise ConfigError(f"{where}: models.{m.name} sets both draft and prompt_lookup; a "
+                          "request is checked against one source of proposals: keep one")
+    if m.role != "coder":
+        raise ConfigError(f"{where}: models.{m.name}.prompt_lookup: speculative decoding is "
+                          "for coder models")
+    if cfg.distributed.enabled:
+        raise ConfigError(
+            f"{where}: models.{m.name}.prompt_lookup: speculative decoding is not available "
+            "for a model split across ranks ([distributed]); remove prompt_lookup, or serve "
+            "the model on one host")

@@ -58,9 +58,11 @@ class LoadedModel:
     active: dict[int, Job] = field(default_factory=dict)  # batch uid -> job
     # Jobs whose padding into the running batch does not fit yet, in arrival order.
     waiting: deque[Job] = field(default_factory=deque)
-    # Speculative decoding: the model that drafts for this one (loaded, same tokenizer), and
-    # the job decoding with it while this model runs no other.
+    # Speculative decoding: the model that drafts for this one (loaded, same tokenizer), or
+    # proposals from each request's own tokens (prompt lookup), and the job decoding so while
+    # this model runs no other.
     draft: LoadedModel | None = None
+    lookup: bool = False
     spec: Speculation | None = None
 
     @property

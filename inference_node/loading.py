@@ -71,7 +71,17 @@ def load(engine: Engine, entry: CatalogModel) -> tuple[LoadedModel, list[str]]:
 
 def attach_draft(engine: Engine, lm: LoadedModel) -> list[str]:
     """Load `lm`'s draft model (admitted like any load) and pair them; a draft that
-    cannot load leaves `lm` decoding without one, and the log says why."""
+    cannot load leaves `lm` decoding without one, and the log says why. With prompt lookup
+    there is nothing to load: `lm` is checked for a KV cache it can roll back."""
+    if lm.entry.prompt_lookup and not lm.entry.is_vision:
+        if mlx_compat.can_trim(mlx_compat.make_cache(lm.model)):
+            lm.lookup = True
+            log.info("%s: speculative decoding with prompt lookup, up to %d tokens a step, "
+                     "while it runs one request alone", lm.name, engine.cfg.engine.lookup_tokens)
+        else:
+            log.warning("%s decodes without prompt lookup: its KV cache cannot be rolled back "
+                        "(sliding windows or recurrent state), which speculative decoding "
+                        "needs", lm.name)
     draft_entry = engine.drafts(lm.name) if not lm.entry.is_vision else None
     if draft_entry is None:
         return []

@@ -28,6 +28,7 @@ class CatalogModel:
     context: int  # configured, else the model's own
     config: dict
     draft: str = ""  # the model that drafts for this one (speculative decoding), if any
+    prompt_lookup: bool = False  # ... or proposals taken from the request's own tokens
 
     @property
     def is_vision(self) -> bool:
@@ -106,7 +107,7 @@ class Catalog:
             out.append(CatalogModel(
                 name=e.name, role=e.role, path=path, source=e.hub or str(path),
                 pinned=e.pinned, context=served_context(e, mcfg), config=mcfg,
-                draft=e.draft,
+                draft=e.draft, prompt_lookup=e.prompt_lookup,
             ))
         return cls(out)
 

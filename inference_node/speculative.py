@@ -1,10 +1,15 @@
-"""Speculative decoding: a small draft model proposes tokens, the served model checks them at once.
+"""Speculative decoding: tokens are proposed cheaply, and the served model checks them at once.
 
 On a machine where decoding is bound by memory bandwidth (every token reads all the weights),
-the served model checks k + 1 positions in about the time it decodes one. Each round the draft
-proposes k tokens one by one (it is several times cheaper), the model runs once over them, and
-keeps the proposals up to the first one it would not have chosen, plus its own token there:
-1 to k + 1 tokens per pass of the big model.
+the served model checks k + 1 positions in about the time it decodes one. Each round k tokens
+are proposed, the model runs once over them, and keeps the proposals up to the first one it
+would not have chosen, plus its own token there: 1 to k + 1 tokens per pass of the big model.
+The proposals come from one of two places:
+
+- a small draft model (`[[models]] draft`), proposing one by one (it is several times cheaper);
+- the request itself (`[[models]] prompt_lookup`, `Lookup`): the tokens that followed the
+  latest earlier occurrence of its last few tokens. A coder writing a file back whole, or
+  quoting code it was shown, repeats long runs of its prompt; those cost nothing to propose.
 
     spec = start(lm, job, prompt_cache, admission, draft_tokens=3, prefill_step=512)
     while (finish := spec.step(prompt_cache)) is None: ...       # or spec.to_batch(batch)
@@ -42,6 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("inference_node.engine")
 
+NGRAM_MAX = 3  # prompt lookup matches the last 3 tokens, else the last 2, else the last one
+
 
 def check_pair(target: LoadedModel, draft: LoadedModel) -> None:
     """LoadFailed unless `draft` can draft for `target`: same vocabulary, trimmable caches."""
@@ -67,33 +74,63 @@ def _vocab(tokenizer: Any) -> dict[str, int]:
 
 def start(lm: LoadedModel, job: Job, cache: PromptCache, admission: Ledger, draft_tokens: int,
           prefill_step: int) -> Speculation | None:
-    """`job` decoding speculatively on `lm` with its draft; None when the draft's KV for it
-    does not fit in memory now (the job then goes to the batch)."""
+    """`job` decoding speculatively on `lm` with its draft model, or with prompt lookup when
+    `lm` has none; None when the draft's KV for it does not fit in memory now (the job then
+    goes to the batch)."""
     draft = lm.draft
-    assert draft is not None
-    need = (kv_tokens(len(job.prompt) + job.max_tokens) * draft.kv_per_token
-            + draft.kv_fixed_bytes)
-    if job.reservation is not None and not admission.try_grow(job.reservation, need):
-        log.info("%s: request %s decodes in the batch: the draft's KV (%.1f MiB) does not fit "
-                 "now", lm.name, job.request_id, need / 2**20)
-        return None
+    if draft is not None:
+        need = (kv_tokens(len(job.prompt) + job.max_tokens) * draft.kv_per_token
+                + draft.kv_fixed_bytes)
+        if job.reservation is not None and not admission.try_grow(job.reservation, need):
+            log.info("%s: request %s decodes in the batch: the draft's KV (%.1f MiB) does not "
+                     "fit now", lm.name, job.request_id, need / 2**20)
+            return None
     found = batching.lookup(cache, job, job.prompt, account=True)
     batching.served(job, found)
     batching.segments(cache, job, job.prompt, found)  # sets job.pin_at when a pin is due
+    if draft is None:
+        return Speculation(lm, None, job, found.cache, found.cached, None, 0,
+                           max(0, draft_tokens), prefill_step)
     drafted = cache.fetch(draft.name, job.prompt, account=False)
     return Speculation(lm, draft, job, found.cache, found.cached, drafted.cache, drafted.cached,
                        max(0, draft_tokens), prefill_step)
 
 
-class Speculation:
-    """One job decoding speculatively: its two caches and how far each has run."""
+class Lookup:
+    """Proposals from a request's own tokens (prompt lookup): the k tokens that followed the
+    latest earlier occurrence of its last NGRAM_MAX tokens, else of fewer, down to its last
+    one; none when even that never occurred before. `tokens` only ever grows between calls
+    (the prompt, then what was emitted), so each call indexes only what is new."""
 
-    def __init__(self, lm: LoadedModel, draft: LoadedModel, job: Job, target_kv: Cache | None,
-                 target_len: int, draft_kv: Cache | None, draft_len: int, k: int,
-                 prefill_step: int) -> None:
+    def __init__(self) -> None:
+        self.after: dict[tuple[int, ...], int] = {}  # an n-gram -> where what followed it starts
+        self.indexed = 1  # the n-grams ending before this position are in `after`
+
+    def propose(self, tokens: list[int], k: int) -> list[int]:
+        end = len(tokens)
+        for e in range(self.indexed, end):  # never the last n-gram itself: nothing follows it
+            for n in range(1, min(NGRAM_MAX, e) + 1):
+                self.after[tuple(tokens[e - n:e])] = e
+        self.indexed = max(self.indexed, end)
+        for n in range(min(NGRAM_MAX, end), 0, -1):
+            at = self.after.get(tuple(tokens[end - n:]))
+            if at is not None:
+                return tokens[at:at + k]
+        return []
+
+
+class Speculation:
+    """One job decoding speculatively: its caches (the model's, and its draft model's if it has
+    one; prompt lookup needs none) and how far each has run."""
+
+    def __init__(self, lm: LoadedModel, draft: LoadedModel | None, job: Job,
+                 target_kv: Cache | None, target_len: int, draft_kv: Cache | None,
+                 draft_len: int, k: int, prefill_step: int) -> None:
         self.lm, self.draft, self.job = lm, draft, job
+        self.lookup = Lookup() if draft is None else None
         self.target_kv = target_kv if target_kv is not None else mlx_compat.make_cache(lm.model)
-        self.draft_kv = draft_kv if draft_kv is not None else mlx_compat.make_cache(draft.model)
+        self.draft_kv: Cache = draft_kv if draft_kv is not None \
+            else mlx_compat.make_cache(draft.model) if draft is not None else []  # lookup: none
         self.target_len = target_len if target_kv is not None else 0  # tokens each KV holds
         self.draft_len = draft_len if draft_kv is not None else 0
         self.k = k
@@ -111,7 +148,7 @@ class Speculation:
     @property
     def prefilling(self) -> bool:
         end = len(self.job.prompt) - 1
-        return self.target_len < end or self.draft_len < end
+        return self.target_len < end or (self.draft is not None and self.draft_len < end)
 
     # ------------------------------------------------------------ one engine turn
 
@@ -138,7 +175,7 @@ class Speculation:
             if self.job.pin_at and stop == self.job.pin_at:
                 cache.pin(self.job.model, prompt[:stop], _copy(self.target_kv))
                 self.job.pin_at = 0
-        if self.draft_len < end:
+        if self.draft is not None and self.draft_len < end:
             stop = min(end, self.draft_len + self.prefill_step)
             _feed(self.draft.model, self.draft_kv, prompt[self.draft_len:stop])
             self.draft_len = stop
@@ -175,13 +212,19 @@ class Speculation:
         # Each KV keeps only what the kept tokens agree with (the last token is fed next).
         mlx_compat.trim(self.target_kv, self.target_len - (now - 1))
         self.target_len = now - 1
-        valid = min(self.draft_len, len(base) + min(kept, max(0, len(drafts) - 1)), now - 1)
-        mlx_compat.trim(self.draft_kv, self.draft_len - valid)
-        self.draft_len = valid
+        if self.draft is not None:
+            valid = min(self.draft_len, len(base) + min(kept, max(0, len(drafts) - 1)), now - 1)
+            mlx_compat.trim(self.draft_kv, self.draft_len - valid)
+            self.draft_len = valid
         return finish
 
     def _draft(self, base: list[int], k: int) -> list[int]:
-        """Up to k tokens proposed greedily by the draft, under the job's logits processors."""
+        """Up to k tokens proposed greedily by the draft, under the job's logits processors;
+        with prompt lookup, the tokens that followed `base`'s last ones where they were before
+        (the model's check applies the processors)."""
+        if self.lookup is not None:
+            return self.lookup.propose(base, k)
+        assert self.draft is not None
         drafts: list[int] = []
         while len(drafts) < k:
             fed = (base + drafts)[self.draft_len:]
@@ -231,7 +274,7 @@ class Speculation:
         tokens = self.tokens
         cache.insert(self.job.model, tokens[:self.target_len], self.target_kv,
                      len(self.job.prompt))
-        if self.draft_len:
+        if self.draft is not None and self.draft_len:
             cache.insert(self.draft.name, tokens[:self.draft_len], self.draft_kv,
                          len(self.job.prompt))
 
@@ -239,7 +282,7 @@ class Speculation:
         """Go on in `batch` from the model's KV; the draft's KV is kept in the prompt cache.
         Returns the job's uid in the batch."""
         job = self.job
-        if self.draft_len:
+        if self.draft is not None and self.draft_len:
             cache.insert(self.draft.name, self.tokens[:self.draft_len], self.draft_kv,
                          len(job.prompt))
         tokens = self.tokens
@@ -260,17 +303,23 @@ class Speculation:
 
 
 def begin(engine: Engine, lm: LoadedModel, job: Job) -> bool:
-    """Start `job` decoding speculatively, if `lm` has a draft and its KV fits."""
-    if lm.draft is None or lm.draft.name not in engine.loaded:
+    """Start `job` decoding speculatively, if `lm` has a draft model whose KV fits, or takes
+    its proposals from the request (prompt lookup)."""
+    e = engine.cfg.engine
+    if lm.draft is not None and lm.draft.name in engine.loaded:
+        k = e.draft_tokens
+    elif lm.lookup:
+        k = e.lookup_tokens
+    else:
         return False
-    spec = start(lm, job, engine.prompt_cache, engine.admission,
-                 engine.cfg.engine.draft_tokens, engine.cfg.engine.prefill_step_size)
+    spec = start(lm, job, engine.prompt_cache, engine.admission, k, e.prefill_step_size)
     if spec is None:
         return False
     if job.seed is not None:
         mx.random.seed(job.seed)
     lm.spec = spec
-    engine.admission.touch(lm.draft.name)
+    if spec.draft is not None:
+        engine.admission.touch(spec.draft.name)
     return True
 
 
@@ -305,8 +354,9 @@ def hand_to_batch(engine: Engine, lm: LoadedModel) -> None:
         return
     lm.active[uid] = job
     log.info("%s: request %s decodes in the batch from now on (another request joined); "
-             "the draft model had %d of %d proposed tokens accepted", lm.name,
-             job.request_id, job.accepted, job.drafted)
+             "%d of %d proposed tokens (%s) were accepted", lm.name, job.request_id,
+             job.accepted, job.drafted,
+             "prompt lookup" if spec.draft is None else f"drafted by {spec.draft.name}")
 
 
 def _feed(model: Any, kv: Cache, tokens: list[int]) -> None:

@@ -3,6 +3,8 @@
 Random-weight llamas with one word-level tokenizer (tiny_models.py): every word is one token, so
 equal replies are equal token sequences. A draft with the served model's own weights has every
 proposal kept; one with other weights has most of them refused, which exercises the rollback.
+Prompt lookup (no draft model: proposals from the request's own tokens) is checked the same
+way, and with SmolLM2 copying a text it was given, where most of its proposals are kept.
 """
 
 from __future__ import annotations
@@ -38,16 +40,18 @@ def server(dirs: dict[str, Path]) -> Iterator[tuple[Any, str]]:
         {"name": "other-drafted", "path": target, "draft": "other"},
         {"name": "twin", "path": target},
         {"name": "other", "path": other},
+        {"name": "looked-up", "path": target, "prompt_lookup": True},
     ]
     with running_server(models, engine={"draft_tokens": 3}) as s:
         yield s
 
 
-def ask(stub: Any, model: str, text: str, max_tokens: int = 24,
+def ask(stub: Any, model: str, text: str | list[Any], max_tokens: int = 24,
         **request: Any) -> tuple[str, pb.Done]:
+    messages = [pb.Message(role="user", text=text)] if isinstance(text, str) else text
     out, done = "", None
-    for ev in stub.Chat(pb.ChatRequest(model=model, messages=[pb.Message(role="user", text=text)],
-                                       max_tokens=max_tokens, **request), timeout=180):
+    for ev in stub.Chat(pb.ChatRequest(model=model, messages=messages, max_tokens=max_tokens,
+                                       **request), timeout=180):
         kind = ev.WhichOneof("event")
         if kind == "delta":
             out += ev.delta.text
@@ -64,11 +68,11 @@ def test_greedy_output_with_a_draft_is_token_for_token_the_output_without(
         plain, plain_done = ask(stub, "plain", text)
         assert len(plain.split()) >= 5, plain
         assert plain_done.usage.draft_tokens == plain_done.usage.accepted_draft_tokens == 0
-        for model in ("self-drafted", "other-drafted"):
+        for model in ("self-drafted", "other-drafted", "looked-up"):
             reply, done = ask(stub, model, text)
             assert reply == plain, (model, text)
             assert done.usage.completion_tokens == plain_done.usage.completion_tokens
-            assert done.usage.draft_tokens > 0, model
+            assert done.usage.draft_tokens > 0, (model, text)  # the lookup's: it repeats itself
             assert 0 <= done.usage.accepted_draft_tokens <= done.usage.draft_tokens
 
 
@@ -82,19 +86,24 @@ def test_a_draft_with_the_models_own_weights_has_its_proposals_kept(
     assert u.completion_tokens >= u.accepted_draft_tokens
 
 
+@pytest.mark.parametrize("model", ["other-drafted", "looked-up"])
 def test_a_second_stream_moves_the_first_into_the_batch_with_the_same_tokens(
-        server: tuple[Any, str], stub_for: Any, caplog: pytest.LogCaptureFixture) -> None:
+        model: str, server: tuple[Any, str], stub_for: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     stub = stub_for(server[1])
     long = 400  # the first is still decoding when the second joins
-    expected = [ask(stub, "plain", PROMPTS[0], max_tokens=long)[0],
+    # An earlier turn: the prompt's last token (the assistant's header) came before, so prompt
+    # lookup proposes from the first step on.
+    turns = [pb.Message(role="user", text=PROMPTS[0]), pb.Message(role="assistant", text="a b c"),
+             pb.Message(role="user", text=PROMPTS[0])]
+    expected = [ask(stub, "plain", turns, max_tokens=long)[0],
                 ask(stub, "plain", PROMPTS[1], max_tokens=48)[0]]
     results: dict[int, tuple[str, pb.Done]] = {}
     first_token = threading.Event()
 
     def long_one() -> None:
         out, done = "", None
-        request = pb.ChatRequest(model="other-drafted", max_tokens=long,
-                                 messages=[pb.Message(role="user", text=PROMPTS[0])])
+        request = pb.ChatRequest(model=model, max_tokens=long, messages=turns)
         for ev in stub.Chat(request, timeout=180):
             kind = ev.WhichOneof("event")
             if kind == "delta":
@@ -110,7 +119,7 @@ def test_a_second_stream_moves_the_first_into_the_batch_with_the_same_tokens(
     with caplog.at_level(logging.INFO, logger="inference_node.engine"):
         t.start()
         assert first_token.wait(120)
-        results[1] = ask(stub, "other-drafted", PROMPTS[1], max_tokens=48)
+        results[1] = ask(stub, model, PROMPTS[1], max_tokens=48)
         t.join(180)
     assert [results[0][0], results[1][0]] == expected
     assert results[0][1].usage.draft_tokens > 0  # it began speculatively
@@ -129,12 +138,54 @@ def test_a_model_that_drafts_for_itself_is_refused_at_config() -> None:
         validate(cfg)
 
 
+def test_prompt_lookup_is_refused_beside_a_draft_for_a_vision_model_or_across_ranks() -> None:
+    from inference_node.config import (
+        ConfigError,
+        DistributedConfig,
+        EngineConfig,
+        InferenceConfig,
+        ModelEntry,
+        validate,
+    )
+
+    both = [ModelEntry(name="a", path="/x", draft="b", prompt_lookup=True),
+            ModelEntry(name="b", path="/y")]
+    with pytest.raises(ConfigError, match="both draft and prompt_lookup; .* keep one"):
+        validate(InferenceConfig(models=both))
+    vision = [ModelEntry(name="v", path="/x", role="vision", prompt_lookup=True)]
+    with pytest.raises(ConfigError, match="prompt_lookup: speculative decoding is for coder"):
+        validate(InferenceConfig(models=vision))
+    split = InferenceConfig(models=[ModelEntry(name="a", path="/x", prompt_lookup=True)],
+                            distributed=DistributedConfig(ranks=2))
+    with pytest.raises(ConfigError, match="prompt_lookup: .*not available .*across ranks"):
+        validate(split)
+    many = InferenceConfig(models=[ModelEntry(name="a", path="/x", prompt_lookup=True)],
+                           engine=EngineConfig(lookup_tokens=17))
+    with pytest.raises(ConfigError, match="engine.lookup_tokens must be 1 to 16, not 17"):
+        validate(many)
+
+
+def test_prompt_lookup_proposes_what_followed_the_longest_earlier_match() -> None:
+    from inference_node.speculative import Lookup
+
+    tokens = [1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 0, 3]
+    # the last token (3) came twice before: the latest one is followed by 7 8 0 3
+    assert Lookup().propose(tokens, 3) == [7, 8, 0]
+    # "9 2 3" came once before, followed by 7 8; the last 3 alone by 9 2: the longest wins
+    assert Lookup().propose([*tokens, 9, 2, 3], 2) == [7, 8]  # not 9 2, after the last 3
+    assert Lookup().propose([1, 2, 3], 4) == []  # 3 never came before: nothing to propose
+    grown = Lookup()  # one lookup over a growing request answers as a fresh one each time
+    for end in range(1, len(tokens) + 1):
+        assert grown.propose(tokens[:end], 4) == Lookup().propose(tokens[:end], 4), end
+
+
 def test_grammar_constrained_output_with_a_draft_equals_without(smollm2_dir: Path,
                                                                  stub_for: Any) -> None:
     path = str(smollm2_dir)
     models = [{"name": "plain", "path": path},
               {"name": "drafted", "path": path, "draft": "twin"},
-              {"name": "twin", "path": path}]
+              {"name": "twin", "path": path},
+              {"name": "looked-up", "path": path, "prompt_lookup": True}]
     schema = ('{"type": "object", "properties": {"name": {"type": "string"}, '
               '"age": {"type": "integer"}}, "required": ["name", "age"]}')
     fmt = pb.ResponseFormat(type=pb.ResponseFormat.JSON_SCHEMA, schema_json=schema, name="p")
@@ -143,9 +194,22 @@ def test_grammar_constrained_output_with_a_draft_equals_without(smollm2_dir: Pat
         text = "Give me a person as JSON."
         plain, _ = ask(stub, "plain", text, max_tokens=40, response_format=fmt)
         drafted, done = ask(stub, "drafted", text, max_tokens=40, response_format=fmt)
+        looked_up, _ = ask(stub, "looked-up", text, max_tokens=40, response_format=fmt)
+        # a model writing back a file it was shown: most of what it writes is proposed, and kept
+        source = "\n".join(f"def f{i}(x):\n    return x * {i} + {i * i}\n" for i in range(6))
+        copy = f"Write this file back exactly as it is:\n\n```python\n{source}```"
+        copied, plain_done = ask(stub, "plain", copy, max_tokens=120)
+        copied_again, copy_done = ask(stub, "looked-up", copy, max_tokens=120)
     assert plain.startswith("{"), plain
-    assert drafted == plain
+    assert drafted == plain and looked_up == plain
     assert done.usage.accepted_draft_tokens > 0
+    assert "return x * 3 + 9" in copied, copied  # it did copy
+    assert copied_again == copied
+    u = copy_done.usage
+    assert u.completion_tokens == plain_done.usage.completion_tokens
+    # each pass of the model kept several of the tokens the prompt proposed
+    assert u.accepted_draft_tokens > u.completion_tokens / 2, (u.accepted_draft_tokens,
+                                                                u.completion_tokens)
 
 
 def test_a_draft_whose_kv_does_not_fit_leaves_the_request_to_the_batch(
