@@ -135,6 +135,9 @@ NUMBERS: dict[str, list[str]] = {
            + [f"per_batch.*.{side}.median" for side in ("mlx", "gemv", "rows", "gemv_numpy")]
            + ["per_batch.*.decode_ratio_small_rows", "per_batch.*.decode_ratio_all",
               "forwarded_calls", "small_rows_calls.gemv", "small_rows_calls.rows"],
+    "lookup": [f"models.*.*.{k}" for k in ("decode_tps.plain.median",
+                                            "decode_tps.looked-up.median", "speedup",
+                                            "acceptance_rate", "tokens_per_pass")] + ["wall_s"],
     "fused": ["models.*.fused_groups", "models.*.logits_max_abs_diff", "wall_s"]
              + [f"models.*.{n}.{k}" for n in ("1", "2", "4", "8")
                 for k in ("plain.median", "fused.median", "speedup")],
@@ -160,6 +163,8 @@ SMOKE_FIELDS: dict[str, dict[str, Any]] = {
     "cpu": {"repeats": 1, "decode_tokens": 4, "contexts": [16, 64], "batches": [2],
             "small_rows_calls.gemv": 0},
     "fused": {"blocks": 2, "steps_per_block": 2, "models.*.greedy_same": True},
+    "lookup": {"params.repeats": 1, "params.max_tokens": 8,
+               "models.*.edit.greedy_identical": True, "models.*.fresh.greedy_identical": True},
 }
 
 

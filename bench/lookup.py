@@ -1,0 +1,176 @@
+"""Prompt lookup: one stream's decode speed with proposals from the request itself ÷ without.
+
+    .venv/bin/python -m bench.lookup [--quick]     # JSON on stdout, progress on stderr
+
+Our gRPC server lists each model twice, as "plain" and as "looked-up" (`prompt_lookup = true`
+in [[models]]: no draft model, proposals taken from the request's own tokens), both loaded, and
+the two are asked in turn (plain, looked-up, looked-up, plain, ...) after a warm-up. One stream
+at a time, greedy, prompt cache off. Two prompts:
+
+- `edit`: the whole-file coder's brief for a task of bench/tasks (its file shown, the task,
+  "write the file back whole with the change"), the loop's own prompt (`loop/brief`) with its
+  own system prompt: what the coder's replies are on the task bench;
+- `fresh`: a function written from a one-line request, where little of the prompt repeats:
+  what prompt lookup costs when it has little to propose.
+
+Decode tokens/s is (tokens - 1) / (last token - first token), client side; `speedup` is its
+median looked-up ÷ plain; the acceptance rate is accepted ÷ proposed (Usage); the replies must
+be token for token the same. Qwen2.5-Coder 0.5B and 1.5B (`inference-node install`);
+BENCH_LOOKUP_MODELS=a,b picks others from the install list. BENCH_SMOKE=1: a tiny random model,
+one repeat, a few tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.servers import REPO, dequantizes
+from bench.stats import interleave, ratio, smoke, summary
+
+CACHE = REPO / ".home" / "test-models"
+MODELS = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+TASK = REPO / "bench" / "tasks" / "linecount_words"
+FRESH = ("Write a Python function `merge_intervals(intervals)` that merges overlapping closed "
+         "intervals given as (start, end) tuples and returns them sorted. Include a docstring "
+         "and handle the empty list.")
+
+
+def log(msg: str) -> None:
+    print(f"bench.lookup: {msg}", file=sys.stderr, flush=True)
+
+
+def params(quick: bool) -> dict[str, Any]:
+    if smoke():
+        return {"repeats": 1, "warmup": 0, "max_tokens": 8, "lookup_tokens": 5,
+                "models": 1}
+    if quick:
+        return {"repeats": 2, "warmup": 1, "max_tokens": 160, "lookup_tokens": 5, "models": 1}
+    return {"repeats": 3, "warmup": 1, "max_tokens": 400, "lookup_tokens": 5,
+            "models": len(MODELS)}
+
+
+def prompts() -> dict[str, list[dict[str, str]]]:
+    """The two workloads as chat messages: the coder's brief for TASK, and a fresh function."""
+    from agent_node import prompts as loop_prompts
+
+    repo = TASK / "repo"
+    shown = [(p.relative_to(repo).as_posix(), p.read_text())
+             for p in sorted(repo.glob("*.py"))]
+    brief = loop_prompts.render(
+        "loop/brief", task=(TASK / "task.md").read_text().strip(),
+        files=[path for path, _ in shown], files_more=0, shown=shown, outlines=[],
+        start_tests="", test_cmd="python -m pytest -q tests", asks_for_change=True,
+        files_form=shown[0][0], spec=[], failures=[], round=1, again=False)
+    system = loop_prompts.render("loop/coder_files_system")
+    return {"edit": [{"role": "system", "content": system}, {"role": "user", "content": brief}],
+            "fresh": [{"role": "user", "content": FRESH}]}
+
+
+def model_folders(tmp: Path) -> dict[str, Path]:
+    if smoke():
+        sys.path.insert(0, str(REPO / "tests"))
+        from tiny_models import write_random_chat_model
+
+        return {"tiny-random (smoke)": write_random_chat_model(tmp / "tiny", seed=4)}
+    from inference_node.install import KNOWN_MODELS, install
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    names = os.environ.get("BENCH_LOOKUP_MODELS", ",".join(MODELS)).split(",")
+    return {name: install(KNOWN_MODELS[name], CACHE)[0] for name in names}
+
+
+def one(stub: Any, model: str, messages: list[dict[str, str]],
+        max_tokens: int) -> dict[str, Any]:
+    from inference_node.api import pb
+
+    request = pb.ChatRequest(model=model, max_tokens=max_tokens, messages=[
+        pb.Message(role=m["role"], text=m["content"]) for m in messages])
+    t_first = t_last = 0.0
+    text, done = "", None
+    for ev in stub.Chat(request, timeout=3600):
+        kind = ev.WhichOneof("event")
+        if kind == "delta":
+            t_last = time.perf_counter()
+            t_first = t_first or t_last
+            text += ev.delta.text
+        elif kind == "done":
+            done = ev.done
+    assert done is not None
+    n = done.usage.completion_tokens
+    return {"text": text, "tokens": n,
+            "decode_tps": (n - 1) / (t_last - t_first) if n > 1 and t_last > t_first else 0.0,
+            "drafted": done.usage.draft_tokens, "accepted": done.usage.accepted_draft_tokens}
+
+
+def compare(stub: Any, messages: list[dict[str, str]], p: dict[str, Any]) -> dict[str, Any]:
+    """Plain and looked-up in turn on one prompt: their speeds, the speed-up, the acceptance."""
+    def ask(side: str) -> Callable[[], dict[str, Any]]:
+        return lambda: one(stub, side, messages, p["max_tokens"])
+
+    samples = interleave({side: ask(side) for side in ("plain", "looked-up")}, p["repeats"],
+                         warmup=p["warmup"])
+    looked = samples["looked-up"]
+    drafted = sum(s["drafted"] for s in looked)
+    accepted = sum(s["accepted"] for s in looked)
+    tokens = sum(s["tokens"] for s in looked)
+    tps = {side: summary([s["decode_tps"] for s in runs]) for side, runs in samples.items()}
+    return {
+        "decode_tps": tps,
+        "speedup": ratio(tps["looked-up"]["median"], tps["plain"]["median"]),
+        "completion_tokens": looked[0]["tokens"] if looked else 0,
+        "acceptance_rate": round(accepted / drafted, 3) if drafted else 0.0,
+        "tokens_per_pass": round(tokens / max(1, tokens - accepted), 3),
+        "greedy_identical": all(a["text"] == b["text"] for a, b in zip(
+            samples["plain"], looked, strict=True)),
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    import grpc
+
+    from inference_node.api import rpc
+    from inference_node.config import EngineConfig, InferenceConfig, MemoryConfig, ModelEntry
+    from inference_node.server import create_server
+
+    t_start = time.monotonic()
+    p = params(quick)
+    work = prompts()
+    out: dict[str, Any] = {"params": p, "models": {}}
+    with tempfile.TemporaryDirectory() as d:
+        folders = list(model_folders(Path(d)).items())[:p["models"]]
+        for name, folder in folders:  # one model (two copies) in memory at a time
+            cfg = InferenceConfig(models=[
+                ModelEntry(name="plain", path=str(folder)),
+                ModelEntry(name="looked-up", path=str(folder), prompt_lookup=True),
+            ])
+            cfg.memory = MemoryConfig(budget_gb=16.0, floor_gb=0.0)
+            cfg.engine = EngineConfig(prompt_cache_mb=0.0, lookup_tokens=p["lookup_tokens"],
+                                      dequantize_on_cpu=dequantizes())
+            server, port = create_server("127.0.0.1:0", cfg)
+            server.start()
+            try:
+                with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                    stub = rpc.InferenceStub(ch)
+                    out["models"][name] = {}
+                    for label, messages in work.items():
+                        log(f"{name}, {label}: {p['repeats']} runs a side of up to "
+                            f"{p['max_tokens']} tokens")
+                        row = compare(stub, messages, p)
+                        log(f"{name}, {label}: {row['speedup']:.2f}x, "
+                            f"{row['tokens_per_pass']:.2f} tokens a pass")
+                        out["models"][name][label] = row
+            finally:
+                server.stop(0)
+    out["wall_s"] = round(time.monotonic() - t_start, 1)
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run("--quick" in sys.argv), indent=1))
