@@ -32,14 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.servers import REPO, dequantizes
+from bench.speculative import CACHE, one
+from bench.speculative import PROMPT as FRESH
 from bench.stats import interleave, ratio, smoke, summary
 
-CACHE = REPO / ".home" / "test-models"
 MODELS = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 TASK = REPO / "bench" / "tasks" / "linecount_words"
-FRESH = ("Write a Python function `merge_intervals(intervals)` that merges overlapping closed "
-         "intervals given as (start, end) tuples and returns them sorted. Include a docstring "
-         "and handle the empty list.")
 
 
 def log(msg: str) -> None:
@@ -86,33 +84,10 @@ def model_folders(tmp: Path) -> dict[str, Path]:
     return {name: install(KNOWN_MODELS[name], CACHE)[0] for name in names}
 
 
-def one(stub: Any, model: str, messages: list[dict[str, str]],
-        max_tokens: int) -> dict[str, Any]:
-    from inference_node.api import pb
-
-    request = pb.ChatRequest(model=model, max_tokens=max_tokens, messages=[
-        pb.Message(role=m["role"], text=m["content"]) for m in messages])
-    t_first = t_last = 0.0
-    text, done = "", None
-    for ev in stub.Chat(request, timeout=3600):
-        kind = ev.WhichOneof("event")
-        if kind == "delta":
-            t_last = time.perf_counter()
-            t_first = t_first or t_last
-            text += ev.delta.text
-        elif kind == "done":
-            done = ev.done
-    assert done is not None
-    n = done.usage.completion_tokens
-    return {"text": text, "tokens": n,
-            "decode_tps": (n - 1) / (t_last - t_first) if n > 1 and t_last > t_first else 0.0,
-            "drafted": done.usage.draft_tokens, "accepted": done.usage.accepted_draft_tokens}
-
-
 def compare(stub: Any, messages: list[dict[str, str]], p: dict[str, Any]) -> dict[str, Any]:
     """Plain and looked-up in turn on one prompt: their speeds, the speed-up, the acceptance."""
     def ask(side: str) -> Callable[[], dict[str, Any]]:
-        return lambda: one(stub, side, messages, p["max_tokens"])
+        return lambda: one(stub, side, p["max_tokens"], messages)
 
     samples = interleave({side: ask(side) for side in ("plain", "looked-up")}, p["repeats"],
                          warmup=p["warmup"])

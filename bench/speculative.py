@@ -66,11 +66,14 @@ def model_folders(tmp: Path) -> tuple[dict[str, str], Path, Path]:
             install(KNOWN_MODELS[draft], CACHE)[0])
 
 
-def one(stub: Any, model: str, max_tokens: int) -> dict[str, Any]:
+def one(stub: Any, model: str, max_tokens: int,
+        messages: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """One greedy reply of `model` to `messages` (default: PROMPT), timed client side."""
     from inference_node.api import pb
 
-    request = pb.ChatRequest(model=model, max_tokens=max_tokens,
-                             messages=[pb.Message(role="user", text=PROMPT)])
+    request = pb.ChatRequest(model=model, max_tokens=max_tokens, messages=[
+        pb.Message(role=m["role"], text=m["content"])
+        for m in messages or [{"role": "user", "content": PROMPT}]])
     t_first = t_last = 0.0
     text, done = "", None
     for ev in stub.Chat(request, timeout=3600):
