@@ -88,11 +88,9 @@ def start(lm: LoadedModel, job: Job, cache: PromptCache, admission: Ledger, draf
     found = batching.lookup(cache, job, job.prompt, account=True)
     batching.served(job, found)
     batching.segments(cache, job, job.prompt, found)  # sets job.pin_at when a pin is due
-    if draft is None:
-        return Speculation(lm, None, job, found.cache, found.cached, None, 0,
-                           max(0, draft_tokens), prefill_step)
-    drafted = cache.fetch(draft.name, job.prompt, account=False)
-    return Speculation(lm, draft, job, found.cache, found.cached, drafted.cache, drafted.cached,
+    drafted = cache.fetch(draft.name, job.prompt, account=False) if draft is not None else None
+    return Speculation(lm, draft, job, found.cache, found.cached,
+                       drafted.cache if drafted else None, drafted.cached if drafted else 0,
                        max(0, draft_tokens), prefill_step)
 
 
