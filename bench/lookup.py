@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.servers import REPO, dequantizes
+from bench.servers import REPO, in_process
 from bench.speculative import CACHE, one
 from bench.speculative import PROMPT as FRESH
 from bench.stats import interleave, ratio, smoke, summary
@@ -108,11 +108,7 @@ def compare(stub: Any, messages: list[dict[str, str]], p: dict[str, Any]) -> dic
 
 
 def run(quick: bool) -> dict[str, Any]:
-    import grpc
-
-    from inference_node.api import rpc
-    from inference_node.config import EngineConfig, InferenceConfig, MemoryConfig, ModelEntry
-    from inference_node.server import create_server
+    from inference_node.config import ModelEntry
 
     t_start = time.monotonic()
     p = params(quick)
@@ -121,28 +117,17 @@ def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         folders = list(model_folders(Path(d)).items())[:p["models"]]
         for name, folder in folders:  # one model (two copies) in memory at a time
-            cfg = InferenceConfig(models=[
-                ModelEntry(name="plain", path=str(folder)),
-                ModelEntry(name="looked-up", path=str(folder), prompt_lookup=True),
-            ])
-            cfg.memory = MemoryConfig(budget_gb=16.0, floor_gb=0.0)
-            cfg.engine = EngineConfig(prompt_cache_mb=0.0, lookup_tokens=p["lookup_tokens"],
-                                      dequantize_on_cpu=dequantizes())
-            server, port = create_server("127.0.0.1:0", cfg)
-            server.start()
-            try:
-                with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-                    stub = rpc.InferenceStub(ch)
-                    out["models"][name] = {}
-                    for label, messages in work.items():
-                        log(f"{name}, {label}: {p['repeats']} runs a side of up to "
-                            f"{p['max_tokens']} tokens")
-                        row = compare(stub, messages, p)
-                        log(f"{name}, {label}: {row['speedup']:.2f}x, "
-                            f"{row['tokens_per_pass']:.2f} tokens a pass")
-                        out["models"][name][label] = row
-            finally:
-                server.stop(0)
+            models = [ModelEntry(name="plain", path=str(folder)),
+                      ModelEntry(name="looked-up", path=str(folder), prompt_lookup=True)]
+            with in_process(models, lookup_tokens=p["lookup_tokens"]) as (_, stub):
+                out["models"][name] = {}
+                for label, messages in work.items():
+                    log(f"{name}, {label}: {p['repeats']} runs a side of up to "
+                        f"{p['max_tokens']} tokens")
+                    row = compare(stub, messages, p)
+                    log(f"{name}, {label}: {row['speedup']:.2f}x, "
+                        f"{row['tokens_per_pass']:.2f} tokens a pass")
+                    out["models"][name][label] = row
     out["wall_s"] = round(time.monotonic() - t_start, 1)
     return out
 

@@ -165,6 +165,28 @@ def grpc_server(model: Path, name: str, tmp: Path, *, prompt_cache: bool = False
 
 
 @contextmanager
+def in_process(models: list[Any], **engine: Any) -> Iterator[tuple[Any, Any]]:
+    """Our gRPC server in this process on a free loopback port, serving `models` (ModelEntry)
+    with a 16 GB budget, the prompt cache off and `engine`'s settings: (server, stub)."""
+    import grpc
+
+    from inference_node.api import rpc
+    from inference_node.config import EngineConfig, InferenceConfig, MemoryConfig
+    from inference_node.server import create_server
+
+    cfg = InferenceConfig(models=models)
+    cfg.memory = MemoryConfig(budget_gb=16.0, floor_gb=0.0)
+    cfg.engine = EngineConfig(prompt_cache_mb=0.0, dequantize_on_cpu=dequantizes(), **engine)
+    server, port = create_server("127.0.0.1:0", cfg)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            yield server, rpc.InferenceStub(ch)
+    finally:
+        server.stop(0)
+
+
+@contextmanager
 def mlx_server(model: Path, tmp: Path) -> Iterator[str]:
     """`mlx_lm.server` in a subprocess (batching on, prompt cache off); yields its base URL."""
     port = free_port()

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.servers import REPO, dequantizes
+from bench.servers import REPO, in_process
 from bench.stats import ratio, smoke, summary
 
 CACHE = REPO / ".home" / "test-models"
@@ -92,39 +92,24 @@ def one(stub: Any, model: str, max_tokens: int,
 
 
 def run(quick: bool) -> dict[str, Any]:
-    import grpc
-
-    from inference_node.api import rpc
-    from inference_node.config import EngineConfig, InferenceConfig, MemoryConfig, ModelEntry
-    from inference_node.server import create_server
+    from inference_node.config import ModelEntry
 
     t_start = time.monotonic()
     p = params(quick)
     with tempfile.TemporaryDirectory() as d:
         names, target, draft = model_folders(Path(d))
-        cfg = InferenceConfig(models=[
-            ModelEntry(name="plain", path=str(target)),
-            ModelEntry(name="drafted", path=str(target), draft="draft"),
-            ModelEntry(name="draft", path=str(draft)),
-        ])
-        cfg.memory = MemoryConfig(budget_gb=16.0, floor_gb=0.0)
-        cfg.engine = EngineConfig(prompt_cache_mb=0.0, draft_tokens=p["draft_tokens"],
-                                  dequantize_on_cpu=dequantizes())
-        server, port = create_server("127.0.0.1:0", cfg)
-        server.start()
-        try:
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-                stub = rpc.InferenceStub(ch)
-                log(f"{names['target']} with and without {names['draft']} drafting, "
-                    f"{p['repeats']} runs of {p['max_tokens']} tokens")
-                samples: dict[str, list[dict[str, Any]]] = {}
-                for side in ("plain", "drafted"):  # one copy of the target at a time
-                    runs = [one(stub, side, p["max_tokens"])
-                            for _ in range(p["warmup"] + p["repeats"])]
-                    samples[side] = runs[p["warmup"]:]
-                    server.engine.unload(side)
-        finally:
-            server.stop(0)
+        models = [ModelEntry(name="plain", path=str(target)),
+                  ModelEntry(name="drafted", path=str(target), draft="draft"),
+                  ModelEntry(name="draft", path=str(draft))]
+        with in_process(models, draft_tokens=p["draft_tokens"]) as (server, stub):
+            log(f"{names['target']} with and without {names['draft']} drafting, "
+                f"{p['repeats']} runs of {p['max_tokens']} tokens")
+            samples: dict[str, list[dict[str, Any]]] = {}
+            for side in ("plain", "drafted"):  # one copy of the target at a time
+                runs = [one(stub, side, p["max_tokens"])
+                        for _ in range(p["warmup"] + p["repeats"])]
+                samples[side] = runs[p["warmup"]:]
+                server.engine.unload(side)
     drafted = sum(s["drafted"] for s in samples["drafted"])
     accepted = sum(s["accepted"] for s in samples["drafted"])
     tps = {side: summary([s["decode_tps"] for s in runs]) for side, runs in samples.items()}
