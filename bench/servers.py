@@ -149,14 +149,17 @@ def server_env() -> dict[str, str]:
 
 @contextmanager
 def grpc_server(model: Path, name: str, tmp: Path, *, prompt_cache: bool = False,
-                budget_gb: float = 8.0, fuse: bool = True) -> Iterator[str]:
+                budget_gb: float = 8.0, fuse: bool = True,
+                prompt_lookup: bool = False) -> Iterator[str]:
     """`inference-node serve` in a subprocess; yields its target. The prompt cache is off
-    unless asked for: the engine benchmark repeats prompts and times their prefill."""
+    unless asked for: the engine benchmark repeats prompts and times their prefill.
+    `prompt_lookup`: the model decodes a lone stream with prompt lookup ([[models]])."""
     port = free_port()
     conf = tmp / "inference-node.toml"
     conf.write_text(f'{engine_toml(prompt_cache=prompt_cache, fuse=fuse)}'
                     f'[memory]\nbudget_gb = {budget_gb}\nfloor_gb = 0.0\n\n'
-                    f'[[models]]\nname = "{name}"\npath = "{model}"\n')
+                    f'[[models]]\nname = "{name}"\npath = "{model}"\n'
+                    + ("prompt_lookup = true\n" if prompt_lookup else ""))
     cmd = [PY, "-m", "inference_node.cli", "serve", "--config", str(conf), "--port", str(port)]
     with process(cmd, tmp / "grpc-server.log") as proc:
         target = f"127.0.0.1:{port}"

@@ -117,8 +117,10 @@ SMOKE_CALLS: dict[str, list[tuple[str, dict[str, Any]]]] = {
 
 
 @contextmanager
-def inference(target: str, model_name: str, tmp: Path) -> Iterator[tuple[str, str, dict]]:
-    """(target, model name, what runs): the given node, or a local one started here."""
+def inference(target: str, model_name: str, tmp: Path, prompt_lookup: bool = False
+              ) -> Iterator[tuple[str, str, dict]]:
+    """(target, model name, what runs): the given node, or a local one started here, which
+    decodes a lone stream with prompt lookup if asked (a given node's own config decides)."""
     if target:
         yield target, model_name, {"name": model_name or "(the node's default coder)",
                                    "note": f"a running inference node at {target}"}
@@ -134,10 +136,13 @@ def inference(target: str, model_name: str, tmp: Path) -> Iterator[tuple[str, st
     else:
         path, info = prepare_model(tmp, tiny=False)
         model_name = "bench-model"
+    if prompt_lookup:
+        info["prompt_lookup"] = True
     log(f"starting a local inference node for {path}")
     tmp.mkdir(parents=True, exist_ok=True)
     try:
-        server = grpc_server(path, model_name, tmp, prompt_cache=True, budget_gb=budget)
+        server = grpc_server(path, model_name, tmp, prompt_cache=True, budget_gb=budget,
+                             prompt_lookup=prompt_lookup)
         where = server.__enter__()
     except RuntimeError as e:
         raise ConnectionError(str(e)) from None
