@@ -424,6 +424,39 @@ def test_an_unreachable_target_exits_3(capsys: pytest.CaptureFixture[str]) -> No
     assert "unreachable" in capsys.readouterr().err
 
 
+def test_prompt_lookup_is_for_the_local_node_only(capsys: pytest.CaptureFixture[str]) -> None:
+    assert agent_tasks.main(["--target", "127.0.0.1:1", "--prompt-lookup"]) == 2
+    err = capsys.readouterr().err
+    assert "--prompt-lookup" in err and "prompt_lookup = true" in err
+
+
+@pytest.mark.parametrize("lookup", [False, True])
+def test_the_local_node_decodes_with_prompt_lookup_when_asked(
+        lookup: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        chain_models: dict[str, Path]) -> None:
+    """The loop model repeats a-f: after one turn of it, the request's own tokens say what
+    comes next, and the node checks those proposals in one pass."""
+    import grpc
+
+    from inference_node.api import pb, rpc
+
+    monkeypatch.setenv("STUDIO_CODER_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "models").mkdir(parents=True)
+    shutil.copytree(chain_models["loop"], tmp_path / "home" / "models" / "loop")
+    with inference("", "loop", tmp_path / "srv", prompt_lookup=lookup) as (target, _, info), \
+            grpc.insecure_channel(target) as ch:
+        req = pb.ChatRequest(model="loop", max_tokens=40,
+                             messages=[pb.Message(role="user", text="go")])
+        (done,) = [ev.done for ev in rpc.InferenceStub(ch).Chat(req, timeout=60)
+                   if ev.WhichOneof("event") == "done"]
+    assert done.usage.completion_tokens == 40
+    assert info.get("prompt_lookup", False) is lookup
+    if lookup:
+        assert done.usage.accepted_draft_tokens > 20
+    else:
+        assert done.usage.draft_tokens == 0
+
+
 def test_a_model_in_the_store_is_served_by_a_local_node(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chain_models: dict[str, Path]) -> None:
     from agent_node.client import Client
