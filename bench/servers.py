@@ -117,7 +117,7 @@ def _write_float32_copy(src: Path, dst: Path) -> None:
     from mlx_lm import load
     from mlx_lm.utils import dequantize_model
 
-    model, _ = load(str(src))
+    model = load(str(src))[0]
     model = dequantize_model(model)
     model.set_dtype(mx.float32)
     part = dst.with_name(dst.name + ".part")
