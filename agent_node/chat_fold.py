@@ -73,9 +73,10 @@ class ChatFold:
             reply.tool_calls.append(ToolCall(tc.id, tc.name, args))
         d = self.done
         if d is not None:
-            reply.usage = Usage(d.usage.prompt_tokens, d.usage.completion_tokens,
-                                d.usage.reasoning_tokens, d.usage.cached_prompt_tokens,
-                                d.usage.recomputed_prompt_tokens, d.usage.recompute_cause)
+            u = d.usage
+            reply.usage = Usage(u.prompt_tokens, u.completion_tokens, u.reasoning_tokens,
+                                u.cached_prompt_tokens, u.recomputed_prompt_tokens,
+                                u.recompute_cause, u.draft_tokens, u.accepted_draft_tokens)
             reply.cut_off_while_reasoning = d.cut_off_while_reasoning
             reply.decode_tps = d.timings.decode_tokens_per_second
             reply.seconds = d.timings.total_seconds

@@ -122,6 +122,9 @@ class ModelCall(RunEvent):
                                          "again", 0)
     recompute_cause: str = _doc("why: evicted, rerendered, retokenized or reasoning_dropped",
                                 "")
+    draft_tokens: int = _doc("tokens proposed to the model (a draft model or prompt lookup) "
+                             "and checked in one pass", 0)
+    accepted_draft_tokens: int = _doc("of those, the ones the model kept", 0)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,6 +34,10 @@ class Usage:
     # rerendered, retokenized, reasoning_dropped); the other uncached ones were new to it
     recomputed_prompt_tokens: int = 0
     recompute_cause: str = ""
+    # speculative decoding (a draft model, or prompt lookup): tokens proposed, and how many of
+    # them the model kept; both 0 when it decoded one token a pass
+    draft_tokens: int = 0
+    accepted_draft_tokens: int = 0
 
 
 @dataclass

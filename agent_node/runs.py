@@ -213,8 +213,10 @@ def summarize(run_dir: Path, events: list[dict[str, Any]] | None = None,
         "reasons": [],
         "models": [],
         # cached: prompt tokens the node served from its cache; recomputed: ones it had run
-        # before and computed again (evicted, or the conversation's past sent changed)
-        "tokens": {"prompt": 0, "cached": 0, "recomputed": 0, "completion": 0, "reasoning": 0},
+        # before and computed again (evicted, or the conversation's past sent changed);
+        # proposed, accepted: speculative decoding's proposals and the ones the model kept
+        "tokens": {"prompt": 0, "cached": 0, "recomputed": 0, "completion": 0, "reasoning": 0,
+                   "proposed": 0, "accepted": 0},
         "state": "",
         "integrity": problem,
     }
@@ -236,6 +238,8 @@ def summarize(run_dir: Path, events: list[dict[str, Any]] | None = None,
                 out["tokens"]["recomputed"] += e.recomputed_prompt_tokens
                 out["tokens"]["completion"] += e.completion_tokens
                 out["tokens"]["reasoning"] += e.reasoning_tokens
+                out["tokens"]["proposed"] += e.draft_tokens
+                out["tokens"]["accepted"] += e.accepted_draft_tokens
             case RunVerdict():
                 out["verdict"] = e.verdict
                 out["reasons"] = e.reasons

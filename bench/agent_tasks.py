@@ -170,6 +170,8 @@ def run_one(task: Task, model: Any, cfg: Any, work: Path, *, qa_for: QAFactory |
         "prompt_tokens": tokens["prompt"],
         "cached_prompt_tokens": tokens["cached"],
         "model_calls": tokens["calls"],
+        "proposed_tokens": tokens["proposed"],
+        "accepted_proposals": tokens["accepted"],
         "cache_by_stage": tokens["stages"],
         "recomputed_by_cause": tokens["recomputed"],
         "wall_s": round(wall, 1),

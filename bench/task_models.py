@@ -31,7 +31,8 @@ class MeteredModel:
     def __init__(self, inner: Any, max_tokens: int | None = None) -> None:
         self.inner = inner
         self.max_tokens = max_tokens
-        self.usage = {"calls": 0, "prompt": 0, "cached": 0, "generated": 0}
+        self.usage = {"calls": 0, "prompt": 0, "cached": 0, "generated": 0, "proposed": 0,
+                      "accepted": 0}
         self.recomputed: dict[str, int] = {}  # cause -> prompt tokens seen before, run again
 
     def chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
@@ -49,6 +50,8 @@ class MeteredModel:
         self.usage["prompt"] += u.prompt_tokens
         self.usage["cached"] += u.cached_prompt_tokens
         self.usage["generated"] += u.completion_tokens  # reasoning is counted among them
+        self.usage["proposed"] += u.draft_tokens
+        self.usage["accepted"] += u.accepted_draft_tokens
         add_recomputed(self.recomputed, u.recompute_cause, u.recomputed_prompt_tokens)
         return reply
 

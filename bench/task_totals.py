@@ -15,13 +15,15 @@ def usage(events: list[dict[str, Any]]) -> dict[str, Any]:
     from agent_node.events import ModelCall, parse_events
 
     out: dict[str, Any] = {"calls": 0, "prompt": 0, "cached": 0, "generated": 0, "stages": {},
-                           "recomputed": {}}
+                           "recomputed": {}, "proposed": 0, "accepted": 0}
     for e in parse_events(events):
         if isinstance(e, ModelCall):
             out["calls"] += 1
             out["prompt"] += e.prompt_tokens
             out["cached"] += e.cached_prompt_tokens
             out["generated"] += e.completion_tokens
+            out["proposed"] += e.draft_tokens
+            out["accepted"] += e.accepted_draft_tokens
             add_stage(out["stages"], e.role or "other", 1, e.prompt_tokens,
                        e.cached_prompt_tokens, e.recomputed_prompt_tokens)
             add_recomputed(out["recomputed"], e.recompute_cause, e.recomputed_prompt_tokens)
@@ -74,6 +76,9 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "cached_prompt_tokens": cached,
         "cache_share": round(cached / prompt, 3) if prompt else 0.0,
         "cache_by_stage": cache_by_stage(rows),
+        # speculative decoding's proposals checked, and kept (0 where the node had none)
+        "proposed_tokens": sum(r.get("proposed_tokens", 0) for r in rows),
+        "accepted_proposals": sum(r.get("accepted_proposals", 0) for r in rows),
         "recomputed_by_cause": recomputed_by_cause(rows),
         "tool_calls": sum(r["tool_calls"] for r in rows),
         "malformed_tool_calls": sum(r["malformed_tool_calls"] for r in rows),

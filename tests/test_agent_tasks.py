@@ -153,7 +153,8 @@ class LoopScript:
 
     name = "scripted"
     usage = Usage(prompt_tokens=100, completion_tokens=7, cached_prompt_tokens=60,
-                  recomputed_prompt_tokens=10, recompute_cause="evicted")
+                  recomputed_prompt_tokens=10, recompute_cause="evicted", draft_tokens=5,
+                  accepted_draft_tokens=4)
 
     def __init__(self, coder: list[Reply | Exception], review: str = "pass") -> None:
         self.coder = list(coder)
@@ -304,6 +305,7 @@ def test_a_right_change_passes_and_its_tokens_come_from_the_run_record(tmp_path:
     assert calls == 4  # classify, write, finish, review
     assert row["prompt_tokens"] == 100 * calls and row["cached_prompt_tokens"] == 60 * calls
     assert row["tokens_generated"] == 7 * calls
+    assert (row["proposed_tokens"], row["accepted_proposals"]) == (5 * calls, 4 * calls)
     events = read_events(Path(row["run_dir"]))
     assert [e["cached_prompt_tokens"] for e in events if e["type"] == "model_call"] == [60] * 4
     assert row["cache_by_stage"] == {
@@ -320,6 +322,7 @@ def test_a_right_change_passes_and_its_tokens_come_from_the_run_record(tmp_path:
         "calls": 4, "prompt_tokens": 400, "cached_prompt_tokens": 240,
         "recomputed_prompt_tokens": 40, "cache_share": 0.6}
     assert done["recomputed_by_cause"] == {"evicted": 80}
+    assert (done["proposed_tokens"], done["accepted_proposals"]) == (40, 32)
     assert task_totals.misses(done) == ("not served from the cache: 240 prompt tokens new to "
                                         "it, 80 seen before (evicted 80)")
 
@@ -436,25 +439,27 @@ def test_the_local_node_decodes_with_prompt_lookup_when_asked(
         chain_models: dict[str, Path]) -> None:
     """The loop model repeats a-f: after one turn of it, the request's own tokens say what
     comes next, and the node checks those proposals in one pass."""
-    import grpc
-
-    from inference_node.api import pb, rpc
+    from agent_node.client import Client, GrpcModel
+    from agent_node.config import AgentConfig
+    from agent_node.loop.coder import model_call
 
     monkeypatch.setenv("STUDIO_CODER_HOME", str(tmp_path / "home"))
     (tmp_path / "home" / "models").mkdir(parents=True)
     shutil.copytree(chain_models["loop"], tmp_path / "home" / "models" / "loop")
-    with inference("", "loop", tmp_path / "srv", prompt_lookup=lookup) as (target, _, info), \
-            grpc.insecure_channel(target) as ch:
-        req = pb.ChatRequest(model="loop", max_tokens=40,
-                             messages=[pb.Message(role="user", text="go")])
-        (done,) = [ev.done for ev in rpc.InferenceStub(ch).Chat(req, timeout=60)
-                   if ev.WhichOneof("event") == "done"]
-    assert done.usage.completion_tokens == 40
+    with inference("", "loop", tmp_path / "srv", prompt_lookup=lookup) as (target, _, info):
+        cfg = AgentConfig()
+        cfg.inference.target = target
+        with Client(cfg) as client:
+            reply = GrpcModel(client, ["loop"]).chat([{"role": "user", "content": "go"}],
+                                                     max_tokens=40)
+    assert reply.usage.completion_tokens == 40
     assert info.get("prompt_lookup", False) is lookup
+    event = model_call(reply, role="coder", round_no=1)  # what the run record keeps
     if lookup:
-        assert done.usage.accepted_draft_tokens > 20
+        assert event.accepted_draft_tokens > 20
+        assert event.draft_tokens >= event.accepted_draft_tokens
     else:
-        assert done.usage.draft_tokens == 0
+        assert (event.draft_tokens, event.accepted_draft_tokens) == (0, 0)
 
 
 def test_a_model_in_the_store_is_served_by_a_local_node(

@@ -63,7 +63,9 @@ def node(chain_models, tmp_path_factory):
     long = build_chain_model(tmp_path_factory.mktemp("long") / "long",
                              ["a", "b", "c", "d", "e", "f", "a"], context=65536)
     models = [{"name": name, "path": str(path)} for name, path in chain_models.items()]
-    with running_server([*models, {"name": "long", "path": str(long)}]) as (srv, target):
+    looked_up = {"name": "looked-up", "path": str(chain_models["loop"]), "prompt_lookup": True}
+    with running_server([*models, {"name": "long", "path": str(long)}, looked_up]) as (srv,
+                                                                                      target):
         yield srv, target
 
 
@@ -93,6 +95,20 @@ def test_the_next_turn_says_how_much_of_its_prompt_the_node_s_cache_served(sdk):
     usage = list(second)[-1].usage
     assert usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
     assert usage.prompt_tokens_details.cached_tokens < usage.prompt_tokens
+
+
+def test_prompt_lookup_s_proposals_are_counted_as_openai_s_predicted_output_tokens(sdk):
+    """The loop model repeats a-f: with prompt lookup, the request's own tokens propose what
+    comes next, and the usage says how many the model kept and how many it did not."""
+    for model, kept in (("loop", False), ("looked-up", True)):
+        r = sdk.chat.completions.create(model=model, messages=HI, max_tokens=40)
+        details = r.usage.completion_tokens_details
+        assert r.usage.completion_tokens == 40
+        if kept:
+            assert details.accepted_prediction_tokens > 20
+            assert details.rejected_prediction_tokens >= 0
+        else:
+            assert details.accepted_prediction_tokens == details.rejected_prediction_tokens == 0
 
 
 def test_streaming_reply_ends_with_usage_when_asked(sdk):

@@ -411,7 +411,7 @@ def test_run_json_prints_only_the_summary(tmp_path: Path, monkeypatch: pytest.Mo
     summary = json.loads(out)
     assert code == 0 and summary["verdict"] == "pass" and summary["rounds"] == 1
     assert summary["models"] == ["scripted"] and set(summary["tokens"]) == {
-        "prompt", "cached", "recomputed", "completion", "reasoning"}
+        "prompt", "cached", "recomputed", "completion", "reasoning", "proposed", "accepted"}
     assert Path(summary["run_dir"]).is_dir()
     assert "gate" in err  # progress went to stderr
     assert cli.runs_main([]) == 0

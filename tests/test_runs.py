@@ -35,13 +35,15 @@ def round_started(n: int) -> RoundStarted:
 
 
 def model_call(model: str, prompt_tokens: int, completion_tokens: int,
-               reasoning_tokens: int = 0, cached: int = 0, recomputed: int = 0) -> ModelCall:
+               reasoning_tokens: int = 0, cached: int = 0, recomputed: int = 0,
+               proposed: int = 0, accepted: int = 0) -> ModelCall:
     return ModelCall(role="coder", round=1, model=model, prompt_tokens=prompt_tokens,
                      cached_prompt_tokens=cached, completion_tokens=completion_tokens,
                      reasoning_tokens=reasoning_tokens, seconds=1.0, decode_tps=5.0,
                      finish_reason="stop", cut_off_while_reasoning=False,
                      recomputed_prompt_tokens=recomputed,
-                     recompute_cause="evicted" if recomputed else "")
+                     recompute_cause="evicted" if recomputed else "",
+                     draft_tokens=proposed, accepted_draft_tokens=accepted)
 
 
 def verdict(v: Literal["fail", "pass", "interrupted"], rounds: int,
@@ -76,11 +78,11 @@ def test_summary_folds_rounds_tokens_models_and_verdict(tmp_path: Path) -> None:
     record.emit(model_call("big", prompt_tokens=10, completion_tokens=5))
     record.emit(round_started(2))
     record.emit(model_call("big", prompt_tokens=9, completion_tokens=2, reasoning_tokens=3,
-                           cached=4, recomputed=3))
+                           cached=4, recomputed=3, proposed=10, accepted=8))
     s = summarize(record.dir)
     assert (s["verdict"], s["rounds"], s["models"]) == ("incomplete", 2, ["big"])
     assert s["tokens"] == {"prompt": 19, "cached": 4, "recomputed": 3, "completion": 7,
-                           "reasoning": 3}
+                           "reasoning": 3, "proposed": 10, "accepted": 8}
     record.emit(verdict("pass", 2, ["ok"]))
     record.emit(Approved(commit="abc", tested="abc", branch="main", kept_local=[], removed=[]))
     s = summarize(record.dir)

@@ -47,7 +47,12 @@ class Completion:
                 "total_tokens": u.prompt_tokens + u.completion_tokens,
                 # what the node's prompt cache served, where OpenAI's clients look for it
                 "prompt_tokens_details": {"cached_tokens": u.cached_prompt_tokens},
-                "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens}}
+                # speculative decoding's proposals, under OpenAI's names for its predicted
+                # outputs: the ones the model kept, and the ones it did not
+                "completion_tokens_details": {
+                    "reasoning_tokens": u.reasoning_tokens,
+                    "accepted_prediction_tokens": u.accepted_draft_tokens,
+                    "rejected_prediction_tokens": u.draft_tokens - u.accepted_draft_tokens}}
 
     def _head(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.fold.model}

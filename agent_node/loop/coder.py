@@ -227,6 +227,8 @@ def model_call(reply: Reply, *, role: str, round_no: int) -> ModelCall:
         cut_off_while_reasoning=reply.cut_off_while_reasoning,
         recomputed_prompt_tokens=reply.usage.recomputed_prompt_tokens,
         recompute_cause=reply.usage.recompute_cause,
+        draft_tokens=reply.usage.draft_tokens,
+        accepted_draft_tokens=reply.usage.accepted_draft_tokens,
     )
 
 
