@@ -285,6 +285,7 @@ class Engine:
             lm.waiting.append(job)
             return
         if not lm.active and speculative.begin(self, lm, job):
+            self._starts_idle(job)
             return
         if not self._fits_in_batch(lm, job):
             log.info("%s: request %s waits to join the batch of %d: padded to the longest "
@@ -329,10 +330,16 @@ class Engine:
             other.alone = False  # its first token now waits for this one's prefill too
         lm.active[uid] = job
         if idle and not job.generated:
-            job.alone = True
-            self._hold_until = time.monotonic() + self.hold_for(job)
+            self._starts_idle(job)
 
-    def _measure_prefill(self, job: Job, now: float) -> None:
+    def _starts_idle(self, job: Job) -> None:
+        """`job` starts an idle model, in its batch or speculatively: it holds for requests
+        sent with it (`hold_for`), and its first token, if it is still alone, measures the
+        prefill rate."""
+        job.alone = True
+        self._hold_until = time.monotonic() + self.hold_for(job)
+
+    def measure_prefill(self, job: Job, now: float) -> None:
         """A lone request's first token: the prefill rate that `hold_for` expects."""
         if job.alone and job.computed_tokens >= MIN_MEASURED:
             self.prefill_s_per_token = (now - job.t_start) / job.computed_tokens
@@ -389,7 +396,7 @@ class Engine:
                 continue
             if not job.t_first:
                 job.t_first = now
-                self._measure_prefill(job, now)
+                self.measure_prefill(job, now)
             batching.emit(job, r.token, r.finish_reason)
             if r.finish_reason is not None:
                 del lm.active[r.uid]

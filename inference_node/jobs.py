@@ -73,6 +73,11 @@ class LoadedModel:
     def busy(self) -> int:
         return len(self.active) + len(self.waiting) + (1 if self.spec is not None else 0)
 
+    @property
+    def decoding(self) -> list[Job]:
+        """The jobs it is running: those of its batch, and the one decoding speculatively."""
+        return [*self.active.values(), *([self.spec.job] if self.spec is not None else [])]
+
 
 @dataclass
 class Job:

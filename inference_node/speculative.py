@@ -329,7 +329,10 @@ def step_alone(engine: Engine, lm: LoadedModel) -> None:
         lm.spec = None
         engine._finish(spec.job, Cancelled("the client went away"))
         return
+    first = not spec.job.t_first
     finish = spec.step(engine.prompt_cache)
+    if first and spec.job.t_first:
+        engine.measure_prefill(spec.job, spec.job.t_first)
     if finish is not None:
         lm.spec = None
         engine._finish(spec.job, None, finish)

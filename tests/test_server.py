@@ -124,9 +124,9 @@ def test_cancel_mid_stream_stops_generation_and_next_call_succeeds(server, stub)
                      timeout=60)
     cancel_after_deltas(call)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and srv.engine.loaded["loop"].active:
+    while time.monotonic() < deadline and srv.engine.loaded["loop"].decoding:
         time.sleep(0.02)
-    assert not srv.engine.loaded["loop"].active, "generation kept running after cancel"
+    assert not srv.engine.loaded["loop"].decoding, "generation kept running after cancel"
     r = collect(stub.Chat(pb.ChatRequest(model="hello", messages=[user("hi")]), timeout=60))
     assert r["content"].split() == ["hello", "world"]
 
@@ -146,6 +146,11 @@ def test_concurrent_streams_are_batched_and_all_finish(server, stub):
         t.join(60)
     assert sorted(r["done"].usage.completion_tokens for r in results) == [20, 21, 22, 23]
     assert all(r["done"].finish_reason == "length" for r in results)
+
+
+# Whether a request that starts an idle model decodes in its batch or speculatively (prompt
+# lookup, a coder model's default): the gathering of requests sent together holds either way.
+STARTS_IDLE = pytest.mark.parametrize("lookup", [False, True], ids=["batch", "prompt-lookup"])
 
 
 def _wait_for(check, what: str, seconds: float = 30.0) -> None:
@@ -178,8 +183,10 @@ def _chats(stub, texts: list[str], results: list[dict]) -> list[threading.Thread
     return [threading.Thread(target=one, args=(t,)) for t in texts]
 
 
-def test_requests_sent_together_are_prefilled_in_one_step(chain_models, stub_for):
-    models = [{"name": name, "path": str(path)} for name, path in chain_models.items()]
+@STARTS_IDLE
+def test_requests_sent_together_are_prefilled_in_one_step(chain_models, stub_for, lookup):
+    models = [{"name": name, "path": str(path), "prompt_lookup": lookup}
+              for name, path in chain_models.items()]
     with running_server(models, engine={"gather_ms": 30_000}) as (srv, target):
         stub = stub_for(target)
         collect(stub.Chat(pb.ChatRequest(model="loop", messages=[user("warm up")],
@@ -190,9 +197,9 @@ def test_requests_sent_together_are_prefilled_in_one_step(chain_models, stub_for
         results: list[dict] = []
         threads = _chats(stub, ["first", "second"], results)
         threads[0].start()
-        _wait_for(lambda: len(lm.active) == 1, "the first request joined the batch")
+        _wait_for(lambda: len(lm.decoding) == 1, "the first request started")
         threads[1].start()
-        _wait_for(lambda: len(lm.active) == 2, "the second request joined the batch")
+        _wait_for(lambda: len(lm.decoding) == 2, "the second request joined it")
         assert steps == []  # nothing ran while a request was still arriving
         slow.done()
         for t in threads:
@@ -201,13 +208,16 @@ def test_requests_sent_together_are_prefilled_in_one_step(chain_models, stub_for
         assert len(steps[0]) == 2  # the first step prefilled both
 
 
-def test_the_first_request_of_a_burst_holds_its_prefill_for_the_rest(chain_models, stub_for):
+@STARTS_IDLE
+def test_the_first_request_of_a_burst_holds_its_prefill_for_the_rest(chain_models, stub_for,
+                                                                      lookup):
     """A request that starts an idle batch waits a share of its expected prefill (HOLD_SHARE)
     for requests sent with it that the server has not read yet: here the second is sent only
     once the first is in the batch, and still shares its first step."""
     from inference_node.engine import HOLD_SHARE
 
-    models = [{"name": name, "path": str(path)} for name, path in chain_models.items()]
+    models = [{"name": name, "path": str(path), "prompt_lookup": lookup}
+              for name, path in chain_models.items()]
     with running_server(models, engine={"gather_ms": 30_000}) as (srv, target):
         stub = stub_for(target)
         engine = srv.engine
@@ -221,8 +231,8 @@ def test_the_first_request_of_a_burst_holds_its_prefill_for_the_rest(chain_model
         results: list[dict] = []
         threads = _chats(stub, ["first " * 30, "second " * 30], results)
         threads[0].start()
-        _wait_for(lambda: len(lm.active) == 1, "the first request joined the batch")
-        first = next(iter(lm.active.values()))
+        _wait_for(lambda: len(lm.decoding) == 1, "the first request started")
+        first = lm.decoding[0]
         hold = engine.hold_for(first)
         computed = len(first.prompt) - first.cached_tokens
         assert computed == first.computed_tokens
@@ -234,8 +244,10 @@ def test_the_first_request_of_a_burst_holds_its_prefill_for_the_rest(chain_model
         assert len(steps[0]) == 2  # the first step prefilled both
 
 
-def test_a_lone_request_holds_no_longer_than_gather_ms(chain_models, stub_for):
-    models = [{"name": name, "path": str(path)} for name, path in chain_models.items()]
+@STARTS_IDLE
+def test_a_lone_request_holds_no_longer_than_gather_ms(chain_models, stub_for, lookup):
+    models = [{"name": name, "path": str(path), "prompt_lookup": lookup}
+              for name, path in chain_models.items()]
     with running_server(models, engine={"gather_ms": 100}) as (srv, target):
         stub = stub_for(target)
         srv.engine.prefill_s_per_token = 1000.0  # a wildly slow estimate

@@ -123,8 +123,8 @@ def test_a_constrained_stream_is_admitted_and_cancelled_like_any_other(smol_serv
             call.cancel()
             break
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (srv.engine.loaded["smollm2"].active
+    while time.monotonic() < deadline and (srv.engine.loaded["smollm2"].decoding
                                            or srv.admission.snapshot()["reserved_bytes"]):
         time.sleep(0.05)
-    assert not srv.engine.loaded["smollm2"].active
+    assert not srv.engine.loaded["smollm2"].decoding
     assert srv.admission.snapshot()["reserved_bytes"] == 0
