@@ -4,7 +4,7 @@
                                 [--model NAME | --target HOST:PORT [--model NAME] [--vision V]]
                                 [--rounds N] [--turns N] [--max-tokens N] [--quick] [--keep DIR]
                                 [--parallel N] [--config FILE] [--record FILE]
-                                [--prompt-lookup]
+                                [--no-prompt-lookup]
     python -m bench.agent_tasks --check [--tasks-dir DIR]    # are the tasks well made?
 
 Each task (bench/tasks/<name>/, or any folder of them with --tasks-dir; the format is in
@@ -21,8 +21,8 @@ its run record (`bench.task_failures`).
 
 Models: `--target` uses a running inference node (`--model` names one it serves); `--model NAME`
 alone starts a local node serving `$STUDIO_CODER_HOME/models/NAME` (what `inference-node install`
-or `import-gguf` put there), with prompt lookup if `--prompt-lookup`; neither serves the embedded
-SmolLM2. BENCH_SMOKE=1 swaps in a
+or `import-gguf` put there), with prompt lookup as a node has it by default unless
+`--no-prompt-lookup`; neither serves the embedded SmolLM2. BENCH_SMOKE=1 swaps in a
 scripted model (the bench's plumbing in seconds). Limits are small by default so it runs on a
 CPU; the flags or BENCH_AGENT_ROUNDS / _TURNS / _MAX_TOKENS raise them.
 
@@ -214,7 +214,7 @@ def _last_verdict(events: list[dict[str, Any]]) -> str:
 def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
         model_name: str = "", tasks_dir: Path = TASKS, vision: str = "",
         keep: Path | None = None, parallel: int = 1, config: Path | None = None,
-        record: Path | None = None, prompt_lookup: bool = False) -> dict[str, Any]:
+        record: Path | None = None, prompt_lookup: bool | None = None) -> dict[str, Any]:
     """The whole bench; `python -m bench` calls run(quick) and records what it returns.
 
     `keep`: an empty (or new) folder where each task's checkout, run record and grading copies
@@ -222,7 +222,8 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
     at once against the one node (it batches their decoding); each task's `wall_s` is then
     inflated by the others sharing the machine, the run's `wall_s` is what it took. `record`: a
     file each finished task is written to (`bench.task_record`); its tasks are not run again.
-    `prompt_lookup`: the local node decodes a lone stream with prompt lookup."""
+    `prompt_lookup`: whether the local node decodes a lone stream with prompt lookup (None:
+    as a node does by default, with it)."""
     if parallel < 1:
         raise TaskError(f"--parallel {parallel}: give 1 or more tasks to run at once")
     if keep is not None and keep.exists() and any(keep.iterdir()):
@@ -241,13 +242,15 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
     tasks = load_tasks(tasks_dir, names)
     cfg = configure(lim, quick, config)
     scripted = smoke() and not target
+    lookup = prompt_lookup is not False  # a node's default
     t_start = time.monotonic()
     recorded: list[str] = []  # tasks taken from `record`, not run here
 
     def run_all(model: str, one: Callable[[Task], dict[str, Any]]) -> list[dict[str, Any]]:
         done = Record(record, {"model": model, "tasks_dir": str(Path(tasks_dir).resolve()),
                                "limits": lim, "loop": loop_settings(cfg, config),
-                               **({"prompt_lookup": True} if prompt_lookup else {})})
+                               **({"prompt_lookup": lookup} if not (target or scripted)
+                                  else {})})
         todo = [t for t in tasks if t.name not in done.rows]
         recorded.extend(t.name for t in tasks if t.name in done.rows)
         if len(todo) < len(tasks):
@@ -282,8 +285,7 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
         else:
             from agent_node.client import Client, GrpcModel
 
-            with inference(target, model_name, tmp, prompt_lookup) as (where, served,
-                                                                        model_info):
+            with inference(target, model_name, tmp, lookup) as (where, served, model_info):
                 cfg.inference.target = where
                 cfg.inference.vision = [vision] if vision else []
                 with Client(cfg) as client:
@@ -444,9 +446,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="write each finished task to FILE (JSON Lines) as it ends; run again "
                         "with the same FILE and settings, the tasks in it are not run again "
                         "(a long run that stopped goes on)")
-    p.add_argument("--prompt-lookup", action="store_true",
-                   help="the local node decodes a lone stream with prompt lookup ([[models]] "
-                        "prompt_lookup); a node given by --target keeps its own setting")
+    p.add_argument("--prompt-lookup", action=argparse.BooleanOptionalAction,
+                   help="whether the local node decodes a lone stream with prompt lookup "
+                        "([[models]] prompt_lookup; default: on, as in a node); a node given "
+                        "by --target keeps its own setting")
     p.add_argument("--vision", default="", metavar="NAME",
                    help="with --target: a vision model it serves, to describe the screenshots")
     a = p.parse_args(argv)
@@ -461,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{t['name']:<22} {'ok' if not t['problems'] else '; '.join(t['problems'])}"
                 for t in result["tasks"]))
             return 0 if result["ok"] else 1
-        if a.prompt_lookup and a.target:
+        if a.prompt_lookup is not None and a.target:
             raise TaskError("--prompt-lookup sets up the local node; the node at --target "
                             "decodes as its own [[models]] entry says (prompt_lookup = true)")
         if a.vision and not a.target:

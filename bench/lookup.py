@@ -117,7 +117,7 @@ def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         folders = list(model_folders(Path(d)).items())[:p["models"]]
         for name, folder in folders:  # one model (two copies) in memory at a time
-            models = [ModelEntry(name="plain", path=str(folder)),
+            models = [ModelEntry(name="plain", path=str(folder), prompt_lookup=False),
                       ModelEntry(name="looked-up", path=str(folder), prompt_lookup=True)]
             with in_process(models, lookup_tokens=p["lookup_tokens"]) as (_, stub):
                 out["models"][name] = {}

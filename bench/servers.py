@@ -152,14 +152,15 @@ def grpc_server(model: Path, name: str, tmp: Path, *, prompt_cache: bool = False
                 budget_gb: float = 8.0, fuse: bool = True,
                 prompt_lookup: bool = False) -> Iterator[str]:
     """`inference-node serve` in a subprocess; yields its target. The prompt cache is off
-    unless asked for: the engine benchmark repeats prompts and times their prefill.
-    `prompt_lookup`: the model decodes a lone stream with prompt lookup ([[models]])."""
+    unless asked for: the engine benchmark repeats prompts and times their prefill. So is
+    prompt lookup ([[models]] prompt_lookup, on by default in a node): the benchmarks that
+    time decoding compare the serving path like for like; bench/lookup.py measures it."""
     port = free_port()
     conf = tmp / "inference-node.toml"
     conf.write_text(f'{engine_toml(prompt_cache=prompt_cache, fuse=fuse)}'
                     f'[memory]\nbudget_gb = {budget_gb}\nfloor_gb = 0.0\n\n'
                     f'[[models]]\nname = "{name}"\npath = "{model}"\n'
-                    + ("prompt_lookup = true\n" if prompt_lookup else ""))
+                    f'prompt_lookup = {str(prompt_lookup).lower()}\n')
     cmd = [PY, "-m", "inference_node.cli", "serve", "--config", str(conf), "--port", str(port)]
     with process(cmd, tmp / "grpc-server.log") as proc:
         target = f"127.0.0.1:{port}"
@@ -177,7 +178,7 @@ def in_process(models: list[Any], **engine: Any) -> Iterator[tuple[Any, Any]]:
     from inference_node.config import EngineConfig, InferenceConfig, MemoryConfig
     from inference_node.server import create_server
 
-    cfg = InferenceConfig(models=models)
+    cfg = InferenceConfig(models=models)  # their prompt_lookup as given: on unless set
     cfg.memory = MemoryConfig(budget_gb=16.0, floor_gb=0.0)
     cfg.engine = EngineConfig(prompt_cache_mb=0.0, dequantize_on_cpu=dequantizes(), **engine)
     server, port = create_server("127.0.0.1:0", cfg)

@@ -98,7 +98,7 @@ def run(quick: bool) -> dict[str, Any]:
     p = params(quick)
     with tempfile.TemporaryDirectory() as d:
         names, target, draft = model_folders(Path(d))
-        models = [ModelEntry(name="plain", path=str(target)),
+        models = [ModelEntry(name="plain", path=str(target), prompt_lookup=False),
                   ModelEntry(name="drafted", path=str(target), draft="draft"),
                   ModelEntry(name="draft", path=str(draft))]
         with in_process(models, draft_tokens=p["draft_tokens"]) as (server, stub):

@@ -120,10 +120,11 @@ SMOKE_CALLS: dict[str, list[tuple[str, dict[str, Any]]]] = {
 
 
 @contextmanager
-def inference(target: str, model_name: str, tmp: Path, prompt_lookup: bool = False
+def inference(target: str, model_name: str, tmp: Path, prompt_lookup: bool = True
               ) -> Iterator[tuple[str, str, dict]]:
     """(target, model name, what runs): the given node, or a local one started here, which
-    decodes a lone stream with prompt lookup if asked (a given node's own config decides)."""
+    decodes a lone stream with prompt lookup unless told not to, as a node does by default
+    (a given node's own config decides)."""
     if target:
         yield target, model_name, {"name": model_name or "(the node's default coder)",
                                    "note": f"a running inference node at {target}"}
@@ -139,8 +140,7 @@ def inference(target: str, model_name: str, tmp: Path, prompt_lookup: bool = Fal
     else:
         path, info = prepare_model(tmp, tiny=False)
         model_name = "bench-model"
-    if prompt_lookup:
-        info["prompt_lookup"] = True
+    info["prompt_lookup"] = prompt_lookup
     log(f"starting a local inference node for {path}")
     tmp.mkdir(parents=True, exist_ok=True)
     try:

@@ -138,8 +138,16 @@ class ModelEntry:
     draft: str = ""
     # Speculative decoding with no draft model: the tokens that followed the last few tokens
     # where they appeared earlier in the request (prompt lookup: a rewritten file, a quoted
-    # test), checked by the model at once while it serves one request alone.
-    prompt_lookup: bool = False
+    # test), checked by the model at once while it serves one request alone. Unset: on for a
+    # coder model with no draft served on one host (greedy output is the same either way);
+    # true: the same, and an error where it cannot apply; false: off.
+    prompt_lookup: bool | None = None
+
+    def looks_up(self, distributed: bool) -> bool:
+        """Whether this model decodes a lone stream with prompt lookup."""
+        if self.prompt_lookup is None:
+            return self.role == "coder" and not self.draft and not distributed
+        return self.prompt_lookup
 
 
 @dataclass

@@ -107,7 +107,7 @@ class Catalog:
             out.append(CatalogModel(
                 name=e.name, role=e.role, path=path, source=e.hub or str(path),
                 pinned=e.pinned, context=served_context(e, mcfg), config=mcfg,
-                draft=e.draft, prompt_lookup=e.prompt_lookup,
+                draft=e.draft, prompt_lookup=e.looks_up(cfg.distributed.enabled),
             ))
         return cls(out)
 

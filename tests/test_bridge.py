@@ -63,9 +63,8 @@ def node(chain_models, tmp_path_factory):
     long = build_chain_model(tmp_path_factory.mktemp("long") / "long",
                              ["a", "b", "c", "d", "e", "f", "a"], context=65536)
     models = [{"name": name, "path": str(path)} for name, path in chain_models.items()]
-    looked_up = {"name": "looked-up", "path": str(chain_models["loop"]), "prompt_lookup": True}
-    with running_server([*models, {"name": "long", "path": str(long)}, looked_up]) as (srv,
-                                                                                      target):
+    plain = {"name": "one-a-pass", "path": str(chain_models["loop"]), "prompt_lookup": False}
+    with running_server([*models, {"name": "long", "path": str(long)}, plain]) as (srv, target):
         yield srv, target
 
 
@@ -98,9 +97,10 @@ def test_the_next_turn_says_how_much_of_its_prompt_the_node_s_cache_served(sdk):
 
 
 def test_prompt_lookup_s_proposals_are_counted_as_openai_s_predicted_output_tokens(sdk):
-    """The loop model repeats a-f: with prompt lookup, the request's own tokens propose what
-    comes next, and the usage says how many the model kept and how many it did not."""
-    for model, kept in (("loop", False), ("looked-up", True)):
+    """The loop model repeats a-f: with prompt lookup (a coder model's default), the request's
+    own tokens propose what comes next, and the usage says how many the model kept and how
+    many it did not."""
+    for model, kept in (("one-a-pass", False), ("loop", True)):
         r = sdk.chat.completions.create(model=model, messages=HI, max_tokens=40)
         details = r.usage.completion_tokens_details
         assert r.usage.completion_tokens == 40
@@ -275,12 +275,12 @@ def test_client_disconnect_mid_stream_frees_the_server(sdk, node):
     for i, _ in enumerate(stream):
         if i == 5:
             break
-    assert server.engine.loaded["loop"].active  # still generating: the reply never ends
+    assert server.engine.loaded["loop"].decoding  # still generating: the reply never ends
     stream.close()
     deadline = time.monotonic() + 10
-    while server.engine.loaded["loop"].active and time.monotonic() < deadline:
+    while server.engine.loaded["loop"].decoding and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert not server.engine.loaded["loop"].active
+    assert not server.engine.loaded["loop"].decoding
     r = sdk.chat.completions.create(model="loop", messages=HI, max_tokens=4)
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 4
 
@@ -301,16 +301,16 @@ def test_a_client_that_gives_up_on_a_non_streaming_reply_stops_the_generation(sd
     caller.start()
     with connect(config(target)) as grpc_client:
         deadline = time.monotonic() + 30
-        while not server.engine.loaded.get("long") or not server.engine.loaded["long"].active:
+        while not server.engine.loaded.get("long") or not server.engine.loaded["long"].decoding:
             assert time.monotonic() < deadline, "the request never started generating"
             time.sleep(0.01)
-        (job,) = server.engine.loaded["long"].active.values()
+        (job,) = server.engine.loaded["long"].decoding
         assert grpc_client.memory().reserved_bytes > 0
         caller.join(60)
         assert failed and isinstance(failed[0], openai.APITimeoutError)
         tokens_when_it_gave_up = job.completion_tokens
         deadline = time.monotonic() + 30
-        while server.engine.loaded["long"].active:
+        while server.engine.loaded["long"].decoding:
             assert time.monotonic() < deadline, f"still generating: {job.completion_tokens}"
             time.sleep(0.01)
         assert job.cancelled.is_set()

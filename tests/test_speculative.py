@@ -35,12 +35,13 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def server(dirs: dict[str, Path]) -> Iterator[tuple[Any, str]]:
     target, other = str(dirs["target"]), str(dirs["other"])
     models = [
-        {"name": "plain", "path": target},
+        {"name": "plain", "path": target, "prompt_lookup": False},
         {"name": "self-drafted", "path": target, "draft": "twin"},
         {"name": "other-drafted", "path": target, "draft": "other"},
         {"name": "twin", "path": target},
         {"name": "other", "path": other},
         {"name": "looked-up", "path": target, "prompt_lookup": True},
+        {"name": "by-default", "path": target},  # a coder model with no draft: lookup is on
     ]
     with running_server(models, engine={"draft_tokens": 3}) as s:
         yield s
@@ -68,7 +69,7 @@ def test_greedy_output_with_a_draft_is_token_for_token_the_output_without(
         plain, plain_done = ask(stub, "plain", text)
         assert len(plain.split()) >= 5, plain
         assert plain_done.usage.draft_tokens == plain_done.usage.accepted_draft_tokens == 0
-        for model in ("self-drafted", "other-drafted", "looked-up"):
+        for model in ("self-drafted", "other-drafted", "looked-up", "by-default"):
             reply, done = ask(stub, model, text)
             assert reply == plain, (model, text)
             assert done.usage.completion_tokens == plain_done.usage.completion_tokens
@@ -163,6 +164,17 @@ def test_prompt_lookup_is_refused_beside_a_draft_for_a_vision_model_or_across_ra
                            engine=EngineConfig(lookup_tokens=17))
     with pytest.raises(ConfigError, match="engine.lookup_tokens must be 1 to 16, not 17"):
         validate(many)
+
+
+def test_prompt_lookup_is_on_unless_set_for_a_lone_coder_model_only() -> None:
+    from inference_node.config import ModelEntry
+
+    assert ModelEntry(name="a").looks_up(distributed=False)
+    assert not ModelEntry(name="a", prompt_lookup=False).looks_up(distributed=False)
+    assert not ModelEntry(name="a", draft="b").looks_up(distributed=False)  # the draft proposes
+    assert not ModelEntry(name="v", role="vision").looks_up(distributed=False)
+    assert not ModelEntry(name="a").looks_up(distributed=True)  # unset: no error, just off
+    assert ModelEntry(name="a", prompt_lookup=True).looks_up(distributed=False)
 
 
 def test_prompt_lookup_proposes_what_followed_the_longest_earlier_match() -> None:
