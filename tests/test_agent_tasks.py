@@ -434,7 +434,7 @@ def test_prompt_lookup_is_for_the_local_node_only(capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.parametrize("lookup", [False, True])
-def test_the_local_node_decodes_with_prompt_lookup_when_asked(
+def test_the_local_node_decodes_with_prompt_lookup_unless_told_not_to(
         lookup: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         chain_models: dict[str, Path]) -> None:
     """The loop model repeats a-f: after one turn of it, the request's own tokens say what
