@@ -74,7 +74,7 @@ def attach_draft(engine: Engine, lm: LoadedModel) -> list[str]:
     cannot load leaves `lm` decoding without one, and the log says why. With prompt lookup
     there is nothing to load: `lm` is checked for a KV cache it can roll back."""
     if lm.entry.prompt_lookup and not lm.entry.is_vision:
-        if mlx_compat.can_trim(mlx_compat.make_cache(lm.model)):
+        if speculative.rolls_back(lm):
             lm.lookup = True
             log.info("%s: speculative decoding with prompt lookup, up to %d tokens a step, "
                      "while it runs one request alone", lm.name, engine.cfg.engine.lookup_tokens)

@@ -62,9 +62,14 @@ def check_pair(target: LoadedModel, draft: LoadedModel) -> None:
                          f"{len(tv)} tokens, or the same ids for other text); a draft must "
                          "use the same tokenizer")
     for lm in (target, draft):
-        if not mlx_compat.can_trim(mlx_compat.make_cache(lm.model)):
+        if not rolls_back(lm):
             raise LoadFailed(f"{lm.name}'s KV cache cannot be rolled back (sliding windows or "
                              "recurrent state), which speculative decoding needs")
+
+
+def rolls_back(lm: LoadedModel) -> bool:
+    """Whether `lm`'s KV cache can drop its last tokens: a rejected proposal's are dropped."""
+    return bool(mlx_compat.can_trim(mlx_compat.make_cache(lm.model)))
 
 
 def _vocab(tokenizer: Any) -> dict[str, int]:
