@@ -79,9 +79,11 @@ def attach_draft(engine: Engine, lm: LoadedModel) -> list[str]:
             log.info("%s: speculative decoding with prompt lookup, up to %d tokens a step, "
                      "while it runs one request alone", lm.name, engine.cfg.engine.lookup_tokens)
         else:
-            log.warning("%s decodes without prompt lookup: its KV cache cannot be rolled back "
-                        "(sliding windows or recurrent state), which speculative decoding "
-                        "needs", lm.name)
+            # a warning where the config asked for it; by default, one line of information
+            log.log(logging.WARNING if lm.entry.lookup_asked else logging.INFO,
+                    "%s decodes without prompt lookup: its KV cache cannot be rolled back "
+                    "(sliding windows or recurrent state), which speculative decoding needs",
+                    lm.name)
     draft_entry = engine.drafts(lm.name) if not lm.entry.is_vision else None
     if draft_entry is None:
         return []

@@ -29,6 +29,7 @@ class CatalogModel:
     config: dict
     draft: str = ""  # the model that drafts for this one (speculative decoding), if any
     prompt_lookup: bool = False  # ... or proposals taken from the request's own tokens
+    lookup_asked: bool = False  # `prompt_lookup = true` in its [[models]] entry, not by default
 
     @property
     def is_vision(self) -> bool:
@@ -108,6 +109,7 @@ class Catalog:
                 name=e.name, role=e.role, path=path, source=e.hub or str(path),
                 pinned=e.pinned, context=served_context(e, mcfg), config=mcfg,
                 draft=e.draft, prompt_lookup=e.looks_up(cfg.distributed.enabled),
+                lookup_asked=e.prompt_lookup is True,
             ))
         return cls(out)
 

@@ -245,3 +245,24 @@ def test_a_draft_whose_kv_does_not_fit_leaves_the_request_to_the_batch(
     assert any("the draft's KV" in r.getMessage() and "does not fit" in r.getMessage()
                for r in caplog.records)
     assert again == first
+
+
+def test_a_model_whose_kv_cannot_roll_back_decodes_without_lookup_and_says_so(
+        dirs: dict[str, Path], stub_for: Any, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a model with sliding windows or recurrent state would: a warning where the config
+    asked for prompt lookup, a line of information where it was only the default."""
+    from inference_node import speculative
+
+    monkeypatch.setattr(speculative, "rolls_back", lambda lm: False)
+    models = [{"name": "asked", "path": str(dirs["target"]), "prompt_lookup": True},
+              {"name": "by-default", "path": str(dirs["target"])}]
+    with running_server(models) as (srv, target), \
+            caplog.at_level(logging.INFO, logger="inference_node.engine"):
+        stub = stub_for(target)
+        for name in ("asked", "by-default"):
+            _, done = ask(stub, name, PROMPTS[0])
+            assert done.usage.draft_tokens == 0 and not srv.engine.loaded[name].lookup
+    said = {r.getMessage().split()[0]: r.levelno for r in caplog.records
+            if "decodes without prompt lookup" in r.getMessage()}
+    assert said == {"asked": logging.WARNING, "by-default": logging.INFO}
