@@ -5,6 +5,8 @@
     .venv/bin/python -m bench.engine --concurrency --unfused  # and our server without
                                                     # engine.fuse_projections, a third contender
     .venv/bin/python -m bench.engine --concurrency --repeats=6  # 6 bursts a level, not 3
+    .venv/bin/python -m bench.engine --concurrency --lookup   # and our server with prompt
+                                                    # lookup on, as a node has it by default
 
 1. single stream: time to first token (client side, request sent -> first text) and decode
    tokens/s ((tokens - 1) / (last token - first token)) for a short (~100-token) and a long
@@ -245,6 +247,10 @@ def concurrency(servers: dict[str, Callable[..., Sample]], messages: list[dict],
             row["aggregate_ratio_grpc_vs_unfused"] = round(ratio(
                 row["grpc"]["aggregate_tps"]["median"],
                 row["grpc_unfused"]["aggregate_tps"]["median"]), 3)
+        if "grpc_lookup" in row:
+            row["aggregate_ratio_lookup_vs_grpc"] = round(ratio(
+                row["grpc_lookup"]["aggregate_tps"]["median"],
+                row["grpc"]["aggregate_tps"]["median"]), 3)
         out[str(n)] = row
     return out
 
@@ -282,11 +288,13 @@ def overhead(tmp: Path, p: Params) -> dict[str, Any]:
     return out
 
 
-def run_concurrency(unfused: bool = False, level_repeats: int | None = None) -> dict:
+def run_concurrency(unfused: bool = False, level_repeats: int | None = None,
+                    lookup: bool = False) -> dict:
     """Part 2 alone at the full run's size: a quiet-machine figure without the ~20 minutes of
     4k-token prefills that part 1 takes on a CPU. `unfused`: a second server of ours, with
-    engine.fuse_projections off, runs interleaved with the other two. `level_repeats`: bursts
-    per level and contender (3 in the full run)."""
+    engine.fuse_projections off, runs interleaved with the other two. `lookup`: one more, with
+    prompt lookup on (a node's default; the others have it off to time the serving path
+    alone). `level_repeats`: bursts per level and contender (3 in the full run)."""
     p = params(False)
     if level_repeats:
         p.level_repeats = level_repeats
@@ -304,6 +312,12 @@ def run_concurrency(unfused: bool = False, level_repeats: int | None = None) -> 
                                                      fuse=False))
             contenders["grpc_unfused"] = stack.enter_context(closing(Grpc(target,
                                                                           "bench-model")))
+        if lookup:
+            (tmp / "lookup").mkdir()
+            target = stack.enter_context(grpc_server(path, "bench-model", tmp / "lookup",
+                                                     prompt_lookup=True))
+            contenders["grpc_lookup"] = stack.enter_context(closing(Grpc(target,
+                                                                         "bench-model")))
         url = stack.enter_context(mlx_server(mlx_server_folder(path), tmp))
         contenders["mlx_lm_server"] = MlxHttp(url)
         conc = concurrency(contenders, msgs["short"], p)
@@ -370,6 +384,7 @@ if __name__ == "__main__":
     if "--concurrency" in sys.argv:
         repeats = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--repeats=")]
         print(json.dumps(run_concurrency("--unfused" in sys.argv,
-                                         int(repeats[0]) if repeats else None), indent=2))
+                                         int(repeats[0]) if repeats else None,
+                                         "--lookup" in sys.argv), indent=2))
     else:
         print(json.dumps(run("--quick" in sys.argv), indent=2))

@@ -325,3 +325,13 @@ def test_engine_concurrency_alone_records_both_servers_and_its_targets() -> None
         for server in ("grpc", "mlx_lm_server"):
             assert result["concurrency"][level][server]["aggregate_tps"]["median"] > 0
     assert set(result["targets"]) == {"concurrency_ratio_ge_1.0_at_2"}
+
+
+def test_engine_concurrency_with_lookup_adds_our_server_as_a_node_has_it_by_default() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.engine", "--concurrency", "--lookup"],
+                         cwd=REPO, env={**os.environ, "BENCH_SMOKE": "1"}, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for row in json.loads(out.stdout)["concurrency"].values():
+        assert row["grpc_lookup"]["aggregate_tps"]["median"] > 0
+        assert row["aggregate_ratio_lookup_vs_grpc"] > 0
