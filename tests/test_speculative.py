@@ -177,6 +177,17 @@ def test_prompt_lookup_is_on_unless_set_for_a_lone_coder_model_only() -> None:
     assert ModelEntry(name="a", prompt_lookup=True).looks_up(distributed=False)
 
 
+def test_prompt_lookup_proposes_fewer_after_a_miss_and_more_while_all_are_kept() -> None:
+    from inference_node.speculative import next_span
+
+    assert next_span(5, kept=0, proposed=5, k=5) == 1  # wrong from the first: one at a time
+    assert next_span(5, kept=3, proposed=5, k=5) == 4
+    assert next_span(1, kept=1, proposed=1, k=5) == 3  # all kept: wider again
+    assert next_span(3, kept=3, proposed=3, k=5) == 5
+    assert next_span(5, kept=5, proposed=5, k=5) == 5  # never past engine.lookup_tokens
+    assert next_span(5, kept=2, proposed=2, k=5) == 5  # the match ran out, none was wrong
+
+
 def test_prompt_lookup_proposes_what_followed_the_longest_earlier_match() -> None:
     from inference_node.speculative import Lookup
 
