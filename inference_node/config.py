@@ -108,8 +108,9 @@ class EngineConfig:
     # Speculative decoding (a model with `draft` in [[models]]): tokens the draft proposes per
     # step of the served model.
     draft_tokens: int = 3
-    # ... with `prompt_lookup` instead: tokens taken from the request's own text per step. They
-    # cost nothing to propose, only to check, so more are proposed than a draft model would.
+    # ... with prompt lookup instead: at most this many tokens taken from the request's own text
+    # per step (fewer after a wrong guess: speculative.next_span). They cost nothing to
+    # propose, only to check, so more are proposed than a draft model would.
     lookup_tokens: int = 5
 
 
