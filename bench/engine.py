@@ -304,20 +304,19 @@ def run_concurrency(unfused: bool = False, level_repeats: int | None = None,
         path, model_info = prepare_model(tmp)
         msgs = prompts(InProcess(path).tokenizer, p)
         contenders: dict[str, Any] = {}
-        target = stack.enter_context(grpc_server(path, "bench-model", tmp))
-        contenders["grpc"] = stack.enter_context(closing(Grpc(target, "bench-model")))
+
+        def ours(label: str, **server: Any) -> None:
+            """One more server of ours, with `server`'s settings, as contender `label`."""
+            where = tmp / label if label != "grpc" else tmp
+            where.mkdir(exist_ok=True)
+            target = stack.enter_context(grpc_server(path, "bench-model", where, **server))
+            contenders[label] = stack.enter_context(closing(Grpc(target, "bench-model")))
+
+        ours("grpc")
         if unfused:
-            (tmp / "unfused").mkdir()
-            target = stack.enter_context(grpc_server(path, "bench-model", tmp / "unfused",
-                                                     fuse=False))
-            contenders["grpc_unfused"] = stack.enter_context(closing(Grpc(target,
-                                                                          "bench-model")))
+            ours("grpc_unfused", fuse=False)
         if lookup:
-            (tmp / "lookup").mkdir()
-            target = stack.enter_context(grpc_server(path, "bench-model", tmp / "lookup",
-                                                     prompt_lookup=True))
-            contenders["grpc_lookup"] = stack.enter_context(closing(Grpc(target,
-                                                                         "bench-model")))
+            ours("grpc_lookup", prompt_lookup=True)
         url = stack.enter_context(mlx_server(mlx_server_folder(path), tmp))
         contenders["mlx_lm_server"] = MlxHttp(url)
         conc = concurrency(contenders, msgs["short"], p)
