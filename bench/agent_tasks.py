@@ -214,7 +214,7 @@ def _last_verdict(events: list[dict[str, Any]]) -> str:
 def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
         model_name: str = "", tasks_dir: Path = TASKS, vision: str = "",
         keep: Path | None = None, parallel: int = 1, config: Path | None = None,
-        record: Path | None = None, prompt_lookup: bool | None = None) -> dict[str, Any]:
+        record: Path | None = None, prompt_lookup: bool = True) -> dict[str, Any]:
     """The whole bench; `python -m bench` calls run(quick) and records what it returns.
 
     `keep`: an empty (or new) folder where each task's checkout, run record and grading copies
@@ -222,8 +222,8 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
     at once against the one node (it batches their decoding); each task's `wall_s` is then
     inflated by the others sharing the machine, the run's `wall_s` is what it took. `record`: a
     file each finished task is written to (`bench.task_record`); its tasks are not run again.
-    `prompt_lookup`: whether the local node decodes a lone stream with prompt lookup (None:
-    as a node does by default, with it)."""
+    `prompt_lookup`: whether the local node decodes a lone stream with prompt lookup (as a
+    node does by default)."""
     if parallel < 1:
         raise TaskError(f"--parallel {parallel}: give 1 or more tasks to run at once")
     if keep is not None and keep.exists() and any(keep.iterdir()):
@@ -242,14 +242,13 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
     tasks = load_tasks(tasks_dir, names)
     cfg = configure(lim, quick, config)
     scripted = smoke() and not target
-    lookup = prompt_lookup is not False  # a node's default
     t_start = time.monotonic()
     recorded: list[str] = []  # tasks taken from `record`, not run here
 
     def run_all(model: str, one: Callable[[Task], dict[str, Any]]) -> list[dict[str, Any]]:
         done = Record(record, {"model": model, "tasks_dir": str(Path(tasks_dir).resolve()),
                                "limits": lim, "loop": loop_settings(cfg, config),
-                               **({"prompt_lookup": lookup} if not (target or scripted)
+                               **({"prompt_lookup": prompt_lookup} if not (target or scripted)
                                   else {})})
         todo = [t for t in tasks if t.name not in done.rows]
         recorded.extend(t.name for t in tasks if t.name in done.rows)
@@ -285,7 +284,8 @@ def run(quick: bool, overrides: dict[str, Any] | None = None, target: str = "",
         else:
             from agent_node.client import Client, GrpcModel
 
-            with inference(target, model_name, tmp, lookup) as (where, served, model_info):
+            with inference(target, model_name, tmp, prompt_lookup) as (where, served,
+                                                                        model_info):
                 cfg.inference.target = where
                 cfg.inference.vision = [vision] if vision else []
                 with Client(cfg) as client:
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         if names:
             over["names"] = names
         result = run(a.quick, over, a.target, a.model, a.tasks_dir, a.vision, a.keep,
-                     a.parallel, a.config, a.record, a.prompt_lookup)
+                     a.parallel, a.config, a.record, a.prompt_lookup is not False)
     except TaskError as e:
         log(str(e))
         return 2
