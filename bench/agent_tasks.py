@@ -465,8 +465,10 @@ def main(argv: list[str] | None = None) -> int:
                 for t in result["tasks"]))
             return 0 if result["ok"] else 1
         if a.prompt_lookup is not None and a.target:
-            raise TaskError("--prompt-lookup sets up the local node; the node at --target "
-                            "decodes as its own [[models]] entry says (prompt_lookup = true)")
+            flag = "--prompt-lookup" if a.prompt_lookup else "--no-prompt-lookup"
+            raise TaskError(f"{flag} sets up the local node; the node at --target decodes as "
+                            "its own [[models]] entry says (prompt_lookup: unset is on for a "
+                            "coder with no draft on one host, false turns it off)")
         if a.vision and not a.target:
             raise TaskError("--vision names a model on --target; a local node serves no vision "
                             "model")

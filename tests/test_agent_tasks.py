@@ -427,10 +427,13 @@ def test_an_unreachable_target_exits_3(capsys: pytest.CaptureFixture[str]) -> No
     assert "unreachable" in capsys.readouterr().err
 
 
-def test_prompt_lookup_is_for_the_local_node_only(capsys: pytest.CaptureFixture[str]) -> None:
-    assert agent_tasks.main(["--target", "127.0.0.1:1", "--prompt-lookup"]) == 2
+@pytest.mark.parametrize("flag", ["--prompt-lookup", "--no-prompt-lookup"])
+def test_prompt_lookup_is_for_the_local_node_only(flag: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert agent_tasks.main(["--target", "127.0.0.1:1", flag]) == 2
     err = capsys.readouterr().err
-    assert "--prompt-lookup" in err and "prompt_lookup = true" in err
+    assert f"{flag} sets up the local node" in err
+    assert "unset is on for a coder with no draft" in err  # the node's default, not the flag's
 
 
 @pytest.mark.parametrize("lookup", [False, True])
