@@ -129,13 +129,16 @@ def drop_from_environ() -> None:
         os.environ.pop("LD_PRELOAD", None)
 
 
-def reexec_with_openblas(argv: list[str]) -> None:
-    """Re-exec this command with OpenBLAS preloaded, once, when it is available and missing."""
+def reexec_with_openblas(argv: list[str], module: str = "inference_node.cli") -> None:
+    """Re-exec `python -m module argv` with OpenBLAS preloaded, once, when it is available and
+    missing: `inference-node serve`, and a benchmark that times MLX in its own process when it
+    is run alone (`python -m bench.lookup` without the Makefile's preload ran about 5x slower
+    and said nothing)."""
     if openblas() is None or preloaded() or os.environ.get("STUDIO_CODER_NO_OPENBLAS"):
         return
     env = with_preload()
     env["STUDIO_CODER_NO_OPENBLAS"] = "1"  # never loop
-    os.execve(sys.executable, [sys.executable, "-m", "inference_node.cli", *argv], env)
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
 
 
 if __name__ == "__main__":  # `python -m inference_node.blas`: build the forwarder, say where

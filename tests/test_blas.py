@@ -7,10 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from inference_node import blas
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_dropping_the_preload_keeps_the_rest_of_the_environment(monkeypatch):
@@ -179,3 +182,30 @@ def test_a_compiler_that_fails_is_reported_and_not_run_again(tmp_path, monkeypat
     assert runs.read_text() == "run\n"  # once in this process, however often MLX starts
     env = blas.with_preload({"PATH": "/bin"})  # OpenBLAS alone, without the forwarder
     assert env["LD_PRELOAD"] == blas.openblas()
+
+
+PROBE = """
+import sys
+from inference_node import blas
+
+if __name__ == "__main__":
+    blas.reexec_with_openblas(sys.argv[1:], module=__spec__.name)
+    print(blas.preloaded(), sys.argv[1:])
+"""
+
+
+@pytest.mark.skipif(blas.openblas() is None, reason="no OpenBLAS here to preload")
+@pytest.mark.parametrize("told_not_to", [False, True])
+def test_a_module_run_alone_runs_again_with_openblas_preloaded(tmp_path, told_not_to):
+    """`python -m bench.lookup` without the Makefile's LD_PRELOAD timed MLX about 5x slower and
+    said nothing: a timing module re-execs itself with the preload, its arguments kept, once
+    (never when told not to: the re-exec's own guard)."""
+    (tmp_path / "probe_module.py").write_text(PROBE)
+    env = blas.without_preload()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO)])
+    env.pop("STUDIO_CODER_NO_OPENBLAS", None)
+    if told_not_to:
+        env["STUDIO_CODER_NO_OPENBLAS"] = "1"
+    out = subprocess.run([sys.executable, "-m", "probe_module", "--quick", "x"], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.split("\n")[0] == f"{not told_not_to} ['--quick', 'x']"
