@@ -1,6 +1,7 @@
 """Prompt lookup: one stream's decode speed with proposals from the request itself ÷ without.
 
     .venv/bin/python -m bench.lookup [--quick]     # JSON on stdout, progress on stderr
+    .venv/bin/python -m bench.lookup --spans 5,7 [--quick]     # engine.lookup_tokens side by side
 
 Our gRPC server lists each model twice, as "plain" and as "looked-up" (`prompt_lookup = true`
 in [[models]]: no draft model, proposals taken from the request's own tokens), both loaded, and
@@ -18,6 +19,12 @@ median looked-up ÷ plain; the acceptance rate is accepted ÷ proposed (Usage); 
 be token for token the same. Qwen2.5-Coder 0.5B and 1.5B (`inference-node install`);
 BENCH_LOOKUP_MODELS=a,b picks others from the install list. BENCH_SMOKE=1: a tiny random model,
 one repeat, a few tokens.
+
+`--spans 5,7` chooses `engine.lookup_tokens`, the most tokens a pass proposes: one server per
+value in this process, each serving the model with prompt lookup on, asked in turn on both
+prompts. A pass checks up to lookup_tokens + 1 tokens in one forward; on a CPU with the gemv
+forwarder (inference_node/gemv_forward.c) a product of up to 8 rows reads the weights once and
+one of 9 goes to OpenBLAS's packing sgemm, so the cost of a pass jumps past 7 proposals.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +141,74 @@ def run(quick: bool) -> dict[str, Any]:
     return out
 
 
+def run_spans(spans: list[int], quick: bool) -> dict[str, Any]:
+    """`engine.lookup_tokens` side by side (see the module docstring): per model and prompt,
+    each value's decode speed, its ratio to the first value's, and its acceptance."""
+    from inference_node.config import ModelEntry
+
+    t_start = time.monotonic()
+    p = params(quick)
+    work = prompts()
+    out: dict[str, Any] = {"params": {**p, "lookup_tokens": spans}, "models": {}}
+    with tempfile.TemporaryDirectory() as d:
+        for name, folder in list(model_folders(Path(d)).items())[:p["models"]]:
+            entry = ModelEntry(name="looked-up", path=str(folder), prompt_lookup=True)
+            with ExitStack() as servers:  # one copy of the model per value, this model only
+                stubs = {k: servers.enter_context(in_process([entry], lookup_tokens=k))[1]
+                         for k in spans}
+                out["models"][name] = {}
+                for label, messages in work.items():
+                    log(f"{name}, {label}: lookup_tokens {spans}, {p['repeats']} runs each of "
+                        f"up to {p['max_tokens']} tokens")
+                    row = _spans_row(stubs, messages, p)
+                    log(f"{name}, {label}: " + ", ".join(
+                        f"{k}: {r:.2f}x" for k, r in row["ratio_to_first"].items()))
+                    out["models"][name][label] = row
+    out["wall_s"] = round(time.monotonic() - t_start, 1)
+    return out
+
+
+def _spans_row(stubs: dict[int, Any], messages: list[dict[str, str]],
+               p: dict[str, Any]) -> dict[str, Any]:
+    def ask(stub: Any) -> Callable[[], dict[str, Any]]:
+        return lambda: one(stub, "looked-up", p["max_tokens"], messages)
+
+    samples = interleave({str(k): ask(stub) for k, stub in stubs.items()}, p["repeats"],
+                         warmup=p["warmup"])
+    rows = {}
+    for k, runs in samples.items():
+        drafted = sum(s["drafted"] for s in runs)
+        accepted = sum(s["accepted"] for s in runs)
+        tokens = sum(s["tokens"] for s in runs)
+        rows[k] = {"decode_tps": summary([s["decode_tps"] for s in runs]),
+                   "acceptance_rate": round(accepted / drafted, 3) if drafted else 0.0,
+                   "tokens_per_pass": round(tokens / max(1, tokens - accepted), 3)}
+    first = next(iter(rows))
+    texts = [s["text"] for runs in samples.values() for s in runs]
+    return {"lookup_tokens": rows,
+            "ratio_to_first": {k: ratio(r["decode_tps"]["median"],
+                                        rows[first]["decode_tps"]["median"])
+                               for k, r in rows.items()},
+            "completion_tokens": samples[first][0]["tokens"] if samples[first] else 0,
+            "greedy_identical": len(set(texts)) <= 1}
+
+
+def _spans_arg(argv: list[str]) -> list[int]:
+    given = argv[argv.index("--spans") + 1] if argv.index("--spans") + 1 < len(argv) else ""
+    try:
+        spans = [int(k) for k in given.split(",")]
+    except ValueError:
+        spans = []
+    if len(spans) < 2 or any(not 1 <= k <= 16 for k in spans):
+        sys.exit(f"bench.lookup: --spans takes two or more values of engine.lookup_tokens "
+                 f"(1 to 16) separated by commas, such as --spans 5,7; not {given!r}")
+    return spans
+
+
 if __name__ == "__main__":
     blas.reexec_with_openblas(sys.argv[1:], module=__spec__.name)  # timed as `make bench` times it
-    print(json.dumps(run("--quick" in sys.argv), indent=1))
+    quick = "--quick" in sys.argv
+    if "--spans" in sys.argv:
+        print(json.dumps(run_spans(_spans_arg(sys.argv), quick), indent=1))
+    else:
+        print(json.dumps(run(quick), indent=1))

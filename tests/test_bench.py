@@ -335,3 +335,27 @@ def test_engine_concurrency_with_lookup_adds_our_server_as_a_node_has_it_by_defa
     for row in json.loads(out.stdout)["concurrency"].values():
         assert row["grpc_lookup"]["aggregate_tps"]["median"] > 0
         assert row["aggregate_ratio_lookup_vs_grpc"] > 0
+
+
+def test_lookup_spans_serve_each_value_side_by_side_with_the_same_reply() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.lookup", "--spans", "2,7"], cwd=REPO,
+                         env={**os.environ, "BENCH_SMOKE": "1"}, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["params"]["lookup_tokens"] == [2, 7]
+    for prompts in result["models"].values():
+        for row in prompts.values():
+            assert set(row["lookup_tokens"]) == {"2", "7"}
+            assert row["ratio_to_first"]["2"] == 1.0 and row["ratio_to_first"]["7"] > 0
+            assert row["greedy_identical"]  # the cap changes the speed, never the reply
+
+
+@pytest.mark.parametrize("given", ["7", "5,x", "5,17"])
+def test_lookup_spans_refuse_what_is_not_two_values_to_compare(given: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.lookup", "--spans", given], cwd=REPO,
+                         env={**os.environ, "BENCH_SMOKE": "1"}, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1
+    assert "--spans takes two or more values of engine.lookup_tokens (1 to 16)" in out.stderr
+    assert repr(given) in out.stderr
