@@ -110,8 +110,11 @@ class EngineConfig:
     draft_tokens: int = 3
     # ... with prompt lookup instead: at most this many tokens taken from the request's own text
     # per step (fewer after a wrong guess: speculative.next_span). They cost nothing to
-    # propose, only to check, so more are proposed than a draft model would.
-    lookup_tokens: int = 5
+    # propose, only to check, so more are proposed than a draft model would. 7: a pass then
+    # checks 8 tokens, the most the CPU's small-rows kernel takes in one read of the weights
+    # (gemv_forward.c); 8 proposals make 9 rows, which go to OpenBLAS's packing sgemm
+    # (`python -m bench.lookup --spans 5,7,8`, bench/results/lookup_spans.json).
+    lookup_tokens: int = 7
 
 
 @dataclass
