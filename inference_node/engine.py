@@ -140,6 +140,10 @@ class Engine:
             self._arriving += 1
         return Arrival(self)
 
+    def arriving(self) -> bool:
+        """Whether a request is being read that has not been submitted yet."""
+        return self._arriving > 0
+
     def _arrived(self) -> None:
         with self._arriving_lock:
             self._arriving -= 1
@@ -189,6 +193,7 @@ class Engine:
                         speculative.step_alone(self, lm)
                     if lm.active:
                         self._step_batch(lm)
+                        speculative.from_batch(self, lm)  # left alone: the lookup again
                 except Exception as e:  # a failed step fails its own request, or its batch
                     self._recover(lm, e)
             try:

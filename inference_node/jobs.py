@@ -125,6 +125,9 @@ class Job:
     # Speculative decoding: tokens the draft proposed, and how many of them the model kept.
     drafted: int = 0
     accepted: int = 0
+    # The batch's KV of it was not its tokens when it was left alone: it stays in the batch
+    # (speculative.from_batch).
+    batch_only: bool = False
 
     @property
     def computed_tokens(self) -> int:

@@ -21,9 +21,11 @@ draws fall differently than in the batch). Logits processors see the same contex
 batch; a grammar's matcher is rewound past proposals that were not kept (`rewind`).
 
 It runs while the request is the model's only one (the engine hands it to the batch when
-another joins: `to_batch`); a draft model must share the served model's vocabulary. It is
+another joins: `to_batch`, and with prompt lookup back from the batch when the others have
+finished: `from_batch`); a draft model must share the served model's vocabulary. It is
 not available across the ranks of a distributed group (config.validate refuses it). The
-engine drives it through `begin`, `step_alone` and `hand_to_batch`, which take the engine.
+engine drives it through `begin`, `step_alone`, `hand_to_batch` and `from_batch`, which take
+the engine.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("inference_node.engine")
 
 NGRAM_MAX = 3  # prompt lookup matches the last 3 tokens, else the last 2, else the last one
+MIN_ALONE_LEFT = 8  # tokens a request left alone in the batch must have to go to the lookup
 
 
 def check_pair(target: LoadedModel, draft: LoadedModel) -> None:
@@ -377,6 +380,43 @@ def hand_to_batch(engine: Engine, lm: LoadedModel) -> None:
              "%d of %d proposed tokens (%s) were accepted", lm.name, job.request_id,
              job.accepted, job.drafted,
              "prompt lookup" if spec.draft is None else f"drafted by {spec.draft.name}")
+
+
+def from_batch(engine: Engine, lm: LoadedModel) -> bool:
+    """The one request left in `lm`'s batch goes on decoding with prompt lookup, from the KV
+    the batch has of it (the others finished): with two agents at once, a request that began
+    beside another would otherwise never use the lookup again. Only when nothing is waiting
+    or arriving, the model takes its proposals from requests (a draft model's KV would have
+    to be admitted and prefilled: not done), the request is past its prefill with
+    MIN_ALONE_LEFT tokens or more still to go, and it has no logits processors (a grammar's
+    state is the batch's). True if it moved."""
+    if lm.spec is not None or len(lm.active) != 1 or lm.waiting or not lm.lookup \
+            or lm.draft is not None or lm.batch is None or engine.arriving():
+        return False
+    (uid, job), = lm.active.items()
+    if not job.generated or job.logits_processors or job.cancelled.is_set() \
+            or job.batch_only or job.max_tokens - job.completion_tokens < MIN_ALONE_LEFT:
+        return False
+    tokens = job.prompt + job.generated
+    kv, held = lm.batch.extract(uid)
+    # The batch has run every emitted token; the lookup's pass runs the last one again.
+    if held != tokens[:len(held)] or len(held) < len(tokens) - 1:
+        log.warning("%s: request %s: the batch's KV holds %d tokens, not its %d; it stays in "
+                    "the batch", lm.name, job.request_id, len(held), len(tokens))
+        job.batch_only = True
+        return False
+    lm.batch.remove([uid])
+    del lm.active[uid]
+    mlx_compat.trim(kv, len(held) - (len(tokens) - 1))
+    spec = Speculation(lm, None, job, kv, len(tokens) - 1, None, 0,
+                       engine.cfg.engine.lookup_tokens, engine.cfg.engine.prefill_step_size)
+    for token in job.generated:  # where its stop sequences stand
+        spec.stop.advance(token)
+    lm.spec = spec
+    log.info("%s: request %s decodes alone with prompt lookup from now on (the batch's other "
+             "requests finished), %d tokens to go", lm.name, job.request_id,
+             job.max_tokens - job.completion_tokens)
+    return True
 
 
 def _feed(model: Any, kv: Cache, tokens: list[int]) -> None:

@@ -128,6 +128,51 @@ def test_a_second_stream_moves_the_first_into_the_batch_with_the_same_tokens(
     assert any("decodes in the batch from now on" in r.getMessage() for r in caplog.records)
 
 
+def test_a_stream_left_alone_in_the_batch_goes_back_to_prompt_lookup_with_the_same_tokens(
+        server: tuple[Any, str], stub_for: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Two agents at once: the second request joins the first's batch, and once the first
+    has finished the second decodes alone with prompt lookup, from the batch's KV of it, to
+    the same tokens. It never began speculatively, so every proposal it was counted was made
+    after the batch let it go."""
+    stub = stub_for(server[1])
+    turns = [pb.Message(role="user", text=PROMPTS[0]), pb.Message(role="assistant", text="a b c"),
+             pb.Message(role="user", text=PROMPTS[0])]
+    short, long = 64, 400
+    expected = [ask(stub, "plain", PROMPTS[1], max_tokens=short)[0],
+                ask(stub, "plain", turns, max_tokens=long)[0]]
+    results: dict[int, tuple[str, pb.Done]] = {}
+    first_token = threading.Event()
+
+    def first() -> None:  # begins alone, speculatively; goes to the batch when the other joins
+        out, done = "", None
+        request = pb.ChatRequest(model="looked-up", max_tokens=short,
+                                 messages=[pb.Message(role="user", text=PROMPTS[1])])
+        for ev in stub.Chat(request, timeout=180):
+            kind = ev.WhichOneof("event")
+            if kind == "delta":
+                out += ev.delta.text
+                first_token.set()
+            elif kind == "done":
+                done = ev.done
+        first_token.set()
+        assert done is not None
+        results[0] = (out, done)
+
+    t = threading.Thread(target=first)
+    with caplog.at_level(logging.INFO, logger="inference_node.engine"):
+        t.start()
+        assert first_token.wait(120)
+        results[1] = ask(stub, "looked-up", turns, max_tokens=long)
+        t.join(180)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("decodes in the batch from now on" in m for m in messages), messages
+    assert [results[0][0], results[1][0]] == expected
+    alone = [m for m in messages if "decodes alone with prompt lookup from now on" in m]
+    assert len(alone) == 1, alone  # the second, once the first had finished
+    assert results[1][1].usage.completion_tokens == long
+    assert results[1][1].usage.draft_tokens > 0
+
+
 def test_a_model_that_drafts_for_itself_is_refused_at_config() -> None:
     from inference_node.config import ConfigError, InferenceConfig, ModelEntry, validate
 
