@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.lookup [--quick]     # JSON on stdout, progress on stderr
     .venv/bin/python -m bench.lookup --spans 5,7 [--quick]     # engine.lookup_tokens side by side
+    .venv/bin/python -m bench.lookup --pair [--quick]     # a reply that outlasts another's
 
 Our gRPC server lists each model twice, as "plain" and as "looked-up" (`prompt_lookup = true`
 in [[models]]: no draft model, proposals taken from the request's own tokens), both loaded, and
@@ -25,6 +26,13 @@ value in this process, each serving the model with prompt lookup on, asked in tu
 prompts. A pass checks up to lookup_tokens + 1 tokens in one forward; on a CPU with the gemv
 forwarder (inference_node/gemv_forward.c) a product of up to 8 rows reads the weights once and
 one of 9 goes to OpenBLAS's packing sgemm, so the cost of a pass jumps past 7 proposals.
+
+`--pair`: two agents at once. The edit brief (up to max_tokens) and the fresh request (a
+sixth of that) are sent together to the same model, so both decode in one batch until the
+short one ends; the long one then decodes alone, with prompt lookup if the model has it
+(`speculative.from_batch`) and in a batch of one if not. Its decode speed, looked-up ÷ plain,
+is what taking a lone request back to the lookup gains; before `from_batch` it was 1.0 (a
+request that began beside another never proposed a token).
 """
 
 from __future__ import annotations
@@ -54,12 +62,14 @@ def log(msg: str) -> None:
 
 
 def params(quick: bool) -> dict[str, Any]:
+    from inference_node.config import EngineConfig
+
+    k = EngineConfig().lookup_tokens  # as a node has it
     if smoke():
-        return {"repeats": 1, "warmup": 0, "max_tokens": 8, "lookup_tokens": 5,
-                "models": 1}
+        return {"repeats": 1, "warmup": 0, "max_tokens": 8, "lookup_tokens": k, "models": 1}
     if quick:
-        return {"repeats": 2, "warmup": 1, "max_tokens": 160, "lookup_tokens": 5, "models": 1}
-    return {"repeats": 3, "warmup": 1, "max_tokens": 400, "lookup_tokens": 5,
+        return {"repeats": 2, "warmup": 1, "max_tokens": 160, "lookup_tokens": k, "models": 1}
+    return {"repeats": 3, "warmup": 1, "max_tokens": 400, "lookup_tokens": k,
             "models": len(MODELS)}
 
 
@@ -193,6 +203,51 @@ def _spans_row(stubs: dict[int, Any], messages: list[dict[str, str]],
             "greedy_identical": len(set(texts)) <= 1}
 
 
+def run_pair(quick: bool) -> dict[str, Any]:
+    """`--pair` (see the module docstring), on the first model: the long reply's speed."""
+    import threading
+
+    from inference_node.config import ModelEntry
+
+    t_start = time.monotonic()
+    p = params(quick)
+    work = prompts()
+    short = max(2, p["max_tokens"] // 6)
+    out: dict[str, Any] = {"params": {**p, "short_max_tokens": short}, "models": {}}
+
+    def pair(stub: Any, side: str) -> Callable[[], dict[str, Any]]:
+        def both() -> dict[str, Any]:
+            other = threading.Thread(target=one, args=(stub, side, short, work["fresh"]))
+            other.start()
+            got = one(stub, side, p["max_tokens"], work["edit"])
+            other.join()
+            return got
+        return both
+
+    with tempfile.TemporaryDirectory() as d:
+        name, folder = next(iter(model_folders(Path(d)).items()))
+        models = [ModelEntry(name="plain", path=str(folder), prompt_lookup=False),
+                  ModelEntry(name="looked-up", path=str(folder), prompt_lookup=True)]
+        with in_process(models, lookup_tokens=p["lookup_tokens"]) as (_, stub):
+            log(f"{name}: edit (up to {p['max_tokens']} tokens) beside fresh (up to {short}), "
+                f"{p['repeats']} pairs a side")
+            samples = interleave({side: pair(stub, side) for side in ("plain", "looked-up")},
+                                 p["repeats"], warmup=p["warmup"])
+    tps = {side: summary([s["decode_tps"] for s in runs]) for side, runs in samples.items()}
+    looked = samples["looked-up"]
+    row = {"decode_tps": tps, "speedup": ratio(tps["looked-up"]["median"],
+                                               tps["plain"]["median"]),
+           "completion_tokens": looked[0]["tokens"] if looked else 0,
+           "proposed": sum(s["drafted"] for s in looked),
+           "accepted": sum(s["accepted"] for s in looked),
+           "greedy_identical": all(a["text"] == b["text"] for a, b in zip(
+               samples["plain"], looked, strict=True))}
+    log(f"{name}: the long reply {row['speedup']:.2f}x with the lookup taking it back")
+    out["models"][name] = {"pair": row}
+    out["wall_s"] = round(time.monotonic() - t_start, 1)
+    return out
+
+
 def _spans_arg(argv: list[str]) -> list[int]:
     given = argv[argv.index("--spans") + 1] if argv.index("--spans") + 1 < len(argv) else ""
     try:
@@ -210,5 +265,7 @@ if __name__ == "__main__":
     quick = "--quick" in sys.argv
     if "--spans" in sys.argv:
         print(json.dumps(run_spans(_spans_arg(sys.argv), quick), indent=1))
+    elif "--pair" in sys.argv:
+        print(json.dumps(run_pair(quick), indent=1))
     else:
         print(json.dumps(run(quick), indent=1))

@@ -359,3 +359,14 @@ def test_lookup_spans_refuse_what_is_not_two_values_to_compare(given: str) -> No
     assert out.returncode == 1
     assert "--spans takes two or more values of engine.lookup_tokens (1 to 16)" in out.stderr
     assert repr(given) in out.stderr
+
+
+def test_lookup_pair_times_a_reply_that_outlasts_another_with_the_lookup_and_without() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.lookup", "--pair"], cwd=REPO,
+                         env={**os.environ, "BENCH_SMOKE": "1"}, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    (row,) = [m["pair"] for m in result["models"].values()]
+    assert row["decode_tps"]["plain"]["median"] > 0 and row["speedup"] > 0
+    assert row["greedy_identical"]
