@@ -314,10 +314,15 @@ def test_the_targets_of_runs_made_apart_join_the_table_saying_where_they_come_fr
     assert apart_targets(tmp_path / "none") == []  # a checkout without those files: no rows
 
 
+def bench_alone(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """`python -m <args>` (a benchmark run alone) under BENCH_SMOKE=1, from the repository."""
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO,
+                          env={**os.environ, "BENCH_SMOKE": "1"}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def test_engine_concurrency_alone_records_both_servers_and_its_targets() -> None:
-    out = subprocess.run([sys.executable, "-m", "bench.engine", "--concurrency"], cwd=REPO,
-                         env={**os.environ, "BENCH_SMOKE": "1"}, capture_output=True,
-                         text=True, timeout=600)
+    out = bench_alone(["bench.engine", "--concurrency"])
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert "single_stream" not in result  # part 1 is left out
@@ -328,9 +333,7 @@ def test_engine_concurrency_alone_records_both_servers_and_its_targets() -> None
 
 
 def test_engine_concurrency_with_lookup_adds_our_server_as_a_node_has_it_by_default() -> None:
-    out = subprocess.run([sys.executable, "-m", "bench.engine", "--concurrency", "--lookup"],
-                         cwd=REPO, env={**os.environ, "BENCH_SMOKE": "1"}, capture_output=True,
-                         text=True, timeout=600)
+    out = bench_alone(["bench.engine", "--concurrency", "--lookup"])
     assert out.returncode == 0, out.stderr[-2000:]
     for row in json.loads(out.stdout)["concurrency"].values():
         assert row["grpc_lookup"]["aggregate_tps"]["median"] > 0
@@ -338,9 +341,7 @@ def test_engine_concurrency_with_lookup_adds_our_server_as_a_node_has_it_by_defa
 
 
 def test_lookup_spans_serve_each_value_side_by_side_with_the_same_reply() -> None:
-    out = subprocess.run([sys.executable, "-m", "bench.lookup", "--spans", "2,7"], cwd=REPO,
-                         env={**os.environ, "BENCH_SMOKE": "1"}, capture_output=True,
-                         text=True, timeout=600)
+    out = bench_alone(["bench.lookup", "--spans", "2,7"])
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert result["params"]["lookup_tokens"] == [2, 7]
@@ -353,18 +354,14 @@ def test_lookup_spans_serve_each_value_side_by_side_with_the_same_reply() -> Non
 
 @pytest.mark.parametrize("given", ["7", "5,x", "5,17"])
 def test_lookup_spans_refuse_what_is_not_two_values_to_compare(given: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "bench.lookup", "--spans", given], cwd=REPO,
-                         env={**os.environ, "BENCH_SMOKE": "1"}, capture_output=True,
-                         text=True, timeout=120)
+    out = bench_alone(["bench.lookup", "--spans", given], timeout=120)
     assert out.returncode == 1
     assert "--spans takes two or more values of engine.lookup_tokens (1 to 16)" in out.stderr
     assert repr(given) in out.stderr
 
 
 def test_lookup_pair_times_a_reply_that_outlasts_another_with_the_lookup_and_without() -> None:
-    out = subprocess.run([sys.executable, "-m", "bench.lookup", "--pair"], cwd=REPO,
-                         env={**os.environ, "BENCH_SMOKE": "1"}, capture_output=True,
-                         text=True, timeout=600)
+    out = bench_alone(["bench.lookup", "--pair"])
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     (row,) = [m["pair"] for m in result["models"].values()]

@@ -22,6 +22,10 @@ from tiny_models import write_random_chat_model
 from inference_node.api import pb
 
 PROMPTS = ["hello w1 w2", "what is the weather in Paris", "w9 w8 w7 w6 w5 w4 w3 w2 w1 a b c"]
+# An earlier turn: the prompt's last token (the assistant's header) came before, so prompt lookup
+# proposes from the first step on.
+TURNS = [pb.Message(role="user", text=PROMPTS[0]), pb.Message(role="assistant", text="a b c"),
+         pb.Message(role="user", text=PROMPTS[0])]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +66,41 @@ def ask(stub: Any, model: str, text: str | list[Any], max_tokens: int = 24,
     return out, done
 
 
+def one_turn(text: str) -> list[Any]:
+    return [pb.Message(role="user", text=text)]
+
+
+def two_streams(stub: Any, first: tuple[str, list[Any], int], second: tuple[str, list[Any], int]
+                ) -> list[tuple[str, pb.Done]]:
+    """(model, messages, max_tokens) each: the first streamed in a thread, the second asked
+    once the first has its first token (it joins while the first decodes); both replies."""
+    results: dict[int, tuple[str, pb.Done]] = {}
+    first_token = threading.Event()
+
+    def stream() -> None:
+        model, messages, max_tokens = first
+        out, done = "", None
+        request = pb.ChatRequest(model=model, max_tokens=max_tokens, messages=messages)
+        for ev in stub.Chat(request, timeout=180):
+            kind = ev.WhichOneof("event")
+            if kind == "delta":
+                out += ev.delta.text
+                first_token.set()
+            elif kind == "done":
+                done = ev.done
+        first_token.set()
+        assert done is not None
+        results[0] = (out, done)
+
+    t = threading.Thread(target=stream)
+    t.start()
+    assert first_token.wait(120)
+    model, messages, max_tokens = second
+    results[1] = ask(stub, model, messages, max_tokens=max_tokens)
+    t.join(180)
+    return [results[0], results[1]]
+
+
 def test_greedy_output_with_a_draft_is_token_for_token_the_output_without(
         server: tuple[Any, str], stub_for: Any) -> None:
     stub = stub_for(server[1])
@@ -93,35 +132,10 @@ def test_a_second_stream_moves_the_first_into_the_batch_with_the_same_tokens(
         caplog: pytest.LogCaptureFixture) -> None:
     stub = stub_for(server[1])
     long = 400  # the first is still decoding when the second joins
-    # An earlier turn: the prompt's last token (the assistant's header) came before, so prompt
-    # lookup proposes from the first step on.
-    turns = [pb.Message(role="user", text=PROMPTS[0]), pb.Message(role="assistant", text="a b c"),
-             pb.Message(role="user", text=PROMPTS[0])]
-    expected = [ask(stub, "plain", turns, max_tokens=long)[0],
+    expected = [ask(stub, "plain", TURNS, max_tokens=long)[0],
                 ask(stub, "plain", PROMPTS[1], max_tokens=48)[0]]
-    results: dict[int, tuple[str, pb.Done]] = {}
-    first_token = threading.Event()
-
-    def long_one() -> None:
-        out, done = "", None
-        request = pb.ChatRequest(model=model, max_tokens=long, messages=turns)
-        for ev in stub.Chat(request, timeout=180):
-            kind = ev.WhichOneof("event")
-            if kind == "delta":
-                out += ev.delta.text
-                first_token.set()
-            elif kind == "done":
-                done = ev.done
-        first_token.set()
-        assert done is not None
-        results[0] = (out, done)
-
-    t = threading.Thread(target=long_one)
     with caplog.at_level(logging.INFO, logger="inference_node.engine"):
-        t.start()
-        assert first_token.wait(120)
-        results[1] = ask(stub, model, PROMPTS[1], max_tokens=48)
-        t.join(180)
+        results = two_streams(stub, (model, TURNS, long), (model, one_turn(PROMPTS[1]), 48))
     assert [results[0][0], results[1][0]] == expected
     assert results[0][1].usage.draft_tokens > 0  # it began speculatively
     assert results[0][1].usage.completion_tokens == long
@@ -135,35 +149,13 @@ def test_a_stream_left_alone_in_the_batch_goes_back_to_prompt_lookup_with_the_sa
     the same tokens. It never began speculatively, so every proposal it was counted was made
     after the batch let it go."""
     stub = stub_for(server[1])
-    turns = [pb.Message(role="user", text=PROMPTS[0]), pb.Message(role="assistant", text="a b c"),
-             pb.Message(role="user", text=PROMPTS[0])]
     short, long = 64, 400
     expected = [ask(stub, "plain", PROMPTS[1], max_tokens=short)[0],
-                ask(stub, "plain", turns, max_tokens=long)[0]]
-    results: dict[int, tuple[str, pb.Done]] = {}
-    first_token = threading.Event()
-
-    def first() -> None:  # begins alone, speculatively; goes to the batch when the other joins
-        out, done = "", None
-        request = pb.ChatRequest(model="looked-up", max_tokens=short,
-                                 messages=[pb.Message(role="user", text=PROMPTS[1])])
-        for ev in stub.Chat(request, timeout=180):
-            kind = ev.WhichOneof("event")
-            if kind == "delta":
-                out += ev.delta.text
-                first_token.set()
-            elif kind == "done":
-                done = ev.done
-        first_token.set()
-        assert done is not None
-        results[0] = (out, done)
-
-    t = threading.Thread(target=first)
+                ask(stub, "plain", TURNS, max_tokens=long)[0]]
+    # the first begins alone, speculatively, and goes to the batch when the second joins
     with caplog.at_level(logging.INFO, logger="inference_node.engine"):
-        t.start()
-        assert first_token.wait(120)
-        results[1] = ask(stub, "looked-up", turns, max_tokens=long)
-        t.join(180)
+        results = two_streams(stub, ("looked-up", one_turn(PROMPTS[1]), short),
+                              ("looked-up", TURNS, long))
     messages = [r.getMessage() for r in caplog.records]
     assert any("decodes in the batch from now on" in m for m in messages), messages
     assert [results[0][0], results[1][0]] == expected
