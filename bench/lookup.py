@@ -111,19 +111,24 @@ def compare(stub: Any, messages: list[dict[str, str]], p: dict[str, Any]) -> dic
     samples = interleave({side: ask(side) for side in ("plain", "looked-up")}, p["repeats"],
                          warmup=p["warmup"])
     looked = samples["looked-up"]
-    drafted = sum(s["drafted"] for s in looked)
-    accepted = sum(s["accepted"] for s in looked)
-    tokens = sum(s["tokens"] for s in looked)
     tps = {side: summary([s["decode_tps"] for s in runs]) for side, runs in samples.items()}
     return {
         "decode_tps": tps,
         "speedup": ratio(tps["looked-up"]["median"], tps["plain"]["median"]),
         "completion_tokens": looked[0]["tokens"] if looked else 0,
-        "acceptance_rate": round(accepted / drafted, 3) if drafted else 0.0,
-        "tokens_per_pass": round(tokens / max(1, tokens - accepted), 3),
+        **_proposals(looked),
         "greedy_identical": all(a["text"] == b["text"] for a, b in zip(
             samples["plain"], looked, strict=True)),
     }
+
+
+def _proposals(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Over one side's runs: accepted ÷ proposed, and tokens emitted per pass of the model."""
+    drafted = sum(s["drafted"] for s in runs)
+    accepted = sum(s["accepted"] for s in runs)
+    tokens = sum(s["tokens"] for s in runs)
+    return {"acceptance_rate": round(accepted / drafted, 3) if drafted else 0.0,
+            "tokens_per_pass": round(tokens / max(1, tokens - accepted), 3)}
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -185,14 +190,9 @@ def _spans_row(stubs: dict[int, Any], messages: list[dict[str, str]],
 
     samples = interleave({str(k): ask(stub) for k, stub in stubs.items()}, p["repeats"],
                          warmup=p["warmup"])
-    rows = {}
-    for k, runs in samples.items():
-        drafted = sum(s["drafted"] for s in runs)
-        accepted = sum(s["accepted"] for s in runs)
-        tokens = sum(s["tokens"] for s in runs)
-        rows[k] = {"decode_tps": summary([s["decode_tps"] for s in runs]),
-                   "acceptance_rate": round(accepted / drafted, 3) if drafted else 0.0,
-                   "tokens_per_pass": round(tokens / max(1, tokens - accepted), 3)}
+    rows: dict[str, dict[str, Any]] = {
+        k: {"decode_tps": summary([s["decode_tps"] for s in runs]), **_proposals(runs)}
+        for k, runs in samples.items()}
     first = next(iter(rows))
     texts = [s["text"] for runs in samples.values() for s in runs]
     return {"lookup_tokens": rows,
