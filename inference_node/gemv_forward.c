@@ -9,16 +9,21 @@
  *
  * A batch of 2 to 8 streams decodes with the same product for 2 to 8 rows, x W^T, and OpenBLAS
  * packs W for those too. On x86-64 with AVX2 and FMA, small_rows() streams W once instead, 3 of
- * its rows at a time against up to 4 rows of x, in registers, split across as many threads as
- * OpenBLAS runs: Qwen-Coder 0.5B's batched decode measured 1.7x (2 streams) to 2.4x (4) the
- * packing sgemm with 2 threads. Everything else goes, unchanged, to the next cblas_sgemm.
+ * its rows at a time against up to 4 rows of x, in registers, fetching W a kilobyte ahead,
+ * split across as many threads as OpenBLAS runs: Qwen-Coder 0.5B's batched decode measured 1.7x
+ * (2 streams) to 2.4x (4) the packing sgemm with 2 threads. The helper threads poll for the
+ * next product for a while before they sleep, as OpenBLAS's own do: a decode step makes
+ * hundreds of products tens of microseconds apart, and a wake-up through the kernel costs about
+ * as much as one of them. Everything else goes, unchanged, to the next cblas_sgemm.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -57,6 +62,7 @@ __attribute__((constructor)) static void find_next(void) {
 
 #ifdef SMALL_ROWS
 #define AVX2 __attribute__((target("avx2,fma")))
+enum { AHEAD = 256 }; /* floats of each row of W fetched ahead of the product: 1 KiB */
 
 AVX2 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -79,6 +85,11 @@ AVX2 __attribute__((always_inline)) static inline void tile(int mb, int nb, int 
         __m256 w0 = _mm256_loadu_ps(b + q);
         __m256 w1 = nb > 1 ? _mm256_loadu_ps(b + ldb + q) : w0;
         __m256 w2 = nb > 2 ? _mm256_loadu_ps(b + 2 * (size_t)ldb + q) : w0;
+        if ((q & 15) == 0) { /* one 64-byte line a row every other step */
+            _mm_prefetch((const char *)(b + q + AHEAD), _MM_HINT_T0);
+            if (nb > 1) _mm_prefetch((const char *)(b + ldb + q + AHEAD), _MM_HINT_T0);
+            if (nb > 2) _mm_prefetch((const char *)(b + 2 * (size_t)ldb + q + AHEAD), _MM_HINT_T0);
+        }
 #pragma GCC unroll 4
         for (int i = 0; i < mb; i++) {
             __m256 x = _mm256_loadu_ps(a + (size_t)i * lda + q);
@@ -122,15 +133,19 @@ AVX2 static void small_rows(int m, int n, int k, float alpha, const float *a, in
 }
 
 /* A big product is split by rows of B across as many threads as OpenBLAS uses
- * (OPENBLAS_NUM_THREADS): this one and helpers ("studio-rows") that wait on a condition
- * variable between products. */
+ * (OPENBLAS_NUM_THREADS): this one and helpers ("studio-rows"). Between products a helper
+ * polls for the next one for up to POLL_NS, giving up its core to any other thread that wants
+ * it, then sleeps on a condition variable; this thread polls the same way for them to finish. */
 enum { MAX_HELPERS = 15, MIN_SPLIT = 1 << 16 /* n * k, below which one thread does it */ };
+enum { POLL_NS = 200000 };
 
 static struct {
     pthread_mutex_t mu;
     pthread_cond_t go, done;
-    unsigned long generation;
-    int helpers, pending, busy;
+    unsigned long generation; /* atomic: bumped for each product shared */
+    int pending;              /* atomic: helpers not done with it yet */
+    int sleepers;             /* helpers waiting on `go`, under mu */
+    int helpers, busy;
     int m, n, k, lda, ldb, ldc, parts;
     float alpha, beta;
     const float *a, *b;
@@ -147,18 +162,51 @@ static void part(int p) { /* rows [j0, j1) of B, in whole tiles of 3 */
                    pool.b + (size_t)j0 * pool.ldb, pool.ldb, pool.beta, pool.c + j0, pool.ldc);
 }
 
+static long long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* Polls for up to POLL_NS until a product past `seen` is shared or, with `done`, until no
+ * helper is pending; false when it gave up. */
+static int poll_pool(unsigned long seen, int done) {
+    long long until = 0;
+    for (int i = 1;; i++) {
+        if (done ? __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) == 0
+                 : __atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE) != seen)
+            return 1;
+        if (i % 32 == 0) {
+            long long t = now_ns();
+            if (until == 0)
+                until = t + POLL_NS;
+            else if (t > until)
+                return 0;
+            sched_yield(); /* another thread that wants this core gets it */
+        }
+        _mm_pause();
+    }
+}
+
 static void *helper(void *arg) {
     int me = (int)(size_t)arg;
     unsigned long seen = 0;
     for (;;) {
-        pthread_mutex_lock(&pool.mu);
-        while (pool.generation == seen) pthread_cond_wait(&pool.go, &pool.mu);
-        seen = pool.generation;
-        pthread_mutex_unlock(&pool.mu);
+        if (!poll_pool(seen, 0)) {
+            pthread_mutex_lock(&pool.mu);
+            pool.sleepers++;
+            while (__atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE) == seen)
+                pthread_cond_wait(&pool.go, &pool.mu);
+            pool.sleepers--;
+            pthread_mutex_unlock(&pool.mu);
+        }
+        seen = __atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE);
         part(me);
-        pthread_mutex_lock(&pool.mu);
-        if (--pool.pending == 0) pthread_cond_signal(&pool.done);
-        pthread_mutex_unlock(&pool.mu);
+        if (__atomic_sub_fetch(&pool.pending, 1, __ATOMIC_ACQ_REL) == 0) {
+            pthread_mutex_lock(&pool.mu); /* this thread may be asleep on `done` */
+            pthread_cond_signal(&pool.done);
+            pthread_mutex_unlock(&pool.mu);
+        }
     }
     return NULL;
 }
@@ -169,6 +217,7 @@ static void after_fork_in_child(void) { /* the helpers did not come along */
     pthread_cond_init(&pool.done, NULL);
     pool.helpers = 0;
     pool.busy = 0;
+    pool.sleepers = 0;
 }
 
 static int threads(void) {
@@ -203,13 +252,15 @@ static void small_rows_split(int m, int n, int k, float alpha, const float *a, i
     pool.parts = want < pool.helpers + 1 ? want : pool.helpers + 1;
     pool.m = m, pool.n = n, pool.k = k, pool.lda = lda, pool.ldb = ldb, pool.ldc = ldc;
     pool.alpha = alpha, pool.beta = beta, pool.a = a, pool.b = b, pool.c = c;
-    pool.pending = pool.helpers;
-    pool.generation++;
-    pthread_cond_broadcast(&pool.go);
+    __atomic_store_n(&pool.pending, pool.helpers, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&pool.generation, 1, __ATOMIC_RELEASE); /* after the product's fields */
+    if (pool.sleepers) pthread_cond_broadcast(&pool.go);
     pthread_mutex_unlock(&pool.mu);
     part(0);
+    poll_pool(0, 1);
     pthread_mutex_lock(&pool.mu);
-    while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.mu);
+    while (__atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) > 0)
+        pthread_cond_wait(&pool.done, &pool.mu);
     pool.busy = 0;
     pthread_mutex_unlock(&pool.mu);
 }
