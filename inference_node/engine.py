@@ -42,6 +42,9 @@ GATHER_POLL_S = 0.005
 # prefill is expected to take, for requests sent with it that are not read yet: the first of
 # a burst would otherwise prefill alone while the rest queue behind that step.
 HOLD_SHARE = 0.025
+# Before any prefill was measured, it holds this long: a burst that reaches an idle node first
+# thing (two agents starting at once) would otherwise prefill its first request alone.
+UNMEASURED_HOLD_S = 0.01
 MIN_MEASURED = 16  # prompt tokens computed, below which a prefill's time says little of its rate
 
 
@@ -229,12 +232,11 @@ class Engine:
 
     def hold_for(self, job: Job) -> float:
         """How long `job`, starting an idle batch, waits for requests sent with it: HOLD_SHARE
-        of its expected prefill (the last lone prefill's rate), at most engine.gather_ms; 0
-        before any prefill was measured."""
+        of its expected prefill (the last lone prefill's rate), UNMEASURED_HOLD_S before any
+        prefill was measured; at most engine.gather_ms."""
         rate = self.prefill_s_per_token
-        if rate is None:
-            return 0.0
-        return min(self.cfg.engine.gather_ms / 1000, HOLD_SHARE * rate * job.computed_tokens)
+        hold = UNMEASURED_HOLD_S if rate is None else HOLD_SHARE * rate * job.computed_tokens
+        return min(self.cfg.engine.gather_ms / 1000, hold)
 
     # ------------------------------------------------------------ loading: seams (loading.py)
 

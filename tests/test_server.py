@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -214,13 +215,16 @@ def test_the_first_request_of_a_burst_holds_its_prefill_for_the_rest(chain_model
     """A request that starts an idle batch waits a share of its expected prefill (HOLD_SHARE)
     for requests sent with it that the server has not read yet: here the second is sent only
     once the first is in the batch, and still shares its first step."""
-    from inference_node.engine import HOLD_SHARE
+    from inference_node.engine import HOLD_SHARE, UNMEASURED_HOLD_S
 
     models = [{"name": name, "path": str(path), "prompt_lookup": lookup}
               for name, path in chain_models.items()]
     with running_server(models, engine={"gather_ms": 30_000}) as (srv, target):
         stub = stub_for(target)
         engine = srv.engine
+        # a fresh node has measured no prefill: a burst's first request still holds a little
+        assert engine.prefill_s_per_token is None
+        assert engine.hold_for(SimpleNamespace(computed_tokens=500)) == UNMEASURED_HOLD_S > 0
         collect(stub.Chat(pb.ChatRequest(model="loop", messages=[user("warm up " * 10)],
                                          max_tokens=2), timeout=60))
         assert engine.prefill_s_per_token is not None  # measured on that lone request
