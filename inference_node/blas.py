@@ -61,31 +61,36 @@ def forwarder_problem() -> str:
             return ""
     except OSError as e:
         return f"{FORWARDER_SOURCE} cannot be read: {e}"
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc = compiler()
     if cc is None:
         return "no C compiler to build it (apt-get install gcc); decode runs about 2x slower"
     key = (str(FORWARDER), cc, source_mtime)
     if key in _FAILED:
         return _FAILED[key]
-    problem = _build(cc)
+    problem = build(cc, FORWARDER_SOURCE, FORWARDER)
     if problem:
         _FAILED[key] = problem
     return problem
 
 
-def _build(cc: str) -> str:
-    """Build the forwarder with `cc`: '' or why it failed."""
-    partial = FORWARDER.with_name(f".{FORWARDER.name}.{os.getpid()}")
+def compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def build(cc: str, source: Path, target: Path) -> str:
+    """Build a forwarder's `source` into `target` with `cc`: '' or why it failed. (Benchmarks
+    build an earlier revision's source beside the current one: bench/forwarder.py.)"""
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
     try:
-        FORWARDER.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         done = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-pthread", "-o", str(partial),
-                               str(FORWARDER_SOURCE), "-ldl"], capture_output=True, text=True,
+                               str(source), "-ldl"], capture_output=True, text=True,
                               timeout=120)
         if done.returncode != 0:
-            return f"{cc} could not build {FORWARDER_SOURCE.name}: {done.stderr.strip()[-500:]}"
-        partial.replace(FORWARDER)  # whole or not at all, for processes starting beside us
+            return f"{cc} could not build {source.name}: {done.stderr.strip()[-500:]}"
+        partial.replace(target)  # whole or not at all, for processes starting beside us
     except (OSError, subprocess.SubprocessError) as e:
-        return f"cannot build {FORWARDER}: {e}"
+        return f"cannot build {target}: {e}"
     finally:
         partial.unlink(missing_ok=True)
     return ""

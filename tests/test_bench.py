@@ -138,6 +138,8 @@ NUMBERS: dict[str, list[str]] = {
     "lookup": [f"models.*.*.{k}" for k in ("decode_tps.plain.median",
                                             "decode_tps.looked-up.median", "speedup",
                                             "acceptance_rate", "tokens_per_pass")] + ["wall_s"],
+    "forwarder": ["per_batch.*.ms_per_step.*.median", "per_batch.*.speed_ratio_current_vs_base",
+                  "repeats", "steps"],
     "fused": ["models.*.fused_groups", "models.*.logits_max_abs_diff", "wall_s"]
              + [f"models.*.{n}.{k}" for n in ("1", "2", "4", "8")
                 for k in ("plain.median", "fused.median", "speedup")],
@@ -162,6 +164,7 @@ SMOKE_FIELDS: dict[str, dict[str, Any]] = {
     "speculative": {"params.repeats": 1, "params.max_tokens": 8, "greedy_identical": True},
     "cpu": {"repeats": 1, "decode_tokens": 4, "contexts": [16, 64], "batches": [2],
             "small_rows_calls.gemv": 0},
+    "forwarder": {"repeats": 1, "steps": 4, "per_batch.2.same_tokens": True},
     "fused": {"blocks": 2, "steps_per_block": 2, "models.*.greedy_same": True},
     "lookup": {"params.repeats": 1, "params.max_tokens": 8,
                "models.*.edit.greedy_identical": True, "models.*.fresh.greedy_identical": True},
