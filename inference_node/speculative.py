@@ -261,8 +261,7 @@ class Speculation:
         """The model's own tokens at each position, up to and including the first that is not
         the draft's; logits: (len(drafts) + 1, vocab)."""
         if not self.processors:  # every position at once
-            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-            picked: list[int] = self.sampler(logprobs).tolist()  # type: ignore[assignment]
+            picked: list[int] = self._sample(logits).tolist()  # type: ignore[assignment]
             out = []
             for i, token in enumerate(picked):
                 out.append(int(token))
@@ -271,13 +270,19 @@ class Speculation:
             return out
         out = []
         for i in range(len(drafts) + 1):
-            row = self._process(base + drafts[:i], logits[i:i + 1])
-            logprobs = row - mx.logsumexp(row, axis=-1, keepdims=True)
-            token = _token(self.sampler(logprobs))
+            token = _token(self._sample(self._process(base + drafts[:i], logits[i:i + 1])))
             out.append(token)
             if i >= len(drafts) or token != drafts[i]:
                 break
         return out
+
+    def _sample(self, logits: mx.array) -> mx.array:
+        """The sampler's token for each row of `logits`. Greedy takes the argmax as it is: the
+        log-softmax the other samplers need has the same argmax, and over Qwen's 151,936 tokens
+        it cost 2.6 ms for one row here and 18 ms for a pass of 8, MLX's CPU `exp` being slow."""
+        if self.sampler is mlx_compat.greedy_sampler():
+            return mx.argmax(logits, axis=-1)
+        return self.sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
 
     def _process(self, context: list[int], logits: mx.array) -> mx.array:
         if not self.processors:

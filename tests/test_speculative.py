@@ -239,6 +239,35 @@ def test_prompt_lookup_proposes_what_followed_the_longest_earlier_match() -> Non
         assert grown.propose(tokens[:end], 4) == Lookup().propose(tokens[:end], 4), end
 
 
+def test_greedy_verification_takes_the_argmax_without_normalizing(monkeypatch) -> None:
+    """A pass's log-softmax over the vocabulary costs more than its argmax on a CPU; greedy
+    never needs it. A sampler that does still gets normalized log-probabilities."""
+    from types import SimpleNamespace
+
+    import mlx.core as mx
+
+    from inference_node import mlx_compat
+    from inference_node.speculative import Speculation
+
+    logits = mx.array([[0.5, 3.0, -1.0, 2.9], [7.0, 1.0, 6.0, 0.0]])
+    normalized: list[mx.array] = []
+    logsumexp = mx.logsumexp
+
+    def spy(x: mx.array, *args: Any, **kwargs: Any) -> mx.array:
+        normalized.append(x)
+        return logsumexp(x, *args, **kwargs)
+
+    monkeypatch.setattr(mx, "logsumexp", spy)
+    greedy = SimpleNamespace(sampler=mlx_compat.greedy_sampler())
+    assert Speculation._sample(greedy, logits).tolist() == [1, 0]  # type: ignore[arg-type]
+    assert normalized == []
+    given: list[mx.array] = []
+    sampled = SimpleNamespace(sampler=lambda lp: given.append(lp) or mx.argmax(lp, axis=-1))
+    assert Speculation._sample(sampled, logits).tolist() == [1, 0]  # type: ignore[arg-type]
+    assert len(normalized) == 1
+    assert mx.allclose(mx.exp(given[0]).sum(axis=-1), mx.array([1.0, 1.0])).item()
+
+
 def test_grammar_constrained_output_with_a_draft_equals_without(smollm2_dir: Path,
                                                                  stub_for: Any) -> None:
     path = str(smollm2_dir)
