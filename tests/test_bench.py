@@ -292,9 +292,9 @@ def _task_row(name: str, prompt: int, cached: int) -> dict[str, Any]:
 def test_the_targets_of_runs_made_apart_join_the_table_saying_where_they_come_from(
         tmp_path: Path) -> None:
     (tmp_path / "concurrency_hold.json").write_text(json.dumps({
-        "date": "2026-12-05", "commits": {"E1": "aaaaaaa", "F2": "bbbbbbb"},
+        "date": "2026-12-05", "commits": {"E1": "aaaaaaa", "H2": "bbbbbbb"},
         "E1": {"targets": {"concurrency_ratio_ge_1.0_at_2": False}},
-        "F2": {"targets": {"concurrency_ratio_ge_1.0_at_2": True}}}))
+        "H2": {"targets": {"concurrency_ratio_ge_1.0_at_2": True}}}))
     (tmp_path / "speculative.json").write_text(json.dumps({
         "targets": {"speculative_decode_speedup_ge_1.3": False},
         "run": {"started": "2026-12-01T23:16:30Z", "commit": "ccccccc"}}))
@@ -305,7 +305,7 @@ def test_the_targets_of_runs_made_apart_join_the_table_saying_where_they_come_fr
     got = apart_targets(tmp_path)
     assert got == [
         ["engine --concurrency", "concurrency_ratio_ge_1.0_at_2", "met",
-         "`concurrency_hold.json` F2 (2026-12-05, bbbbbbb)"],  # the run named, not the first
+         "`concurrency_hold.json` H2 (2026-12-05, bbbbbbb)"],  # the run named, not the first
         ["speculative", "speculative_decode_speedup_ge_1.3", "**missed**",
          "`speculative.json` (2026-12-01, ccccccc)"],
         ["agent_tasks, all 22", "agent_prompt_cache_share_ge_0.80", "**missed**",
