@@ -19,7 +19,6 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,8 +133,8 @@ AVX2 static void small_rows(int m, int n, int k, float alpha, const float *a, in
 
 /* A big product is split by rows of B across as many threads as OpenBLAS uses
  * (OPENBLAS_NUM_THREADS): this one and helpers ("studio-rows"). Between products a helper
- * polls for the next one for up to POLL_NS, giving up its core to any other thread that wants
- * it, then sleeps on a condition variable; this thread polls the same way for them to finish. */
+ * polls for the next one for up to POLL_NS, then sleeps on a condition variable; this thread
+ * polls the same way for them to finish. */
 enum { MAX_HELPERS = 15, MIN_SPLIT = 1 << 16 /* n * k, below which one thread does it */ };
 enum { POLL_NS = 200000 };
 
@@ -169,28 +168,34 @@ static long long now_ns(void) {
 }
 
 /* Polls for up to POLL_NS until a product past `seen` is shared or, with `done`, until no
- * helper is pending; false when it gave up. */
+ * helper is pending; false when it gave up. It never yields its core: on a 2-core machine
+ * kept busy by two other processes, sched_yield() handed each wait to them for a whole time
+ * slice, and a pass over SmolLM2's products took 350-800 ms instead of 50-100. */
 static int poll_pool(unsigned long seen, int done) {
-    long long until = 0;
+    long long start = 0;
     for (int i = 1;; i++) {
         if (done ? __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) == 0
                  : __atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE) != seen)
             return 1;
         if (i % 32 == 0) {
             long long t = now_ns();
-            if (until == 0)
-                until = t + POLL_NS;
-            else if (t > until)
+            if (start == 0)
+                start = t;
+            else if (t - start > POLL_NS)
                 return 0;
-            sched_yield(); /* another thread that wants this core gets it */
         }
         _mm_pause();
     }
 }
 
+/* The generation a helper was started at: the products before it are not its to share. (It
+ * polls without the lock, so one started after a fork, or when OpenBLAS's threads grow, would
+ * otherwise take the last product, long done, for a new one.) */
+static unsigned long born_at[MAX_HELPERS + 1];
+
 static void *helper(void *arg) {
     int me = (int)(size_t)arg;
-    unsigned long seen = 0;
+    unsigned long seen = born_at[me];
     for (;;) {
         if (!poll_pool(seen, 0)) {
             pthread_mutex_lock(&pool.mu);
@@ -244,6 +249,7 @@ static void small_rows_split(int m, int n, int k, float alpha, const float *a, i
     if (!forks_handled) forks_handled = !pthread_atfork(NULL, NULL, after_fork_in_child);
     while (pool.helpers < want - 1) {
         pthread_t t;
+        born_at[pool.helpers + 1] = pool.generation; /* before this product's */
         if (pthread_create(&t, NULL, helper, (void *)(size_t)(pool.helpers + 1)) != 0) break;
         pthread_setname_np(t, "studio-rows");
         pthread_detach(t);
