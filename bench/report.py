@@ -26,7 +26,7 @@ KEPT = ("<!-- Written by hand from here on: `make bench` regenerates what is abo
 # bench/results beside the full runs: their targets join the Targets table, each row saying
 # where it comes from. (label, file, the run in a file that holds several, or "")
 APART: tuple[tuple[str, str, str], ...] = (
-    ("engine --concurrency", "concurrency_hold.json", "H2"),
+    ("engine --concurrency", "concurrency_hold.json", "H3"),
     ("speculative", "speculative.json", ""),
     ("control_plane", "control_plane.json", ""),
     ("cpu", "cpu.json", ""),
