@@ -20,7 +20,7 @@ import pytest
 
 from bench import stats
 from bench.__main__ import discover, machine, run_one
-from bench.report import KEPT, apart_targets, render, targets, write_doc
+from bench.report import APART, KEPT, apart_targets, render, targets, write_doc
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -291,10 +291,11 @@ def _task_row(name: str, prompt: int, cached: int) -> dict[str, Any]:
 
 def test_the_targets_of_runs_made_apart_join_the_table_saying_where_they_come_from(
         tmp_path: Path) -> None:
+    run = next(key for _, name, key in APART if name == "concurrency_hold.json")
     (tmp_path / "concurrency_hold.json").write_text(json.dumps({
-        "date": "2026-12-05", "commits": {"E1": "aaaaaaa", "H2": "bbbbbbb"},
+        "date": "2026-12-05", "commits": {"E1": "aaaaaaa", run: "bbbbbbb"},
         "E1": {"targets": {"concurrency_ratio_ge_1.0_at_2": False}},
-        "H2": {"targets": {"concurrency_ratio_ge_1.0_at_2": True}}}))
+        run: {"targets": {"concurrency_ratio_ge_1.0_at_2": True}}}))
     (tmp_path / "speculative.json").write_text(json.dumps({
         "targets": {"speculative_decode_speedup_ge_1.3": False},
         "run": {"started": "2026-12-01T23:16:30Z", "commit": "ccccccc"}}))
@@ -305,7 +306,7 @@ def test_the_targets_of_runs_made_apart_join_the_table_saying_where_they_come_fr
     got = apart_targets(tmp_path)
     assert got == [
         ["engine --concurrency", "concurrency_ratio_ge_1.0_at_2", "met",
-         "`concurrency_hold.json` H2 (2026-12-05, bbbbbbb)"],  # the run named, not the first
+         f"`concurrency_hold.json` {run} (2026-12-05, bbbbbbb)"],  # the run named, not the first
         ["speculative", "speculative_decode_speedup_ge_1.3", "**missed**",
          "`speculative.json` (2026-12-01, ccccccc)"],
         ["agent_tasks, all 22", "agent_prompt_cache_share_ge_0.80", "**missed**",
