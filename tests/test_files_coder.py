@@ -271,7 +271,7 @@ def test_a_coder_of_no_words_gives_the_review_no_report_to_weigh(tmp_path: Path)
     orch = ScriptedModel([as_json(NOT_UI), as_json(PASS)])
     run(tmp_path, make_repo(tmp_path), orch,
         ScriptedModel([text(block("calc.py", GOOD_CALC))], name="coder"), cfg=files_form())
-    review = orch.calls[1]["messages"][0]["content"]
+    review = orch.calls[1]["messages"][-1]["content"]
     assert "The coder wrote no report; judge the diff and the tests." in review
     assert "a claim, not evidence" not in review
 

@@ -68,6 +68,27 @@ def test_happy_path_passes_and_approve_makes_one_commit(tmp_path: Path) -> None:
     assert cli.approve_main([summary["run_id"]]) == 1  # once only
 
 
+def test_orchestrator_calls_open_with_the_same_instructions_whatever_the_task(
+        tmp_path: Path) -> None:
+    # The classify and review instructions are each call's system part, the same bytes for
+    # every task, so the node pins their KV once (batching.segments). In the user message they
+    # left the cache between one task's review and the next, minutes apart (docs/BENCHMARKS.md).
+    calls: dict[str, list[list[dict[str, Any]]]] = {}
+    for task in ("make add() add", "make add() return a + b, please"):
+        where = tmp_path / str(len(calls))
+        where.mkdir()
+        orch = ScriptedModel([as_json(NOT_UI), as_json(PASS)], name="orch")
+        run(where, make_repo(where), orch, ScriptedModel(fix_calc(), name="coder"), task=task)
+        calls[task] = [c["messages"] for c in orch.calls]
+    (classify_a, review_a), (classify_b, review_b) = calls.values()
+    for a, b in ((classify_a, classify_b), (review_a, review_b)):
+        assert [m["role"] for m in a] == [m["role"] for m in b] == ["system", "user"]
+        assert a[0] == b[0] and a[1] != b[1]
+        assert "make add()" not in a[0]["content"] and "make add() add" in a[1]["content"]
+    assert "You sort a coding task" in classify_a[0]["content"]
+    assert "You review a change" in review_a[0]["content"] and "```diff" in review_a[1]["content"]
+
+
 def test_lying_coder_is_caught_and_round_two_gets_the_real_failure(tmp_path: Path) -> None:
     repo = make_repo(tmp_path)
     coder = ScriptedModel([

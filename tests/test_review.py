@@ -30,7 +30,7 @@ def test_coder_that_edits_a_test_to_pass_is_flagged_and_fails(tmp_path: Path) ->
     cfg.loop.max_rounds = 1
     summary = run(tmp_path, repo, orch, ScriptedModel(cheat, name="coder"), cfg=cfg)
 
-    review_prompt = orch.calls[1]["messages"][0]["content"]
+    review_prompt = orch.calls[1]["messages"][-1]["content"]
     assert "changes or deletes existing tests: tests/test_calc.py (modified)" in review_prompt
     assert summary["verdict"] == "fail"
     assert any("changed existing tests" in r and "tests/test_calc.py" in r

@@ -180,9 +180,11 @@ def test_bounded_classify_ends_on_smollm2_where_the_unbounded_one_rambles(smol_s
     del unbounded_["properties"]["reason"]["maxLength"]
     # SmolLM2 answers this classification with `"reason": "1.1.1.1...` and never closes it
     # (the full CLASSIFY, as before a repository without web files ruled UI out).
-    messages = [{"role": "user", "content": prompts.render(
-        "loop/classify", task="Fix add() in calc.py so it returns the sum.",
-        files=["calc.py", "test_calc.py"])}]
+    # Instructions and task in one user message, as the loop sent them before the instructions
+    # became the system part: the prompt SmolLM2 rambles on.
+    task = prompts.render("loop/classify", task="Fix add() in calc.py so it returns the sum.",
+                          files=["calc.py", "test_calc.py"])
+    messages = [{"role": "user", "content": prompts.render("loop/classify_system") + "\n\n" + task}]
     with Client(cfg) as client:
         model = client.model()
         ended = model.chat(messages, response_format=bounded, max_tokens=400)

@@ -400,18 +400,23 @@ class _Run:
             first=("edit", "write") if loop.edit_first and loop.brief_chars > 0
             and asks_for_change else ())
 
-    def ask(self, role: str, prompt: str, schema: dict[str, Any], round_no: int = 0) -> Any:
+    def ask(self, role: str, system: str, prompt: str, schema: dict[str, Any],
+            round_no: int = 0) -> Any:
+        """`role`'s structured call: `system`, its instructions, the same for every task (the
+        node pins the KV of a system part), then `prompt`, this task's part."""
         def log(reply: Reply) -> None:
             self.emit(model_call(reply, role=role, round_no=round_no))
 
-        return ask_json(self.model, [{"role": "user", "content": prompt}], schema,
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+        return ask_json(self.model, messages, schema,
                         retries=self.cfg.loop.json_retries, on_reply=log,
                         max_tokens=self.cfg.loop.json_max_tokens or None, step=role,
                         budget_key="[loop] json_max_tokens",
                         timeout_s=self.cfg.inference.timeout_s)
 
     def reviewer(self, round_no: int) -> Reviewer:
-        return Reviewer(functools.partial(self.ask, "review", schema=REVIEW, round_no=round_no),
+        return Reviewer(functools.partial(self.ask, "review", prompts.render("loop/review_system"),
+                                          schema=REVIEW, round_no=round_no),
                         self.unfinished, self.cfg.loop, round_no)
 
     def unfinished(self, e: StructuredOutputError, fallback: str) -> None:
@@ -429,7 +434,8 @@ class _Run:
             prompt = prompts.render("loop/classify", task=self.task,
                                     files=files[:MAX_FILES_LISTED])
             try:
-                kind = Classified(**self.ask("classify", prompt, classify_schema(files)))
+                kind = Classified(**self.ask("classify", prompts.render("loop/classify_system"),
+                                             prompt, classify_schema(files)))
             except StructuredOutputError as e:
                 fallback = "assuming a non-UI change"
                 self.unfinished(e, fallback)
@@ -441,7 +447,8 @@ class _Run:
     def write_spec(self) -> list[str]:
         source = "model"
         try:
-            statements = list(self.ask("spec", prompts.render("loop/spec", task=self.task),
+            statements = list(self.ask("spec", prompts.render("loop/spec_system"),
+                                       prompts.render("loop/spec", task=self.task),
                                        SPEC)["statements"])
         except StructuredOutputError as e:
             statements = ["no horizontal overflow at desktop or phone width", "no console errors"]
