@@ -92,7 +92,7 @@ def segments(cache: PromptCache, job: Job, tokens: list[int], found: Lookup) -> 
     if found.cached >= end and found.cache is not None:  # served already: pin a copy now
         pinned = [c for c in _copy(found.cache)]
         mlx_compat.trim(pinned, mlx_compat.cache_tokens(pinned) - end)
-        cache.pin(job.model, tokens[:end], pinned)
+        cache.pin(job.model, tokens[:end], pinned, system=end == job.system_prefix)
         return [rest]
     job.pin_at = end
     split = end - found.cached
@@ -135,7 +135,7 @@ def pin_reached(lm: LoadedModel, cache: PromptCache, uid: int) -> None:
         return
     kv, tokens = lm.batch.extract(uid)
     if len(tokens) == job.pin_at:
-        cache.pin(job.model, tokens, kv)
+        cache.pin(job.model, tokens, kv, system=job.pin_at == job.system_prefix)
         log.info("prompt cache: %s: pinned a %d-token prefix (%.1f MiB of pins)",
                  lm.name, len(tokens), cache.pinned_nbytes() / 2**20)
         job.pin_at = 0

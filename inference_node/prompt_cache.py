@@ -10,9 +10,11 @@ system prompt and tool schemas. Two stores serve them:
   LRU's reach; and the part a prompt shares with another request's prompt that went on
   differently (`shared_prefix`): instructions a client sends at the start of every call of a
   kind in a user message (an orchestrator's review or classify prompt), or a task's brief that
-  a later round sends again with more after it. They are bounded too (`pinned_bytes`, the
-  least recently used pin goes first), so a client that varies its prompts on every call
-  cannot fill memory with them.
+  a later round sends again with more after it. They are bounded too (`pinned_bytes`), so a
+  client that varies its prompts on every call cannot fill memory with them: a shared part
+  goes first, the least recently used of them, and a system part only for another system
+  part. (Every task's brief pinned as a shared part, a 22-task run pushed out the classify
+  call's system part, used by every task, before its last task.)
 
 `fetch` answers with the longer of the two, and says why tokens it has seen before were not
 served (`Miss`): an earlier sequence that is gone (evicted), or one this prompt parts from
@@ -83,6 +85,7 @@ class _Pin:
     tokens: np.ndarray
     cache: Cache
     nbytes: int
+    system: bool  # a prompt's system part, not a part shared with another prompt
 
 
 @dataclass
@@ -189,20 +192,29 @@ class PromptCache:
         seen = self._history.setdefault(model, deque(maxlen=HISTORY))
         seen.append(_Seen(np.asarray(tokens, dtype=np.int64), prompt_tokens))
 
-    def pin(self, model: str, tokens: list[int], cache: Cache) -> bool:
-        """Keep `cache` (the KV of `tokens`, a shared prefix) while the model is loaded;
-        False when pins are off or it alone is larger than their share."""
+    def pin(self, model: str, tokens: list[int], cache: Cache, system: bool = True) -> bool:
+        """Keep `cache` (the KV of `tokens`, a prompt's system part, or with `system` False a
+        part it shares with another prompt) while the model is loaded. To make room the
+        model's least recently used shared parts go first, then, for a system part only, its
+        least recently used system parts. False when pins are off, it alone is larger than
+        their share, or a shared part finds no room without a system part going."""
         nbytes = mlx_compat.cache_nbytes(cache)
         if not self.pinned_bytes or nbytes > self.pinned_bytes or not tokens:
             return False
         pins = self._pins.setdefault(model, OrderedDict())
         key = np.asarray(tokens, dtype=np.int64).tobytes()
         if key in pins:
+            pins[key].system |= system
             pins.move_to_end(key)
             return True
         while pins and self.pinned_nbytes() + nbytes > self.pinned_bytes:
-            pins.popitem(last=False)
-        pins[key] = _Pin(np.asarray(tokens, dtype=np.int64), cache, nbytes)
+            victim = next((k for k, p in pins.items() if not p.system), None)
+            if victim is None:
+                if not system:
+                    return False
+                victim = next(iter(pins))
+            del pins[victim]
+        pins[key] = _Pin(np.asarray(tokens, dtype=np.int64), cache, nbytes, system)
         return True
 
     def shared_prefix(self, model: str, tokens: list[int]) -> int:

@@ -191,7 +191,8 @@ class Speculation:
             _feed(self.lm.model, self.target_kv, prompt[self.target_len:stop])
             self.target_len = stop
             if self.job.pin_at and stop == self.job.pin_at:
-                cache.pin(self.job.model, prompt[:stop], _copy(self.target_kv))
+                cache.pin(self.job.model, prompt[:stop], _copy(self.target_kv),
+                          system=stop == self.job.system_prefix)
                 self.job.pin_at = 0
         if self.draft is not None and self.draft_len < end:
             stop = min(end, self.draft_len + self.prefill_step)

@@ -204,6 +204,39 @@ def test_pins_beyond_their_share_evict_the_least_recently_used(model_dir: Path) 
     assert mlx_compat.cache_tokens(found.cache) == 10  # a copy, trimmed to what is served
 
 
+def test_a_system_part_outlives_the_shared_parts_pinned_after_it(model_dir: Path) -> None:
+    # Each task's brief, shared by its rounds, is pinned as a shared part; the classify call's
+    # system part serves every task. In a 22-task run the briefs pushed it out before the last.
+    from inference_node import mlx_compat
+    from inference_node.prompt_cache import PromptCache
+
+    model, _ = mlx_compat.load(model_dir, dequantize=False)
+
+    def kv(tokens: list[int]) -> list[Any]:
+        import mlx.core as mx
+
+        c = mlx_compat.make_cache(model)
+        model(mx.array(tokens)[None], cache=c)
+        mx.eval([x.state for x in c])
+        return c
+
+    one = mlx_compat.cache_nbytes(kv([5] * 10))
+    pc = PromptCache(mlx_compat.lru_prompt_cache(8, 2**20), 2**24, int(one * 2.5))
+    assert pc.pin("m", [1] * 10, kv([1] * 10))  # a system part
+    for brief in range(20, 26):  # one task's brief after another, each used once
+        assert pc.pin("m", [brief] * 10, kv([brief] * 10), system=False)
+    assert pc.has_pin("m", [1] * 10) and pc.has_pin("m", [25] * 10)
+    assert len(pc.pins("m")) == 2  # the share holds two: each brief pushed out the one before
+    assert pc.fetch("m", [1] * 10 + [7, 8]).pinned == 10
+    # a shared part never pushes out a system part; another system part does, the oldest
+    assert pc.pin("m", [2] * 10, kv([2] * 10))  # the last brief goes
+    assert not pc.pin("m", [26] * 10, kv([26] * 10), system=False)
+    assert pc.has_pin("m", [1] * 10) and pc.has_pin("m", [2] * 10)
+    assert pc.pin("m", [3] * 10, kv([3] * 10))  # [1]*10 was used before [2]*10 was pinned
+    assert not pc.has_pin("m", [1] * 10) and pc.has_pin("m", [2] * 10)
+    assert pc.pinned_nbytes() <= pc.pinned_bytes
+
+
 def test_misses_name_their_cause_and_another_conversation_is_not_one() -> None:
     from inference_node import mlx_compat
     from inference_node.prompt_cache import PromptCache
