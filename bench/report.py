@@ -30,7 +30,7 @@ APART: tuple[tuple[str, str, str], ...] = (
     ("speculative", "speculative.json", ""),
     ("control_plane", "control_plane.json", ""),
     ("cpu", "cpu.json", ""),
-    ("agent_tasks, all 22", "agent_tasks_0.5b.fused.record.jsonl", ""),
+    ("agent_tasks, all 22", "agent_tasks_0.5b.system_pins.record.jsonl", ""),
 )
 
 

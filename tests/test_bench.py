@@ -300,7 +300,8 @@ def test_the_targets_of_runs_made_apart_join_the_table_saying_where_they_come_fr
         "targets": {"speculative_decode_speedup_ge_1.3": False},
         "run": {"started": "2026-12-01T23:16:30Z", "commit": "ccccccc"}}))
     rows = [_task_row("fizzbuzz", 1000, 900), _task_row("roman", 1000, 650)]  # 0.775
-    (tmp_path / "agent_tasks_0.5b.fused.record.jsonl").write_text("\n".join(
+    record = next(name for label, name, _ in APART if label == "agent_tasks, all 22")
+    (tmp_path / record).write_text("\n".join(
         json.dumps(r) for r in [{"settings": {"model": "qwen2.5-coder-0.5b"}}, *rows]) + "\n")
 
     got = apart_targets(tmp_path)
@@ -310,7 +311,7 @@ def test_the_targets_of_runs_made_apart_join_the_table_saying_where_they_come_fr
         ["speculative", "speculative_decode_speedup_ge_1.3", "**missed**",
          "`speculative.json` (2026-12-01, ccccccc)"],
         ["agent_tasks, all 22", "agent_prompt_cache_share_ge_0.80", "**missed**",
-         "`agent_tasks_0.5b.fused.record.jsonl` (qwen2.5-coder-0.5b, 2 tasks, 2026-12-05)"]]
+         f"`{record}` (qwen2.5-coder-0.5b, 2 tasks, 2026-12-05)"]]
     table = "\n".join(targets({"tunnel": {"ok": True, "result": {"targets": {
         "recovery_lt_3s": True}}}}, "2026-11-24-vm.json", got))
     assert "| tunnel | recovery_lt_3s | met | this run (2026-11-24-vm.json) |" in table
