@@ -7,7 +7,7 @@ position, a stale layer) changes what a random model says next.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,18 +179,9 @@ def test_pins_beyond_their_share_evict_the_least_recently_used(model_dir: Path) 
     from inference_node import mlx_compat
     from inference_node.prompt_cache import PromptCache
 
-    model, _ = mlx_compat.load(model_dir, dequantize=False)
-
-    def kv(tokens: list[int]) -> list[Any]:
-        import mlx.core as mx
-
-        c = mlx_compat.make_cache(model)
-        model(mx.array(tokens)[None], cache=c)
-        mx.eval([x.state for x in c])
-        return c
-
-    one = mlx_compat.cache_nbytes(kv([5] * 10))
-    pc = PromptCache(mlx_compat.lru_prompt_cache(8, 2**20), 2**24, int(one * 2.5))
+    kv = _kv_of(model_dir)
+    pc = PromptCache(mlx_compat.lru_prompt_cache(8, 2**20), 2**24,
+                     int(mlx_compat.cache_nbytes(kv([5] * 10)) * 2.5))  # room for two pins
     assert pc.pin("m", [5] * 10, kv([5] * 10))
     assert pc.pin("m", [6] * 10, kv([6] * 10))
     assert pc.fetch("m", [5] * 10 + [7, 8]).pinned == 10  # [5]*10 used last now
@@ -210,18 +201,9 @@ def test_a_system_part_outlives_the_shared_parts_pinned_after_it(model_dir: Path
     from inference_node import mlx_compat
     from inference_node.prompt_cache import PromptCache
 
-    model, _ = mlx_compat.load(model_dir, dequantize=False)
-
-    def kv(tokens: list[int]) -> list[Any]:
-        import mlx.core as mx
-
-        c = mlx_compat.make_cache(model)
-        model(mx.array(tokens)[None], cache=c)
-        mx.eval([x.state for x in c])
-        return c
-
-    one = mlx_compat.cache_nbytes(kv([5] * 10))
-    pc = PromptCache(mlx_compat.lru_prompt_cache(8, 2**20), 2**24, int(one * 2.5))
+    kv = _kv_of(model_dir)
+    pc = PromptCache(mlx_compat.lru_prompt_cache(8, 2**20), 2**24,
+                     int(mlx_compat.cache_nbytes(kv([5] * 10)) * 2.5))  # room for two pins
     assert pc.pin("m", [1] * 10, kv([1] * 10))  # a system part
     for brief in range(20, 26):  # one task's brief after another, each used once
         assert pc.pin("m", [brief] * 10, kv([brief] * 10), system=False)
@@ -275,3 +257,20 @@ def _kv(n: int) -> list[Any]:
     c = KVCache()
     c.update_and_fetch(mx.zeros((1, 2, n, 8)), mx.zeros((1, 2, n, 8)))
     return [c]
+
+
+def _kv_of(model_dir: Path) -> Callable[[list[int]], list[Any]]:
+    """tokens -> the KV the tiny model computes for them."""
+    import mlx.core as mx
+
+    from inference_node import mlx_compat
+
+    model, _ = mlx_compat.load(model_dir, dequantize=False)
+
+    def kv(tokens: list[int]) -> list[Any]:
+        c = mlx_compat.make_cache(model)
+        model(mx.array(tokens)[None], cache=c)
+        mx.eval([x.state for x in c])
+        return c
+
+    return kv
