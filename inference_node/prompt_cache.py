@@ -10,11 +10,11 @@ system prompt and tool schemas. Two stores serve them:
   LRU's reach; and the part a prompt shares with another request's prompt that went on
   differently (`shared_prefix`): instructions a client sends at the start of every call of a
   kind in a user message (as our orchestrator's review and classify did before they became
-  system parts), or a task's brief that a later round sends again with more after it. They are bounded too (`pinned_bytes`), so a
-  client that varies its prompts on every call cannot fill memory with them: a shared part
-  goes first, the least recently used of them, and a system part only for another system
-  part. (Every task's brief pinned as a shared part, a 22-task run pushed out the classify
-  call's system part, used by every task, before its last task.)
+  system parts), or a task's brief that a later round sends again with more after it. They are
+  bounded too (`pinned_bytes`), so a client that varies its prompts on every call cannot fill
+  memory with them: a shared part goes first, the least recently used of them, and a system part
+  only for another system part. (Every task's brief pinned as a shared part, a 22-task run
+  pushed out the classify call's system part, used by every task, before its last task.)
 
 `fetch` answers with the longer of the two, and says why tokens it has seen before were not
 served (`Miss`): an earlier sequence that is gone (evicted), or one this prompt parts from
