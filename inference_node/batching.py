@@ -92,11 +92,17 @@ def segments(cache: PromptCache, job: Job, tokens: list[int], found: Lookup) -> 
     if found.cached >= end and found.cache is not None:  # served already: pin a copy now
         pinned = [c for c in _copy(found.cache)]
         mlx_compat.trim(pinned, mlx_compat.cache_tokens(pinned) - end)
-        cache.pin(job.model, tokens[:end], pinned, system=end == job.system_prefix)
+        pin(cache, job, tokens[:end], pinned)
         return [rest]
     job.pin_at = end
     split = end - found.cached
     return [rest[:split], rest[split:]]
+
+
+def pin(cache: PromptCache, job: Job, tokens: list[int], kv: mlx_compat.Cache) -> None:
+    """Pin the KV of `tokens`, a prefix of `job`'s prompt: its system part, or a part it
+    shares with another prompt (those are the first to go when the pins are full)."""
+    cache.pin(job.model, tokens, kv, system=len(tokens) == job.system_prefix)
 
 
 def _copy(cache: mlx_compat.Cache) -> mlx_compat.Cache:
@@ -135,7 +141,7 @@ def pin_reached(lm: LoadedModel, cache: PromptCache, uid: int) -> None:
         return
     kv, tokens = lm.batch.extract(uid)
     if len(tokens) == job.pin_at:
-        cache.pin(job.model, tokens, kv, system=job.pin_at == job.system_prefix)
+        pin(cache, job, tokens, kv)
         log.info("prompt cache: %s: pinned a %d-token prefix (%.1f MiB of pins)",
                  lm.name, len(tokens), cache.pinned_nbytes() / 2**20)
         job.pin_at = 0

@@ -191,8 +191,7 @@ class Speculation:
             _feed(self.lm.model, self.target_kv, prompt[self.target_len:stop])
             self.target_len = stop
             if self.job.pin_at and stop == self.job.pin_at:
-                cache.pin(self.job.model, prompt[:stop], _copy(self.target_kv),
-                          system=stop == self.job.system_prefix)
+                batching.pin(cache, self.job, prompt[:stop], _copy(self.target_kv))
                 self.job.pin_at = 0
         if self.draft is not None and self.draft_len < end:
             stop = min(end, self.draft_len + self.prefill_step)
